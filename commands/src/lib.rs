@@ -1,0 +1,13 @@
+//! Command handling for ticketd: the event-store port and its SQLite and PostgreSQL adapters,
+//! and the handler that loads a ticket, runs the domain's `decide`, and appends the result at
+//! the expected version.
+
+pub mod error;
+pub mod store;
+
+pub use error::CommandError;
+
+pub use store::{
+    AppendRequest, Appended, BadPosition, EventStore, IdempotencyHit, IdempotencyRecord, NewEvent,
+    Position, StoreError, StoreResult, StoredEvent,
+};

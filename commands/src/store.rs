@@ -1,0 +1,173 @@
+//! The event-store port: what command handling and projections need from a store, and
+//! nothing about how a particular database provides it.
+
+use std::fmt;
+use std::str::FromStr;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use uuid::Uuid;
+
+use ticketd_domain::HASH_LEN;
+
+/// A place in the whole log. Ordered by `(tx, seq)`: on PostgreSQL `tx` is the appending
+/// transaction's id and `seq` the row's sequence number; on SQLite, where one writer commits in
+/// order, `tx` is 0. Clients see it only as an opaque string.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct Position {
+    pub tx: u64,
+    pub seq: u64,
+}
+
+impl Position {
+    /// Before the first event.
+    pub const START: Position = Position { tx: 0, seq: 0 };
+}
+
+impl fmt::Display for Position {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}-{}", self.tx, self.seq)
+    }
+}
+
+/// A position string that does not parse.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("not a log position")]
+pub struct BadPosition;
+
+impl FromStr for Position {
+    type Err = BadPosition;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (tx, seq) = s.split_once('-').ok_or(BadPosition)?;
+        let digits = |p: &str| !p.is_empty() && p.len() <= 20 && p.bytes().all(|b| b.is_ascii_digit());
+        if !digits(tx) || !digits(seq) {
+            return Err(BadPosition);
+        }
+        Ok(Position {
+            tx: tx.parse().map_err(|_| BadPosition)?,
+            seq: seq.parse().map_err(|_| BadPosition)?,
+        })
+    }
+}
+
+/// An event to append; the store assigns version, position and hashes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewEvent {
+    pub event_id: Uuid,
+    pub event_type: String,
+    pub schema_version: u32,
+    /// Whole microseconds (stores keep microseconds; the hash covers them).
+    pub recorded_at: DateTime<Utc>,
+    pub metadata: Vec<u8>,
+    pub payload: Vec<u8>,
+}
+
+/// An event as stored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredEvent {
+    pub position: Position,
+    pub stream_id: Uuid,
+    pub version: u64,
+    pub event_id: Uuid,
+    pub event_type: String,
+    pub schema_version: u32,
+    pub recorded_at: DateTime<Utc>,
+    pub metadata: Vec<u8>,
+    pub payload: Vec<u8>,
+    pub prev_hash: [u8; HASH_LEN],
+    pub hash: [u8; HASH_LEN],
+}
+
+/// A command's answer kept under its idempotency key (CONTRACT §4), written in the same
+/// transaction as the command's events.
+#[derive(Debug, Clone, PartialEq)]
+pub struct IdempotencyRecord {
+    pub user: String,
+    pub key: String,
+    /// Digest of the request (method, path, body), to tell a repeat from a reuse of the key.
+    pub fingerprint: Vec<u8>,
+    /// Opaque to the store: what the API needs to answer again.
+    pub response: Vec<u8>,
+}
+
+/// A stored idempotency record found by key.
+#[derive(Debug, Clone, PartialEq)]
+pub struct IdempotencyHit {
+    pub fingerprint: Vec<u8>,
+    pub response: Vec<u8>,
+    pub created_at: DateTime<Utc>,
+}
+
+/// Append `events` to `stream_id`, atomically, if its version is still `expected_version`
+/// (0: the stream must not exist yet) and its last hash is `prev_hash`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AppendRequest {
+    pub stream_id: Uuid,
+    pub expected_version: u64,
+    pub prev_hash: [u8; HASH_LEN],
+    /// May be empty when only an idempotency record is to be kept (a no-op command).
+    pub events: Vec<NewEvent>,
+    pub idempotency: Option<IdempotencyRecord>,
+}
+
+/// What an append wrote.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Appended {
+    /// The stream's version after the append.
+    pub version: u64,
+    /// The written events with their positions and hashes, in order.
+    pub events: Vec<StoredEvent>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The stream is not at the expected version (or hash); nothing was written.
+    #[error("stream {stream_id} is at version {actual}, not {expected}")]
+    Conflict {
+        stream_id: Uuid,
+        expected: u64,
+        actual: u64,
+    },
+    /// Another request already holds this idempotency key; nothing was written.
+    #[error("idempotency key already used")]
+    IdempotencyKeyTaken,
+    /// The database could not be reached or failed; nothing is known to be written.
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    /// Stored data violates an invariant (e.g. a hash that does not decode).
+    #[error("store data is corrupt: {0}")]
+    Corrupt(String),
+}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// The event store. Implementations: SQLite (embedded default) and PostgreSQL.
+#[async_trait]
+pub trait EventStore: Send + Sync + 'static {
+    /// Appends atomically: all of the request's events and its idempotency record, or nothing.
+    async fn append(&self, request: AppendRequest) -> StoreResult<Appended>;
+
+    /// A stream's events with version > `after_version`, in version order.
+    async fn read_stream(&self, stream_id: Uuid, after_version: u64) -> StoreResult<Vec<StoredEvent>>;
+
+    /// Up to `limit` events of the whole log after `after`, in log order. Never skips an event
+    /// that commits later: an event becomes visible here only once every event ordered before
+    /// it is visible too.
+    async fn read_all(&self, after: Position, limit: usize) -> StoreResult<Vec<StoredEvent>>;
+
+    /// The idempotency record of `user`'s `key`, if written after `since`.
+    async fn idempotency(&self, user: &str, key: &str, since: DateTime<Utc>) -> StoreResult<Option<IdempotencyHit>>;
+
+    /// Deletes idempotency records written before `before`; returns how many.
+    async fn purge_idempotency(&self, before: DateTime<Utc>) -> StoreResult<u64>;
+
+    /// A new ticket number: unique, and larger than every number handed out before.
+    async fn next_ticket_number(&self) -> StoreResult<u64>;
+
+    /// Ticks after commits become visible to `read_all` (local appends, and on PostgreSQL other
+    /// processes' appends too). Receivers should re-read rather than trust the value.
+    fn subscribe(&self) -> tokio::sync::watch::Receiver<u64>;
+
+    /// Whether the database answers (for `/readyz`).
+    async fn ping(&self) -> StoreResult<()>;
+}
