@@ -9,7 +9,7 @@ use crate::error::{DomainError, FieldError};
 use crate::event::{self, Change, Edited, Event};
 use crate::policy::SlaPolicy;
 use crate::ticket::{State, Ticket};
-use crate::types::{Actor, Fields, FieldValue, Priority, Role, Status, Visibility};
+use crate::types::{Actor, FieldValue, Fields, Priority, Role, Status, Visibility};
 
 /// Input limits (CONTRACT §3, §4).
 pub mod limits {
@@ -68,7 +68,9 @@ fn conflict(msg: impl Into<String>) -> DomainError {
 
 fn reject_if_withdrawn(t: &Ticket) -> Result<(), DomainError> {
     if t.status == Status::Withdrawn {
-        Err(conflict("the ticket was withdrawn; withdrawn tickets accept no further changes"))
+        Err(conflict(
+            "the ticket was withdrawn; withdrawn tickets accept no further changes",
+        ))
     } else {
         Ok(())
     }
@@ -101,10 +103,16 @@ fn decide_open(
     if actor.role == Role::Public {
         match &cmd.contact_email {
             Some(e) => v.email("contact_email", e),
-            None => v.push("contact_email", "is required for a ticket from the public form"),
+            None => v.push(
+                "contact_email",
+                "is required for a ticket from the public form",
+            ),
         }
     } else if cmd.contact_email.is_some() {
-        v.push("contact_email", "is only for the public form; signed-in callers are the requester");
+        v.push(
+            "contact_email",
+            "is only for the public form; signed-in callers are the requester",
+        );
     }
     v.finish()?;
     if state.is_some() {
@@ -120,9 +128,7 @@ fn decide_open(
         },
     };
     let priority = cmd.priority.unwrap_or(Priority::None);
-    let due_at = cmd
-        .due_at
-        .or_else(|| sla.target(priority).map(|d| at + d));
+    let due_at = cmd.due_at.or_else(|| sla.target(priority).map(|d| at + d));
     Ok(vec![Event::Opened(event::Opened {
         ticket_id: cmd.id,
         number: cmd.number,
@@ -141,11 +147,11 @@ fn decide_open(
 }
 
 fn decide_comment(t: &Ticket, actor: &Actor, c: &AddComment) -> Result<Vec<Event>, DomainError> {
+    reject_if_withdrawn(t)?;
     let visibility = c.visibility.unwrap_or(Visibility::Public);
     let mut v = Validator::default();
     v.text("body", &c.body);
     v.finish()?;
-    reject_if_withdrawn(t)?;
     if visibility == Visibility::Private && !actor.is_staff() {
         return Err(forbidden("only staff may write private comments"));
     }
@@ -178,15 +184,18 @@ fn decide_comment(t: &Ticket, actor: &Actor, c: &AddComment) -> Result<Vec<Event
 }
 
 fn decide_status(t: &Ticket, actor: &Actor, c: &ChangeStatus) -> Result<Vec<Event>, DomainError> {
+    reject_if_withdrawn(t)?;
     let mut v = Validator::default();
     if c.status == Status::Withdrawn {
-        v.push("status", "use POST /v1/tickets/{id}/withdraw to withdraw a ticket");
+        v.push(
+            "status",
+            "use POST /v1/tickets/{id}/withdraw to withdraw a ticket",
+        );
     }
     if let Some(r) = &c.reason {
         v.reason("reason", r);
     }
     v.finish()?;
-    reject_if_withdrawn(t)?;
     if !actor.is_staff() && c.status != Status::Closed {
         return Err(forbidden("customers may only close a ticket"));
     }
@@ -206,15 +215,17 @@ fn decide_status(t: &Ticket, actor: &Actor, c: &ChangeStatus) -> Result<Vec<Even
 }
 
 fn decide_withdraw(t: &Ticket, actor: &Actor, c: &Withdraw) -> Result<Vec<Event>, DomainError> {
+    reject_if_withdrawn(t)?;
     let mut v = Validator::default();
     v.reason("reason", &c.reason);
     if let Some(comment) = &c.comment {
         v.text("comment", comment);
     }
     v.finish()?;
-    reject_if_withdrawn(t)?;
     if !actor.is_staff() && t.requester != actor.id {
-        return Err(forbidden("only the requester or staff may withdraw a ticket"));
+        return Err(forbidden(
+            "only the requester or staff may withdraw a ticket",
+        ));
     }
     if !t.status.is_active() {
         return Err(conflict(format!(
@@ -230,12 +241,14 @@ fn decide_withdraw(t: &Ticket, actor: &Actor, c: &Withdraw) -> Result<Vec<Event>
 }
 
 fn decide_escalate(t: &Ticket, actor: &Actor, c: &Escalate) -> Result<Vec<Event>, DomainError> {
+    reject_if_withdrawn(t)?;
     let mut v = Validator::default();
     v.reason("reason", &c.reason);
     v.finish()?;
-    reject_if_withdrawn(t)?;
     if !actor.is_staff() && t.requester != actor.id {
-        return Err(forbidden("only the requester or staff may escalate a ticket"));
+        return Err(forbidden(
+            "only the requester or staff may escalate a ticket",
+        ));
     }
     if !t.status.is_active() {
         return Err(conflict(format!(
@@ -253,6 +266,7 @@ fn decide_escalate(t: &Ticket, actor: &Actor, c: &Escalate) -> Result<Vec<Event>
 }
 
 fn decide_edit(t: &Ticket, actor: &Actor, c: &EditTicket) -> Result<Vec<Event>, DomainError> {
+    reject_if_withdrawn(t)?;
     let mut v = Validator::default();
     let subject = c.subject.as_ref().map(|s| v.subject("subject", s));
     if let Some(d) = &c.description {
@@ -266,7 +280,6 @@ fn decide_edit(t: &Ticket, actor: &Actor, c: &EditTicket) -> Result<Vec<Event>, 
         v.id("assignee", a);
     }
     v.finish()?;
-    reject_if_withdrawn(t)?;
     if !actor.is_staff() {
         if t.requester != actor.id {
             return Err(forbidden("only the requester or staff may edit a ticket"));
@@ -328,7 +341,10 @@ impl Validator {
         if value.trim().is_empty() {
             self.push(field, "must not be empty");
         } else if n > max {
-            self.push(field, &format!("must be at most {max} characters (got {n})"));
+            self.push(
+                field,
+                &format!("must be at most {max} characters (got {n})"),
+            );
         }
     }
 
@@ -349,17 +365,18 @@ impl Validator {
 
     fn id(&mut self, field: &str, value: &str) {
         if value.is_empty() || value.chars().count() > limits::ID_MAX {
-            self.push(field, &format!("must be 1 to {} characters", limits::ID_MAX));
+            self.push(
+                field,
+                &format!("must be 1 to {} characters", limits::ID_MAX),
+            );
         }
     }
 
     fn email(&mut self, field: &str, value: &str) {
         let ok = value.len() <= limits::EMAIL_MAX
-            && value
-                .split_once('@')
-                .is_some_and(|(local, domain)| {
-                    !local.is_empty() && domain.contains('.') && !domain.contains('@')
-                })
+            && value.split_once('@').is_some_and(|(local, domain)| {
+                !local.is_empty() && domain.contains('.') && !domain.contains('@')
+            })
             && !value.chars().any(char::is_whitespace);
         if !ok {
             self.push(field, "must be an email address");
@@ -369,7 +386,10 @@ impl Validator {
     /// Validates CC user ids and returns them without duplicates, in the order given.
     fn cc(&mut self, field: &str, cc: &[String]) -> Vec<String> {
         if cc.len() > limits::CC_MAX {
-            self.push(field, &format!("must list at most {} users", limits::CC_MAX));
+            self.push(
+                field,
+                &format!("must list at most {} users", limits::CC_MAX),
+            );
         }
         let mut out: Vec<String> = Vec::with_capacity(cc.len());
         for (i, user) in cc.iter().enumerate() {
@@ -383,12 +403,18 @@ impl Validator {
 
     fn fields(&mut self, field: &str, fields: &Fields) {
         if fields.len() > limits::FIELDS_MAX {
-            self.push(field, &format!("must have at most {} keys", limits::FIELDS_MAX));
+            self.push(
+                field,
+                &format!("must have at most {} keys", limits::FIELDS_MAX),
+            );
         }
         for (key, value) in fields {
             let name = format!("{field}.{key}");
             if key.is_empty() || key.chars().count() > limits::FIELD_KEY_MAX {
-                self.push(&name, &format!("keys must be 1 to {} characters", limits::FIELD_KEY_MAX));
+                self.push(
+                    &name,
+                    &format!("keys must be 1 to {} characters", limits::FIELD_KEY_MAX),
+                );
             }
             let too_long = |s: &String| s.chars().count() > limits::FIELD_VALUE_MAX;
             match value {
@@ -402,7 +428,10 @@ impl Validator {
                 ),
                 FieldValue::List(items) if items.iter().any(too_long) => self.push(
                     &name,
-                    &format!("values must be at most {} characters", limits::FIELD_VALUE_MAX),
+                    &format!(
+                        "values must be at most {} characters",
+                        limits::FIELD_VALUE_MAX
+                    ),
                 ),
                 _ => {}
             }

@@ -21,4 +21,6 @@ pub use event::{DecodeError, EncodeError, Event, Metadata, Recorded, EVENT_TYPES
 pub use hash::{event_hash, HashInput, HASH_LEN, ZERO_HASH};
 pub use policy::SlaPolicy;
 pub use ticket::{evolve, State, Ticket};
-pub use types::{Actor, Channel, FieldValue, Fields, Priority, Role, Status, UnknownValue, Visibility};
+pub use types::{
+    Actor, Channel, FieldValue, Fields, Priority, Role, Status, UnknownValue, Visibility,
+};

@@ -47,10 +47,7 @@ impl SlaPolicy {
             let (name, value) = part
                 .split_once('=')
                 .ok_or_else(|| format!("{part:?} is not priority=duration"))?;
-            let priority: Priority = name
-                .trim()
-                .parse()
-                .map_err(|e| format!("{name:?}: {e}"))?;
+            let priority: Priority = name.trim().parse().map_err(|e| format!("{name:?}: {e}"))?;
             let value = value.trim();
             let duration = if value == "off" {
                 None
@@ -60,7 +57,9 @@ impl SlaPolicy {
                     .parse()
                     .ok()
                     .filter(|n| *n > 0 && *n <= 100_000)
-                    .ok_or_else(|| format!("{value:?} is not a positive whole number with m, h or d"))?;
+                    .ok_or_else(|| {
+                        format!("{value:?} is not a positive whole number with m, h or d")
+                    })?;
                 Some(match unit {
                     "m" => Duration::minutes(n),
                     "h" => Duration::hours(n),

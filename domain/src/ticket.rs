@@ -34,7 +34,7 @@ pub struct Ticket {
 impl Ticket {
     /// `due_at` is past and the ticket is active (CONTRACT §3).
     pub fn is_overdue(&self, now: DateTime<Utc>) -> bool {
-        self.status.is_active() && self.due_at.is_some_and(|due| due <= now)
+        self.status.is_active() && self.due_at.is_some_and(|due| due < now)
     }
 
     /// CONTRACT §5: customers see tickets they requested, are CC'd on, or (org-wide) their org's.

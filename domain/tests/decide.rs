@@ -1137,9 +1137,6 @@ fn on_a_withdrawn_ticket_every_command_but_read_conflicts() {
 }
 
 #[test]
-#[ignore = "contract §3: 'Setting a status equal to the current one is a no-op: 200, no event \
-            (on a withdrawn ticket the rule above wins: 409)'; decide answers Invalid (422) \
-            because it validates status=withdrawn before the withdrawn-ticket check"]
 fn setting_withdrawn_on_a_withdrawn_ticket_conflicts() {
     for actor in [agent(), alice()] {
         ticket_in(Status::Withdrawn)
@@ -1661,9 +1658,6 @@ fn a_ticket_is_overdue_when_its_due_date_is_past_and_it_is_active() {
 }
 
 #[test]
-#[ignore = "contract §3: '`overdue` is true when `due_at` is past and the ticket is active'; \
-            Ticket::is_overdue uses `due <= now`, so a ticket is overdue at the very instant \
-            it falls due (boundary only)"]
 fn a_ticket_is_not_overdue_at_the_instant_it_falls_due() {
     let t = ticket_in(Status::Open).ticket().clone();
     let due = t.due_at.expect("a due date");
