@@ -39,7 +39,8 @@ impl FromStr for Position {
     type Err = BadPosition;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let (tx, seq) = s.split_once('-').ok_or(BadPosition)?;
-        let digits = |p: &str| !p.is_empty() && p.len() <= 20 && p.bytes().all(|b| b.is_ascii_digit());
+        let digits =
+            |p: &str| !p.is_empty() && p.len() <= 20 && p.bytes().all(|b| b.is_ascii_digit());
         if !digits(tx) || !digits(seq) {
             return Err(BadPosition);
         }
@@ -148,7 +149,11 @@ pub trait EventStore: Send + Sync + 'static {
     async fn append(&self, request: AppendRequest) -> StoreResult<Appended>;
 
     /// A stream's events with version > `after_version`, in version order.
-    async fn read_stream(&self, stream_id: Uuid, after_version: u64) -> StoreResult<Vec<StoredEvent>>;
+    async fn read_stream(
+        &self,
+        stream_id: Uuid,
+        after_version: u64,
+    ) -> StoreResult<Vec<StoredEvent>>;
 
     /// Up to `limit` events of the whole log after `after`, in log order. Never skips an event
     /// that commits later: an event becomes visible here only once every event ordered before
@@ -156,7 +161,12 @@ pub trait EventStore: Send + Sync + 'static {
     async fn read_all(&self, after: Position, limit: usize) -> StoreResult<Vec<StoredEvent>>;
 
     /// The idempotency record of `user`'s `key`, if written after `since`.
-    async fn idempotency(&self, user: &str, key: &str, since: DateTime<Utc>) -> StoreResult<Option<IdempotencyHit>>;
+    async fn idempotency(
+        &self,
+        user: &str,
+        key: &str,
+        since: DateTime<Utc>,
+    ) -> StoreResult<Option<IdempotencyHit>>;
 
     /// Deletes idempotency records written before `before`; returns how many.
     async fn purge_idempotency(&self, before: DateTime<Utc>) -> StoreResult<u64>;
