@@ -3,9 +3,13 @@
 //! the expected version.
 
 pub mod error;
+pub mod postgres;
+pub mod sqlite;
 pub mod store;
 
 pub use error::CommandError;
+pub use postgres::PostgresStore;
+pub use sqlite::SqliteStore;
 
 pub use store::{
     AppendRequest, Appended, BadPosition, EventStore, IdempotencyHit, IdempotencyRecord, NewEvent,

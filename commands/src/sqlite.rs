@@ -1,0 +1,603 @@
+//! The SQLite event store: the embedded default.
+//!
+//! Every write (appends, ticket numbers, purges) goes through one writer task that owns the
+//! only writing connection. It drains up to [`MAX_BATCH`] pending requests, applies each
+//! inside one transaction (a failing request is undone on its own, by a savepoint or by
+//! statement atomicity, without touching the others), commits once, and only then answers.
+//! With WAL and `synchronous=FULL`, an acknowledged append survives a SIGKILL or power loss.
+//! Reads use a separate pool and see only committed batches; because one writer commits in
+//! order, the row id is the log order and `read_all` can never skip an event.
+
+use std::fmt::Write as _;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use sqlx::migrate::Migrator;
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
+    SqliteRow, SqliteSynchronous,
+};
+use sqlx::{ConnectOptions, Row};
+use tokio::sync::{mpsc, oneshot, watch};
+use uuid::Uuid;
+
+use ticketd_domain::{event_hash, HashInput, HASH_LEN, ZERO_HASH};
+
+use crate::store::{
+    AppendRequest, Appended, EventStore, IdempotencyHit, IdempotencyRecord, Position, StoreError,
+    StoreResult, StoredEvent,
+};
+
+static MIGRATOR: Migrator = sqlx::migrate!("../migrations/sqlite");
+
+/// Most requests one writer transaction takes (one fsync for all of them).
+const MAX_BATCH: usize = 256;
+/// Pending writes before callers wait: backpressure instead of unbounded memory.
+const QUEUE: usize = 4096;
+/// Events per INSERT statement, well under SQLite's limit of bound parameters.
+const INSERT_CHUNK: usize = 64;
+const READERS: u32 = 4;
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+const EVENT_COLUMNS: &str = "seq, stream_id, version, event_id, event_type, schema_version, \
+                             recorded_at, metadata, payload, prev_hash, hash";
+
+/// The SQLite adapter of [`EventStore`].
+pub struct SqliteStore {
+    writer: mpsc::Sender<WriteOp>,
+    reads: SqlitePool,
+    ticks: Arc<watch::Sender<u64>>,
+}
+
+impl SqliteStore {
+    /// Opens (creating if missing, with its parent directory) the database at `url`, e.g.
+    /// `sqlite://data/ticketd.db`, and starts the writer task. Call [`Self::migrate`] next.
+    pub async fn open(url: &str) -> StoreResult<SqliteStore> {
+        let options = SqliteConnectOptions::from_str(url)
+            .map_err(|e| StoreError::Unavailable(format!("bad SQLite URL: {e}")))?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Full)
+            .foreign_keys(true)
+            .busy_timeout(BUSY_TIMEOUT);
+        if let Some(parent) = options.get_filename().parent() {
+            if !parent.as_os_str().is_empty() && !options.get_filename().starts_with("file:") {
+                tokio::fs::create_dir_all(parent).await.map_err(|e| {
+                    StoreError::Unavailable(format!("cannot create {}: {e}", parent.display()))
+                })?;
+            }
+        }
+        // The writer connects first, so the file and its WAL exist before readers open it.
+        let conn = options.connect().await.map_err(unavailable)?;
+        let reads = SqlitePoolOptions::new()
+            .max_connections(READERS)
+            .min_connections(0)
+            .acquire_timeout(BUSY_TIMEOUT)
+            .connect_with(options)
+            .await
+            .map_err(unavailable)?;
+        let (writer, rx) = mpsc::channel(QUEUE);
+        let ticks = Arc::new(watch::channel(0u64).0);
+        tokio::spawn(run_writer(conn, rx, ticks.clone()));
+        Ok(SqliteStore {
+            writer,
+            reads,
+            ticks,
+        })
+    }
+
+    /// Applies the embedded migrations (`migrations/sqlite`).
+    pub async fn migrate(&self) -> StoreResult<()> {
+        MIGRATOR
+            .run(&self.reads)
+            .await
+            .map_err(|e| StoreError::Unavailable(format!("migration failed: {e}")))
+    }
+
+    async fn submit<T>(
+        &self,
+        op: impl FnOnce(oneshot::Sender<StoreResult<T>>) -> WriteOp,
+    ) -> StoreResult<T> {
+        let (tx, rx) = oneshot::channel();
+        self.writer
+            .send(op(tx))
+            .await
+            .map_err(|_| StoreError::Unavailable("the SQLite writer has stopped".into()))?;
+        rx.await
+            .map_err(|_| StoreError::Unavailable("the SQLite writer has stopped".into()))?
+    }
+}
+
+#[async_trait]
+impl EventStore for SqliteStore {
+    async fn append(&self, request: AppendRequest) -> StoreResult<Appended> {
+        // Hashing only needs the request, so callers do it in parallel, off the writer.
+        let events = chain(&request)?;
+        let prepared = Box::new(Prepared { request, events });
+        self.submit(|reply| WriteOp::Append(prepared, reply)).await
+    }
+
+    async fn read_stream(
+        &self,
+        stream_id: Uuid,
+        after_version: u64,
+    ) -> StoreResult<Vec<StoredEvent>> {
+        let after = i64::try_from(after_version).unwrap_or(i64::MAX);
+        let rows = sqlx::query(&format!(
+            "SELECT {EVENT_COLUMNS} FROM events WHERE stream_id = ? AND version > ? ORDER BY version"
+        ))
+        .bind(stream_id)
+        .bind(after)
+        .fetch_all(&self.reads)
+        .await
+        .map_err(unavailable)?;
+        rows.iter().map(event_from_row).collect()
+    }
+
+    async fn read_all(&self, after: Position, limit: usize) -> StoreResult<Vec<StoredEvent>> {
+        // Every SQLite position has tx 0, so one with a larger tx is after the whole log.
+        if after.tx > 0 || limit == 0 {
+            return Ok(Vec::new());
+        }
+        let after_seq = i64::try_from(after.seq).unwrap_or(i64::MAX);
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let rows = sqlx::query(&format!(
+            "SELECT {EVENT_COLUMNS} FROM events WHERE seq > ? ORDER BY seq LIMIT ?"
+        ))
+        .bind(after_seq)
+        .bind(limit)
+        .fetch_all(&self.reads)
+        .await
+        .map_err(unavailable)?;
+        rows.iter().map(event_from_row).collect()
+    }
+
+    async fn idempotency(
+        &self,
+        user: &str,
+        key: &str,
+        since: DateTime<Utc>,
+    ) -> StoreResult<Option<IdempotencyHit>> {
+        let row = sqlx::query(
+            "SELECT fingerprint, response, created_at FROM idempotency \
+             WHERE user = ? AND key = ? AND created_at > ?",
+        )
+        .bind(user)
+        .bind(key)
+        .bind(since.timestamp_micros())
+        .fetch_optional(&self.reads)
+        .await
+        .map_err(unavailable)?;
+        let Some(row) = row else { return Ok(None) };
+        Ok(Some(IdempotencyHit {
+            fingerprint: row.try_get(0).map_err(corrupt)?,
+            response: row.try_get(1).map_err(corrupt)?,
+            created_at: from_micros(row.try_get(2).map_err(corrupt)?)?,
+        }))
+    }
+
+    async fn purge_idempotency(&self, before: DateTime<Utc>) -> StoreResult<u64> {
+        let before = before.timestamp_micros();
+        self.submit(|reply| WriteOp::Purge(before, reply)).await
+    }
+
+    async fn next_ticket_number(&self) -> StoreResult<u64> {
+        self.submit(WriteOp::TicketNumber).await
+    }
+
+    fn subscribe(&self) -> watch::Receiver<u64> {
+        self.ticks.subscribe()
+    }
+
+    async fn ping(&self) -> StoreResult<()> {
+        if self.writer.is_closed() {
+            return Err(StoreError::Unavailable(
+                "the SQLite writer has stopped".into(),
+            ));
+        }
+        sqlx::query("SELECT 1")
+            .execute(&self.reads)
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+}
+
+/// An append with its events already chained and hashed.
+struct Prepared {
+    request: AppendRequest,
+    events: Vec<StoredEvent>,
+}
+
+enum WriteOp {
+    Append(Box<Prepared>, oneshot::Sender<StoreResult<Appended>>),
+    TicketNumber(oneshot::Sender<StoreResult<u64>>),
+    Purge(i64, oneshot::Sender<StoreResult<u64>>),
+}
+
+/// What one request will answer once the batch commits.
+enum Outcome {
+    Append(StoreResult<Appended>),
+    Number(u64),
+    Purged(u64),
+}
+
+impl WriteOp {
+    fn answer(self, outcome: Outcome) {
+        // A caller that stopped waiting gets nothing; the write stands.
+        match (self, outcome) {
+            (WriteOp::Append(_, reply), Outcome::Append(r)) => drop(reply.send(r)),
+            (WriteOp::TicketNumber(reply), Outcome::Number(n)) => drop(reply.send(Ok(n))),
+            (WriteOp::Purge(_, reply), Outcome::Purged(n)) => drop(reply.send(Ok(n))),
+            (op, _) => op.fail("internal error: mismatched write outcome"),
+        }
+    }
+
+    fn fail(self, message: &str) {
+        let err = || StoreError::Unavailable(message.to_owned());
+        match self {
+            WriteOp::Append(_, reply) => drop(reply.send(Err(err()))),
+            WriteOp::TicketNumber(reply) => drop(reply.send(Err(err()))),
+            WriteOp::Purge(_, reply) => drop(reply.send(Err(err()))),
+        }
+    }
+}
+
+async fn run_writer(
+    mut conn: SqliteConnection,
+    mut rx: mpsc::Receiver<WriteOp>,
+    ticks: Arc<watch::Sender<u64>>,
+) {
+    let mut batch = Vec::with_capacity(MAX_BATCH);
+    let mut sql = SqlCache::default();
+    while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
+        if write_batch(&mut conn, &mut sql, &mut batch).await {
+            ticks.send_modify(|n| *n = n.wrapping_add(1));
+        }
+        batch.clear();
+    }
+}
+
+/// Applies and commits `ops`, answers each, and says whether any event was written.
+async fn write_batch(
+    conn: &mut SqliteConnection,
+    sql: &mut SqlCache,
+    ops: &mut Vec<WriteOp>,
+) -> bool {
+    // IMMEDIATE takes the write lock up front, so the version checks below cannot race
+    // another process writing the same file.
+    if let Err(e) = sqlx::query("BEGIN IMMEDIATE").execute(&mut *conn).await {
+        fail_all(ops, &format!("cannot begin: {e}"));
+        return false;
+    }
+    let mut outcomes = Vec::with_capacity(ops.len());
+    let mut wrote_events = false;
+    for op in ops.iter() {
+        let applied = match op {
+            WriteOp::Append(prepared, _) => apply_append(conn, sql, prepared).await.map(|r| {
+                wrote_events |= r.as_ref().is_ok_and(|a| !a.events.is_empty());
+                Outcome::Append(r)
+            }),
+            WriteOp::TicketNumber(_) => next_number(conn).await.map(Outcome::Number),
+            WriteOp::Purge(before, _) => {
+                sqlx::query("DELETE FROM idempotency WHERE created_at < ?")
+                    .bind(before)
+                    .execute(&mut *conn)
+                    .await
+                    .map(|r| Outcome::Purged(r.rows_affected()))
+            }
+        };
+        match applied {
+            Ok(outcome) => outcomes.push(outcome),
+            Err(e) => {
+                // Not a request's own conflict but the database failing: nothing is safe to keep.
+                let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
+                fail_all(ops, &format!("write failed: {e}"));
+                return false;
+            }
+        }
+    }
+    if let Err(e) = sqlx::query("COMMIT").execute(&mut *conn).await {
+        let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
+        fail_all(ops, &format!("commit failed: {e}"));
+        return false;
+    }
+    for (op, outcome) in ops.drain(..).zip(outcomes) {
+        op.answer(outcome);
+    }
+    wrote_events
+}
+
+fn fail_all(ops: &mut Vec<WriteOp>, message: &str) {
+    for op in ops.drain(..) {
+        op.fail(message);
+    }
+}
+
+async fn next_number(conn: &mut SqliteConnection) -> Result<u64, sqlx::Error> {
+    let n: i64 = sqlx::query_scalar(
+        "UPDATE counters SET value = value + 1 WHERE name = 'ticket_number' RETURNING value",
+    )
+    .fetch_one(&mut *conn)
+    .await?;
+    u64::try_from(n).map_err(|e| sqlx::Error::Decode(Box::new(e)))
+}
+
+/// Applies one append inside the batch's transaction. `Err` means the database failed (the
+/// batch is abandoned); a conflict is `Ok(Err(..))` and leaves nothing of this request behind.
+async fn apply_append(
+    conn: &mut SqliteConnection,
+    sql: &mut SqlCache,
+    prepared: &Prepared,
+) -> Result<StoreResult<Appended>, sqlx::Error> {
+    let request = &prepared.request;
+    let head: Option<(i64, Vec<u8>)> = sqlx::query_as(
+        "SELECT version, hash FROM events WHERE stream_id = ? ORDER BY version DESC LIMIT 1",
+    )
+    .bind(request.stream_id)
+    .fetch_optional(&mut *conn)
+    .await?;
+    let (actual, last_hash) = match head {
+        None => (0, ZERO_HASH),
+        Some((version, hash)) => match (u64::try_from(version), <[u8; HASH_LEN]>::try_from(hash)) {
+            (Ok(v), Ok(h)) => (v, h),
+            _ => {
+                return Ok(Err(StoreError::Corrupt(format!(
+                    "bad head of stream {}",
+                    request.stream_id
+                ))))
+            }
+        },
+    };
+    let conflict = || {
+        Ok(Err(StoreError::Conflict {
+            stream_id: request.stream_id,
+            expected: request.expected_version,
+            actual,
+        }))
+    };
+    if actual != request.expected_version || last_hash != request.prev_hash {
+        return conflict();
+    }
+    let mut rows = Vec::with_capacity(prepared.events.len());
+    for event in &prepared.events {
+        // Past i64::MAX the stream cannot really be at the expected version.
+        let Ok(version) = i64::try_from(event.version) else {
+            return conflict();
+        };
+        rows.push((version, i64::from(event.schema_version), event));
+    }
+
+    let chunks = rows.chunks(INSERT_CHUNK).len();
+    let statements = usize::from(request.idempotency.is_some()) + chunks;
+    // A single statement is atomic on its own; more need a savepoint to be undone together.
+    let savepoint = statements > 1;
+    if savepoint {
+        sqlx::query("SAVEPOINT append").execute(&mut *conn).await?;
+    }
+
+    if let Some(record) = &request.idempotency {
+        match insert_idempotency(conn, record).await {
+            Ok(()) => {}
+            Err(e) if is_unique_violation(&e) => {
+                undo(conn, savepoint).await?;
+                return Ok(Err(StoreError::IdempotencyKeyTaken));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+
+    let mut seqs = Vec::with_capacity(rows.len());
+    for chunk in rows.chunks(INSERT_CHUNK) {
+        let mut query = sqlx::query(sql.insert_events(chunk.len()));
+        for (version, schema_version, event) in chunk {
+            query = query
+                .bind(event.stream_id)
+                .bind(*version)
+                .bind(event.event_id)
+                .bind(event.event_type.as_str())
+                .bind(*schema_version)
+                .bind(event.recorded_at.timestamp_micros())
+                .bind(event.metadata.as_slice())
+                .bind(event.payload.as_slice())
+                .bind(event.prev_hash.as_slice())
+                .bind(event.hash.as_slice());
+        }
+        match query.fetch_all(&mut *conn).await {
+            Ok(returned) => {
+                for row in returned {
+                    let seq: i64 = row.try_get(0)?;
+                    let version: i64 = row.try_get(1)?;
+                    seqs.push((version, seq));
+                }
+            }
+            // Only a reused event id can collide: the head check rules out a taken version.
+            Err(e) if is_unique_violation(&e) => {
+                undo(conn, savepoint).await?;
+                return conflict();
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    if savepoint {
+        sqlx::query("RELEASE append").execute(&mut *conn).await?;
+    }
+
+    // RETURNING order is unspecified, so match rows back by version.
+    seqs.sort_unstable();
+    let mut events = prepared.events.clone();
+    for (event, (version, seq)) in events.iter_mut().zip(&seqs) {
+        match (i64::try_from(event.version), u64::try_from(*seq)) {
+            (Ok(v), Ok(seq)) if v == *version => event.position = Position { tx: 0, seq },
+            _ => {
+                return Ok(Err(StoreError::Corrupt(
+                    "inserted rows do not match the request".into(),
+                )))
+            }
+        }
+    }
+    if seqs.len() != events.len() {
+        return Ok(Err(StoreError::Corrupt(
+            "inserted rows do not match the request".into(),
+        )));
+    }
+    Ok(Ok(Appended {
+        version: events
+            .last()
+            .map_or(request.expected_version, |e| e.version),
+        events,
+    }))
+}
+
+/// Undoes a failed request's earlier statements (a failed statement undoes itself).
+async fn undo(conn: &mut SqliteConnection, savepoint: bool) -> Result<(), sqlx::Error> {
+    if savepoint {
+        sqlx::query("ROLLBACK TO append")
+            .execute(&mut *conn)
+            .await?;
+        sqlx::query("RELEASE append").execute(&mut *conn).await?;
+    }
+    Ok(())
+}
+
+async fn insert_idempotency(
+    conn: &mut SqliteConnection,
+    record: &IdempotencyRecord,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO idempotency (user, key, fingerprint, response, created_at) VALUES (?, ?, ?, ?, ?)",
+    )
+    .bind(record.user.as_str())
+    .bind(record.key.as_str())
+    .bind(record.fingerprint.as_slice())
+    .bind(record.response.as_slice())
+    .bind(Utc::now().timestamp_micros())
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+/// INSERT statements for 1..=INSERT_CHUNK events, built once per writer.
+#[derive(Default)]
+struct SqlCache {
+    insert: Vec<String>,
+}
+
+impl SqlCache {
+    fn insert_events(&mut self, n: usize) -> &str {
+        while self.insert.len() < n {
+            let count = self.insert.len() + 1;
+            let mut sql = String::from(
+                "INSERT INTO events (stream_id, version, event_id, event_type, schema_version, \
+                 recorded_at, metadata, payload, prev_hash, hash) VALUES ",
+            );
+            for i in 0..count {
+                let sep = if i == 0 { "" } else { ", " };
+                let _ = write!(sql, "{sep}(?, ?, ?, ?, ?, ?, ?, ?, ?, ?)");
+            }
+            sql.push_str(" RETURNING seq, version");
+            self.insert.push(sql);
+        }
+        self.insert
+            .get(n.saturating_sub(1))
+            .map_or("", String::as_str)
+    }
+}
+
+fn event_from_row(row: &SqliteRow) -> StoreResult<StoredEvent> {
+    let seq: i64 = row.try_get("seq").map_err(corrupt)?;
+    let version: i64 = row.try_get("version").map_err(corrupt)?;
+    let schema_version: i64 = row.try_get("schema_version").map_err(corrupt)?;
+    Ok(StoredEvent {
+        position: Position {
+            tx: 0,
+            seq: u64::try_from(seq).map_err(corrupt)?,
+        },
+        stream_id: row.try_get("stream_id").map_err(corrupt)?,
+        version: u64::try_from(version).map_err(corrupt)?,
+        event_id: row.try_get("event_id").map_err(corrupt)?,
+        event_type: row.try_get("event_type").map_err(corrupt)?,
+        schema_version: u32::try_from(schema_version).map_err(corrupt)?,
+        recorded_at: from_micros(row.try_get("recorded_at").map_err(corrupt)?)?,
+        metadata: row.try_get("metadata").map_err(corrupt)?,
+        payload: row.try_get("payload").map_err(corrupt)?,
+        prev_hash: hash_from(row.try_get("prev_hash").map_err(corrupt)?)?,
+        hash: hash_from(row.try_get("hash").map_err(corrupt)?)?,
+    })
+}
+
+// Helpers shared with the PostgreSQL adapter.
+
+/// The request's events as they will be stored: versions after `expected_version`, recorded_at
+/// cut to whole microseconds (what both stores keep), and the hash chain starting at the
+/// request's `prev_hash`. Positions are filled in once written.
+pub(crate) fn chain(request: &AppendRequest) -> StoreResult<Vec<StoredEvent>> {
+    let mut prev_hash = request.prev_hash;
+    let mut version = request.expected_version;
+    let mut out = Vec::with_capacity(request.events.len());
+    for event in &request.events {
+        // Saturating: a version this large cannot match the stream, so the append conflicts.
+        version = version.saturating_add(1);
+        let recorded_at = from_micros(event.recorded_at.timestamp_micros())?;
+        let hash = event_hash(&HashInput {
+            prev_hash: &prev_hash,
+            stream_id: request.stream_id,
+            version,
+            event_id: event.event_id,
+            event_type: &event.event_type,
+            schema_version: event.schema_version,
+            recorded_at,
+            metadata: &event.metadata,
+            payload: &event.payload,
+        });
+        out.push(StoredEvent {
+            position: Position::START,
+            stream_id: request.stream_id,
+            version,
+            event_id: event.event_id,
+            event_type: event.event_type.clone(),
+            schema_version: event.schema_version,
+            recorded_at,
+            metadata: event.metadata.clone(),
+            payload: event.payload.clone(),
+            prev_hash,
+            hash,
+        });
+        prev_hash = hash;
+    }
+    Ok(out)
+}
+
+pub(crate) fn from_micros(micros: i64) -> StoreResult<DateTime<Utc>> {
+    DateTime::from_timestamp_micros(micros)
+        .ok_or_else(|| StoreError::Corrupt(format!("timestamp out of range: {micros} µs")))
+}
+
+pub(crate) fn hash_from(bytes: Vec<u8>) -> StoreResult<[u8; HASH_LEN]> {
+    <[u8; HASH_LEN]>::try_from(bytes).map_err(|b| {
+        StoreError::Corrupt(format!(
+            "a stored hash has {} bytes, not {HASH_LEN}",
+            b.len()
+        ))
+    })
+}
+
+pub(crate) fn corrupt(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Corrupt(e.to_string())
+}
+
+pub(crate) fn unavailable(e: sqlx::Error) -> StoreError {
+    match e {
+        sqlx::Error::ColumnDecode { .. }
+        | sqlx::Error::Decode(_)
+        | sqlx::Error::ColumnNotFound(_) => StoreError::Corrupt(e.to_string()),
+        e => StoreError::Unavailable(e.to_string()),
+    }
+}
+
+pub(crate) fn is_unique_violation(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(db) if db.kind() == sqlx::error::ErrorKind::UniqueViolation)
+}
