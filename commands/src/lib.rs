@@ -3,11 +3,13 @@
 //! the expected version.
 
 pub mod error;
+pub mod handler;
 pub mod postgres;
 pub mod sqlite;
 pub mod store;
 
 pub use error::CommandError;
+pub use handler::{CommandHandler, Idempotency, Loaded, Options, Outcome};
 pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
 

@@ -1,0 +1,413 @@
+//! The command handler: load a ticket, `decide`, append at the expected version.
+//!
+//! State comes from a bounded cache of recent tickets; a stale entry (another process wrote
+//! since) shows up as a version conflict at append time, which reloads and retries. With
+//! `If-Match` there is no retry: the caller asked for that exact version.
+
+use std::num::NonZeroUsize;
+use std::sync::{Arc, Mutex};
+
+use chrono::{DateTime, Duration, Utc};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use ticketd_domain::{
+    decide, evolve, Actor, Command, CommandKind, DomainError, Event, Metadata, Recorded, SlaPolicy,
+    State, Ticket, HASH_LEN, ZERO_HASH,
+};
+
+use crate::error::CommandError;
+use crate::store::{
+    AppendRequest, EventStore, IdempotencyRecord, NewEvent, Position, StoreError, StoredEvent,
+};
+
+/// How long an idempotency key is honoured (CONTRACT §4).
+pub const IDEMPOTENCY_WINDOW_HOURS: i64 = 24;
+
+/// Attempts at an append that keeps losing the race for a ticket, before giving up.
+const MAX_ATTEMPTS: usize = 8;
+
+/// A ticket's state with what an append needs to follow it.
+#[derive(Debug, Clone)]
+pub struct Loaded {
+    pub state: State,
+    pub version: u64,
+    pub last_hash: [u8; HASH_LEN],
+    /// Position of the stream's last event (`START` for an empty stream).
+    pub last_position: Position,
+}
+
+impl Loaded {
+    fn empty() -> Self {
+        Loaded {
+            state: None,
+            version: 0,
+            last_hash: ZERO_HASH,
+            last_position: Position::START,
+        }
+    }
+
+    /// Folds stored events onto this state, checking they continue it.
+    fn apply(&mut self, events: &[StoredEvent]) -> Result<(), StoreError> {
+        for stored in events {
+            if stored.version != self.version + 1 {
+                return Err(StoreError::Corrupt(format!(
+                    "stream {} jumps from version {} to {}",
+                    stored.stream_id, self.version, stored.version
+                )));
+            }
+            let recorded = decode(stored)?;
+            self.state = evolve(self.state.take(), &recorded);
+            self.version = stored.version;
+            self.last_hash = stored.hash;
+            self.last_position = stored.position;
+        }
+        Ok(())
+    }
+}
+
+/// Decodes a stored event into what `evolve` folds.
+pub fn decode(stored: &StoredEvent) -> Result<Recorded, StoreError> {
+    let corrupt = |what: String| {
+        StoreError::Corrupt(format!(
+            "event {} (stream {} version {}): {what}",
+            stored.event_id, stored.stream_id, stored.version
+        ))
+    };
+    let event = Event::decode(&stored.event_type, stored.schema_version, &stored.payload)
+        .map_err(|e| corrupt(e.to_string()))?;
+    let metadata = Metadata::decode(&stored.metadata).map_err(|e| corrupt(e.to_string()))?;
+    Ok(Recorded {
+        version: stored.version,
+        recorded_at: stored.recorded_at,
+        actor: metadata.actor,
+        event,
+    })
+}
+
+/// What the caller attaches to a command besides its content.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// `If-Match`: the version the caller last saw.
+    pub expected_version: Option<u64>,
+    pub idempotency: Option<Idempotency>,
+    pub correlation_id: Option<Uuid>,
+}
+
+/// An `Idempotency-Key` with a digest of the request it came with.
+#[derive(Debug, Clone)]
+pub struct Idempotency {
+    pub key: String,
+    pub fingerprint: Vec<u8>,
+}
+
+/// The result of a command: the ticket after it, and where its last event sits.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    pub ticket: Ticket,
+    pub version: u64,
+    /// The log position of the last event written (for a no-op, the ticket's last event).
+    pub position: Position,
+    /// Events this command appended (empty for a no-op or an idempotent repeat).
+    pub appended: Vec<StoredEvent>,
+    /// The id of the comment a comment command added.
+    pub comment_id: Option<Uuid>,
+    /// True when this answers a repeat of an earlier request with the same key.
+    pub replayed: bool,
+}
+
+/// What is kept under an idempotency key: enough to rebuild the first answer from the stream.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Remembered {
+    stream_id: Uuid,
+    version: u64,
+    #[serde(default)]
+    comment_id: Option<Uuid>,
+}
+
+/// Runs commands against an event store.
+pub struct CommandHandler {
+    store: Arc<dyn EventStore>,
+    sla: SlaPolicy,
+    cache: Mutex<lru::LruCache<Uuid, Loaded>>,
+}
+
+impl CommandHandler {
+    pub fn new(store: Arc<dyn EventStore>, sla: SlaPolicy, cache_capacity: usize) -> Self {
+        let capacity = NonZeroUsize::new(cache_capacity).unwrap_or(NonZeroUsize::MIN);
+        CommandHandler {
+            store,
+            sla,
+            cache: Mutex::new(lru::LruCache::new(capacity)),
+        }
+    }
+
+    pub fn store(&self) -> &Arc<dyn EventStore> {
+        &self.store
+    }
+
+    fn cached(&self, id: Uuid) -> Option<Loaded> {
+        // A poisoned lock only means another task panicked mid-update of a cache; treat it as
+        // a miss rather than spreading the panic.
+        self.cache.lock().ok().and_then(|mut c| c.get(&id).cloned())
+    }
+
+    fn remember(&self, id: Uuid, loaded: &Loaded) {
+        if let Ok(mut c) = self.cache.lock() {
+            // Never let a slower writer put back an older state.
+            if c.peek(&id).is_none_or(|old| old.version <= loaded.version) {
+                c.put(id, loaded.clone());
+            }
+        }
+    }
+
+    fn forget(&self, id: Uuid) {
+        if let Ok(mut c) = self.cache.lock() {
+            c.pop(&id);
+        }
+    }
+
+    /// The ticket's current state, read through to the store so it is never stale.
+    pub async fn load_fresh(&self, id: Uuid) -> Result<Loaded, StoreError> {
+        let mut loaded = self.cached(id).unwrap_or_else(Loaded::empty);
+        let tail = self.store.read_stream(id, loaded.version).await?;
+        if !tail.is_empty() {
+            loaded.apply(&tail)?;
+            self.remember(id, &loaded);
+        }
+        Ok(loaded)
+    }
+
+    /// The ticket's state from the cache, or the store on a miss.
+    async fn load(&self, id: Uuid) -> Result<Loaded, StoreError> {
+        match self.cached(id) {
+            Some(loaded) => Ok(loaded),
+            None => self.load_fresh(id).await,
+        }
+    }
+
+    /// Opens a ticket (CONTRACT §4.1). The id and number are assigned here.
+    pub async fn open(
+        &self,
+        actor: Actor,
+        mut open: ticketd_domain::OpenTicket,
+        options: Options,
+    ) -> Result<Outcome, CommandError> {
+        if let Some(outcome) = self.replay(&actor, &options).await? {
+            return Ok(outcome);
+        }
+        open.id = Uuid::now_v7();
+        open.number = self.store.next_ticket_number().await?;
+        self.run(open.id, actor, CommandKind::Open(open), options)
+            .await
+    }
+
+    /// Runs a command on an existing ticket (CONTRACT §4.2–§4.7).
+    pub async fn execute(
+        &self,
+        ticket_id: Uuid,
+        actor: Actor,
+        kind: CommandKind,
+        options: Options,
+    ) -> Result<Outcome, CommandError> {
+        if let Some(outcome) = self.replay(&actor, &options).await? {
+            return Ok(outcome);
+        }
+        self.run(ticket_id, actor, kind, options).await
+    }
+
+    async fn run(
+        &self,
+        ticket_id: Uuid,
+        actor: Actor,
+        kind: CommandKind,
+        options: Options,
+    ) -> Result<Outcome, CommandError> {
+        let comment_id = match &kind {
+            CommandKind::Comment(c) => Some(c.comment_id),
+            _ => None,
+        };
+        let mut loaded = self.load(ticket_id).await?;
+        let mut refreshed = false;
+        for _ in 0..MAX_ATTEMPTS {
+            let cmd = Command {
+                actor: actor.clone(),
+                at: now_micros(),
+                kind: kind.clone(),
+            };
+            // Visibility first, so If-Match cannot reveal that a hidden ticket exists.
+            if !matches!(kind, CommandKind::Open(_)) {
+                match &loaded.state {
+                    Some(t) if t.visible_to(&actor) => {}
+                    _ if !refreshed => {
+                        // A cached miss may be stale: check the store before saying 404.
+                        loaded = self.load_fresh(ticket_id).await?;
+                        refreshed = true;
+                        continue;
+                    }
+                    _ => return Err(DomainError::NotFound.into()),
+                }
+            }
+            if let Some(expected) = options.expected_version {
+                if expected != loaded.version {
+                    if !refreshed {
+                        loaded = self.load_fresh(ticket_id).await?;
+                        refreshed = true;
+                        continue;
+                    }
+                    return Err(CommandError::VersionMismatch {
+                        expected,
+                        current: loaded.version,
+                    });
+                }
+            }
+            let events = decide(&loaded.state, &cmd, &self.sla)?;
+            if events.is_empty() && options.idempotency.is_none() {
+                return outcome(&loaded, vec![], comment_id, false);
+            }
+            let request =
+                self.append_request(ticket_id, &loaded, &cmd, &events, &options, comment_id)?;
+            match self.store.append(request).await {
+                Ok(appended) => {
+                    loaded.apply(&appended.events)?;
+                    self.remember(ticket_id, &loaded);
+                    return outcome(&loaded, appended.events, comment_id, false);
+                }
+                Err(StoreError::Conflict { actual, .. }) => {
+                    self.forget(ticket_id);
+                    if let Some(expected) = options.expected_version {
+                        return Err(CommandError::VersionMismatch {
+                            expected,
+                            current: actual,
+                        });
+                    }
+                    loaded = self.load_fresh(ticket_id).await?;
+                    refreshed = true;
+                }
+                Err(StoreError::IdempotencyKeyTaken) => {
+                    // A concurrent request with the same key won; answer as it did.
+                    return match self.replay(&actor, &options).await? {
+                        Some(outcome) => Ok(outcome),
+                        None => Err(CommandError::Contention),
+                    };
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(CommandError::Contention)
+    }
+
+    fn append_request(
+        &self,
+        ticket_id: Uuid,
+        loaded: &Loaded,
+        cmd: &Command,
+        events: &[Event],
+        options: &Options,
+        comment_id: Option<Uuid>,
+    ) -> Result<AppendRequest, CommandError> {
+        let metadata = Metadata {
+            actor: cmd.actor.clone(),
+            correlation_id: options.correlation_id,
+            causation_id: None,
+            idempotency_key: options.idempotency.as_ref().map(|i| i.key.clone()),
+        }
+        .encode()
+        .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let mut new_events = Vec::with_capacity(events.len());
+        for event in events {
+            new_events.push(NewEvent {
+                event_id: Uuid::now_v7(),
+                event_type: event.type_name().to_owned(),
+                schema_version: event.schema_version(),
+                recorded_at: cmd.at,
+                metadata: metadata.clone(),
+                payload: event
+                    .encode()
+                    .map_err(|e| StoreError::Corrupt(e.to_string()))?,
+            });
+        }
+        let idempotency = match &options.idempotency {
+            Some(i) => Some(IdempotencyRecord {
+                user: cmd.actor.id.clone(),
+                key: i.key.clone(),
+                fingerprint: i.fingerprint.clone(),
+                response: rmp_serde::to_vec_named(&Remembered {
+                    stream_id: ticket_id,
+                    version: loaded.version + events.len() as u64,
+                    comment_id,
+                })
+                .map_err(|e| StoreError::Corrupt(e.to_string()))?,
+            }),
+            None => None,
+        };
+        Ok(AppendRequest {
+            stream_id: ticket_id,
+            expected_version: loaded.version,
+            prev_hash: loaded.last_hash,
+            events: new_events,
+            idempotency,
+        })
+    }
+
+    /// The first answer to a repeated request, rebuilt from the stream as it stood then.
+    async fn replay(
+        &self,
+        actor: &Actor,
+        options: &Options,
+    ) -> Result<Option<Outcome>, CommandError> {
+        let Some(idem) = &options.idempotency else {
+            return Ok(None);
+        };
+        let since = Utc::now() - Duration::hours(IDEMPOTENCY_WINDOW_HOURS);
+        let Some(hit) = self.store.idempotency(&actor.id, &idem.key, since).await? else {
+            return Ok(None);
+        };
+        if hit.fingerprint != idem.fingerprint {
+            return Err(CommandError::IdempotencyKeyReused);
+        }
+        let remembered: Remembered = rmp_serde::from_slice(&hit.response)
+            .map_err(|e| StoreError::Corrupt(format!("idempotency record: {e}")))?;
+        let events = self.store.read_stream(remembered.stream_id, 0).await?;
+        let upto: Vec<StoredEvent> = events
+            .into_iter()
+            .take_while(|e| e.version <= remembered.version)
+            .collect();
+        let mut loaded = Loaded::empty();
+        loaded.apply(&upto)?;
+        if loaded.version != remembered.version {
+            return Err(StoreError::Corrupt(format!(
+                "idempotency record names version {} of stream {}, which has {}",
+                remembered.version, remembered.stream_id, loaded.version
+            ))
+            .into());
+        }
+        outcome(&loaded, vec![], remembered.comment_id, true).map(Some)
+    }
+}
+
+fn outcome(
+    loaded: &Loaded,
+    appended: Vec<StoredEvent>,
+    comment_id: Option<Uuid>,
+    replayed: bool,
+) -> Result<Outcome, CommandError> {
+    let ticket = loaded
+        .state
+        .clone()
+        .ok_or(CommandError::Domain(DomainError::NotFound))?;
+    Ok(Outcome {
+        ticket,
+        version: loaded.version,
+        position: loaded.last_position,
+        appended,
+        comment_id,
+        replayed,
+    })
+}
+
+/// Now, to the microsecond: the precision every store keeps and the hash covers.
+pub fn now_micros() -> DateTime<Utc> {
+    let now = Utc::now();
+    DateTime::from_timestamp_micros(now.timestamp_micros()).unwrap_or(now)
+}
