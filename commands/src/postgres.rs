@@ -2,13 +2,21 @@
 //!
 //! An append is one statement, so one round trip and one implicit transaction: a CTE that
 //! moves the stream's head in `streams` only if it is still at the expected version and hash
-//! (or creates it when 0 is expected), and only then inserts the idempotency record and every
-//! event (from `unnest`ed arrays). The row lock on the head serializes writers of one stream;
-//! writers of different streams never wait for each other.
+//! (or creates it when 0 is expected), and only then inserts the idempotency record and the
+//! events. The row lock on the head serializes writers of one stream; writers of different
+//! streams never wait for each other. The statement is specialised to the request's shape
+//! (new or existing stream, with or without idempotency record, zero, one or many events).
 //!
 //! The whole-log order is `(tx_id, seq)`. `read_all` only returns rows of transactions older
 //! than its snapshot's xmin: every transaction below xmin has ended, so no event can later
 //! commit before the returned ones, and paging never skips an event (no timeouts, no gaps).
+//! The price: an append shows in `read_all` only once every older transaction on the server
+//! has ended, usually within milliseconds.
+//!
+//! `subscribe` ticks once appends are visible to `read_all`: a watcher task learns the server's
+//! xmin from append results (or asks for it) and compares it with the newest committed
+//! transaction id. Other processes learn of our appends by NOTIFY on [`NOTIFY_CHANNEL`], sent
+//! outside the append (inside, it would serialize all commits behind the notify lock).
 
 use std::str::FromStr;
 use std::sync::atomic::{AtomicU64, Ordering};

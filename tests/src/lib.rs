@@ -254,3 +254,25 @@ pub async fn read_until(store: &dyn EventStore, position: Position) -> Vec<Store
         tokio::time::sleep(std::time::Duration::from_millis(5)).await;
     }
 }
+
+/// Waits for ticks of `ticks` until the log shows `position`, and returns the log. Fails after
+/// 5 s. A tick may be for something else (other processes' appends tick too), so each one is
+/// followed by a read, as real subscribers do.
+pub async fn tick_until_visible(
+    store: &dyn EventStore,
+    ticks: &mut tokio::sync::watch::Receiver<u64>,
+    position: Position,
+) -> Vec<StoredEvent> {
+    let wait = async {
+        loop {
+            ticks.changed().await.expect("store alive");
+            let log = read_everything(store, 1000).await;
+            if log.last().is_some_and(|e| e.position >= position) {
+                return log;
+            }
+        }
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(5), wait)
+        .await
+        .unwrap_or_else(|_| panic!("no tick made position {position} visible within 5 s"))
+}

@@ -200,18 +200,25 @@ async fn write(store: Arc<dyn EventStore>, w: usize, hot: Arc<Vec<Uuid>>) -> (Ac
 }
 
 /// Not a check but a measurement (`cargo test --release -- --ignored --nocapture`): appends/s
-/// of single-event appends by 32 writers to streams of their own.
+/// of single-event appends by 32 writers to streams of their own, and CPU time per append
+/// (this process, and PostgreSQL's processes when the server is local), which stays
+/// meaningful on a busy machine.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "a measurement, run by hand"]
 async fn append_throughput() {
     const APPENDS: usize = 300;
     let sqlite = sqlite_store().await;
     let mut stores: Vec<(&str, Arc<dyn EventStore>)> = vec![("sqlite", sqlite.store.clone())];
-    let pg = postgres_store(WRITERS as u32).await;
+    let pool: u32 = std::env::var("TICKETD_BENCH_POOL")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(16);
+    let pg = postgres_store(pool).await;
     if let Some(t) = &pg {
         stores.push(("postgres", t.store.clone()));
     }
     for (backend, store) in stores {
+        let (own_before, server_before) = (cpu_ticks(&["self"]), cpu_ticks(&postgres_pids()));
         let started = Instant::now();
         let tasks: Vec<_> = (0..WRITERS)
             .map(|_| {
@@ -232,10 +239,44 @@ async fn append_throughput() {
             task.await.expect("writer");
         }
         let elapsed = started.elapsed();
+        let own = cpu_ticks(&["self"]).saturating_sub(own_before);
+        let server = cpu_ticks(&postgres_pids()).saturating_sub(server_before);
         let n = WRITERS * APPENDS;
+        // Clock ticks are 10 ms on Linux.
+        let per = |ticks: u64| ticks as f64 * 10_000.0 / n as f64;
         eprintln!(
-            "{backend}: {n} appends in {elapsed:?}: {:.0} appends/s",
-            n as f64 / elapsed.as_secs_f64()
+            "{backend}: {n} appends in {elapsed:?}: {:.0} appends/s; CPU per append: {:.0} µs here, {:.0} µs in postgres processes",
+            n as f64 / elapsed.as_secs_f64(),
+            per(own),
+            per(server)
         );
     }
+}
+
+/// utime + stime of the given /proc entries, in clock ticks (0 where unreadable).
+fn cpu_ticks<S: AsRef<str>>(pids: &[S]) -> u64 {
+    pids.iter()
+        .filter_map(|pid| std::fs::read_to_string(format!("/proc/{}/stat", pid.as_ref())).ok())
+        .filter_map(|stat| {
+            // Fields after the parenthesised command name; utime and stime are the 14th and 15th.
+            let rest = stat.rsplit_once(')')?.1;
+            let fields: Vec<&str> = rest.split_whitespace().collect();
+            Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
+        })
+        .sum()
+}
+
+fn postgres_pids() -> Vec<String> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|e| e.ok())
+        .filter_map(|e| e.file_name().into_string().ok())
+        .filter(|pid| pid.bytes().all(|b| b.is_ascii_digit()))
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                .is_ok_and(|c| c.trim() == "postgres")
+        })
+        .collect()
 }

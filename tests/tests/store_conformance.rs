@@ -7,11 +7,11 @@ use std::time::Duration;
 use chrono::{TimeDelta, Utc};
 use uuid::Uuid;
 
-use ticketd_commands::{EventStore, Position, StoreError, StoredEvent};
+use ticketd_commands::{EventStore, Position, SqliteStore, StoreError, StoredEvent};
 use ticketd_domain::{event_hash, HashInput, ZERO_HASH};
 use ticketd_tests::{
     both_backends, head, idempotency_record, micros_time, new_event, new_events, new_stream,
-    read_everything, read_until, request,
+    read_everything, read_until, request, tick_until_visible,
 };
 
 both_backends!(
@@ -634,30 +634,17 @@ async fn subscribe_ticks_after_append(store: Arc<dyn EventStore>) {
     let mut rx = store.subscribe();
     rx.borrow_and_update();
     let (stream, appended) = new_stream(&*store, 2).await;
-    tokio::time::timeout(Duration::from_secs(5), rx.changed())
-        .await
-        .expect("a tick within 5 s")
-        .expect("store alive");
-    // The tick comes once the append is visible to read_all: no waiting needed.
-    let log = store
-        .read_all(Position::START, 100)
-        .await
-        .expect("read_all");
+    let log = tick_until_visible(&*store, &mut rx, appended.events[1].position).await;
     assert_eq!(log, appended.events);
 
     // And again for a second append.
-    rx.borrow_and_update();
     let (version, hash) = head(&appended);
-    store
+    let second = store
         .append(request(stream, version, hash, new_events(1)))
         .await
         .expect("append");
-    tokio::time::timeout(Duration::from_secs(5), rx.changed())
-        .await
-        .expect("a tick within 5 s")
-        .expect("store alive");
-    // The tick comes once the append is visible: no waiting needed here.
-    assert_eq!(read_everything(&*store, 100).await.len(), 3);
+    let log = tick_until_visible(&*store, &mut rx, second.events[0].position).await;
+    assert_eq!(log.len(), 3);
 }
 
 async fn position_round_trips(store: Arc<dyn EventStore>) {
@@ -692,4 +679,168 @@ async fn position_round_trips(store: Arc<dyn EventStore>) {
     }
     // Ordering is by (tx, seq).
     assert!(Position { tx: 1, seq: 9 } < Position { tx: 2, seq: 1 });
+}
+
+/// Set in the child process of [`sqlite_acknowledged_appends_survive_sigkill`].
+const SIGKILL_CHILD_DB: &str = "TICKETD_TEST_SIGKILL_CHILD_DB";
+
+/// Every append acknowledged before a SIGKILL is there after reopening: the test runs itself
+/// as a child that appends (printing each acknowledged event id), and kills it mid-stream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_acknowledged_appends_survive_sigkill() {
+    if let Ok(url) = std::env::var(SIGKILL_CHILD_DB) {
+        return append_until_killed(&url).await;
+    }
+    let ticketd_tests::SqliteTestStore {
+        store,
+        url,
+        dir: _dir,
+    } = ticketd_tests::sqlite_store().await;
+    drop(store);
+    let exe = std::env::current_exe().expect("test binary");
+    let mut child = tokio::process::Command::new(exe)
+        .args([
+            "--exact",
+            "sqlite_acknowledged_appends_survive_sigkill",
+            "--nocapture",
+        ])
+        .env(SIGKILL_CHILD_DB, &url)
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn child");
+    let stdout = child.stdout.take().expect("child stdout");
+    let mut lines = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(stdout));
+    let mut acked = HashSet::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while acked.len() < 300 {
+        let line = tokio::time::timeout_at(deadline, lines.next_line())
+            .await
+            .expect("child acknowledges appends")
+            .expect("read child output")
+            .expect("child still running");
+        if let Some(id) = line.strip_prefix("acked ") {
+            acked.insert(id.parse::<Uuid>().expect("event id"));
+        }
+    }
+    child.start_kill().expect("SIGKILL"); // Child::kill sends SIGKILL on Unix
+    child.wait().await.expect("reap child");
+    // Lines already in the pipe were acknowledged before the kill too.
+    while let Ok(Some(line)) = lines.next_line().await {
+        if let Some(id) = line.strip_prefix("acked ") {
+            acked.insert(id.parse::<Uuid>().expect("event id"));
+        }
+    }
+
+    let store = SqliteStore::open(&url).await.expect("reopen");
+    let stored: HashSet<Uuid> = read_everything(&store, 1000)
+        .await
+        .into_iter()
+        .map(|e| e.event_id)
+        .collect();
+    eprintln!("acknowledged {}, stored {}", acked.len(), stored.len());
+    let lost: Vec<_> = acked.difference(&stored).collect();
+    assert!(
+        lost.is_empty(),
+        "{} acknowledged events lost: {lost:?}",
+        lost.len()
+    );
+}
+
+async fn append_until_killed(url: &str) {
+    let store = Arc::new(SqliteStore::open(url).await.expect("open in child"));
+    let writers: Vec<_> = (0..8)
+        .map(|_| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let (stream, mut at) = (Uuid::now_v7(), (0, ZERO_HASH));
+                // Bounded, in case the parent dies without killing us.
+                for _ in 0..100_000 {
+                    let appended = store
+                        .append(request(stream, at.0, at.1, new_events(1)))
+                        .await
+                        .expect("append");
+                    at = head(&appended);
+                    println!("acked {}", appended.events[0].event_id);
+                }
+            })
+        })
+        .collect();
+    for writer in writers {
+        let _ = writer.await;
+    }
+}
+
+/// The snapshot gate: an event committed by a newer transaction stays out of `read_all` while
+/// an older one is open, and the older one's events come first once it commits (log order is
+/// transaction order, not commit order). Subscribers get a tick when both become visible.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_read_all_waits_for_older_transactions() {
+    use sqlx::{ConnectOptions, Connection};
+
+    let Some(t) = ticketd_tests::postgres_store(4).await else {
+        return;
+    };
+    let store: Arc<dyn EventStore> = t.store.clone();
+    let (_, first) = new_stream(&*store, 1).await;
+    read_until(&*store, first.events[0].position).await;
+
+    // An older transaction writes an event but does not commit yet.
+    let mut conn = t.schema.options.connect().await.expect("connect");
+    let mut older = conn.begin().await.expect("begin");
+    let older_event = Uuid::now_v7();
+    let older_tx: i64 = sqlx::query_scalar(
+        "INSERT INTO events (stream_id, version, event_id, event_type, schema_version, \
+         recorded_at, metadata, payload, prev_hash, hash) \
+         VALUES ($1, 1, $2, 'older', 1, now(), '', '', $3, $3) RETURNING tx_id::text::bigint",
+    )
+    .bind(Uuid::now_v7())
+    .bind(older_event)
+    .bind(&ZERO_HASH[..])
+    .fetch_one(&mut *older)
+    .await
+    .expect("insert in the older transaction");
+
+    let (_, newer) = new_stream(&*store, 1).await;
+    assert!(newer.events[0].position.tx > older_tx as u64);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        read_everything(&*store, 100).await,
+        first.events,
+        "a newer commit stays hidden while an older transaction is open"
+    );
+
+    let mut ticks = store.subscribe();
+    ticks.borrow_and_update();
+    older.commit().await.expect("commit");
+    let log = tick_until_visible(&*store, &mut ticks, newer.events[0].position).await;
+    let ids: Vec<Uuid> = log.iter().map(|e| e.event_id).collect();
+    assert_eq!(
+        ids,
+        [
+            first.events[0].event_id,
+            older_event,
+            newer.events[0].event_id
+        ],
+        "the older transaction's event comes first"
+    );
+}
+
+/// Another process's append (here: another store on the same schema) ticks subscribers too,
+/// through LISTEN/NOTIFY.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_other_process_appends_tick_subscribers() {
+    let Some(t) = ticketd_tests::postgres_store(4).await else {
+        return;
+    };
+    let other = ticketd_commands::PostgresStore::connect_with(t.schema.options.clone(), 2)
+        .await
+        .expect("second store");
+    // Let its listener start before the append.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut ticks = other.subscribe();
+    ticks.borrow_and_update();
+    let (_, appended) = new_stream(&*t.store, 2).await;
+    let log = tick_until_visible(&other, &mut ticks, appended.events[1].position).await;
+    assert_eq!(log, appended.events);
 }
