@@ -9,7 +9,7 @@ use crate::error::{DomainError, FieldError};
 use crate::event::{self, Change, Edited, Event};
 use crate::policy::SlaPolicy;
 use crate::ticket::{State, Ticket};
-use crate::types::{Actor, FieldValue, Fields, Priority, Role, Status, Visibility};
+use crate::types::{Actor, Channel, FieldValue, Fields, Priority, Role, Status, Visibility};
 
 /// Input limits (CONTRACT §3, §4).
 pub mod limits {
@@ -159,6 +159,8 @@ fn decide_comment(t: &Ticket, actor: &Actor, c: &AddComment) -> Result<Vec<Event
         comment_id: c.comment_id,
         body: c.body.clone(),
         visibility,
+        // The API has no way yet to say a comment came in by another channel.
+        channel: Channel::Web,
     })];
     // A customer's public reply hands the ticket back to support (CONTRACT §3).
     if visibility == Visibility::Public

@@ -2,7 +2,9 @@
 //!
 //! Each event has a stable type name and a schema version. Payloads are MessagePack maps with
 //! named fields (`rmp_serde::to_vec_named`), so a later schema may add optional fields
-//! (`#[serde(default)]`) and every stored event still decodes.
+//! (`#[serde(default)]`) and every stored event still decodes. A change that old payloads
+//! cannot simply default into raises the type's schema version and adds an upcaster
+//! (crate::upcast): stored bytes are never rewritten.
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -36,11 +38,15 @@ pub struct Opened {
 }
 
 /// A comment was added.
+///
+/// Schema 2 added `channel`; schema 1 payloads are upcast with `web` (crate::upcast).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Commented {
     pub comment_id: Uuid,
     pub body: String,
     pub visibility: Visibility,
+    /// Where the comment came in.
+    pub channel: Channel,
 }
 
 /// The status moved. `automatic` marks moves caused by a customer's reply; `reopen` marks a
@@ -163,15 +169,20 @@ macro_rules! event_kinds {
             pub fn decode(event_type: &str, schema_version: u32, payload: &[u8]) -> Result<Event, DecodeError> {
                 match event_type {
                     $($name => {
-                        if schema_version != $schema {
+                        let decoded = if schema_version == $schema {
+                            rmp_serde::from_slice(payload).map(Event::$variant)
+                        } else if let Some(upcast) =
+                            crate::upcast::decode_old(event_type, schema_version, payload)
+                        {
+                            // An older schema, brought to this one step by step.
+                            upcast
+                        } else {
                             return Err(DecodeError::UnknownSchema {
                                 event_type: event_type.to_owned(),
                                 version: schema_version,
                             });
-                        }
-                        rmp_serde::from_slice(payload)
-                            .map(Event::$variant)
-                            .map_err(|source| DecodeError::Payload { event_type: event_type.to_owned(), source })
+                        };
+                        decoded.map_err(|source| DecodeError::Payload { event_type: event_type.to_owned(), source })
                     })+
                     other => Err(DecodeError::UnknownType(other.to_owned())),
                 }
@@ -192,7 +203,7 @@ macro_rules! event_kinds {
 
 event_kinds! {
     Opened => "ticket.opened", v 1;
-    Commented => "ticket.commented", v 1;
+    Commented => "ticket.commented", v 2;
     StatusChanged => "ticket.status_changed", v 1;
     Edited => "ticket.edited", v 1;
     Escalated => "ticket.escalated", v 1;

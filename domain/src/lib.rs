@@ -11,6 +11,7 @@ pub mod hash;
 pub mod policy;
 pub mod ticket;
 pub mod types;
+pub mod upcast;
 
 pub use command::{
     AddComment, ChangeStatus, Command, CommandKind, EditTicket, Escalate, OpenTicket, Withdraw,

@@ -1,14 +1,15 @@
 //! Ticket state and `evolve`, the fold of a stream's events.
 
 use chrono::{DateTime, Utc};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::event::{Event, Recorded};
 use crate::types::{Actor, Channel, Fields, Priority, Role, Status};
 
 /// A ticket as its events leave it.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+/// Deserialize: the `tickets` read model keeps each ticket's state as JSON.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Ticket {
     pub id: Uuid,
     pub number: u64,

@@ -359,6 +359,7 @@ fn commented(body: &str, visibility: Visibility) -> Event {
         comment_id: COMMENT,
         body: body.into(),
         visibility,
+        channel: Channel::Web,
     })
 }
 
