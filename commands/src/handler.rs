@@ -27,6 +27,11 @@ pub const IDEMPOTENCY_WINDOW_HOURS: i64 = 24;
 /// Attempts at an append that keeps losing the race for a ticket, before giving up.
 const MAX_ATTEMPTS: usize = 8;
 
+/// Per-ticket write locks, striped: commands on one ticket in this process queue rather than
+/// race, so optimistic retries are left for writers in other processes. Unrelated tickets
+/// share a stripe only by hash collision, which merely orders them.
+const LOCK_STRIPES: usize = 4096;
+
 /// A ticket's state with what an append needs to follow it.
 #[derive(Debug, Clone)]
 pub struct Loaded {
@@ -130,6 +135,8 @@ pub struct CommandHandler {
     store: Arc<dyn EventStore>,
     sla: SlaPolicy,
     cache: Mutex<lru::LruCache<Uuid, Loaded>>,
+    locks: Box<[tokio::sync::Mutex<()>]>,
+    appended: std::sync::atomic::AtomicU64,
 }
 
 impl CommandHandler {
@@ -139,11 +146,26 @@ impl CommandHandler {
             store,
             sla,
             cache: Mutex::new(lru::LruCache::new(capacity)),
+            appended: std::sync::atomic::AtomicU64::new(0),
+            locks: (0..LOCK_STRIPES)
+                .map(|_| tokio::sync::Mutex::new(()))
+                .collect(),
         }
+    }
+
+    /// Events appended through this handler since it started (for `/metrics`).
+    pub fn events_appended(&self) -> u64 {
+        self.appended.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     pub fn store(&self) -> &Arc<dyn EventStore> {
         &self.store
+    }
+
+    fn lock_for(&self, id: Uuid) -> &tokio::sync::Mutex<()> {
+        // v7 ids lead with a timestamp; the tail is random.
+        let (_, low) = id.as_u64_pair();
+        &self.locks[(low as usize) % self.locks.len()]
     }
 
     fn cached(&self, id: Uuid) -> Option<Loaded> {
@@ -227,6 +249,7 @@ impl CommandHandler {
             CommandKind::Comment(c) => Some(c.comment_id),
             _ => None,
         };
+        let _serial = self.lock_for(ticket_id).lock().await;
         let mut loaded = self.load(ticket_id).await?;
         let mut refreshed = false;
         for _ in 0..MAX_ATTEMPTS {
@@ -269,6 +292,10 @@ impl CommandHandler {
                 self.append_request(ticket_id, &loaded, &cmd, &events, &options, comment_id)?;
             match self.store.append(request).await {
                 Ok(appended) => {
+                    self.appended.fetch_add(
+                        appended.events.len() as u64,
+                        std::sync::atomic::Ordering::Relaxed,
+                    );
                     loaded.apply(&appended.events)?;
                     self.remember(ticket_id, &loaded);
                     return outcome(&loaded, appended.events, comment_id, false);

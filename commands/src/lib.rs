@@ -4,9 +4,12 @@
 
 pub mod error;
 pub mod handler;
+pub mod import;
+pub mod packed;
 pub mod postgres;
 pub mod sqlite;
 pub mod store;
+pub mod verify;
 
 pub use error::CommandError;
 pub use handler::{CommandHandler, Idempotency, Loaded, Options, Outcome};
@@ -14,6 +17,6 @@ pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
 
 pub use store::{
-    AppendRequest, Appended, BadPosition, EventStore, IdempotencyHit, IdempotencyRecord, NewEvent,
-    Position, StoreError, StoreResult, StoredEvent,
+    AppendRequest, Appended, BadPosition, Database, EventStore, IdempotencyHit, IdempotencyRecord,
+    NewEvent, Position, StoreError, StoreResult, StoredEvent,
 };

@@ -29,7 +29,7 @@ use sqlx::migrate::Migrator;
 use sqlx::postgres::{PgArguments, PgConnectOptions, PgListener, PgPool, PgPoolOptions, PgRow};
 use sqlx::query::Query;
 use sqlx::{Postgres, Row};
-use tokio::sync::{watch, Notify};
+use tokio::sync::{mpsc, oneshot, watch, Notify};
 use tokio::task::JoinHandle;
 use uuid::Uuid;
 
@@ -148,7 +148,22 @@ fn append_sql(create: bool, idempotency: bool, shape: Shape) -> String {
 pub struct PostgresStore {
     pool: PgPool,
     shared: Arc<Shared>,
+    core: Arc<Core>,
+    batches: mpsc::Sender<Job>,
+    numbers: Numbers,
     tasks: Vec<JoinHandle<()>>,
+}
+
+/// What appends need, shared with the batch writers.
+struct Core {
+    pool: PgPool,
+    shared: Arc<Shared>,
+}
+
+/// An append waiting for a batch writer.
+struct Job {
+    request: AppendRequest,
+    done: oneshot::Sender<StoreResult<Appended>>,
 }
 
 /// State shared with the background tasks that turn commits into ticks.
@@ -244,14 +259,26 @@ impl PostgresStore {
             .max_connections(1)
             .acquire_timeout(ACQUIRE_TIMEOUT)
             .connect_lazy_with((*pool.connect_options()).clone());
-        let tasks = vec![
+        let core = Arc::new(Core {
+            pool: pool.clone(),
+            shared: shared.clone(),
+        });
+        let (batches, queue) = mpsc::channel(BATCH_QUEUE);
+        let queue = Arc::new(tokio::sync::Mutex::new(queue));
+        let mut tasks = vec![
             runtime.spawn(listen(listen_pool, shared.clone())),
             runtime.spawn(watch_visibility(pool.clone(), shared.clone())),
             runtime.spawn(notify_others(pool.clone(), shared.clone())),
         ];
+        for _ in 0..BATCH_WRITERS {
+            tasks.push(runtime.spawn(write_batches(core.clone(), queue.clone())));
+        }
         Ok(PostgresStore {
             pool,
             shared,
+            core,
+            batches,
+            numbers: Numbers::default(),
             tasks,
         })
     }
@@ -268,7 +295,9 @@ impl PostgresStore {
     pub fn pool(&self) -> &PgPool {
         &self.pool
     }
+}
 
+impl Core {
     async fn conflict<T>(&self, request: &AppendRequest) -> StoreResult<T> {
         let actual: Option<i64> =
             sqlx::query_scalar("SELECT version FROM streams WHERE stream_id = $1")
@@ -282,52 +311,9 @@ impl PostgresStore {
             actual: actual.map_or(Ok(0), u64::try_from).map_err(corrupt)?,
         })
     }
-}
 
-impl Drop for PostgresStore {
-    fn drop(&mut self) {
-        for task in &self.tasks {
-            task.abort();
-        }
-    }
-}
-
-/// The append's arrays, bound as parameters of [`APPEND_SQL`].
-struct Columns<'a> {
-    versions: Vec<i64>,
-    event_ids: Vec<Uuid>,
-    types: Vec<&'a str>,
-    schema_versions: Vec<i64>,
-    recorded_at: Vec<DateTime<Utc>>,
-    metadata: Vec<&'a [u8]>,
-    payloads: Vec<&'a [u8]>,
-    prev_hashes: Vec<&'a [u8]>,
-    hashes: Vec<&'a [u8]>,
-}
-
-impl<'a> Columns<'a> {
-    fn new(events: &'a [StoredEvent]) -> Self {
-        Columns {
-            // Callers checked that the last (largest) version fits.
-            versions: events
-                .iter()
-                .map(|e| i64::try_from(e.version).unwrap_or(i64::MAX))
-                .collect(),
-            event_ids: events.iter().map(|e| e.event_id).collect(),
-            types: events.iter().map(|e| e.event_type.as_str()).collect(),
-            schema_versions: events.iter().map(|e| i64::from(e.schema_version)).collect(),
-            recorded_at: events.iter().map(|e| e.recorded_at).collect(),
-            metadata: events.iter().map(|e| e.metadata.as_slice()).collect(),
-            payloads: events.iter().map(|e| e.payload.as_slice()).collect(),
-            prev_hashes: events.iter().map(|e| e.prev_hash.as_slice()).collect(),
-            hashes: events.iter().map(|e| e.hash.as_slice()).collect(),
-        }
-    }
-}
-
-#[async_trait]
-impl EventStore for PostgresStore {
-    async fn append(&self, request: AppendRequest) -> StoreResult<Appended> {
+    /// One append in its own specialised statement.
+    async fn append_one(&self, request: AppendRequest) -> StoreResult<Appended> {
         let mut events = chain(&request)?;
         let new_version = events
             .last()
@@ -464,6 +450,415 @@ impl EventStore for PostgresStore {
             events,
         })
     }
+}
+
+/// Draws `n` ticket numbers in one statement, ascending. Concurrent opens have no order among
+/// themselves, so any of them may take any of the numbers; every later open gets a larger one.
+async fn draw_numbers(pool: &PgPool, n: usize) -> StoreResult<Vec<u64>> {
+    let count = i64::try_from(n).map_err(corrupt)?;
+    let mut numbers: Vec<i64> =
+        sqlx::query_scalar("SELECT nextval('ticket_numbers') FROM generate_series(1, $1)")
+            .bind(count)
+            .fetch_all(pool)
+            .await
+            .map_err(unavailable)?;
+    numbers.sort_unstable();
+    if numbers.len() != n {
+        return Err(StoreError::Corrupt(
+            "the sequence drew too few numbers".into(),
+        ));
+    }
+    numbers
+        .into_iter()
+        .map(|v| u64::try_from(v).map_err(corrupt))
+        .collect()
+}
+
+/// Ticket-number requests waiting for a draw.
+#[derive(Default)]
+struct Numbers {
+    waiting: std::sync::Mutex<Vec<oneshot::Sender<StoreResult<u64>>>>,
+    leader: tokio::sync::Mutex<()>,
+}
+
+/// Batch writers. Each takes every append waiting (up to [`MAX_BATCH`], one per stream) and
+/// writes them in one statement, so concurrent commands share statements and commits instead
+/// of paying for one each. With a single append waiting it uses the specialised statement.
+const BATCH_WRITERS: usize = 4;
+const MAX_BATCH: usize = 64;
+const BATCH_QUEUE: usize = 4096;
+
+/// Many appends to distinct streams in one statement. Each request succeeds or conflicts on
+/// its own: its head moves only at its expected version and hash, and only requests whose head
+/// moved insert their idempotency record and events.
+const BATCH_SQL: &str = "WITH req AS (\
+      SELECT * FROM unnest($1::uuid[], $2::bigint[], $3::bytea[], $4::bigint[], $5::bytea[]) \
+      AS r(stream_id, new_version, new_hash, expected, prev_hash)), \
+    upd AS (UPDATE streams s SET version = r.new_version, last_hash = r.new_hash FROM req r \
+      WHERE r.expected > 0 AND s.stream_id = r.stream_id AND s.version = r.expected \
+      AND s.last_hash = r.prev_hash RETURNING s.stream_id), \
+    ins AS (INSERT INTO streams (stream_id, version, last_hash) \
+      SELECT stream_id, new_version, new_hash FROM req WHERE expected = 0 \
+      ON CONFLICT (stream_id) DO NOTHING RETURNING stream_id), \
+    ok AS (SELECT stream_id FROM upd UNION ALL SELECT stream_id FROM ins), \
+    idem AS (INSERT INTO idempotency (user_id, key, fingerprint, response, created_at) \
+      SELECT i.user_id, i.key, i.fingerprint, i.response, $6 \
+      FROM unnest($7::uuid[], $8::bytea[], $9::bytea[], $10::bytea[], $11::bytea[]) \
+      AS i(stream_id, user_id, key, fingerprint, response) \
+      WHERE i.stream_id IN (SELECT stream_id FROM ok)), \
+    evs AS (INSERT INTO events (stream_id, version, event_id, event_type, schema_version, \
+      recorded_at, metadata, payload, prev_hash, hash) \
+      SELECT e.stream_id, e.version, e.event_id, e.event_type, e.schema_version, e.recorded_at, \
+      e.metadata, e.payload, e.prev_hash, e.hash \
+      FROM unnest($12::uuid[], $13::bigint[], $14::uuid[], $15::text[], $16::bigint[], \
+      $17::timestamptz[], $18::bytea[], $19::bytea[], $20::bytea[], $21::bytea[]) \
+      WITH ORDINALITY AS e(stream_id, version, event_id, event_type, schema_version, \
+      recorded_at, metadata, payload, prev_hash, hash, ord) \
+      WHERE e.stream_id IN (SELECT stream_id FROM ok) ORDER BY e.ord \
+      RETURNING stream_id, seq, version, tx_id) \
+    SELECT stream_id, seq, version, tx_id::text::bigint AS tx, \
+      pg_snapshot_xmin(pg_current_snapshot())::text::bigint AS xmin FROM evs";
+
+type Queue = Arc<tokio::sync::Mutex<mpsc::Receiver<Job>>>;
+
+async fn write_batches(core: Arc<Core>, queue: Queue) {
+    // An append for a stream already in the batch waits for the next one: a statement must
+    // not move one head twice.
+    let mut held: Option<Job> = None;
+    loop {
+        let mut batch: Vec<Job> = held.take().into_iter().collect();
+        // With a held job in hand, never wait for the queue: its holder may be idle in `recv`
+        // for as long as no new append comes, and the held job would wait with it.
+        let queue = if batch.is_empty() {
+            let mut queue = queue.lock().await;
+            match queue.recv().await {
+                Some(job) => batch.push(job),
+                None => return,
+            }
+            Some(queue)
+        } else {
+            queue.try_lock().ok()
+        };
+        if let Some(mut queue) = queue {
+            while batch.len() < MAX_BATCH {
+                let Ok(job) = queue.try_recv() else { break };
+                if batch
+                    .iter()
+                    .any(|b| b.request.stream_id == job.request.stream_id)
+                {
+                    held = Some(job);
+                    break;
+                }
+                batch.push(job);
+            }
+        }
+        core.run_batch(batch).await;
+    }
+}
+
+/// Why a batch statement could not decide for its requests.
+enum BatchFailure {
+    /// A unique key (idempotency key, event id) clashed: each request is retried on its own,
+    /// where the clash is attributed precisely.
+    Separately,
+    Unavailable(String),
+}
+
+/// One request's share of a batch.
+struct Part {
+    job: Job,
+    events: Vec<StoredEvent>,
+    new_version: u64,
+}
+
+impl Core {
+    async fn run_batch(&self, mut batch: Vec<Job>) {
+        if batch.len() == 1 {
+            if let Some(job) = batch.pop() {
+                let result = self.append_one(job.request).await;
+                let _ = job.done.send(result);
+            }
+            return;
+        }
+        let mut parts = Vec::with_capacity(batch.len());
+        for job in batch {
+            let request = &job.request;
+            // Requests the single path answers specially (overflowing versions, a create that
+            // does not chain from zeros, chain errors) take it.
+            let simple = i64::try_from(request.expected_version).is_ok()
+                && (request.expected_version > 0 || request.prev_hash == ZERO_HASH);
+            match chain(request) {
+                Ok(events)
+                    if simple
+                        && events
+                            .last()
+                            .is_some_and(|e| i64::try_from(e.version).is_ok()) =>
+                {
+                    let new_version = events.last().map_or(0, |e| e.version);
+                    parts.push(Part {
+                        job,
+                        events,
+                        new_version,
+                    });
+                }
+                _ => {
+                    let result = self.append_one(job.request).await;
+                    let _ = job.done.send(result);
+                }
+            }
+        }
+        match self.append_parts(&mut parts).await {
+            Ok(found) => {
+                for (part, found) in parts.into_iter().zip(found) {
+                    let result = if found {
+                        Ok(Appended {
+                            version: part.new_version,
+                            events: part.events,
+                        })
+                    } else {
+                        self.conflict(&part.job.request).await
+                    };
+                    let _ = part.job.done.send(result);
+                }
+            }
+            Err(BatchFailure::Separately) => {
+                let results = futures::future::join_all(
+                    parts.iter().map(|p| self.append_one(p.job.request.clone())),
+                )
+                .await;
+                for (part, result) in parts.into_iter().zip(results) {
+                    let _ = part.job.done.send(result);
+                }
+            }
+            Err(BatchFailure::Unavailable(why)) => {
+                for part in parts {
+                    let _ = part
+                        .job
+                        .done
+                        .send(Err(StoreError::Unavailable(why.clone())));
+                }
+            }
+        }
+    }
+
+    /// Writes the parts in one statement, fills in their positions, and says which of them
+    /// were written (the rest conflicted).
+    async fn append_parts(&self, parts: &mut [Part]) -> Result<Vec<bool>, BatchFailure> {
+        if parts.is_empty() {
+            return Ok(Vec::new());
+        }
+        let as_i64 = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+        let mut heads = HeadArrays::default();
+        let mut idem = IdemArrays::default();
+        let mut evs = EventArrays::default();
+        for part in parts.iter() {
+            let r = &part.job.request;
+            heads.stream_ids.push(r.stream_id);
+            heads.new_versions.push(as_i64(part.new_version));
+            heads
+                .new_hashes
+                .push(part.events.last().map_or(&r.prev_hash[..], |e| &e.hash[..]));
+            heads.expected.push(as_i64(r.expected_version));
+            heads.prev_hashes.push(&r.prev_hash[..]);
+            if let Some(rec) = &r.idempotency {
+                idem.stream_ids.push(r.stream_id);
+                idem.users.push(rec.user.as_bytes());
+                idem.keys.push(rec.key.as_bytes());
+                idem.fingerprints.push(&rec.fingerprint);
+                idem.responses.push(&rec.response);
+            }
+            for e in &part.events {
+                evs.push(e);
+            }
+        }
+        let created_at = Utc::now();
+        let mut attempt = 1;
+        let rows = loop {
+            let result = sqlx::query(BATCH_SQL)
+                .bind(&heads.stream_ids)
+                .bind(&heads.new_versions)
+                .bind(&heads.new_hashes)
+                .bind(&heads.expected)
+                .bind(&heads.prev_hashes)
+                .bind(created_at)
+                .bind(&idem.stream_ids)
+                .bind(&idem.users)
+                .bind(&idem.keys)
+                .bind(&idem.fingerprints)
+                .bind(&idem.responses)
+                .bind(&evs.stream_ids)
+                .bind(&evs.versions)
+                .bind(&evs.event_ids)
+                .bind(&evs.types)
+                .bind(&evs.schema_versions)
+                .bind(&evs.recorded_at)
+                .bind(&evs.metadata)
+                .bind(&evs.payloads)
+                .bind(&evs.prev_hashes)
+                .bind(&evs.hashes)
+                .fetch_all(&self.pool)
+                .await;
+            match result {
+                Ok(rows) => break rows,
+                // Deadlocks between batches of several processes roll back the whole batch.
+                Err(e) if attempt < ATTEMPTS && is_transient(&e) => attempt += 1,
+                Err(e) if is_unique_violation(&e) || is_transient(&e) => {
+                    return Err(BatchFailure::Separately)
+                }
+                Err(e) => return Err(BatchFailure::Unavailable(e.to_string())),
+            }
+        };
+        let index: std::collections::HashMap<Uuid, usize> = parts
+            .iter()
+            .enumerate()
+            .map(|(i, p)| (p.job.request.stream_id, i))
+            .collect();
+        let mut found = vec![false; parts.len()];
+        let mut max_tx = 0;
+        let bad = || BatchFailure::Unavailable("inserted rows do not match the batch".into());
+        for row in &rows {
+            let get = |name: &str| {
+                row.try_get::<i64, _>(name)
+                    .ok()
+                    .and_then(|v| u64::try_from(v).ok())
+            };
+            let stream_id: Uuid = row.try_get("stream_id").map_err(|_| bad())?;
+            let (Some(seq), Some(version), Some(tx), Some(xmin)) =
+                (get("seq"), get("version"), get("tx"), get("xmin"))
+            else {
+                return Err(bad());
+            };
+            self.shared.xmin.fetch_max(xmin, Ordering::AcqRel);
+            max_tx = max_tx.max(tx);
+            let i = *index.get(&stream_id).ok_or_else(bad)?;
+            let part = &mut parts[i];
+            let slot = version
+                .checked_sub(part.job.request.expected_version.saturating_add(1))
+                .and_then(|k| usize::try_from(k).ok())
+                .and_then(|k| part.events.get_mut(k))
+                .ok_or_else(bad)?;
+            slot.position = Position { tx, seq };
+            found[i] = true;
+        }
+        if max_tx > 0 {
+            self.shared.appended(max_tx);
+        }
+        Ok(found)
+    }
+}
+
+/// The stream heads of a batch, bound as arrays.
+#[derive(Default)]
+struct HeadArrays<'a> {
+    stream_ids: Vec<Uuid>,
+    new_versions: Vec<i64>,
+    new_hashes: Vec<&'a [u8]>,
+    expected: Vec<i64>,
+    prev_hashes: Vec<&'a [u8]>,
+}
+
+/// The idempotency records of a batch, bound as arrays.
+#[derive(Default)]
+struct IdemArrays<'a> {
+    stream_ids: Vec<Uuid>,
+    users: Vec<&'a [u8]>,
+    keys: Vec<&'a [u8]>,
+    fingerprints: Vec<&'a [u8]>,
+    responses: Vec<&'a [u8]>,
+}
+
+/// The event columns of a batch, bound as arrays.
+#[derive(Default)]
+struct EventArrays<'a> {
+    stream_ids: Vec<Uuid>,
+    versions: Vec<i64>,
+    event_ids: Vec<Uuid>,
+    types: Vec<&'a str>,
+    schema_versions: Vec<i64>,
+    recorded_at: Vec<DateTime<Utc>>,
+    metadata: Vec<&'a [u8]>,
+    payloads: Vec<&'a [u8]>,
+    prev_hashes: Vec<&'a [u8]>,
+    hashes: Vec<&'a [u8]>,
+}
+
+impl<'a> EventArrays<'a> {
+    fn push(&mut self, e: &'a StoredEvent) {
+        self.stream_ids.push(e.stream_id);
+        self.versions
+            .push(i64::try_from(e.version).unwrap_or(i64::MAX));
+        self.event_ids.push(e.event_id);
+        self.types.push(&e.event_type);
+        self.schema_versions.push(i64::from(e.schema_version));
+        self.recorded_at.push(e.recorded_at);
+        self.metadata.push(&e.metadata);
+        self.payloads.push(&e.payload);
+        self.prev_hashes.push(&e.prev_hash);
+        self.hashes.push(&e.hash);
+    }
+}
+
+impl Drop for PostgresStore {
+    fn drop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+}
+
+/// The append's arrays, bound as parameters of [`APPEND_SQL`].
+struct Columns<'a> {
+    versions: Vec<i64>,
+    event_ids: Vec<Uuid>,
+    types: Vec<&'a str>,
+    schema_versions: Vec<i64>,
+    recorded_at: Vec<DateTime<Utc>>,
+    metadata: Vec<&'a [u8]>,
+    payloads: Vec<&'a [u8]>,
+    prev_hashes: Vec<&'a [u8]>,
+    hashes: Vec<&'a [u8]>,
+}
+
+impl<'a> Columns<'a> {
+    fn new(events: &'a [StoredEvent]) -> Self {
+        Columns {
+            // Callers checked that the last (largest) version fits.
+            versions: events
+                .iter()
+                .map(|e| i64::try_from(e.version).unwrap_or(i64::MAX))
+                .collect(),
+            event_ids: events.iter().map(|e| e.event_id).collect(),
+            types: events.iter().map(|e| e.event_type.as_str()).collect(),
+            schema_versions: events.iter().map(|e| i64::from(e.schema_version)).collect(),
+            recorded_at: events.iter().map(|e| e.recorded_at).collect(),
+            metadata: events.iter().map(|e| e.metadata.as_slice()).collect(),
+            payloads: events.iter().map(|e| e.payload.as_slice()).collect(),
+            prev_hashes: events.iter().map(|e| e.prev_hash.as_slice()).collect(),
+            hashes: events.iter().map(|e| e.hash.as_slice()).collect(),
+        }
+    }
+}
+
+#[async_trait]
+impl EventStore for PostgresStore {
+    fn database(&self) -> Option<crate::store::Database> {
+        Some(crate::store::Database::Postgres(self.pool.clone()))
+    }
+
+    async fn append(&self, request: AppendRequest) -> StoreResult<Appended> {
+        if request.events.is_empty() {
+            return self.core.append_one(request).await;
+        }
+        // Concurrent appends share one statement and one commit (see `write_batches`).
+        let (done, answer) = oneshot::channel();
+        self.batches
+            .send(Job { request, done })
+            .await
+            .map_err(|_| StoreError::Unavailable("the batch writers stopped".into()))?;
+        answer
+            .await
+            .map_err(|_| StoreError::Unavailable("the batch writer dropped an append".into()))?
+    }
 
     async fn read_stream(
         &self,
@@ -538,11 +933,41 @@ impl EventStore for PostgresStore {
     }
 
     async fn next_ticket_number(&self) -> StoreResult<u64> {
-        let n: i64 = sqlx::query_scalar("SELECT nextval('ticket_numbers')")
-            .fetch_one(&self.pool)
+        let (done, answer) = oneshot::channel();
+        if let Ok(mut waiting) = self.numbers.waiting.lock() {
+            waiting.push(done);
+        }
+        {
+            // Whoever holds the leader lock draws numbers for everyone waiting at that moment,
+            // in one statement. A request whose number an earlier leader drew finds the queue
+            // empty here and its answer ready.
+            let _leader = self.numbers.leader.lock().await;
+            let waiting = self
+                .numbers
+                .waiting
+                .lock()
+                .map(|mut w| std::mem::take(&mut *w))
+                .unwrap_or_default();
+            if !waiting.is_empty() {
+                let drawn = draw_numbers(&self.pool, waiting.len()).await;
+                match drawn {
+                    Ok(numbers) => {
+                        for (done, n) in waiting.into_iter().zip(numbers) {
+                            let _ = done.send(Ok(n));
+                        }
+                    }
+                    Err(e) => {
+                        let why = e.to_string();
+                        for done in waiting {
+                            let _ = done.send(Err(StoreError::Unavailable(why.clone())));
+                        }
+                    }
+                }
+            }
+        }
+        answer
             .await
-            .map_err(unavailable)?;
-        u64::try_from(n).map_err(corrupt)
+            .map_err(|_| StoreError::Unavailable("no ticket number was drawn".into()))?
     }
 
     fn subscribe(&self) -> watch::Receiver<u64> {

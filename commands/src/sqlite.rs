@@ -97,6 +97,12 @@ impl SqliteStore {
             .map_err(|e| StoreError::Unavailable(format!("migration failed: {e}")))
     }
 
+    /// The read pool (it can write too): for imports into an empty store, which bypass the
+    /// writer task.
+    pub fn pool(&self) -> &SqlitePool {
+        &self.reads
+    }
+
     async fn submit<T>(
         &self,
         op: impl FnOnce(oneshot::Sender<StoreResult<T>>) -> WriteOp,
@@ -113,6 +119,10 @@ impl SqliteStore {
 
 #[async_trait]
 impl EventStore for SqliteStore {
+    fn database(&self) -> Option<crate::store::Database> {
+        Some(crate::store::Database::Sqlite(self.reads.clone()))
+    }
+
     async fn append(&self, request: AppendRequest) -> StoreResult<Appended> {
         // Hashing only needs the request, so callers do it in parallel, off the writer.
         let events = chain(&request)?;

@@ -142,6 +142,13 @@ pub enum StoreError {
 
 pub type StoreResult<T> = Result<T, StoreError>;
 
+/// The database a store keeps its log in: read models (projections) live beside the events.
+#[derive(Debug, Clone)]
+pub enum Database {
+    Sqlite(sqlx::SqlitePool),
+    Postgres(sqlx::PgPool),
+}
+
 /// The event store. Implementations: SQLite (embedded default) and PostgreSQL.
 #[async_trait]
 pub trait EventStore: Send + Sync + 'static {
@@ -180,4 +187,10 @@ pub trait EventStore: Send + Sync + 'static {
 
     /// Whether the database answers (for `/readyz`).
     async fn ping(&self) -> StoreResult<()>;
+
+    /// The database behind the store, for projections; `None` for stores that have none
+    /// (test wrappers), which then serve no queries.
+    fn database(&self) -> Option<Database> {
+        None
+    }
 }
