@@ -1,0 +1,175 @@
+//! The `feed` projection: a ticket's activity as feed entries (CONTRACT §6.3) and who read it
+//! (§6.4), each from the decoded (upcast) event, so every schema reads the same.
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use serde_json::{json, Value};
+use uuid::Uuid;
+
+use ticketd_commands::handler::decode;
+use ticketd_commands::{Database, StoreError, StoredEvent};
+use ticketd_domain::{Event, Visibility};
+
+use crate::sql::{Bind, Conn};
+use crate::{micros, Pooled, Projection};
+
+pub const NAME: &str = "feed";
+
+/// Feed entry types (§6.3), in the contract's order.
+pub const TYPES: &[&str] = &[
+    "opened",
+    "comment",
+    "status_changed",
+    "edited",
+    "escalated",
+    "withdrawn",
+    "read",
+];
+
+/// Feeds `ticket_feed` and `ticket_reads`.
+pub struct FeedProjection;
+
+/// The entry's type and its own fields.
+fn shape(event: &Event) -> (&'static str, Value) {
+    let data = event.to_json();
+    match event {
+        Event::Opened(e) => (
+            "opened",
+            json!({"subject": e.subject, "priority": e.priority, "channel": e.channel}),
+        ),
+        Event::Commented(_) => ("comment", data),
+        Event::StatusChanged(_) => ("status_changed", data),
+        Event::Edited(_) => ("edited", json!({ "changes": data })),
+        Event::Escalated(_) => ("escalated", data),
+        Event::Withdrawn(_) => ("withdrawn", data),
+        Event::Read(_) => ("read", json!({})),
+    }
+}
+
+fn at_micros(e: &StoredEvent) -> i64 {
+    micros(e.recorded_at)
+}
+
+#[async_trait]
+impl Projection for FeedProjection {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    async fn apply(&self, conn: &mut Conn<'_>, event: &StoredEvent) -> Result<(), StoreError> {
+        let recorded = decode(event)?;
+        let (kind, fields) = shape(&recorded.event);
+        let private =
+            matches!(&recorded.event, Event::Commented(c) if c.visibility == Visibility::Private);
+        let mut entry = json!({
+            "id": event.event_id,
+            "type": kind,
+            "at": recorded.recorded_at,
+            "actor": recorded.actor.id,
+            "actor_name": recorded.actor.name,
+        });
+        if let (Some(entry), Value::Object(fields)) = (entry.as_object_mut(), fields) {
+            for (k, v) in fields {
+                entry.entry(k).or_insert(v);
+            }
+        }
+        let version = i64::try_from(event.version)
+            .map_err(|e| StoreError::Corrupt(format!("version {}: {e}", event.version)))?;
+        conn.execute(
+            "INSERT INTO ticket_feed (ticket_id, version, kind, private, entry) \
+             VALUES (?, ?, ?, ?, ?) ON CONFLICT (ticket_id, version) DO NOTHING",
+            &[
+                Bind::Uuid(event.stream_id),
+                Bind::I64(version),
+                Bind::Text(kind.to_owned()),
+                Bind::I64(i64::from(private)),
+                Bind::Text(entry.to_string()),
+            ],
+        )
+        .await?;
+        if let Event::Read(_) = recorded.event {
+            conn.execute(
+                "INSERT INTO ticket_reads (ticket_id, member, name, first_read_at, last_read_at) \
+                 VALUES (?, ?, ?, ?, ?) ON CONFLICT (ticket_id, member) DO UPDATE \
+                 SET name = excluded.name, last_read_at = excluded.last_read_at",
+                &[
+                    Bind::Uuid(event.stream_id),
+                    Bind::Text(recorded.actor.id.clone()),
+                    Bind::OptText(recorded.actor.name.clone()),
+                    Bind::I64(at_micros(event)),
+                    Bind::I64(at_micros(event)),
+                ],
+            )
+            .await?;
+        }
+        Ok(())
+    }
+}
+
+/// A ticket's feed, oldest first: entries of `types` (all but `read` when empty), without
+/// private ones unless `include_private`.
+pub async fn feed(
+    db: &Database,
+    ticket: Uuid,
+    types: &[String],
+    include_private: bool,
+) -> Result<Vec<Value>, StoreError> {
+    let mut sql = String::from("SELECT entry FROM ticket_feed WHERE ticket_id = ?");
+    let mut binds = vec![Bind::Uuid(ticket)];
+    if types.is_empty() {
+        sql.push_str(" AND kind <> 'read'");
+    } else {
+        sql.push_str(" AND kind IN (");
+        for (i, t) in types.iter().enumerate() {
+            sql.push_str(if i == 0 { "?" } else { ", ?" });
+            binds.push(Bind::Text(t.clone()));
+        }
+        sql.push(')');
+    }
+    if !include_private {
+        sql.push_str(" AND private = 0");
+    }
+    sql.push_str(" ORDER BY version");
+    let mut pooled = Pooled::acquire(db).await?;
+    let rows: Vec<String> = pooled.conn().fetch_column(&sql, &binds).await?;
+    rows.iter()
+        .map(|r| serde_json::from_str(r))
+        .collect::<Result<_, _>>()
+        .map_err(|e| StoreError::Corrupt(format!("a ticket_feed row of {ticket}: {e}")))
+}
+
+/// One reader of a ticket.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReadBy {
+    pub user: String,
+    pub name: Option<String>,
+    pub first_read_at: DateTime<Utc>,
+    pub read_at: DateTime<Utc>,
+}
+
+/// Who read a ticket, by their latest read, oldest first.
+pub async fn read_by(db: &Database, ticket: Uuid) -> Result<Vec<ReadBy>, StoreError> {
+    let mut pooled = Pooled::acquire(db).await?;
+    let rows: Vec<(String, Option<String>, i64, i64)> = pooled
+        .conn()
+        .fetch_four(
+            "SELECT member, name, first_read_at, last_read_at FROM ticket_reads \
+             WHERE ticket_id = ? ORDER BY last_read_at, member",
+            &[Bind::Uuid(ticket)],
+        )
+        .await?;
+    let time = |us: i64| {
+        DateTime::from_timestamp_micros(us)
+            .ok_or_else(|| StoreError::Corrupt(format!("a read time out of range: {us}")))
+    };
+    rows.into_iter()
+        .map(|(user, name, first, last)| {
+            Ok(ReadBy {
+                user,
+                name,
+                first_read_at: time(first)?,
+                read_at: time(last)?,
+            })
+        })
+        .collect()
+}

@@ -1,0 +1,523 @@
+//! The read side of ticketd: projections that fold the event log into read models kept in the
+//! store's own database (the SQLite file or the PostgreSQL schema), and the queries over them.
+//!
+//! This crate owns the projector runner (checkpoints, catch-up, following new commits, retry
+//! with backoff, one leader per projection on PostgreSQL), each projection's status for
+//! `/metrics`, waiting for `min_position` (CONTRACT §6), and the read models: [`tickets`]
+//! (§6.1, §6.2), [`feed`] (§6.3, §6.4) and [`analytics`] (§6.5). Every piece of DDL is in `migrations/`.
+
+pub mod analytics;
+pub mod feed;
+pub mod sql;
+pub mod tickets;
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use sqlx::pool::PoolConnection;
+use sqlx::{Connection, PgConnection, PgPool, Postgres, Sqlite};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use ticketd_commands::{Database, EventStore, Position, StoreError, StoredEvent};
+
+use crate::sql::{unavailable, Bind, Conn};
+
+/// Events applied per transaction: short enough that SQLite's single writer is never held long.
+pub const BATCH: usize = 500;
+/// How often a projection looks for new events when no commit signal arrives.
+const POLL: Duration = Duration::from_secs(1);
+/// How often a PostgreSQL projector that is not the leader tries to become it.
+const LOCK_RETRY: Duration = Duration::from_secs(2);
+const FIRST_BACKOFF: Duration = Duration::from_millis(100);
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+/// A read model fed by the log, one event at a time, inside the runner's batch transaction.
+#[async_trait]
+pub trait Projection: Send + Sync + 'static {
+    /// Stable name: the key of its checkpoint.
+    fn name(&self) -> &'static str;
+
+    /// Applies one event. An error rolls the event back and stops the projection there; it is
+    /// retried, never skipped.
+    async fn apply(&self, conn: &mut Conn<'_>, event: &StoredEvent) -> Result<(), StoreError>;
+}
+
+/// What `/metrics` shows of one projection.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProjectionStatus {
+    pub name: &'static str,
+    /// The last log position applied (as this process last saw it).
+    pub position: Position,
+    /// When this process last committed a batch.
+    pub last_applied_at: Option<DateTime<Utc>>,
+    /// Events this process applied since it started.
+    pub events_applied: u64,
+    /// Failed attempts since start (each is retried).
+    pub errors: u64,
+    pub last_error: Option<String>,
+    /// Whether this process runs the projection (always on SQLite; on PostgreSQL the holder of
+    /// its advisory lock).
+    pub leader: bool,
+}
+
+struct Shared {
+    status: Mutex<ProjectionStatus>,
+    checkpoint: watch::Sender<Position>,
+}
+
+impl Shared {
+    fn update(&self, f: impl FnOnce(&mut ProjectionStatus)) {
+        // A poisoned lock only means another thread panicked mid-update; the data stays usable.
+        let mut s = self.status.lock().unwrap_or_else(|p| p.into_inner());
+        f(&mut s);
+    }
+
+    fn snapshot(&self) -> ProjectionStatus {
+        self.status
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+}
+
+/// Why a `min_position` wait ended without the position.
+#[derive(Debug, thiserror::Error)]
+pub enum WaitError {
+    #[error("projection {0} is not running")]
+    UnknownProjection(String),
+    #[error("projection {name} has not reached {wanted} yet")]
+    Timeout { name: String, wanted: Position },
+}
+
+/// The running projections of one process; dropping it stops them.
+pub struct Projector {
+    db: Database,
+    entries: Vec<Arc<Shared>>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Drop for Projector {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// The projections this build runs.
+pub fn all() -> Vec<Arc<dyn Projection>> {
+    vec![
+        Arc::new(tickets::TicketsProjection),
+        Arc::new(feed::FeedProjection),
+        Arc::new(analytics::AnalyticsProjection),
+    ]
+}
+
+impl Projector {
+    /// Starts every projection over the store's database, or `None` for a store without one.
+    /// Must run inside a Tokio runtime.
+    pub fn start(store: Arc<dyn EventStore>) -> Option<Projector> {
+        Some(Projector::start_with(
+            store.clone(),
+            store.database()?,
+            all(),
+        ))
+    }
+
+    pub fn start_with(
+        store: Arc<dyn EventStore>,
+        db: Database,
+        projections: Vec<Arc<dyn Projection>>,
+    ) -> Projector {
+        let mut entries = Vec::new();
+        let mut tasks = Vec::new();
+        for p in projections {
+            let shared = Arc::new(Shared {
+                status: Mutex::new(ProjectionStatus {
+                    name: p.name(),
+                    position: Position::START,
+                    last_applied_at: None,
+                    events_applied: 0,
+                    errors: 0,
+                    last_error: None,
+                    leader: false,
+                }),
+                checkpoint: watch::channel(Position::START).0,
+            });
+            entries.push(shared.clone());
+            tasks.push(tokio::spawn(run(store.clone(), db.clone(), p, shared)));
+        }
+        Projector { db, entries, tasks }
+    }
+
+    /// Stops every projection (also done on drop). A batch cut short rolls back.
+    pub fn stop(&self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+
+    /// The database the read models are in.
+    pub fn database(&self) -> &Database {
+        &self.db
+    }
+
+    /// Every projection's status, in a fixed order.
+    pub fn status(&self) -> Vec<ProjectionStatus> {
+        self.entries.iter().map(|e| e.snapshot()).collect()
+    }
+
+    /// Waits until projection `name` has applied `wanted`, for at most `timeout`. Reads the
+    /// stored checkpoint too, so it also sees a leader in another process (PostgreSQL).
+    pub async fn wait_for(
+        &self,
+        name: &str,
+        wanted: Position,
+        timeout: Duration,
+    ) -> Result<(), WaitError> {
+        let shared = self
+            .entries
+            .iter()
+            .find(|e| e.snapshot().name == name)
+            .ok_or_else(|| WaitError::UnknownProjection(name.to_owned()))?;
+        let mut rx = shared.checkpoint.subscribe();
+        let deadline = Instant::now() + timeout;
+        loop {
+            if *rx.borrow_and_update() >= wanted {
+                return Ok(());
+            }
+            let leader = shared.snapshot().leader;
+            if !leader {
+                if let Ok(at) = read_checkpoint(&self.db, name).await {
+                    if at >= wanted {
+                        return Ok(());
+                    }
+                }
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(WaitError::Timeout {
+                    name: name.to_owned(),
+                    wanted,
+                });
+            }
+            // A follower cannot be told when another process commits: it polls.
+            let step = if leader {
+                deadline - now
+            } else {
+                (deadline - now).min(Duration::from_millis(50))
+            };
+            let _ = tokio::time::timeout(step, rx.changed()).await;
+        }
+    }
+}
+
+/// A pooled connection of either backend.
+pub enum Pooled {
+    Sqlite(PoolConnection<Sqlite>),
+    Postgres(PoolConnection<Postgres>),
+}
+
+impl Pooled {
+    pub async fn acquire(db: &Database) -> Result<Pooled, StoreError> {
+        Ok(match db {
+            Database::Sqlite(p) => Pooled::Sqlite(p.acquire().await.map_err(unavailable)?),
+            Database::Postgres(p) => Pooled::Postgres(p.acquire().await.map_err(unavailable)?),
+        })
+    }
+
+    pub fn conn(&mut self) -> Conn<'_> {
+        match self {
+            Pooled::Sqlite(c) => Conn::Sqlite(c),
+            Pooled::Postgres(c) => Conn::Postgres(c),
+        }
+    }
+}
+
+fn micros(at: DateTime<Utc>) -> i64 {
+    at.timestamp_micros()
+}
+
+fn tx_i64(p: Position) -> Result<(i64, i64), StoreError> {
+    match (i64::try_from(p.tx), i64::try_from(p.seq)) {
+        (Ok(tx), Ok(seq)) => Ok((tx, seq)),
+        _ => Err(StoreError::Corrupt(format!("position {p} out of range"))),
+    }
+}
+
+fn position_from(tx: i64, seq: i64) -> Result<Position, StoreError> {
+    match (u64::try_from(tx), u64::try_from(seq)) {
+        (Ok(tx), Ok(seq)) => Ok(Position { tx, seq }),
+        _ => Err(StoreError::Corrupt(format!(
+            "negative checkpoint {tx}-{seq}"
+        ))),
+    }
+}
+
+/// The stored checkpoint of `name` (the start if it has none yet).
+pub async fn read_checkpoint(db: &Database, name: &str) -> Result<Position, StoreError> {
+    let mut pooled = Pooled::acquire(db).await?;
+    let rows: Vec<(i64, i64)> = pooled
+        .conn()
+        .fetch_pairs(
+            "SELECT position_tx, position_seq FROM projection_checkpoints WHERE name = ?",
+            &[Bind::Text(name.to_owned())],
+        )
+        .await?;
+    match rows.first() {
+        Some(&(tx, seq)) => position_from(tx, seq),
+        None => Ok(Position::START),
+    }
+}
+
+async fn ensure_checkpoint(db: &Database, name: &str) -> Result<Position, StoreError> {
+    let mut pooled = Pooled::acquire(db).await?;
+    pooled
+        .conn()
+        .execute(
+            "INSERT INTO projection_checkpoints (name, position_tx, position_seq, updated_at) \
+             VALUES (?, 0, 0, ?) ON CONFLICT (name) DO NOTHING",
+            &[Bind::Text(name.to_owned()), Bind::I64(micros(Utc::now()))],
+        )
+        .await?;
+    drop(pooled);
+    read_checkpoint(db, name).await
+}
+
+/// A batch that did not commit: `failed_at` is the index of the event that failed, if one did.
+struct BatchError {
+    failed_at: Option<usize>,
+    error: StoreError,
+}
+
+impl From<StoreError> for BatchError {
+    fn from(error: StoreError) -> Self {
+        BatchError {
+            failed_at: None,
+            error,
+        }
+    }
+}
+
+/// Applies `events` and moves the checkpoint from `from` to the last of them, in one
+/// transaction; the checkpoint moves only if it still is `from`, so two runners can never both
+/// apply a batch.
+async fn apply_in(
+    conn: &mut Conn<'_>,
+    p: &dyn Projection,
+    from: Position,
+    events: &[StoredEvent],
+) -> Result<(), BatchError> {
+    for (i, e) in events.iter().enumerate() {
+        p.apply(conn, e).await.map_err(|error| BatchError {
+            failed_at: Some(i),
+            error,
+        })?;
+    }
+    let to = events.last().map_or(from, |e| e.position);
+    let (to_tx, to_seq) = tx_i64(to)?;
+    let (from_tx, from_seq) = tx_i64(from)?;
+    let moved = conn
+        .execute(
+            "UPDATE projection_checkpoints SET position_tx = ?, position_seq = ?, updated_at = ? \
+             WHERE name = ? AND position_tx = ? AND position_seq = ?",
+            &[
+                Bind::I64(to_tx),
+                Bind::I64(to_seq),
+                Bind::I64(micros(Utc::now())),
+                Bind::Text(p.name().to_owned()),
+                Bind::I64(from_tx),
+                Bind::I64(from_seq),
+            ],
+        )
+        .await?;
+    if moved != 1 {
+        return Err(StoreError::Unavailable(format!(
+            "the checkpoint of {} is no longer {from}: another runner moved it",
+            p.name()
+        ))
+        .into());
+    }
+    Ok(())
+}
+
+/// One batch in one transaction: its read-model writes and its checkpoint commit together.
+async fn commit_batch(
+    db: &Database,
+    p: &dyn Projection,
+    from: Position,
+    events: &[StoredEvent],
+) -> Result<(), BatchError> {
+    match db {
+        Database::Sqlite(pool) => {
+            // IMMEDIATE takes the write lock up front (waiting out busy_timeout), instead of
+            // failing when a read transaction tries to become a write one.
+            let mut tx = pool
+                .begin_with("BEGIN IMMEDIATE")
+                .await
+                .map_err(unavailable)?;
+            apply_in(&mut Conn::Sqlite(&mut tx), p, from, events).await?;
+            tx.commit().await.map_err(unavailable)?;
+        }
+        Database::Postgres(pool) => {
+            let mut tx = pool.begin().await.map_err(unavailable)?;
+            apply_in(&mut Conn::Postgres(&mut tx), p, from, events).await?;
+            tx.commit().await.map_err(unavailable)?;
+        }
+    }
+    Ok(())
+}
+
+/// PostgreSQL: a connection holding the projection's advisory lock, or `None` while another
+/// process holds it. The key includes the schema, so stores in different schemas do not
+/// contend.
+async fn take_lock(pool: &PgPool, name: &str) -> Result<Option<PgConnection>, StoreError> {
+    let mut conn = PgConnection::connect_with(&pool.connect_options())
+        .await
+        .map_err(unavailable)?;
+    let got: bool = sqlx::query_scalar(
+        "SELECT pg_try_advisory_lock(hashtextextended(current_schema() || '/projection/' || $1, 0))",
+    )
+    .bind(name)
+    .fetch_one(&mut conn)
+    .await
+    .map_err(unavailable)?;
+    if got {
+        Ok(Some(conn))
+    } else {
+        let _ = conn.close().await;
+        Ok(None)
+    }
+}
+
+/// A projection's life: become its runner, follow the log, and on any failure log it, back
+/// off and start again from the stored checkpoint.
+async fn run(
+    store: Arc<dyn EventStore>,
+    db: Database,
+    p: Arc<dyn Projection>,
+    shared: Arc<Shared>,
+) {
+    let name = p.name();
+    let mut backoff = FIRST_BACKOFF;
+    loop {
+        let lock = match &db {
+            Database::Sqlite(_) => None,
+            Database::Postgres(pool) => match take_lock(pool, name).await {
+                Ok(Some(conn)) => Some(conn),
+                Ok(None) => {
+                    tokio::time::sleep(LOCK_RETRY).await;
+                    continue;
+                }
+                Err(e) => {
+                    fail(&shared, name, &e.to_string());
+                    tokio::time::sleep(LOCK_RETRY).await;
+                    continue;
+                }
+            },
+        };
+        shared.update(|s| s.leader = true);
+        let error = follow(&*store, &db, &*p, &shared, lock, &mut backoff).await;
+        shared.update(|s| s.leader = false);
+        fail(&shared, name, &error);
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(MAX_BACKOFF);
+    }
+}
+
+fn fail(shared: &Shared, name: &str, error: &str) {
+    tracing::error!(projection = name, error, "projection failed; retrying");
+    shared.update(|s| {
+        s.errors += 1;
+        s.last_error = Some(error.to_owned());
+    });
+}
+
+/// Catches up from the checkpoint, then applies new events as they commit. Returns only on
+/// failure, with what went wrong.
+async fn follow(
+    store: &dyn EventStore,
+    db: &Database,
+    p: &dyn Projection,
+    shared: &Shared,
+    mut lock: Option<PgConnection>,
+    backoff: &mut Duration,
+) -> String {
+    let mut ticks = store.subscribe();
+    let mut at = match ensure_checkpoint(db, p.name()).await {
+        Ok(at) => at,
+        Err(e) => return format!("reading the checkpoint: {e}"),
+    };
+    shared.update(|s| s.position = at);
+    shared.checkpoint.send_replace(at);
+    let mut pinged = Instant::now();
+    loop {
+        loop {
+            let batch = match store.read_all(at, BATCH).await {
+                Ok(b) => b,
+                Err(e) => return format!("reading the log after {at}: {e}"),
+            };
+            if batch.is_empty() {
+                break;
+            }
+            let (applied, failure) = match commit_batch(db, p, at, &batch).await {
+                Ok(()) => (batch.len(), None),
+                Err(BatchError {
+                    failed_at: Some(i),
+                    error,
+                }) => {
+                    // Keep what precedes the failing event, then stop there.
+                    let kept = if i > 0 {
+                        commit_batch(db, p, at, &batch[..i]).await.is_ok()
+                    } else {
+                        false
+                    };
+                    let e = &batch[i];
+                    let msg = format!(
+                        "applying event {} ({} v{} of stream {}): {error}",
+                        e.position, e.event_type, e.version, e.stream_id
+                    );
+                    (if kept { i } else { 0 }, Some(msg))
+                }
+                Err(BatchError {
+                    failed_at: None,
+                    error,
+                }) => (0, Some(format!("committing after {at}: {error}"))),
+            };
+            if applied > 0 {
+                at = batch[applied - 1].position;
+                let now = Utc::now();
+                shared.update(|s| {
+                    s.position = at;
+                    s.last_applied_at = Some(now);
+                    s.events_applied += applied as u64;
+                });
+                shared.checkpoint.send_replace(at);
+                *backoff = FIRST_BACKOFF;
+            }
+            if let Some(msg) = failure {
+                return msg;
+            }
+        }
+        tokio::select! {
+            changed = ticks.changed() => {
+                if changed.is_err() {
+                    tokio::time::sleep(POLL).await;
+                }
+            }
+            () = tokio::time::sleep(POLL) => {}
+        }
+        // A leader whose lock connection died has lost the lock: step down. Checked about once
+        // per poll interval, not per commit.
+        if let Some(conn) = lock.as_mut() {
+            if pinged.elapsed() >= POLL {
+                if let Err(e) = conn.ping().await {
+                    return format!("lost the advisory lock's connection: {e}");
+                }
+                pinged = Instant::now();
+            }
+        }
+    }
+}

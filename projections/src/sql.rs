@@ -1,0 +1,233 @@
+//! One SQL text for both backends: statements are written with `?` placeholders (SQLite's) and
+//! renumbered to `$n` for PostgreSQL, with values bound from a small enum. Read models use
+//! only types both backends share (integers, text, UUIDs), so their SQL need not diverge.
+
+use sqlx::{PgConnection, Row, SqliteConnection};
+use uuid::Uuid;
+
+use ticketd_commands::StoreError;
+
+/// A connection (usually inside a transaction) of either backend.
+pub enum Conn<'c> {
+    Sqlite(&'c mut SqliteConnection),
+    Postgres(&'c mut PgConnection),
+}
+
+/// A value bound to a placeholder.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Bind {
+    I64(i64),
+    Text(String),
+    OptText(Option<String>),
+    Uuid(Uuid),
+}
+
+/// `?` placeholders renumbered as `$1, $2, …` for PostgreSQL.
+pub fn numbered(sql: &str) -> String {
+    let mut out = String::with_capacity(sql.len() + 16);
+    let mut n = 0;
+    for c in sql.chars() {
+        if c == '?' {
+            n += 1;
+            out.push('$');
+            out.push_str(&n.to_string());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+pub fn unavailable(e: sqlx::Error) -> StoreError {
+    StoreError::Unavailable(e.to_string())
+}
+
+macro_rules! bind_all {
+    ($q:expr, $binds:expr) => {{
+        let mut q = $q;
+        for b in $binds {
+            q = match b {
+                Bind::I64(v) => q.bind(*v),
+                Bind::Text(v) => q.bind(v.clone()),
+                Bind::OptText(v) => q.bind(v.clone()),
+                Bind::Uuid(v) => q.bind(*v),
+            };
+        }
+        q
+    }};
+}
+
+/// A single-column row value both backends decode the same way.
+pub trait Column: Sized {
+    fn sqlite(row: &sqlx::sqlite::SqliteRow, i: usize) -> Result<Self, sqlx::Error>;
+    fn postgres(row: &sqlx::postgres::PgRow, i: usize) -> Result<Self, sqlx::Error>;
+}
+
+impl Column for i64 {
+    fn sqlite(row: &sqlx::sqlite::SqliteRow, i: usize) -> Result<Self, sqlx::Error> {
+        row.try_get(i)
+    }
+    fn postgres(row: &sqlx::postgres::PgRow, i: usize) -> Result<Self, sqlx::Error> {
+        row.try_get(i)
+    }
+}
+
+impl Column for String {
+    fn sqlite(row: &sqlx::sqlite::SqliteRow, i: usize) -> Result<Self, sqlx::Error> {
+        row.try_get(i)
+    }
+    fn postgres(row: &sqlx::postgres::PgRow, i: usize) -> Result<Self, sqlx::Error> {
+        row.try_get(i)
+    }
+}
+
+impl Column for Option<String> {
+    fn sqlite(row: &sqlx::sqlite::SqliteRow, i: usize) -> Result<Self, sqlx::Error> {
+        row.try_get(i)
+    }
+    fn postgres(row: &sqlx::postgres::PgRow, i: usize) -> Result<Self, sqlx::Error> {
+        row.try_get(i)
+    }
+}
+
+/// The first four columns of a row.
+pub type Four<A, B, C, D> = (A, B, C, D);
+
+impl Conn<'_> {
+    /// The first four columns of every row.
+    pub async fn fetch_four<A: Column, B: Column, C: Column, D: Column>(
+        &mut self,
+        sql: &str,
+        binds: &[Bind],
+    ) -> Result<Vec<Four<A, B, C, D>>, StoreError> {
+        match self {
+            Conn::Sqlite(c) => {
+                let rows = bind_all!(sqlx::query(sql), binds)
+                    .fetch_all(&mut **c)
+                    .await
+                    .map_err(unavailable)?;
+                rows.iter()
+                    .map(|r| {
+                        Ok((
+                            A::sqlite(r, 0)?,
+                            B::sqlite(r, 1)?,
+                            C::sqlite(r, 2)?,
+                            D::sqlite(r, 3)?,
+                        ))
+                    })
+                    .collect::<Result<_, sqlx::Error>>()
+                    .map_err(unavailable)
+            }
+            Conn::Postgres(c) => {
+                let sql = numbered(sql);
+                let rows = bind_all!(sqlx::query(&sql), binds)
+                    .fetch_all(&mut **c)
+                    .await
+                    .map_err(unavailable)?;
+                rows.iter()
+                    .map(|r| {
+                        Ok((
+                            A::postgres(r, 0)?,
+                            B::postgres(r, 1)?,
+                            C::postgres(r, 2)?,
+                            D::postgres(r, 3)?,
+                        ))
+                    })
+                    .collect::<Result<_, sqlx::Error>>()
+                    .map_err(unavailable)
+            }
+        }
+    }
+
+    /// Runs a statement; returns the rows it affected.
+    pub async fn execute(&mut self, sql: &str, binds: &[Bind]) -> Result<u64, StoreError> {
+        match self {
+            Conn::Sqlite(c) => bind_all!(sqlx::query(sql), binds)
+                .execute(&mut **c)
+                .await
+                .map(|r| r.rows_affected())
+                .map_err(unavailable),
+            Conn::Postgres(c) => {
+                let sql = numbered(sql);
+                bind_all!(sqlx::query(&sql), binds)
+                    .execute(&mut **c)
+                    .await
+                    .map(|r| r.rows_affected())
+                    .map_err(unavailable)
+            }
+        }
+    }
+
+    /// The first column of every row.
+    pub async fn fetch_column<T: Column>(
+        &mut self,
+        sql: &str,
+        binds: &[Bind],
+    ) -> Result<Vec<T>, StoreError> {
+        match self {
+            Conn::Sqlite(c) => {
+                let rows = bind_all!(sqlx::query(sql), binds)
+                    .fetch_all(&mut **c)
+                    .await
+                    .map_err(unavailable)?;
+                rows.iter()
+                    .map(|r| T::sqlite(r, 0).map_err(unavailable))
+                    .collect()
+            }
+            Conn::Postgres(c) => {
+                let sql = numbered(sql);
+                let rows = bind_all!(sqlx::query(&sql), binds)
+                    .fetch_all(&mut **c)
+                    .await
+                    .map_err(unavailable)?;
+                rows.iter()
+                    .map(|r| T::postgres(r, 0).map_err(unavailable))
+                    .collect()
+            }
+        }
+    }
+
+    /// The first two columns of every row.
+    pub async fn fetch_pairs<A: Column, B: Column>(
+        &mut self,
+        sql: &str,
+        binds: &[Bind],
+    ) -> Result<Vec<(A, B)>, StoreError> {
+        match self {
+            Conn::Sqlite(c) => {
+                let rows = bind_all!(sqlx::query(sql), binds)
+                    .fetch_all(&mut **c)
+                    .await
+                    .map_err(unavailable)?;
+                rows.iter()
+                    .map(|r| Ok((A::sqlite(r, 0)?, B::sqlite(r, 1)?)))
+                    .collect::<Result<_, sqlx::Error>>()
+                    .map_err(unavailable)
+            }
+            Conn::Postgres(c) => {
+                let sql = numbered(sql);
+                let rows = bind_all!(sqlx::query(&sql), binds)
+                    .fetch_all(&mut **c)
+                    .await
+                    .map_err(unavailable)?;
+                rows.iter()
+                    .map(|r| Ok((A::postgres(r, 0)?, B::postgres(r, 1)?)))
+                    .collect::<Result<_, sqlx::Error>>()
+                    .map_err(unavailable)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::numbered;
+
+    #[test]
+    fn placeholders_are_numbered_in_order() {
+        assert_eq!(
+            numbered("SELECT a FROM t WHERE b = ? AND (c, d) < (?, ?)"),
+            "SELECT a FROM t WHERE b = $1 AND (c, d) < ($2, $3)"
+        );
+    }
+}
