@@ -1,0 +1,222 @@
+//! The application: shared state, the router, and the server's life from start to shutdown.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use axum::extract::{FromRef, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use tokio::net::TcpListener;
+use utoipa::OpenApi;
+
+use ticketd_commands::postgres::PostgresStore;
+use ticketd_commands::sqlite::SqliteStore;
+use ticketd_commands::{CommandHandler, EventStore};
+use ticketd_domain::SlaPolicy;
+use ticketd_projections::Projector;
+
+use crate::auth::Auth;
+use crate::config::{ServeArgs, StoreArgs};
+use crate::error::ApiError;
+use crate::openapi::ApiDoc;
+
+/// Recent ticket states kept for command handling.
+const STATE_CACHE_CAPACITY: usize = 50_000;
+
+/// What every request handler shares.
+#[derive(Clone)]
+pub struct AppState {
+    pub handler: Arc<CommandHandler>,
+    pub store: Arc<dyn EventStore>,
+    pub auth: Arc<Auth>,
+    /// CONTRACT §4.1: anonymous callers may open tickets through the public form.
+    pub public_submission: bool,
+    /// The read side (CONTRACT §6); `None` for a store without a database of its own.
+    pub projector: Option<Arc<Projector>>,
+}
+
+impl FromRef<AppState> for Arc<Auth> {
+    fn from_ref(state: &AppState) -> Arc<Auth> {
+        state.auth.clone()
+    }
+}
+
+impl AppState {
+    pub fn new(
+        store: Arc<dyn EventStore>,
+        auth: Auth,
+        sla: SlaPolicy,
+        public_submission: bool,
+    ) -> Self {
+        AppState {
+            handler: Arc::new(CommandHandler::new(
+                store.clone(),
+                sla,
+                STATE_CACHE_CAPACITY,
+            )),
+            // Starts the projections; they stop when the last AppState clone is dropped.
+            projector: Projector::start(store.clone()).map(Arc::new),
+            store,
+            auth: Arc::new(auth),
+            public_submission,
+        }
+    }
+}
+
+/// The whole HTTP surface.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .merge(crate::tickets::routes())
+        .merge(crate::queries::routes())
+        .merge(crate::audit::routes())
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/openapi.json", get(openapi))
+        .route("/metrics", get(crate::metrics::render))
+        .fallback(unknown_route)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::from_fn(crate::metrics::track))
+        .layer(crate::telemetry::trace_layer())
+        .with_state(state)
+}
+
+/// 200 while the process runs (CONTRACT §8).
+#[utoipa::path(get, path = "/healthz", tag = "operations", responses((status = 200, description = "The process runs")))]
+pub async fn healthz() -> impl IntoResponse {
+    (
+        StatusCode::OK,
+        axum::Json(serde_json::json!({"status": "ok"})),
+    )
+}
+
+/// 200 when the store answers, else 503 (CONTRACT §8).
+#[utoipa::path(get, path = "/readyz", tag = "operations",
+    responses((status = 200, description = "The store answers"), (status = 503, body = crate::error::Problem)))]
+pub async fn readyz(State(app): State<AppState>) -> Result<Response, ApiError> {
+    app.store.ping().await?;
+    Ok((
+        StatusCode::OK,
+        axum::Json(serde_json::json!({"status": "ready"})),
+    )
+        .into_response())
+}
+
+/// This document (OpenAPI 3.1), generated from the code.
+pub async fn openapi() -> impl IntoResponse {
+    axum::Json(ApiDoc::openapi())
+}
+
+async fn unknown_route() -> ApiError {
+    ApiError::route_not_found()
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::method_not_allowed()
+}
+
+/// Opens and migrates the store named by the database URL: `postgres://…` or `sqlite://…`.
+pub async fn open_store(args: &StoreArgs) -> anyhow::Result<Arc<dyn EventStore>> {
+    let url = args.database_url();
+    let url = url.as_str();
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        let store = PostgresStore::connect(url, args.pg_max_connections)
+            .await
+            .context("connecting to PostgreSQL")?;
+        store.migrate().await.context("migrating PostgreSQL")?;
+        Ok(Arc::new(store))
+    } else if url.starts_with("sqlite:") {
+        let store = SqliteStore::open(url).await.context("opening SQLite")?;
+        store.migrate().await.context("migrating SQLite")?;
+        Ok(Arc::new(store))
+    } else {
+        anyhow::bail!("DATABASE_URL must start with postgres:// or sqlite://, got {url:?}")
+    }
+}
+
+/// `ticketd serve`: runs until SIGTERM or SIGINT, then drains in-flight requests.
+pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let auth = Auth::from_secret_or_dir(args.secret.jwt_secret.as_deref(), &args.store.data_dir)?;
+    let store = open_store(&args.store).await?;
+    let state = AppState::new(
+        store.clone(),
+        auth,
+        args.sla.clone(),
+        args.public_submission,
+    );
+    let listener = TcpListener::bind(&args.listen)
+        .await
+        .with_context(|| format!("binding {}", args.listen))?;
+    let addr: SocketAddr = listener.local_addr()?;
+    let database = redact(&args.store.database_url());
+    tracing::info!(%addr, %database, "ticketd listening");
+    let purge = tokio::spawn(purge_idempotency(store));
+    let (stopping, stop) = tokio::sync::oneshot::channel::<()>();
+    let server = axum::serve(listener, router(state)).with_graceful_shutdown(async move {
+        crate::shutdown::signal().await;
+        let _ = stopping.send(());
+    });
+    let server = tokio::spawn(async move { server.await });
+    let timeout = args.shutdown_timeout();
+    tokio::select! {
+        done = server => done.context("the server task failed")?.context("serving HTTP")?,
+        () = async move {
+            // Only once shutdown began does the drain deadline run.
+            if stop.await.is_ok() {
+                tokio::time::sleep(timeout).await;
+            } else {
+                std::future::pending::<()>().await;
+            }
+        } => tracing::warn!(?timeout, "requests still in flight at the shutdown deadline; exiting"),
+    }
+    purge.abort();
+    tracing::info!("ticketd stopped");
+    Ok(())
+}
+
+/// Drops idempotency records past their 24 hours, hourly.
+async fn purge_idempotency(store: Arc<dyn EventStore>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(3600));
+    loop {
+        tick.tick().await;
+        let before = chrono::Utc::now()
+            - chrono::Duration::hours(ticketd_commands::handler::IDEMPOTENCY_WINDOW_HOURS);
+        match store.purge_idempotency(before).await {
+            Ok(n) if n > 0 => tracing::info!(purged = n, "expired idempotency keys"),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "purging idempotency keys failed"),
+        }
+    }
+}
+
+/// A database URL without its password, for logs.
+pub fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let creds = &url[scheme + 3..at];
+            match creds.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme + 3], &url[at..]),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact;
+
+    #[test]
+    fn passwords_do_not_reach_the_log() {
+        assert_eq!(
+            redact("postgres://u:secret@h:5432/db"),
+            "postgres://u:***@h:5432/db"
+        );
+        assert_eq!(redact("postgres://u@h/db"), "postgres://u@h/db");
+        assert_eq!(redact("sqlite://./data/t.db"), "sqlite://./data/t.db");
+    }
+}

@@ -1,0 +1,383 @@
+//! The audit endpoints of CONTRACT §7, for auditors and admins only: the whole log (paged, or
+//! streamed as NDJSON), one ticket's events, a ticket as of an instant, and the chain check.
+
+use std::sync::Arc;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{FromRequestParts, Query, State};
+use axum::http::request::Parts;
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+use ticketd_commands::handler::decode;
+use ticketd_commands::verify::{verify_store, Report};
+use ticketd_commands::{EventStore, Position};
+use ticketd_domain::{evolve, Actor, DomainError, Role};
+
+use crate::app::AppState;
+use crate::auth::Caller;
+use crate::dto::TicketView;
+use crate::error::{ApiError, Problem};
+use crate::extract::IdPath;
+use crate::record::{timestamp, AuditEvent};
+
+/// `limit` when none is given, and the largest accepted.
+pub const DEFAULT_LIMIT: usize = 100;
+pub const MAX_LIMIT: usize = 1000;
+/// Events read from the store per chunk of an NDJSON stream.
+const STREAM_BATCH: usize = 1000;
+pub const NDJSON: &str = "application/x-ndjson";
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/v1/audit/events", get(log))
+        .route("/v1/audit/tickets/{id}/events", get(ticket_events))
+        .route("/v1/audit/tickets/{id}/state", get(ticket_state))
+        .route("/v1/audit/verify", post(verify))
+}
+
+/// CONTRACT §7: auditors and admins; everyone else 403.
+fn require_auditor(actor: &Actor) -> Result<(), ApiError> {
+    match actor.role {
+        Role::Auditor | Role::Admin => Ok(()),
+        _ => Err(ApiError::forbidden(
+            "Only auditors and admins may use the audit endpoints.",
+        )),
+    }
+}
+
+/// The query string as name/value pairs; 400 if it does not parse or names a parameter twice.
+pub struct QueryParams(Vec<(String, String)>);
+
+impl<S: Send + Sync> FromRequestParts<S> for QueryParams {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, ApiError> {
+        let Query(pairs) = Query::<Vec<(String, String)>>::try_from_uri(&parts.uri)
+            .map_err(|_| ApiError::malformed("The query string does not parse."))?;
+        for (i, (name, _)) in pairs.iter().enumerate() {
+            if pairs[..i].iter().any(|(n, _)| n == name) {
+                return Err(ApiError::malformed(format!(
+                    "The query parameter {name:?} is given more than once."
+                )));
+            }
+        }
+        Ok(QueryParams(pairs))
+    }
+}
+
+impl QueryParams {
+    /// The parameter names given, in order.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.0.iter().map(|(n, _)| n.as_str())
+    }
+
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.0
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// `after`: a position from an earlier answer; 400 if it is not one.
+    fn position(&self, name: &str) -> Result<Position, ApiError> {
+        match self.get(name) {
+            None | Some("") => Ok(Position::START),
+            Some(raw) => raw.parse().map_err(|_| {
+                ApiError::malformed(format!(
+                    "{name}={raw:?} is not a log position; pass a position from an earlier answer."
+                ))
+            }),
+        }
+    }
+
+    /// `limit`: 400 unless a whole number, 422 outside 1..=max.
+    fn limit(&self, default: usize, max: usize) -> Result<usize, ApiError> {
+        let Some(raw) = self.get("limit") else {
+            return Ok(default);
+        };
+        let n: u64 = raw
+            .parse()
+            .map_err(|_| ApiError::malformed(format!("limit={raw:?} is not a whole number.")))?;
+        if n == 0 || n > max as u64 {
+            return Err(ApiError::invalid_field(
+                "limit",
+                format!("must be between 1 and {max}"),
+            ));
+        }
+        Ok(n as usize)
+    }
+}
+
+/// A page of the log (§7.1).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct EventPage {
+    pub items: Vec<AuditEvent>,
+    /// Pass as `after` for the next page: the last item's position, or the `after` given when
+    /// there are no items (so a client can poll from it for events appended later).
+    pub next: String,
+}
+
+/// One ticket's events (§7.2).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct EventList {
+    pub items: Vec<AuditEvent>,
+}
+
+/// Whether `Accept` prefers NDJSON: it names `application/x-ndjson` with a q-value above zero
+/// and at least that of any JSON it also accepts (a tie goes to the type named explicitly).
+fn wants_ndjson(headers: &HeaderMap) -> bool {
+    let mut ndjson: f32 = 0.0;
+    let mut json: f32 = 0.0;
+    for range in headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+    {
+        let mut parts = range.split(';');
+        let mime = parts.next().unwrap_or_default().trim().to_ascii_lowercase();
+        let q = parts
+            .filter_map(|p| p.trim().strip_prefix("q="))
+            .find_map(|q| q.trim().parse::<f32>().ok())
+            .unwrap_or(1.0);
+        match mime.as_str() {
+            NDJSON => ndjson = ndjson.max(q),
+            "application/json" | "application/*" | "*/*" => json = json.max(q),
+            _ => {}
+        }
+    }
+    ndjson > 0.0 && ndjson >= json
+}
+
+/// The whole log in its one stable order (§7.1). Paging with `after` from the start returns
+/// every event exactly once, even while writers append. With `Accept: application/x-ndjson`
+/// the answer is a stream, one event a line, from `after` to the end of the log as it is
+/// when the stream reaches it (at most `limit` events if given); it starts at once and reads
+/// the store a batch at a time as the client consumes it.
+#[utoipa::path(get, path = "/v1/audit/events", tag = "audit",
+    params(
+        ("after" = Option<String>, Query, description = "A position from an earlier answer; default: the start of the log"),
+        ("limit" = Option<u32>, Query, description = "1–1000, default 100; no default limit for NDJSON"),
+        ("Accept" = Option<String>, Header, description = "application/x-ndjson for a stream")),
+    responses(
+        (status = 200, description = "A page; with Accept: application/x-ndjson, a stream of one AuditEvent a line",
+            content((EventPage = "application/json"), (AuditEvent = "application/x-ndjson"))),
+        (status = 400, body = Problem), (status = 401, body = Problem), (status = 403, body = Problem),
+        (status = 422, body = Problem), (status = 503, body = Problem)),
+    security(("bearer" = [])))]
+pub async fn log(
+    State(app): State<AppState>,
+    Caller(actor): Caller,
+    headers: HeaderMap,
+    query: QueryParams,
+) -> Result<Response, ApiError> {
+    require_auditor(&actor)?;
+    let after = query.position("after")?;
+    if wants_ndjson(&headers) {
+        let limit = match query.get("limit") {
+            None => None,
+            Some(_) => Some(query.limit(MAX_LIMIT, usize::MAX)?),
+        };
+        return Ok(stream_log(app.store.clone(), after, limit));
+    }
+    let limit = query.limit(DEFAULT_LIMIT, MAX_LIMIT)?;
+    let events = app.store.read_all(after, limit).await?;
+    let next = events.last().map_or(after, |e| e.position).to_string();
+    let items = events.iter().map(|e| AuditEvent::new(e, true)).collect();
+    Ok(axum::Json(EventPage { items, next }).into_response())
+}
+
+struct Cursor {
+    store: Arc<dyn EventStore>,
+    after: Position,
+    remaining: Option<usize>,
+    failed: bool,
+}
+
+/// The NDJSON stream: one store read per chunk, only when the client has taken the last one.
+fn stream_log(store: Arc<dyn EventStore>, after: Position, limit: Option<usize>) -> Response {
+    let cursor = Cursor {
+        store,
+        after,
+        remaining: limit,
+        failed: false,
+    };
+    let chunks = futures::stream::unfold(cursor, |mut c| async move {
+        if c.failed || c.remaining == Some(0) {
+            return None;
+        }
+        let n = c.remaining.map_or(STREAM_BATCH, |r| r.min(STREAM_BATCH));
+        match c.store.read_all(c.after, n).await {
+            Ok(batch) => {
+                let last = batch.last()?;
+                c.after = last.position;
+                c.remaining = c.remaining.map(|r| r.saturating_sub(batch.len()));
+                let mut buf = Vec::with_capacity(batch.len() * 512);
+                for e in &batch {
+                    // Plain data to JSON cannot fail; a line is never left half written.
+                    if serde_json::to_writer(&mut buf, &AuditEvent::new(e, true)).is_ok() {
+                        buf.push(b'\n');
+                    }
+                }
+                Some((Ok(Bytes::from(buf)), c))
+            }
+            Err(e) => {
+                // The status line is long gone: ending the body with an error aborts the
+                // response, so the client sees a truncated stream rather than a clean end.
+                tracing::warn!(error = %e, after = %c.after, "audit stream failed");
+                c.failed = true;
+                Some((Err(std::io::Error::other(e.to_string())), c))
+            }
+        }
+    });
+    let mut response = Response::new(Body::from_stream(chunks));
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(NDJSON));
+    response
+}
+
+/// Every event of one ticket, in version order (§7.2). 404 if the ticket has none.
+#[utoipa::path(get, path = "/v1/audit/tickets/{id}/events", tag = "audit",
+    params(("id" = Uuid, Path)),
+    responses((status = 200, body = EventList),
+        (status = 400, body = Problem), (status = 401, body = Problem), (status = 403, body = Problem),
+        (status = 404, body = Problem), (status = 503, body = Problem)),
+    security(("bearer" = [])))]
+pub async fn ticket_events(
+    State(app): State<AppState>,
+    Caller(actor): Caller,
+    IdPath(id): IdPath,
+) -> Result<Response, ApiError> {
+    require_auditor(&actor)?;
+    let events = app.store.read_stream(id, 0).await?;
+    if events.is_empty() {
+        return Err(DomainError::NotFound.into());
+    }
+    let items = events.iter().map(|e| AuditEvent::new(e, true)).collect();
+    Ok(axum::Json(EventList { items }).into_response())
+}
+
+fn parse_time(raw: &str) -> Option<DateTime<Utc>> {
+    DateTime::parse_from_rfc3339(raw)
+        .ok()
+        // An unescaped `+` in a query string arrives as a space.
+        .or_else(|| DateTime::parse_from_rfc3339(&raw.replace(' ', "+")).ok())
+        .map(|t| t.with_timezone(&Utc))
+}
+
+/// The ticket as it stood at `as_of` (§7.3): its stream replayed through the service's own
+/// `evolve`, up to its last event recorded at or before `as_of`. `overdue` is as of then.
+/// 404 if the ticket did not exist yet.
+#[utoipa::path(get, path = "/v1/audit/tickets/{id}/state", tag = "audit",
+    params(("id" = Uuid, Path),
+        ("as_of" = String, Query, description = "RFC 3339 instant, e.g. 2026-01-31T12:00:00Z")),
+    responses((status = 200, body = TicketView),
+        (status = 400, body = Problem), (status = 401, body = Problem), (status = 403, body = Problem),
+        (status = 404, body = Problem), (status = 503, body = Problem)),
+    security(("bearer" = [])))]
+pub async fn ticket_state(
+    State(app): State<AppState>,
+    Caller(actor): Caller,
+    IdPath(id): IdPath,
+    query: QueryParams,
+) -> Result<Response, ApiError> {
+    require_auditor(&actor)?;
+    let raw = query.get("as_of").ok_or_else(|| {
+        ApiError::malformed("as_of is required: an RFC 3339 instant, e.g. 2026-01-31T12:00:00Z.")
+    })?;
+    let as_of = parse_time(raw).ok_or_else(|| {
+        ApiError::malformed(format!(
+            "as_of={raw:?} is not an RFC 3339 instant, e.g. 2026-01-31T12:00:00Z."
+        ))
+    })?;
+    let events = app.store.read_stream(id, 0).await?;
+    let mut state = None;
+    // The stream's prefix up to `as_of`: a later event is not folded even if a clock stepped
+    // back, so the answer is always a state the ticket really passed through.
+    for stored in events.iter().take_while(|e| e.recorded_at <= as_of) {
+        state = evolve(state, &decode(stored)?);
+    }
+    let ticket = state.ok_or(DomainError::NotFound)?;
+    Ok(axum::Json(TicketView::new(&ticket, as_of)).into_response())
+}
+
+/// `POST /v1/audit/verify`'s answer: `ticketd verify`'s report.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct VerifyReport {
+    /// No findings, and the whole log was read.
+    pub ok: bool,
+    pub events: u64,
+    pub streams: u64,
+    pub findings: Vec<FindingView>,
+    /// Set when the store could not read the log past `after`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unreadable: Option<Unreadable>,
+    /// When the check finished.
+    pub checked_at: String,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct FindingView {
+    pub stream: Uuid,
+    pub version: u64,
+    /// Where in the log the problem showed.
+    pub position: Option<String>,
+    /// `hash_mismatch`, `broken_link`, `missing_versions`, `out_of_order` or `undecodable`.
+    pub problem: String,
+    pub detail: String,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Unreadable {
+    pub after: String,
+    pub detail: String,
+}
+
+impl From<Report> for VerifyReport {
+    fn from(r: Report) -> Self {
+        VerifyReport {
+            ok: r.is_ok(),
+            events: r.events,
+            streams: r.streams,
+            findings: r
+                .findings
+                .into_iter()
+                .map(|f| FindingView {
+                    stream: f.stream_id,
+                    version: f.version,
+                    position: f.position.map(|p| p.to_string()),
+                    problem: f.problem.as_str().to_owned(),
+                    detail: f.detail,
+                })
+                .collect(),
+            unreadable: r.unreadable.map(|(after, detail)| Unreadable {
+                after: after.to_string(),
+                detail,
+            }),
+            checked_at: timestamp(Utc::now()),
+        }
+    }
+}
+
+/// Runs `ticketd verify` over the whole log: every stream's hash chain, contiguous versions,
+/// every event decoding. 200 with `ok: false` and the findings when anything is wrong.
+#[utoipa::path(post, path = "/v1/audit/verify", tag = "audit",
+    responses((status = 200, body = VerifyReport),
+        (status = 401, body = Problem), (status = 403, body = Problem), (status = 503, body = Problem)),
+    security(("bearer" = [])))]
+pub async fn verify(
+    State(app): State<AppState>,
+    Caller(actor): Caller,
+) -> Result<Response, ApiError> {
+    require_auditor(&actor)?;
+    let report = verify_store(app.store.as_ref()).await?;
+    Ok((StatusCode::OK, axum::Json(VerifyReport::from(report))).into_response())
+}

@@ -1,0 +1,389 @@
+//! `ticketd verify`, `ticketd export` and `ticketd import` (docs/AUDIT.md).
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, BufWriter, Write};
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::{bail, Context};
+use uuid::Uuid;
+
+use ticketd_commands::import::{Imported, Importer};
+use ticketd_commands::verify::{verify_store_with, Report, Verifier};
+use ticketd_commands::{EventStore, Position, PostgresStore, SqliteStore, StoredEvent};
+use ticketd_domain::HASH_LEN;
+
+use crate::config::{ExportArgs, Format, ImportArgs, StoreArgs, VerifyArgs};
+use crate::record::AuditEvent;
+
+/// Events per read (export) and per insert (import).
+const BATCH: usize = 1000;
+/// Events per store read in an export.
+const EXPORT_PAGE: usize = 5000;
+
+/// A report as `ticketd verify` prints it: one line per finding, then a summary.
+pub fn render_report(report: &Report) -> String {
+    let mut out = String::new();
+    for f in &report.findings {
+        out.push_str(&format!("FAIL {f}\n"));
+    }
+    if let Some((after, why)) = &report.unreadable {
+        out.push_str(&format!(
+            "FAIL the log could not be read after position {after}: {why}\n"
+        ));
+    }
+    let verdict = if report.is_ok() { "ok" } else { "FAILED" };
+    out.push_str(&format!(
+        "{verdict}: {} events in {} streams, {} findings\n",
+        report.events,
+        report.streams,
+        report.findings.len() + usize::from(report.unreadable.is_some())
+    ));
+    out
+}
+
+/// The last event (version and hash) of each stream in an export: anchors for `verify`.
+pub fn anchors(input: impl BufRead) -> anyhow::Result<Vec<(Uuid, u64, [u8; HASH_LEN])>> {
+    let mut input = input;
+    // An NDJSON record starts with `{`; a MessagePack one with a map marker.
+    let format = match input.fill_buf()?.first() {
+        Some(b'{') | None => Format::Ndjson,
+        Some(_) => Format::Msgpack,
+    };
+    let mut last: HashMap<Uuid, (u64, [u8; HASH_LEN])> = HashMap::new();
+    for record in Records::new(input, format) {
+        let e = record?;
+        let head = last.entry(e.stream_id).or_insert((e.version, e.hash));
+        if e.version >= head.0 {
+            *head = (e.version, e.hash);
+        }
+    }
+    Ok(last.into_iter().map(|(s, (v, h))| (s, v, h)).collect())
+}
+
+/// `ticketd verify`: prints the report; an error (so a non-zero exit) on any finding.
+pub async fn verify(args: &VerifyArgs) -> anyhow::Result<()> {
+    let verifier = match &args.anchor {
+        None => Verifier::new(),
+        Some(path) => {
+            let file =
+                std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+            let anchors = anchors(BufReader::new(file))
+                .with_context(|| format!("reading anchors from {}", path.display()))?;
+            Verifier::with_anchors(anchors)
+        }
+    };
+    let store = open_existing(&args.store).await?;
+    let report = verify_store_with(store.as_ref(), verifier)
+        .await
+        .context("reading the log")?;
+    print!("{}", render_report(&report));
+    if !report.is_ok() {
+        bail!("the log failed verification");
+    }
+    Ok(())
+}
+
+/// Appends one event to `out` in `format`.
+pub fn encode(format: Format, e: &StoredEvent, out: &mut Vec<u8>) -> anyhow::Result<()> {
+    match format {
+        Format::Ndjson => {
+            serde_json::to_writer(&mut *out, &AuditEvent::new(e, false))?;
+            out.push(b'\n');
+        }
+        Format::Msgpack => ticketd_commands::packed::encode(e, out)?,
+    }
+    Ok(())
+}
+
+/// Which events an export takes.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Selection {
+    pub after: Option<Position>,
+    pub until: Option<Position>,
+    pub ticket: Option<Uuid>,
+}
+
+impl Selection {
+    fn takes(&self, position: Position) -> bool {
+        self.after.is_none_or(|a| position > a) && self.until.is_none_or(|u| position <= u)
+    }
+}
+
+/// Writes the selected events to `out` in log order; returns how many.
+pub async fn export_to(
+    store: &dyn EventStore,
+    selection: Selection,
+    format: Format,
+    out: &mut dyn Write,
+) -> anyhow::Result<u64> {
+    let mut written = 0u64;
+    let mut buf = Vec::new();
+    if let Some(ticket) = selection.ticket {
+        for e in store.read_stream(ticket, 0).await? {
+            if selection.takes(e.position) {
+                encode(format, &e, &mut buf)?;
+                written += 1;
+            }
+        }
+        out.write_all(&buf)?;
+        return Ok(written);
+    }
+    // Reading a page and encoding the one before overlap: encoding runs on a blocking thread
+    // while this task waits for the store, which more than halves an export's time on two cores.
+    let mut after = selection.after.unwrap_or(Position::START);
+    let mut encoding: Option<tokio::task::JoinHandle<anyhow::Result<Encoded>>> = None;
+    loop {
+        let previous = async {
+            match encoding.take() {
+                Some(task) => Some(task.await),
+                None => None,
+            }
+        };
+        let (batch, previous) = tokio::join!(store.read_all(after, EXPORT_PAGE), previous);
+        if let Some(done) = previous {
+            let done = done.context("the encoding thread failed")??;
+            out.write_all(&done.bytes)?;
+            written += done.count;
+            if done.finished {
+                return Ok(written);
+            }
+        }
+        let batch = batch?;
+        let Some(last) = batch.last() else { break };
+        after = last.position;
+        encoding = Some(tokio::task::spawn_blocking(move || {
+            encode_page(format, selection, &batch)
+        }));
+    }
+    Ok(written)
+}
+
+/// A page of an export, encoded.
+struct Encoded {
+    bytes: Vec<u8>,
+    count: u64,
+    /// The page reached the end of the selection.
+    finished: bool,
+}
+
+fn encode_page(
+    format: Format,
+    selection: Selection,
+    batch: &[StoredEvent],
+) -> anyhow::Result<Encoded> {
+    let mut page = Encoded {
+        bytes: Vec::with_capacity(batch.len() * 512),
+        count: 0,
+        finished: false,
+    };
+    for e in batch {
+        if !selection.takes(e.position) {
+            page.finished = true;
+            break;
+        }
+        encode(format, e, &mut page.bytes)?;
+        page.count += 1;
+    }
+    Ok(page)
+}
+
+/// `ticketd export`.
+pub async fn export(args: &ExportArgs) -> anyhow::Result<()> {
+    let store = open_existing(&args.store).await?;
+    let selection = Selection {
+        after: args.after,
+        until: args.until,
+        ticket: args.ticket,
+    };
+    // Log lines go to stdout, so an export there could be interleaved with them.
+    if args.output == Path::new("-") {
+        bail!("write the export to a file: log lines share stdout");
+    }
+    let file = std::fs::File::create(&args.output)
+        .with_context(|| format!("creating {}", args.output.display()))?;
+    let mut out = BufWriter::new(file);
+    let n = export_to(store.as_ref(), selection, args.format, &mut out).await?;
+    out.flush()?;
+    eprintln!("exported {n} events");
+    Ok(())
+}
+
+/// Reads exported events one at a time.
+pub struct Records<R> {
+    input: R,
+    format: Format,
+    line: usize,
+    text: String,
+}
+
+impl<R: BufRead> Records<R> {
+    pub fn new(input: R, format: Format) -> Self {
+        Records {
+            input,
+            format,
+            line: 0,
+            text: String::new(),
+        }
+    }
+
+    fn next_record(&mut self) -> anyhow::Result<Option<StoredEvent>> {
+        self.line += 1;
+        match self.format {
+            Format::Ndjson => loop {
+                self.text.clear();
+                if self.input.read_line(&mut self.text)? == 0 {
+                    return Ok(None);
+                }
+                if self.text.trim().is_empty() {
+                    self.line += 1;
+                    continue;
+                }
+                let record: AuditEvent = serde_json::from_str(&self.text)
+                    .with_context(|| format!("line {}", self.line))?;
+                return record
+                    .to_stored()
+                    .map(Some)
+                    .map_err(|e| anyhow::anyhow!("line {}: {e}", self.line));
+            },
+            Format::Msgpack => {
+                if self.input.fill_buf()?.is_empty() {
+                    return Ok(None);
+                }
+                ticketd_commands::packed::decode(&mut self.input)
+                    .map(Some)
+                    .map_err(|e| anyhow::anyhow!("event {}: {e}", self.line))
+            }
+        }
+    }
+}
+
+impl<R: BufRead> Iterator for Records<R> {
+    type Item = anyhow::Result<StoredEvent>;
+    fn next(&mut self) -> Option<Self::Item> {
+        self.next_record().transpose()
+    }
+}
+
+/// The store named by `args`, as it is: reading commands (verify, export) never migrate it.
+async fn open_existing(args: &StoreArgs) -> anyhow::Result<Arc<dyn EventStore>> {
+    let url = args.database_url();
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        let store = PostgresStore::connect(&url, args.pg_max_connections)
+            .await
+            .context("connecting to PostgreSQL")?;
+        Ok(Arc::new(store))
+    } else if url.starts_with("sqlite:") {
+        Ok(Arc::new(
+            SqliteStore::open(&url).await.context("opening SQLite")?,
+        ))
+    } else {
+        bail!("DATABASE_URL must start with postgres:// or sqlite://, got {url:?}")
+    }
+}
+
+/// A store import can write into.
+pub enum Target {
+    Sqlite(Arc<SqliteStore>),
+    Postgres(Arc<PostgresStore>),
+}
+
+impl Target {
+    /// Opens and migrates the store named by `args`.
+    pub async fn open(args: &StoreArgs) -> anyhow::Result<Target> {
+        let url = args.database_url();
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            let store = PostgresStore::connect(&url, args.pg_max_connections)
+                .await
+                .context("connecting to PostgreSQL")?;
+            store.migrate().await.context("migrating PostgreSQL")?;
+            Ok(Target::Postgres(Arc::new(store)))
+        } else if url.starts_with("sqlite:") {
+            let store = SqliteStore::open(&url).await.context("opening SQLite")?;
+            store.migrate().await.context("migrating SQLite")?;
+            Ok(Target::Sqlite(Arc::new(store)))
+        } else {
+            bail!("DATABASE_URL must start with postgres:// or sqlite://, got {url:?}")
+        }
+    }
+}
+
+/// Loads `records` into the empty store `target`, in one transaction. Every chain is checked
+/// on the way in; on any finding nothing is written.
+pub async fn import_from(
+    target: &Target,
+    records: impl Iterator<Item = anyhow::Result<StoredEvent>>,
+) -> anyhow::Result<Imported> {
+    let mut importer = match target {
+        Target::Sqlite(s) => Importer::sqlite(s).await,
+        Target::Postgres(s) => Importer::postgres(s).await,
+    }
+    .map_err(|e| match e {
+        ticketd_commands::StoreError::Conflict { .. } => {
+            anyhow::anyhow!("the target store is not empty; import needs an empty store")
+        }
+        e => e.into(),
+    })?;
+    let mut verifier = Verifier::new();
+    let mut batch = Vec::with_capacity(BATCH);
+    let mut failure = None;
+    for record in records {
+        match record {
+            Ok(e) => {
+                verifier.check(&e);
+                batch.push(e);
+            }
+            Err(e) => {
+                failure = Some(e);
+                break;
+            }
+        }
+        if batch.len() == BATCH {
+            if let Err(e) = importer.push(&batch).await {
+                failure = Some(e.into());
+                break;
+            }
+            batch.clear();
+        }
+    }
+    if failure.is_none() && !batch.is_empty() {
+        if let Err(e) = importer.push(&batch).await {
+            failure = Some(e.into());
+        }
+    }
+    let report = verifier.finish();
+    if failure.is_none() && !report.is_ok() {
+        failure = Some(anyhow::anyhow!(
+            "the export fails verification; nothing was imported:\n{}",
+            render_report(&report).trim_end()
+        ));
+    }
+    if let Some(e) = failure {
+        importer.rollback().await?;
+        return Err(e);
+    }
+    Ok(importer.commit().await?)
+}
+
+/// `ticketd import`.
+pub async fn import(args: &ImportArgs) -> anyhow::Result<()> {
+    let target = Target::open(&args.store).await?;
+    let input: Box<dyn BufRead> = if args.input == Path::new("-") {
+        Box::new(BufReader::new(std::io::stdin().lock()))
+    } else {
+        let file = std::fs::File::open(&args.input)
+            .with_context(|| format!("opening {}", args.input.display()))?;
+        Box::new(BufReader::new(file))
+    };
+    let imported = import_from(&target, Records::new(input, args.format)).await?;
+    eprintln!(
+        "imported {} events; ticket numbers continue after {}",
+        imported.events, imported.max_ticket_number
+    );
+    Ok(())
+}
+
+/// Reads a whole export from bytes (for tests and small files).
+pub fn read_records(bytes: &[u8], format: Format) -> anyhow::Result<Vec<StoredEvent>> {
+    Records::new(bytes, format).collect()
+}
