@@ -21,6 +21,7 @@ both_backends!(
     wrong_prev_hash_conflicts,
     multi_event_append_is_atomic,
     concurrent_appends_to_one_stream_let_exactly_one_win,
+    concurrent_appends_to_many_streams_each_decide_alone,
     read_stream_order_and_after_version,
     read_all_log_order_and_paging,
     hash_chain_verifies,
@@ -249,6 +250,79 @@ async fn concurrent_appends_to_one_stream_let_exactly_one_win(store: Arc<dyn Eve
     let stored = store.read_stream(hot, 0).await.expect("read");
     let versions: Vec<u64> = stored.iter().map(|e| e.version).collect();
     assert_eq!(versions, (1..=stored.len() as u64).collect::<Vec<_>>());
+}
+
+/// Concurrent appends to distinct streams may share a statement (PostgreSQL batches them);
+/// each must still succeed, conflict or lose its idempotency key on its own.
+async fn concurrent_appends_to_many_streams_each_decide_alone(store: Arc<dyn EventStore>) {
+    const STREAMS: usize = 40;
+    let mut heads = Vec::new();
+    for _ in 0..STREAMS {
+        let (stream, first) = new_stream(&*store, 1).await;
+        let (version, hash) = head(&first);
+        heads.push((stream, version, hash));
+    }
+    let mut tasks = Vec::new();
+    for (i, (stream, version, hash)) in heads.iter().copied().enumerate() {
+        // The right append; streams 4k and 4k+1 race for one idempotency key.
+        let store_right = store.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut req = request(stream, version, hash, new_events(1 + (i % 2) as u32));
+            if i % 4 < 2 {
+                req.idempotency = Some(idempotency_record("carol", &format!("k{}", i / 4)));
+            }
+            (i, true, store_right.append(req).await)
+        }));
+        // A stale one, which must conflict without hurting the others.
+        let store_stale = store.clone();
+        tasks.push(tokio::spawn(async move {
+            let req = request(stream, version + 5, hash, new_events(1));
+            (i, false, store_stale.append(req).await)
+        }));
+    }
+    let mut written = [false; STREAMS];
+    let mut key_losers = 0;
+    let mut last = Position::START;
+    for task in tasks {
+        let (i, right, result) = task.await.expect("task");
+        match (right, result) {
+            (true, Ok(appended)) => {
+                assert_eq!(appended.version, 2 + (i % 2) as u64);
+                assert!(appended.events.iter().all(|e| e.position > Position::START));
+                last = last.max(
+                    appended
+                        .events
+                        .iter()
+                        .map(|e| e.position)
+                        .max()
+                        .unwrap_or(last),
+                );
+                written[i] = true;
+            }
+            (true, Err(StoreError::IdempotencyKeyTaken)) if i % 4 < 2 => key_losers += 1,
+            (false, Err(StoreError::Conflict { stream_id, .. })) => {
+                assert_eq!(stream_id, heads[i].0)
+            }
+            (right, other) => panic!("stream {i} (right: {right}): {other:?}"),
+        }
+    }
+    assert_eq!(key_losers, STREAMS / 4, "one of each raced key loses");
+    for (i, (stream, _, _)) in heads.iter().enumerate() {
+        let stored = store.read_stream(*stream, 0).await.expect("read");
+        let expected = if written[i] { 2 + i % 2 } else { 1 };
+        assert_eq!(stored.len(), expected, "stream {i}");
+        let mut prev = ZERO_HASH;
+        for (k, e) in stored.iter().enumerate() {
+            assert_eq!(e.version, k as u64 + 1);
+            assert_eq!(e.prev_hash, prev);
+            prev = e.hash;
+        }
+    }
+    let log = read_until(&*store, last).await;
+    let mut ids: Vec<Uuid> = log.iter().map(|e| e.event_id).collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), log.len(), "each event once in the log");
 }
 
 async fn read_stream_order_and_after_version(store: Arc<dyn EventStore>) {

@@ -1,0 +1,1005 @@
+//! CONTRACT §1–§5 end to end: every command over HTTP against a real server on an ephemeral
+//! port, on SQLite and on PostgreSQL. Every rejected request is checked to be problem+json
+//! and to have appended nothing.
+
+use reqwest::{Method, StatusCode};
+use serde_json::{json, Value};
+
+use ticketd_domain::Role;
+use ticketd_tests::http::TestServer;
+use ticketd_tests::http_both_backends;
+
+fn ticket_body() -> Value {
+    json!({"subject": "  Printer on fire  ", "description": "It is on fire.", "priority": "high",
+           "cc": ["bob", "bob"], "fields": {"event_id": "E-77", "countries": ["DE", "FR"]}})
+}
+
+/// Opens a ticket for alice (org acme) and returns its id.
+async fn alice_ticket(s: &TestServer) -> String {
+    s.open(&s.customer("alice"), ticket_body()).await
+}
+
+async fn version_of(s: &TestServer, id: &str) -> u64 {
+    let a = s
+        .get(&format!("/v1/tickets/{id}"), &s.agent("agent-v"))
+        .await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.body);
+    a.body["version"].as_u64().expect("version")
+}
+
+async fn set_status(s: &TestServer, id: &str, status: &str) -> Value {
+    let a = s
+        .post(
+            &format!("/v1/tickets/{id}/status"),
+            &s.agent("agent-1"),
+            json!({"status": status}),
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.body);
+    a.body
+}
+
+async fn open_answers_the_ticket(s: TestServer) {
+    let a = s
+        .post("/v1/tickets", &s.customer("alice"), ticket_body())
+        .await;
+    assert_eq!(a.status, StatusCode::CREATED, "{}", a.body);
+    let t = &a.body;
+    let id = t["id"].as_str().expect("id");
+    assert_eq!(
+        a.header("location"),
+        Some(format!("/v1/tickets/{id}").as_str())
+    );
+    assert_eq!(a.header("etag"), Some("\"1\""));
+    assert_eq!(t["subject"], "Printer on fire", "stored trimmed");
+    assert_eq!(t["status"], "open");
+    assert_eq!(t["priority"], "high");
+    assert_eq!(t["channel"], "web");
+    assert_eq!(t["requester"], "alice");
+    assert_eq!(t["org"], "acme");
+    assert_eq!(t["cc"], json!(["bob"]));
+    assert_eq!(t["assignee"], Value::Null);
+    assert_eq!(
+        t["fields"],
+        json!({"countries": ["DE", "FR"], "event_id": "E-77"})
+    );
+    assert_eq!(t["version"], 1);
+    assert_eq!(t["overdue"], false);
+    assert!(t["position"].is_string());
+    // high priority: due 24 h after opening under the default policy
+    let created = chrono::DateTime::parse_from_rfc3339(t["created_at"].as_str().expect("created"))
+        .expect("rfc3339");
+    let due =
+        chrono::DateTime::parse_from_rfc3339(t["due_at"].as_str().expect("due")).expect("rfc3339");
+    assert_eq!(due - created, chrono::Duration::hours(24));
+    assert!(
+        t["created_at"].as_str().expect("created").ends_with('Z'),
+        "UTC timestamps"
+    );
+
+    let g = s
+        .get(&format!("/v1/tickets/{id}"), &s.customer("alice"))
+        .await;
+    assert_eq!(g.status, StatusCode::OK);
+    assert_eq!(g.header("etag"), Some("\"1\""));
+    assert_eq!(g.body["number"], t["number"]);
+    assert!(g.body.get("position").is_none());
+
+    let second = s
+        .post("/v1/tickets", &s.customer("carol"), ticket_body())
+        .await;
+    assert!(
+        second.body["number"].as_u64() > t["number"].as_u64(),
+        "numbers increase"
+    );
+}
+
+async fn only_staff_give_requester_org_or_due(s: TestServer) {
+    for extra in [
+        json!({"requester": "zed"}),
+        json!({"org": "other"}),
+        json!({"due_at": "2030-01-01T00:00:00Z"}),
+    ] {
+        let mut body = ticket_body();
+        body.as_object_mut()
+            .expect("object")
+            .extend(extra.as_object().expect("object").clone());
+        s.post("/v1/tickets", &s.customer("alice"), body)
+            .await
+            .assert_problem(403, "forbidden");
+    }
+    let a = s
+        .post(
+            "/v1/tickets",
+            &s.agent("agent-1"),
+            json!({"subject": "On behalf", "description": "Phoned in", "requester": "dave",
+                   "org": "globex", "channel": "phone", "due_at": "2030-01-01T10:00:00+02:00"}),
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::CREATED, "{}", a.body);
+    assert_eq!(a.body["requester"], "dave");
+    assert_eq!(a.body["org"], "globex");
+    assert_eq!(a.body["channel"], "phone");
+    assert_eq!(a.body["due_at"], "2030-01-01T08:00:00Z");
+    // dave can see the ticket opened for him
+    let id = a.body["id"].as_str().expect("id");
+    let g = s
+        .get(
+            &format!("/v1/tickets/{id}"),
+            &s.token("dave", Role::Customer, Some("globex"), false),
+        )
+        .await;
+    assert_eq!(g.status, StatusCode::OK);
+}
+
+async fn tokens_are_checked(s: TestServer) {
+    let id = alice_ticket(&s).await;
+    let path = format!("/v1/tickets/{id}");
+    let none = s.call(Method::GET, &path, None, None, &[]).await;
+    none.assert_problem(401, "unauthorized");
+    let header = |alg: &str| {
+        use base64_like::encode;
+        encode(format!(r#"{{"alg":"{alg}","typ":"JWT"}}"#).as_bytes())
+    };
+    let exp = chrono::Utc::now().timestamp() + 3600;
+    let claims = base64_like::encode(
+        format!(r#"{{"sub":"alice","role":"customer","org":"acme","exp":{exp}}}"#).as_bytes(),
+    );
+    let good = s.customer("alice");
+    let mut parts: Vec<&str> = good.split('.').collect();
+    let bad_sig = format!("{}.{}.{}", parts[0], parts[1], "AAAA");
+    let alg_none = format!("{}.{}.", header("none"), claims);
+    let hs512 = format!("{}.{}.{}", header("HS512"), claims, parts[2]);
+    let other = {
+        let key =
+            jsonwebtoken::EncodingKey::from_secret(b"another-secret-another-secret-0123456789");
+        let c = json!({"sub": "alice", "role": "customer", "exp": exp});
+        jsonwebtoken::encode(&jsonwebtoken::Header::default(), &c, &key).expect("encode")
+    };
+    let signed = |claims: Value| {
+        let key = jsonwebtoken::EncodingKey::from_secret(ticketd_tests::http::SECRET.as_bytes());
+        jsonwebtoken::encode(&jsonwebtoken::Header::default(), &claims, &key).expect("encode")
+    };
+    let expired = signed(json!({"sub": "alice", "role": "customer", "exp": exp - 7200}));
+    let no_exp = signed(json!({"sub": "alice", "role": "customer"}));
+    let bad_role = signed(json!({"sub": "alice", "role": "root", "exp": exp}));
+    let public_role = signed(json!({"sub": "alice", "role": "public", "exp": exp}));
+    let long_sub = signed(json!({"sub": "x".repeat(129), "role": "customer", "exp": exp}));
+    let empty_sub = signed(json!({"sub": "", "role": "customer", "exp": exp}));
+    parts.truncate(2);
+    let truncated = parts.join(".");
+    for token in [
+        bad_sig,
+        alg_none,
+        hs512,
+        other,
+        expired,
+        no_exp,
+        bad_role,
+        public_role,
+        long_sub,
+        empty_sub,
+        truncated,
+        "garbage".to_owned(),
+        String::new(),
+    ] {
+        let a = s.call(Method::GET, &path, Some(&token), None, &[]).await;
+        a.assert_problem(401, "unauthorized");
+        let c = s
+            .call(
+                Method::POST,
+                &format!("{path}/comments"),
+                Some(&token),
+                Some(json!({"body": "sneaky"})),
+                &[],
+            )
+            .await;
+        c.assert_problem(401, "unauthorized");
+    }
+    let basic = s
+        .call(
+            Method::GET,
+            &path,
+            None,
+            None,
+            &[("authorization", "Basic YWxpY2U6cHc=")],
+        )
+        .await;
+    basic.assert_problem(401, "unauthorized");
+    assert_eq!(version_of(&s, &id).await, 1, "nothing appended");
+}
+
+/// Base64url without padding, enough to forge token parts.
+mod base64_like {
+    pub fn encode(bytes: &[u8]) -> String {
+        const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+        let mut out = String::new();
+        for chunk in bytes.chunks(3) {
+            let b = [
+                chunk[0],
+                *chunk.get(1).unwrap_or(&0),
+                *chunk.get(2).unwrap_or(&0),
+            ];
+            let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+            for i in 0..=chunk.len() {
+                out.push(A[((n >> (18 - 6 * i)) & 63) as usize] as char);
+            }
+        }
+        out
+    }
+}
+
+/// method, path, content type, body, expected status and code
+type BadCase<'a> = (Method, String, Option<&'a str>, Vec<u8>, u16, &'a str);
+
+async fn bad_input_is_rejected_and_appends_nothing(s: TestServer) {
+    let alice = s.customer("alice");
+    let id = alice_ticket(&s).await;
+    let before = s
+        .log_upto(&json!(format!("{}", first_position(&s, &id).await)))
+        .await
+        .len();
+
+    let json_ct = Some("application/json");
+    let cases: Vec<BadCase> = vec![
+        (
+            Method::POST,
+            "/v1/tickets".into(),
+            json_ct,
+            b"{not json".to_vec(),
+            400,
+            "malformed_request",
+        ),
+        (
+            Method::POST,
+            "/v1/tickets".into(),
+            json_ct,
+            b"".to_vec(),
+            400,
+            "malformed_request",
+        ),
+        (
+            Method::POST,
+            "/v1/tickets".into(),
+            json_ct,
+            br#"{"subject":"s","description":"d","colour":"red"}"#.to_vec(),
+            422,
+            "invalid_request",
+        ),
+        (
+            Method::POST,
+            "/v1/tickets".into(),
+            json_ct,
+            br#"{"subject":5,"description":"d"}"#.to_vec(),
+            422,
+            "invalid_request",
+        ),
+        (
+            Method::POST,
+            "/v1/tickets".into(),
+            json_ct,
+            br#"{"description":"d"}"#.to_vec(),
+            422,
+            "invalid_request",
+        ),
+        (
+            Method::POST,
+            "/v1/tickets".into(),
+            json_ct,
+            br#"{"subject":"s","description":"d","priority":"meh"}"#.to_vec(),
+            422,
+            "invalid_request",
+        ),
+        (
+            Method::POST,
+            "/v1/tickets".into(),
+            json_ct,
+            br#"{"subject":"   ","description":"d"}"#.to_vec(),
+            422,
+            "invalid_request",
+        ),
+        (
+            Method::POST,
+            "/v1/tickets".into(),
+            json_ct,
+            br#"[1,2]"#.to_vec(),
+            422,
+            "invalid_request",
+        ),
+        (
+            Method::POST,
+            "/v1/tickets".into(),
+            json_ct,
+            br#"{"subject":"s","description":"d","due_at":"tomorrow"}"#.to_vec(),
+            422,
+            "invalid_request",
+        ),
+        (
+            Method::POST,
+            "/v1/tickets".into(),
+            Some("text/plain"),
+            br#"{"subject":"s","description":"d"}"#.to_vec(),
+            415,
+            "unsupported_media_type",
+        ),
+        (
+            Method::POST,
+            "/v1/tickets".into(),
+            None,
+            br#"{"subject":"s","description":"d"}"#.to_vec(),
+            415,
+            "unsupported_media_type",
+        ),
+        (
+            Method::POST,
+            "/v1/tickets".into(),
+            json_ct,
+            vec![b' '; 1024 * 1024 + 10],
+            413,
+            "payload_too_large",
+        ),
+        (
+            Method::POST,
+            format!("/v1/tickets/{id}/comments"),
+            json_ct,
+            br#"{"body":""}"#.to_vec(),
+            422,
+            "invalid_request",
+        ),
+        (
+            Method::POST,
+            format!("/v1/tickets/{id}/comments"),
+            json_ct,
+            br#"{"body":"x","visibility":"secret"}"#.to_vec(),
+            422,
+            "invalid_request",
+        ),
+        (
+            Method::POST,
+            format!("/v1/tickets/{id}/comments"),
+            json_ct,
+            format!(r#"{{"body":"{}"}}"#, "x".repeat(20_001)).into_bytes(),
+            422,
+            "invalid_request",
+        ),
+        (
+            Method::POST,
+            "/v1/tickets/not-a-uuid/comments".into(),
+            json_ct,
+            br#"{"body":"x"}"#.to_vec(),
+            400,
+            "malformed_request",
+        ),
+        (
+            Method::GET,
+            "/v1/tickets/12345".into(),
+            None,
+            vec![],
+            400,
+            "malformed_request",
+        ),
+        (
+            Method::POST,
+            format!("/v1/tickets/{id}/status"),
+            json_ct,
+            br#"{"status":"done"}"#.to_vec(),
+            422,
+            "invalid_request",
+        ),
+        (
+            Method::POST,
+            format!("/v1/tickets/{id}/withdraw"),
+            json_ct,
+            br#"{}"#.to_vec(),
+            422,
+            "invalid_request",
+        ),
+        (
+            Method::PATCH,
+            format!("/v1/tickets/{id}"),
+            json_ct,
+            br#"{"subject":null,"owner":"x"}"#.to_vec(),
+            422,
+            "invalid_request",
+        ),
+        (
+            Method::PATCH,
+            format!("/v1/tickets/{id}"),
+            json_ct,
+            br#"{"cc":"bob"}"#.to_vec(),
+            422,
+            "invalid_request",
+        ),
+    ];
+    for (method, path, ct, body, status, code) in cases {
+        let a = s.raw(method.clone(), &path, Some(&alice), ct, body).await;
+        assert_eq!(a.status.as_u16(), status, "{method} {path}: {}", a.body);
+        a.assert_problem(status, code);
+        if code == "invalid_request" && status == 422 {
+            let errors = a.body["errors"].as_array().expect("errors listed");
+            assert!(!errors.is_empty());
+            assert!(
+                errors
+                    .iter()
+                    .all(|e| e["field"].is_string() && e["message"].is_string()),
+                "{}",
+                a.body
+            );
+        }
+    }
+    // nothing was appended by any of them
+    let marker = s
+        .post(&format!("/v1/tickets/{id}/read"), &alice, json!({}))
+        .await;
+    assert_eq!(marker.status, StatusCode::OK, "{}", marker.body);
+    assert_eq!(marker.body["version"], 2);
+    let after = s.log_upto(&marker.body["position"]).await.len();
+    assert_eq!(after, before + 1);
+}
+
+async fn first_position(s: &TestServer, id: &str) -> String {
+    let events = s
+        .store
+        .read_stream(id.parse().expect("uuid"), 0)
+        .await
+        .expect("read");
+    events.last().expect("an event").position.to_string()
+}
+
+async fn routes_and_methods_answer_problems(s: TestServer) {
+    let agent = s.agent("agent-1");
+    let a = s.get("/v1/nowhere", &agent).await;
+    a.assert_problem(404, "not_found");
+    let a = s
+        .call(Method::DELETE, "/v1/tickets", Some(&agent), None, &[])
+        .await;
+    assert_eq!(a.status.as_u16(), 405);
+    assert_eq!(a.header("content-type"), Some("application/problem+json"));
+    let h = s.call(Method::GET, "/healthz", None, None, &[]).await;
+    assert_eq!(h.status, StatusCode::OK);
+    let r = s.call(Method::GET, "/readyz", None, None, &[]).await;
+    assert_eq!(r.status, StatusCode::OK);
+    let doc = s.call(Method::GET, "/openapi.json", None, None, &[]).await;
+    assert_eq!(doc.status, StatusCode::OK);
+    assert!(doc.body["openapi"]
+        .as_str()
+        .expect("version")
+        .starts_with("3.1"));
+    for path in [
+        "/v1/tickets",
+        "/v1/tickets/{id}",
+        "/v1/tickets/{id}/comments",
+        "/v1/tickets/{id}/status",
+        "/v1/tickets/{id}/withdraw",
+        "/v1/tickets/{id}/escalate",
+        "/v1/tickets/{id}/read",
+    ] {
+        assert!(doc.body["paths"][path].is_object(), "{path} documented");
+    }
+}
+
+async fn customer_replies_move_the_status(s: TestServer) {
+    let alice = s.customer("alice");
+    let bob = s.customer("bob"); // on CC
+    let id = alice_ticket(&s).await;
+    set_status(&s, &id, "awaiting_customer").await;
+    let a = s
+        .post(
+            &format!("/v1/tickets/{id}/comments"),
+            &bob,
+            json!({"body": "Here you go"}),
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::CREATED, "{}", a.body);
+    assert_eq!(a.body["status"], "in_progress");
+    assert_eq!(a.body["version"], 4, "comment and automatic move");
+    assert!(a.body["comment_id"].is_string());
+    set_status(&s, &id, "resolved").await;
+    let a = s
+        .post(
+            &format!("/v1/tickets/{id}/comments"),
+            &alice,
+            json!({"body": "Broken again"}),
+        )
+        .await;
+    assert_eq!(a.body["status"], "open", "reopened");
+    // staff replies move nothing
+    set_status(&s, &id, "awaiting_customer").await;
+    let a = s
+        .post(
+            &format!("/v1/tickets/{id}/comments"),
+            &s.agent("agent-1"),
+            json!({"body": "Internal", "visibility": "private"}),
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::CREATED);
+    assert_eq!(a.body["status"], "awaiting_customer");
+    // customers cannot write private comments
+    s.post(
+        &format!("/v1/tickets/{id}/comments"),
+        &alice,
+        json!({"body": "psst", "visibility": "private"}),
+    )
+    .await
+    .assert_problem(403, "forbidden");
+}
+
+async fn status_rules_by_role(s: TestServer) {
+    let alice = s.customer("alice");
+    let id = alice_ticket(&s).await;
+    let path = format!("/v1/tickets/{id}/status");
+    s.post(&path, &alice, json!({"status": "resolved"}))
+        .await
+        .assert_problem(403, "forbidden");
+    s.post(&path, &s.agent("a"), json!({"status": "withdrawn"}))
+        .await
+        .assert_problem(422, "invalid_request");
+    let same = s
+        .post(&path, &s.agent("a"), json!({"status": "open"}))
+        .await;
+    assert_eq!(same.status, StatusCode::OK);
+    assert_eq!(same.body["version"], 1, "no-op appends nothing");
+    assert!(same.body["position"].is_string());
+    let moved = set_status(&s, &id, "on_hold").await;
+    assert_eq!(moved["status"], "on_hold");
+    assert_eq!(moved["version"], 2);
+    let closed = s
+        .post(
+            &path,
+            &alice,
+            json!({"status": "closed", "reason": "sorted"}),
+        )
+        .await;
+    assert_eq!(closed.status, StatusCode::OK, "{}", closed.body);
+    assert_eq!(closed.body["status"], "closed");
+    let a = s
+        .post(
+            &path,
+            &s.token("auditor-1", Role::Auditor, None, false),
+            json!({"status": "open"}),
+        )
+        .await;
+    a.assert_problem(403, "forbidden");
+}
+
+async fn withdrawn_is_terminal(s: TestServer) {
+    let alice = s.customer("alice");
+    let id = alice_ticket(&s).await;
+    s.post(
+        &format!("/v1/tickets/{id}/withdraw"),
+        &s.customer("bob"),
+        json!({"reason": "not mine"}),
+    )
+    .await
+    .assert_problem(403, "forbidden");
+    let w = s
+        .post(
+            &format!("/v1/tickets/{id}/withdraw"),
+            &alice,
+            json!({"reason": "Found it", "comment": "Sorry"}),
+        )
+        .await;
+    assert_eq!(w.status, StatusCode::OK, "{}", w.body);
+    assert_eq!(w.body["status"], "withdrawn");
+    let agent = s.agent("agent-1");
+    for (path, body) in [
+        ("comments", json!({"body": "hi"})),
+        ("status", json!({"status": "open"})),
+        ("status", json!({"status": "withdrawn"})),
+        ("withdraw", json!({"reason": "again"})),
+        ("escalate", json!({"reason": "why"})),
+    ] {
+        s.post(&format!("/v1/tickets/{id}/{path}"), &agent, body)
+            .await
+            .assert_problem(409, "invalid_transition");
+    }
+    s.call(
+        Method::PATCH,
+        &format!("/v1/tickets/{id}"),
+        Some(&agent),
+        Some(json!({"priority": "low"})),
+        &[],
+    )
+    .await
+    .assert_problem(409, "invalid_transition");
+    let r = s
+        .call(
+            Method::POST,
+            &format!("/v1/tickets/{id}/read"),
+            Some(&alice),
+            None,
+            &[],
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "reads still work: {}", r.body);
+    assert_eq!(r.body["version"], 3);
+}
+
+async fn escalate_rules(s: TestServer) {
+    let alice = s.customer("alice");
+    let id = alice_ticket(&s).await;
+    let path = format!("/v1/tickets/{id}/escalate");
+    s.post(&path, &s.customer("bob"), json!({"reason": "cc complains"}))
+        .await
+        .assert_problem(403, "forbidden");
+    s.post(&path, &alice, json!({"reason": ""}))
+        .await
+        .assert_problem(422, "invalid_request");
+    let e = s
+        .post(&path, &alice, json!({"reason": "Nobody answers"}))
+        .await;
+    assert_eq!(e.status, StatusCode::OK);
+    assert_eq!(e.body["status"], "escalated");
+    let again = s
+        .post(&path, &s.agent("a"), json!({"reason": "again"}))
+        .await;
+    assert_eq!(
+        again.body["version"], e.body["version"],
+        "already escalated: no-op"
+    );
+    set_status(&s, &id, "resolved").await;
+    s.post(&path, &alice, json!({"reason": "late"}))
+        .await
+        .assert_problem(409, "invalid_transition");
+}
+
+async fn reads_raise_the_version_not_the_activity(s: TestServer) {
+    let alice = s.customer("alice");
+    let id = alice_ticket(&s).await;
+    let before = s.get(&format!("/v1/tickets/{id}"), &alice).await;
+    let r = s
+        .call(
+            Method::POST,
+            &format!("/v1/tickets/{id}/read"),
+            Some(&alice),
+            None,
+            &[],
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(r.body["version"], 2);
+    let after = s.get(&format!("/v1/tickets/{id}"), &alice).await;
+    assert_eq!(after.body["version"], 2);
+    assert_eq!(after.header("etag"), Some("\"2\""));
+    assert_eq!(
+        after.body["last_activity_at"],
+        before.body["last_activity_at"]
+    );
+    s.call(
+        Method::POST,
+        &format!("/v1/tickets/{id}/read"),
+        Some(&s.token("aud", Role::Auditor, None, false)),
+        None,
+        &[],
+    )
+    .await
+    .assert_problem(403, "forbidden");
+}
+
+async fn edit_rules(s: TestServer) {
+    let alice = s.customer("alice");
+    let id = alice_ticket(&s).await;
+    let path = format!("/v1/tickets/{id}");
+    let patch = |token: String, body: Value| {
+        let s = &s;
+        let path = path.clone();
+        async move {
+            s.call(Method::PATCH, &path, Some(&token), Some(body), &[])
+                .await
+        }
+    };
+    let e = patch(
+        alice.clone(),
+        json!({"subject": "Printer smoking", "cc": ["bob", "carol"]}),
+    )
+    .await;
+    assert_eq!(e.status, StatusCode::OK, "{}", e.body);
+    assert_eq!(e.body["subject"], "Printer smoking");
+    assert_eq!(e.body["cc"], json!(["bob", "carol"]));
+    assert_eq!(e.body["version"], 2);
+    assert!(e.body["position"].is_string());
+    patch(alice.clone(), json!({"priority": "urgent"}))
+        .await
+        .assert_problem(403, "forbidden");
+    patch(s.customer("bob"), json!({"subject": "mine now"}))
+        .await
+        .assert_problem(403, "forbidden");
+    let same = patch(alice.clone(), json!({"subject": "Printer smoking"})).await;
+    assert_eq!(same.status, StatusCode::OK);
+    assert_eq!(same.body["version"], 2, "no change, no event");
+    let staff = patch(
+        s.agent("agent-1"),
+        json!({"priority": "low", "assignee": "agent-1",
+                                                 "due_at": null, "fields": {"k": "v"}}),
+    )
+    .await;
+    assert_eq!(staff.status, StatusCode::OK, "{}", staff.body);
+    assert_eq!(staff.body["assignee"], "agent-1");
+    assert_eq!(staff.body["due_at"], Value::Null);
+    assert_eq!(staff.body["fields"], json!({"k": "v"}));
+    let cleared = patch(s.agent("agent-1"), json!({"assignee": null})).await;
+    assert_eq!(cleared.body["assignee"], Value::Null);
+    set_status(&s, &id, "resolved").await;
+    patch(alice, json!({"subject": "late edit"}))
+        .await
+        .assert_problem(409, "invalid_transition");
+}
+
+async fn visibility_by_role(s: TestServer) {
+    let id = alice_ticket(&s).await;
+    let path = format!("/v1/tickets/{id}");
+    let mallory = s.token("mallory", Role::Customer, Some("evil"), true);
+    let colleague_no_org_wide = s.token("erin", Role::Customer, Some("acme"), false);
+    let colleague = s.token("frank", Role::Customer, Some("acme"), true);
+    for t in [&mallory, &colleague_no_org_wide] {
+        s.get(&path, t).await.assert_problem(404, "not_found");
+        s.post(&format!("{path}/comments"), t, json!({"body": "hi"}))
+            .await
+            .assert_problem(404, "not_found");
+        s.call(Method::POST, &format!("{path}/read"), Some(t), None, &[])
+            .await
+            .assert_problem(404, "not_found");
+    }
+    let random = uuid::Uuid::now_v7();
+    s.get(&format!("/v1/tickets/{random}"), &s.agent("a"))
+        .await
+        .assert_problem(404, "not_found");
+    assert_eq!(s.get(&path, &colleague).await.status, StatusCode::OK);
+    assert_eq!(
+        s.get(&path, &s.customer("bob")).await.status,
+        StatusCode::OK,
+        "cc sees it"
+    );
+    assert_eq!(
+        s.get(&path, &s.token("aud", Role::Auditor, None, false))
+            .await
+            .status,
+        StatusCode::OK
+    );
+    // an auditor opens nothing
+    s.post(
+        "/v1/tickets",
+        &s.token("aud", Role::Auditor, None, false),
+        ticket_body(),
+    )
+    .await
+    .assert_problem(403, "forbidden");
+    // the colleague may comment but not withdraw
+    let c = s
+        .post(
+            &format!("{path}/comments"),
+            &colleague,
+            json!({"body": "me too"}),
+        )
+        .await;
+    assert_eq!(c.status, StatusCode::CREATED);
+    s.post(
+        &format!("{path}/withdraw"),
+        &colleague,
+        json!({"reason": "x"}),
+    )
+    .await
+    .assert_problem(403, "forbidden");
+    // a stale If-Match does not reveal a hidden ticket
+    s.call(
+        Method::POST,
+        &format!("{path}/comments"),
+        Some(&mallory),
+        Some(json!({"body": "x"})),
+        &[("if-match", "\"1\"")],
+    )
+    .await
+    .assert_problem(404, "not_found");
+}
+
+async fn if_match_guards_versions(s: TestServer) {
+    let alice = s.customer("alice");
+    let id = alice_ticket(&s).await;
+    let path = format!("/v1/tickets/{id}/comments");
+    let ok = s
+        .call(
+            Method::POST,
+            &path,
+            Some(&alice),
+            Some(json!({"body": "one"})),
+            &[("if-match", "\"1\"")],
+        )
+        .await;
+    assert_eq!(ok.status, StatusCode::CREATED, "{}", ok.body);
+    let stale = s
+        .call(
+            Method::POST,
+            &path,
+            Some(&alice),
+            Some(json!({"body": "two"})),
+            &[("if-match", "\"1\"")],
+        )
+        .await;
+    stale.assert_problem(412, "version_mismatch");
+    let garbage = s
+        .call(
+            Method::POST,
+            &path,
+            Some(&alice),
+            Some(json!({"body": "two"})),
+            &[("if-match", "soon")],
+        )
+        .await;
+    garbage.assert_problem(400, "malformed_request");
+    assert_eq!(version_of(&s, &id).await, 2);
+}
+
+async fn idempotency_keys_answer_repeats(s: TestServer) {
+    let alice = s.customer("alice");
+    let key = [("idempotency-key", "open-123")];
+    let first = s
+        .call(
+            Method::POST,
+            "/v1/tickets",
+            Some(&alice),
+            Some(ticket_body()),
+            &key,
+        )
+        .await;
+    assert_eq!(first.status, StatusCode::CREATED, "{}", first.body);
+    let again = s
+        .call(
+            Method::POST,
+            "/v1/tickets",
+            Some(&alice),
+            Some(ticket_body()),
+            &key,
+        )
+        .await;
+    assert_eq!(again.status, StatusCode::CREATED);
+    assert_eq!(again.body, first.body, "same answer");
+    assert_eq!(again.header("location"), first.header("location"));
+    // another request under the same key is refused
+    let mut other = ticket_body();
+    other["subject"] = json!("Different");
+    s.call(Method::POST, "/v1/tickets", Some(&alice), Some(other), &key)
+        .await
+        .assert_problem(422, "invalid_request");
+    // the key is per user
+    let bob = s
+        .call(
+            Method::POST,
+            "/v1/tickets",
+            Some(&s.customer("bob")),
+            Some(ticket_body()),
+            &key,
+        )
+        .await;
+    assert_eq!(bob.status, StatusCode::CREATED);
+    assert_ne!(bob.body["id"], first.body["id"]);
+
+    let id = first.body["id"].as_str().expect("id");
+    let ckey = [("idempotency-key", "comment-1")];
+    let c1 = s
+        .call(
+            Method::POST,
+            &format!("/v1/tickets/{id}/comments"),
+            Some(&alice),
+            Some(json!({"body": "hi"})),
+            &ckey,
+        )
+        .await;
+    let c2 = s
+        .call(
+            Method::POST,
+            &format!("/v1/tickets/{id}/comments"),
+            Some(&alice),
+            Some(json!({"body": "hi"})),
+            &ckey,
+        )
+        .await;
+    assert_eq!(c1.status, StatusCode::CREATED);
+    assert_eq!(c1.body, c2.body);
+    // a no-op under a key stays a no-op even after the state moved on
+    let skey = [("idempotency-key", "status-1")];
+    let agent = s.agent("agent-1");
+    let n1 = s
+        .call(
+            Method::POST,
+            &format!("/v1/tickets/{id}/status"),
+            Some(&agent),
+            Some(json!({"status": "open"})),
+            &skey,
+        )
+        .await;
+    set_status(&s, id, "in_progress").await;
+    let n2 = s
+        .call(
+            Method::POST,
+            &format!("/v1/tickets/{id}/status"),
+            Some(&agent),
+            Some(json!({"status": "open"})),
+            &skey,
+        )
+        .await;
+    assert_eq!(n1.body, n2.body);
+    assert_eq!(n2.body["status"], "open");
+    assert_eq!(
+        version_of(&s, id).await,
+        3,
+        "open, one comment, one status change"
+    );
+    let bad = s
+        .call(
+            Method::POST,
+            "/v1/tickets",
+            Some(&alice),
+            Some(ticket_body()),
+            &[("idempotency-key", "")],
+        )
+        .await;
+    bad.assert_problem(400, "malformed_request");
+}
+
+async fn concurrent_commands_on_one_ticket_all_land(s: TestServer) {
+    let id = alice_ticket(&s).await;
+    let mut tasks = Vec::new();
+    let s = std::sync::Arc::new(s);
+    for i in 0..16 {
+        let s = s.clone();
+        let id = id.clone();
+        tasks.push(tokio::spawn(async move {
+            let t = s.agent(&format!("agent-{i}"));
+            s.post(
+                &format!("/v1/tickets/{id}/comments"),
+                &t,
+                json!({"body": format!("note {i}")}),
+            )
+            .await
+        }));
+    }
+    for t in tasks {
+        let a = t.await.expect("task");
+        assert_eq!(a.status, StatusCode::CREATED, "{}", a.body);
+    }
+    assert_eq!(version_of(&s, &id).await, 17);
+}
+
+async fn metrics_count_requests_and_events(s: TestServer) {
+    let id = alice_ticket(&s).await;
+    s.get(&format!("/v1/tickets/{id}"), &s.customer("alice"))
+        .await;
+    let a = s.call(Method::GET, "/metrics", None, None, &[]).await;
+    assert_eq!(a.status, StatusCode::OK);
+    assert!(a
+        .header("content-type")
+        .is_some_and(|c| c.starts_with("text/plain; version=0.0.4")));
+    let text = a.body.as_str().expect("text");
+    assert!(text.contains(
+        r#"ticketd_http_requests_total{method="POST",route="/v1/tickets",status="201"}"#
+    ));
+    assert!(text.contains(
+        r#"ticketd_http_request_duration_seconds_bucket{method="GET",route="/v1/tickets/{id}",le="+Inf"}"#
+    ));
+    assert!(!text.contains(&id), "routes are templates, not paths");
+    let appended: u64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("ticketd_events_appended_total "))
+        .and_then(|n| n.parse().ok())
+        .expect("events appended");
+    assert!(appended >= 1);
+}
+
+http_both_backends!(
+    metrics_count_requests_and_events,
+    open_answers_the_ticket,
+    only_staff_give_requester_org_or_due,
+    tokens_are_checked,
+    bad_input_is_rejected_and_appends_nothing,
+    routes_and_methods_answer_problems,
+    customer_replies_move_the_status,
+    status_rules_by_role,
+    withdrawn_is_terminal,
+    escalate_rules,
+    reads_raise_the_version_not_the_activity,
+    edit_rules,
+    visibility_by_role,
+    if_match_guards_versions,
+    idempotency_keys_answer_repeats,
+    concurrent_commands_on_one_ticket_all_land,
+);

@@ -1,0 +1,241 @@
+//! The projector runner on both backends: catch-up, following new commits, resuming from the
+//! checkpoint after a restart, stopping at (and retrying) a failing event without skipping or
+//! repeating one, and on PostgreSQL one leader per projection with takeover.
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use uuid::Uuid;
+
+use ticketd_commands::{CommandHandler, EventStore, Options, Position, StoreError, StoredEvent};
+use ticketd_domain::{Actor, AddComment, CommandKind, OpenTicket, Role, SlaPolicy};
+use ticketd_projections::sql::{Bind, Conn};
+use ticketd_projections::{tickets, Pooled, Projection, Projector};
+use ticketd_tests::{both_backends, read_everything, read_until};
+
+const WAIT: Duration = Duration::from_secs(10);
+
+fn staff() -> Actor {
+    Actor {
+        id: "agent-1".into(),
+        name: Some("Agent One".into()),
+        role: Role::Agent,
+        org: None,
+        org_wide: false,
+    }
+}
+
+async fn open(h: &CommandHandler, subject: &str) -> (Uuid, Position) {
+    let out = h
+        .open(
+            staff(),
+            OpenTicket {
+                subject: subject.into(),
+                description: "d".into(),
+                requester: Some("cust".into()),
+                cc: Some(vec!["bob".into()]),
+                ..OpenTicket::default()
+            },
+            Options::default(),
+        )
+        .await
+        .expect("open");
+    (out.ticket.id, out.position)
+}
+
+async fn comment(h: &CommandHandler, id: Uuid) -> Position {
+    let kind = CommandKind::Comment(AddComment {
+        comment_id: Uuid::now_v7(),
+        body: "hello".into(),
+        visibility: None,
+    });
+    h.execute(id, staff(), kind, Options::default())
+        .await
+        .expect("comment")
+        .position
+}
+
+/// Every read-model row equals the command side's fold of the same stream.
+async fn assert_rows_match(store: &Arc<dyn EventStore>, p: &Projector, h: &CommandHandler) {
+    for id in ids(store).await {
+        let row = tickets::get(p.database(), id).await.expect("read model");
+        let fold = h.load_fresh(id).await.expect("load").state;
+        assert_eq!(row, fold, "ticket {id}");
+    }
+}
+
+async fn ids(store: &Arc<dyn EventStore>) -> Vec<Uuid> {
+    let mut ids: Vec<Uuid> = read_everything(store.as_ref(), 1000)
+        .await
+        .iter()
+        .map(|e| e.stream_id)
+        .collect();
+    ids.dedup();
+    ids
+}
+
+async fn catches_up_follows_and_resumes(store: Arc<dyn EventStore>) {
+    let h = CommandHandler::new(store.clone(), SlaPolicy::default(), 100);
+    let (first, _) = open(&h, "one").await;
+    open(&h, "two").await;
+    let before = comment(&h, first).await;
+
+    let p = Projector::start(store.clone()).expect("a store with a database");
+    p.wait_for(tickets::NAME, before, WAIT)
+        .await
+        .expect("caught up");
+    assert_rows_match(&store, &p, &h).await;
+    let s = &p.status()[0];
+    assert_eq!(s.name, "tickets");
+    assert_eq!(s.position, before);
+    assert_eq!(s.events_applied, 3);
+    assert_eq!((s.errors, s.leader), (0, true));
+    assert!(s.last_applied_at.is_some());
+
+    // Following: new commits arrive without a restart.
+    let (third, _) = open(&h, "three").await;
+    let now = comment(&h, third).await;
+    p.wait_for(tickets::NAME, now, WAIT)
+        .await
+        .expect("followed");
+    assert_rows_match(&store, &p, &h).await;
+    assert_eq!(p.status()[0].events_applied, 5);
+    drop(p);
+
+    // A restart resumes from the stored checkpoint: only the new events are applied.
+    comment(&h, first).await;
+    let last = comment(&h, third).await;
+    let p = Projector::start(store.clone()).expect("a store with a database");
+    p.wait_for(tickets::NAME, last, WAIT)
+        .await
+        .expect("resumed");
+    assert_rows_match(&store, &p, &h).await;
+    assert_eq!(p.status()[0].events_applied, 2);
+    assert_eq!(
+        ticketd_projections::read_checkpoint(p.database(), tickets::NAME)
+            .await
+            .expect("checkpoint"),
+        last
+    );
+}
+
+/// Fails `failures` times on the event at `poison`, and records every event it applies in a
+/// table whose key is the position, so a repeat would fail loudly.
+struct Flaky {
+    poison: Position,
+    failures: AtomicU32,
+}
+
+#[async_trait]
+impl Projection for Flaky {
+    fn name(&self) -> &'static str {
+        "flaky"
+    }
+
+    async fn apply(&self, conn: &mut Conn<'_>, event: &StoredEvent) -> Result<(), StoreError> {
+        if event.position == self.poison
+            && self
+                .failures
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                .is_ok()
+        {
+            return Err(StoreError::Corrupt("flaky says no".into()));
+        }
+        conn.execute(
+            "INSERT INTO probe_applied (position) VALUES (?)",
+            &[Bind::Text(event.position.to_string())],
+        )
+        .await?;
+        Ok(())
+    }
+}
+
+async fn a_failing_event_stops_the_projection_until_it_applies(store: Arc<dyn EventStore>) {
+    let db = store.database().expect("database");
+    let mut pooled = Pooled::acquire(&db).await.expect("connection");
+    pooled
+        .conn()
+        .execute(
+            "CREATE TABLE probe_applied (position TEXT PRIMARY KEY)",
+            &[],
+        )
+        .await
+        .expect("probe table");
+    drop(pooled);
+    let h = CommandHandler::new(store.clone(), SlaPolicy::default(), 100);
+    let mut last = Position::START;
+    for i in 0..3 {
+        let (id, _) = open(&h, &format!("t{i}")).await;
+        last = comment(&h, id).await;
+    }
+    // PostgreSQL shows a commit in the log a moment later: wait for all of it.
+    let log = read_until(store.as_ref(), last).await;
+    let last = log.last().expect("events").position;
+    let flaky = Arc::new(Flaky {
+        poison: log[3].position,
+        failures: AtomicU32::new(2),
+    });
+    let p = Projector::start_with(store.clone(), db.clone(), vec![flaky.clone()]);
+    p.wait_for("flaky", last, WAIT)
+        .await
+        .expect("applied after retries");
+    let s = &p.status()[0];
+    assert_eq!(s.errors, 2, "{s:?}");
+    let err = s.last_error.clone().unwrap_or_default();
+    assert!(
+        err.contains("flaky says no") && err.contains(&log[3].position.to_string()),
+        "{err}"
+    );
+    assert_eq!(s.events_applied, log.len() as u64);
+    let mut pooled = Pooled::acquire(&db).await.expect("connection");
+    let applied: Vec<String> = pooled
+        .conn()
+        .fetch_column("SELECT position FROM probe_applied", &[])
+        .await
+        .expect("probe rows");
+    let mut want: Vec<String> = log.iter().map(|e| e.position.to_string()).collect();
+    let mut got = applied;
+    want.sort();
+    got.sort();
+    assert_eq!(got, want, "every event exactly once");
+}
+
+both_backends!(
+    catches_up_follows_and_resumes,
+    a_failing_event_stops_the_projection_until_it_applies,
+);
+
+/// PostgreSQL: two processes' projectors on one schema; one leads, the other takes over when
+/// the leader goes away, and queries in either see the leader's progress.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_one_leader_and_takeover() {
+    let Some(t) = ticketd_tests::postgres_store(8).await else {
+        return;
+    };
+    let store: Arc<dyn EventStore> = t.store.clone();
+    let h = CommandHandler::new(store.clone(), SlaPolicy::default(), 100);
+    let (_, at) = open(&h, "one").await;
+    let a = Projector::start(store.clone()).expect("database");
+    let b = Projector::start(store.clone()).expect("database");
+    a.wait_for(tickets::NAME, at, WAIT)
+        .await
+        .expect("a sees it");
+    b.wait_for(tickets::NAME, at, WAIT)
+        .await
+        .expect("b sees it");
+    let leaders = [&a, &b].iter().filter(|p| p.status()[0].leader).count();
+    assert_eq!(leaders, 1);
+    let (leader, follower) = if a.status()[0].leader { (a, b) } else { (b, a) };
+    assert_eq!(follower.status()[0].events_applied, 0);
+    drop(leader);
+    let (_, at) = open(&h, "two").await;
+    follower
+        .wait_for(tickets::NAME, at, WAIT)
+        .await
+        .expect("the follower took over");
+    let s = &follower.status()[0];
+    assert!(s.leader, "{s:?}");
+    assert_eq!(s.events_applied, 1);
+}
