@@ -320,6 +320,9 @@ pub struct VerifyReport {
     /// Set when the store could not read the log past `after`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub unreadable: Option<Unreadable>,
+    /// Where a projection differs from a rebuild of it made from the log (empty when every
+    /// one equals its rebuild, or with `?projections=false`).
+    pub projections: Vec<ProjectionFinding>,
     /// When the check finished.
     pub checked_at: String,
 }
@@ -332,6 +335,12 @@ pub struct FindingView {
     pub position: Option<String>,
     /// `hash_mismatch`, `broken_link`, `missing_versions`, `out_of_order` or `undecodable`.
     pub problem: String,
+    pub detail: String,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ProjectionFinding {
+    pub projection: String,
     pub detail: String,
 }
 
@@ -362,22 +371,57 @@ impl From<Report> for VerifyReport {
                 after: after.to_string(),
                 detail,
             }),
+            projections: Vec::new(),
             checked_at: timestamp(Utc::now()),
         }
     }
 }
 
 /// Runs `ticketd verify` over the whole log: every stream's hash chain, contiguous versions,
-/// every event decoding. 200 with `ok: false` and the findings when anything is wrong.
+/// every event decoding, and (unless `projections=false`) that every projection equals a
+/// rebuild from the log. 200 with `ok: false` and the findings when anything is wrong.
 #[utoipa::path(post, path = "/v1/audit/verify", tag = "audit",
+    params(("projections" = Option<bool>, Query, description = "also compare every projection with a rebuild from the log; default true")),
     responses((status = 200, body = VerifyReport),
         (status = 401, body = Problem), (status = 403, body = Problem), (status = 503, body = Problem)),
     security(("bearer" = [])))]
 pub async fn verify(
     State(app): State<AppState>,
     Caller(actor): Caller,
+    params: QueryParams,
 ) -> Result<Response, ApiError> {
     require_auditor(&actor)?;
+    if let Some(name) = params.names().find(|n| *n != "projections") {
+        return Err(ApiError::malformed(format!(
+            "Unknown query parameter {name:?}; the only one is projections."
+        )));
+    }
+    let projections = match params.get("projections") {
+        None | Some("true") => true,
+        Some("false") => false,
+        Some(raw) => {
+            return Err(ApiError::malformed(format!(
+                "projections={raw:?} is neither true nor false."
+            )))
+        }
+    };
     let report = verify_store(app.store.as_ref()).await?;
-    Ok((StatusCode::OK, axum::Json(VerifyReport::from(report))).into_response())
+    let mut report = VerifyReport::from(report);
+    if projections && app.store.database().is_some() {
+        let findings = ticketd_projections::rebuild::check_all(
+            app.store.as_ref(),
+            &ticketd_projections::all(),
+        )
+        .await?;
+        report.ok &= findings.is_empty();
+        report.projections = findings
+            .into_iter()
+            .map(|(projection, detail)| ProjectionFinding {
+                projection: projection.to_owned(),
+                detail,
+            })
+            .collect();
+        report.checked_at = timestamp(Utc::now());
+    }
+    Ok((StatusCode::OK, axum::Json(report)).into_response())
 }

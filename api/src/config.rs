@@ -34,6 +34,17 @@ pub enum Command {
     Export(ExportArgs),
     /// Load an export into an empty store: every event, the log order and every hash.
     Import(ImportArgs),
+    /// Rebuild read models from the start of the log into fresh tables while the service
+    /// keeps serving the old ones, then switch over (blue/green). All of them by default.
+    Rebuild(RebuildArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct RebuildArgs {
+    #[command(flatten)]
+    pub store: StoreArgs,
+    /// The projections to rebuild (tickets, feed, analytics); all when none is named.
+    pub projections: Vec<String>,
 }
 
 /// The file formats of `export` and `import` (docs/AUDIT.md).
@@ -54,6 +65,9 @@ pub struct VerifyArgs {
     /// a chain alone cannot show.
     #[arg(long)]
     pub anchor: Option<PathBuf>,
+    /// Check only the log, not that each projection equals a rebuild from it.
+    #[arg(long)]
+    pub log_only: bool,
 }
 
 #[derive(Debug, Clone, Args)]

@@ -1,4 +1,4 @@
-//! `ticketd`: serve, migrate, or mint a token.
+//! `ticketd`: serve, migrate, mint a token, verify, export, import, or rebuild read models.
 
 use std::process::ExitCode;
 
@@ -43,6 +43,21 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Verify(args) => ticketd_api::transfer::verify(&args).await,
         Command::Export(args) => ticketd_api::transfer::export(&args).await,
         Command::Import(args) => ticketd_api::transfer::import(&args).await,
+        Command::Rebuild(args) => {
+            let projections = ticketd_projections::rebuild::select(&args.projections)
+                .map_err(anyhow::Error::msg)?;
+            let store = ticketd_api::app::open_store(&args.store).await?;
+            let started = std::time::Instant::now();
+            let done = ticketd_projections::rebuild::rebuild(store.as_ref(), &projections).await?;
+            let secs = started.elapsed().as_secs_f64();
+            println!(
+                "rebuilt {} from {} events in {secs:.1} s ({:.0} events/s) and switched over",
+                done.projections.join(", "),
+                done.events,
+                done.events as f64 / secs.max(1e-9)
+            );
+            Ok(())
+        }
         Command::Token(args) => {
             let auth = Auth::from_secret_or_dir(args.secret.jwt_secret.as_deref(), &args.data_dir)?;
             let token = auth.mint(

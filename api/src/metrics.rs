@@ -11,6 +11,8 @@ use axum::http::{header, HeaderValue};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
+use ticketd_projections::{lag, read_checkpoint, Projector};
+
 use crate::app::AppState;
 
 /// Latency bucket bounds in seconds.
@@ -120,6 +122,9 @@ pub async fn render(State(app): State<AppState>) -> impl IntoResponse {
             );
         }
     }
+    if let Some(projector) = &app.projector {
+        render_projections(&mut out, projector).await;
+    }
     (
         [(
             header::CONTENT_TYPE,
@@ -127,4 +132,85 @@ pub async fn render(State(app): State<AppState>) -> impl IntoResponse {
         )],
         out,
     )
+}
+
+/// Per projection: position, lag in events and seconds, events applied, errors, and the
+/// error it is stuck on, if any.
+async fn render_projections(out: &mut String, projector: &Projector) {
+    let statuses = projector.status();
+    let mut rows = Vec::with_capacity(statuses.len());
+    for s in statuses {
+        // The lag is read from the database, so it shows a leader in another process too.
+        let stored = read_checkpoint(projector.database(), s.name)
+            .await
+            .unwrap_or(s.position);
+        let at = stored.max(s.position);
+        let lag = lag(projector.database(), at).await.ok();
+        rows.push((s, at, lag));
+    }
+    let gauges: [(&str, &str, &str); 7] = [
+        (
+            "ticketd_projection_position",
+            "gauge",
+            "The last log position applied (its sequence number).",
+        ),
+        (
+            "ticketd_projection_lag_events",
+            "gauge",
+            "Events in the log not applied yet (counted up to 1e6).",
+        ),
+        (
+            "ticketd_projection_lag_seconds",
+            "gauge",
+            "Age of the oldest event not applied yet; 0 when caught up.",
+        ),
+        (
+            "ticketd_projection_events_applied_total",
+            "counter",
+            "Events this process applied.",
+        ),
+        (
+            "ticketd_projection_errors_total",
+            "counter",
+            "Failed attempts (each retried with backoff, never skipped).",
+        ),
+        (
+            "ticketd_projection_leader",
+            "gauge",
+            "1 where this process runs the projection.",
+        ),
+        (
+            "ticketd_projection_failing",
+            "gauge",
+            "1 while the projection is stopped by an error (see the error label).",
+        ),
+    ];
+    for (i, (name, kind, help)) in gauges.iter().enumerate() {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for (s, at, lag) in &rows {
+            let p = label(s.name);
+            let line = match i {
+                0 => format!("{name}{{projection=\"{p}\"}} {}", at.seq),
+                1 => match lag {
+                    Some((n, _)) => format!("{name}{{projection=\"{p}\"}} {n}"),
+                    None => continue,
+                },
+                2 => match lag {
+                    Some((_, secs)) => format!("{name}{{projection=\"{p}\"}} {secs}"),
+                    None => continue,
+                },
+                3 => format!("{name}{{projection=\"{p}\"}} {}", s.events_applied),
+                4 => format!("{name}{{projection=\"{p}\"}} {}", s.errors),
+                5 => format!("{name}{{projection=\"{p}\"}} {}", u8::from(s.leader)),
+                _ => match &s.last_error {
+                    Some(e) => format!(
+                        "{name}{{projection=\"{p}\",error=\"{}\"}} 1",
+                        label(&e.chars().take(300).collect::<String>())
+                    ),
+                    None => format!("{name}{{projection=\"{p}\",error=\"\"}} 0"),
+                },
+            };
+            let _ = writeln!(out, "{line}");
+        }
+    }
 }

@@ -81,6 +81,21 @@ pub async fn verify(args: &VerifyArgs) -> anyhow::Result<()> {
     if !report.is_ok() {
         bail!("the log failed verification");
     }
+    if args.log_only {
+        return Ok(());
+    }
+    // Each projection against a rebuild of it in a scratch schema or file, at its checkpoint.
+    let findings =
+        ticketd_projections::rebuild::check_all(store.as_ref(), &ticketd_projections::all())
+            .await
+            .context("comparing the projections with a rebuild")?;
+    for (projection, finding) in &findings {
+        println!("projection {projection}: {finding}");
+    }
+    if !findings.is_empty() {
+        bail!("{} projection finding(s)", findings.len());
+    }
+    println!("ok: every projection equals a rebuild from the log");
     Ok(())
 }
 

@@ -43,6 +43,15 @@ use crate::store::{
 
 static MIGRATOR: Migrator = sqlx::migrate!("../migrations/postgres");
 
+/// Applies the embedded migrations (`migrations/postgres`) through any pool: a rebuild uses it to lay out
+/// fresh read-model tables in a scratch schema from the very same DDL.
+pub async fn migrate_pool(pool: &sqlx::PgPool) -> StoreResult<()> {
+    MIGRATOR
+        .run(pool)
+        .await
+        .map_err(|e| StoreError::Unavailable(format!("migration failed: {e}")))
+}
+
 /// The LISTEN/NOTIFY channel on which appends announce their transaction id.
 pub const NOTIFY_CHANNEL: &str = "ticketd_events";
 

@@ -33,6 +33,15 @@ use crate::store::{
 
 static MIGRATOR: Migrator = sqlx::migrate!("../migrations/sqlite");
 
+/// Applies the embedded migrations (`migrations/sqlite`) through any pool: a rebuild uses it to lay out
+/// fresh read-model tables in a scratch database from the very same DDL.
+pub async fn migrate_pool(pool: &sqlx::SqlitePool) -> StoreResult<()> {
+    MIGRATOR
+        .run(pool)
+        .await
+        .map_err(|e| StoreError::Unavailable(format!("migration failed: {e}")))
+}
+
 /// Most requests one writer transaction takes (one fsync for all of them).
 const MAX_BATCH: usize = 256;
 /// Pending writes before callers wait: backpressure instead of unbounded memory.

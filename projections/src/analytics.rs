@@ -34,6 +34,10 @@ impl Projection for AnalyticsProjection {
         NAME
     }
 
+    fn tables(&self) -> &'static [&'static str] {
+        &["analytics_tickets", "analytics_events"]
+    }
+
     async fn apply(&self, conn: &mut Conn<'_>, event: &StoredEvent) -> Result<(), StoreError> {
         let recorded = decode(event)?;
         let at = micros(recorded.recorded_at);

@@ -56,6 +56,10 @@ impl Projection for FeedProjection {
         NAME
     }
 
+    fn tables(&self) -> &'static [&'static str] {
+        &["ticket_feed", "ticket_reads"]
+    }
+
     async fn apply(&self, conn: &mut Conn<'_>, event: &StoredEvent) -> Result<(), StoreError> {
         let recorded = decode(event)?;
         let (kind, fields) = shape(&recorded.event);

@@ -8,6 +8,7 @@
 
 pub mod analytics;
 pub mod feed;
+pub mod rebuild;
 pub mod sql;
 pub mod tickets;
 
@@ -40,6 +41,9 @@ const MAX_BACKOFF: Duration = Duration::from_secs(30);
 pub trait Projection: Send + Sync + 'static {
     /// Stable name: the key of its checkpoint.
     fn name(&self) -> &'static str;
+
+    /// The read-model tables it alone writes: what a rebuild replaces and compares.
+    fn tables(&self) -> &'static [&'static str];
 
     /// Applies one event. An error rolls the event back and stops the projection there; it is
     /// retried, never skipped.
@@ -286,10 +290,69 @@ async fn ensure_checkpoint(db: &Database, name: &str) -> Result<Position, StoreE
     read_checkpoint(db, name).await
 }
 
+/// Most events a lag count reads: past that, "at least this many" is all a scrape needs.
+pub const LAG_COUNT_CAP: i64 = 1_000_000;
+
+/// How far the log is ahead of `at`: the events after it (counted up to [`LAG_COUNT_CAP`]) and
+/// the age in seconds of the oldest of them (0 when there is none). On PostgreSQL this counts
+/// committed events the snapshot gate does not show yet, which are lag too.
+pub async fn lag(db: &Database, at: Position) -> Result<(u64, f64), StoreError> {
+    let (tx, seq) = tx_i64(at)?;
+    let now = Utc::now().timestamp_micros();
+    let (count, oldest): (i64, Option<i64>) = match db {
+        Database::Sqlite(pool) => {
+            let count = sqlx::query_scalar(
+                "SELECT count(*) FROM (SELECT 1 FROM events WHERE seq > ? LIMIT ?)",
+            )
+            .bind(seq)
+            .bind(LAG_COUNT_CAP)
+            .fetch_one(pool)
+            .await
+            .map_err(unavailable)?;
+            let oldest = sqlx::query_scalar(
+                "SELECT recorded_at FROM events WHERE seq > ? ORDER BY seq LIMIT 1",
+            )
+            .bind(seq)
+            .fetch_optional(pool)
+            .await
+            .map_err(unavailable)?;
+            (count, oldest)
+        }
+        Database::Postgres(pool) => {
+            let count = sqlx::query_scalar(
+                "SELECT count(*) FROM (SELECT 1 FROM events \
+                 WHERE (tx_id, seq) > ($1::text::xid8, $2) LIMIT $3) x",
+            )
+            .bind(tx.to_string())
+            .bind(seq)
+            .bind(LAG_COUNT_CAP)
+            .fetch_one(pool)
+            .await
+            .map_err(unavailable)?;
+            let oldest = sqlx::query_scalar(
+                "SELECT (extract(epoch FROM recorded_at) * 1000000)::bigint FROM events \
+                 WHERE (tx_id, seq) > ($1::text::xid8, $2) ORDER BY tx_id, seq LIMIT 1",
+            )
+            .bind(tx.to_string())
+            .bind(seq)
+            .fetch_optional(pool)
+            .await
+            .map_err(unavailable)?;
+            (count, oldest)
+        }
+    };
+    let age = oldest.map_or(0.0, |t| (now - t).max(0) as f64 / 1e6);
+    Ok((u64::try_from(count).unwrap_or(0), age))
+}
+
 /// A batch that did not commit: `failed_at` is the index of the event that failed, if one did.
 struct BatchError {
     failed_at: Option<usize>,
     error: StoreError,
+    /// The stored checkpoint was no longer where this runner left it (a rebuild switched the
+    /// read model in, or another runner moved it): not a failure, the runner starts again
+    /// from the stored checkpoint.
+    moved: bool,
 }
 
 impl From<StoreError> for BatchError {
@@ -297,6 +360,7 @@ impl From<StoreError> for BatchError {
         BatchError {
             failed_at: None,
             error,
+            moved: false,
         }
     }
 }
@@ -314,6 +378,7 @@ async fn apply_in(
         p.apply(conn, e).await.map_err(|error| BatchError {
             failed_at: Some(i),
             error,
+            moved: false,
         })?;
     }
     let to = events.last().map_or(from, |e| e.position);
@@ -334,11 +399,14 @@ async fn apply_in(
         )
         .await?;
     if moved != 1 {
-        return Err(StoreError::Unavailable(format!(
-            "the checkpoint of {} is no longer {from}: another runner moved it",
-            p.name()
-        ))
-        .into());
+        return Err(BatchError {
+            failed_at: None,
+            error: StoreError::Unavailable(format!(
+                "the checkpoint of {} is no longer {from}: another runner moved it",
+                p.name()
+            )),
+            moved: true,
+        });
     }
     Ok(())
 }
@@ -464,9 +532,20 @@ async fn follow(
             }
             let (applied, failure) = match commit_batch(db, p, at, &batch).await {
                 Ok(()) => (batch.len(), None),
+                Err(BatchError { moved: true, .. }) => {
+                    at = match read_checkpoint(db, p.name()).await {
+                        Ok(stored) => stored,
+                        Err(e) => return format!("re-reading the checkpoint: {e}"),
+                    };
+                    tracing::info!(projection = p.name(), %at, "checkpoint moved (a rebuild switched in?); following from it");
+                    shared.update(|s| s.position = at);
+                    shared.checkpoint.send_replace(at);
+                    continue;
+                }
                 Err(BatchError {
                     failed_at: Some(i),
                     error,
+                    ..
                 }) => {
                     // Keep what precedes the failing event, then stop there.
                     let kept = if i > 0 {
@@ -484,6 +563,7 @@ async fn follow(
                 Err(BatchError {
                     failed_at: None,
                     error,
+                    ..
                 }) => (0, Some(format!("committing after {at}: {error}"))),
             };
             if applied > 0 {
@@ -496,6 +576,9 @@ async fn follow(
                 });
                 shared.checkpoint.send_replace(at);
                 *backoff = FIRST_BACKOFF;
+            }
+            if failure.is_none() {
+                shared.update(|s| s.last_error = None);
             }
             if let Some(msg) = failure {
                 return msg;

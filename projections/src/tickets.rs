@@ -58,6 +58,10 @@ impl Projection for TicketsProjection {
         NAME
     }
 
+    fn tables(&self) -> &'static [&'static str] {
+        &["tickets", "ticket_cc", "ticket_text"]
+    }
+
     async fn apply(&self, conn: &mut Conn<'_>, event: &StoredEvent) -> Result<(), StoreError> {
         let recorded = decode(event)?;
         let state: State = match load(conn, event.stream_id).await? {

@@ -23,7 +23,7 @@ pub struct TestServer {
     pub auth: Arc<Auth>,
     http: reqwest::Client,
     stop: Option<oneshot::Sender<()>>,
-    projector: Option<Arc<ticketd_projections::Projector>>,
+    pub projector: Option<Arc<ticketd_projections::Projector>>,
     /// The latest `position` any answer carried: `get` reads at least that far (see there).
     last_position: Mutex<Position>,
 }

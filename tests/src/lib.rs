@@ -5,6 +5,7 @@
 //! Without `TEST_DATABASE_URL`, PostgreSQL tests print `skipped: TEST_DATABASE_URL not set` and
 //! pass; CI always sets it.
 
+pub mod history;
 pub mod http;
 
 use std::str::FromStr;

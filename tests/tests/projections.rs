@@ -134,6 +134,10 @@ impl Projection for Flaky {
         "flaky"
     }
 
+    fn tables(&self) -> &'static [&'static str] {
+        &["probe_applied"]
+    }
+
     async fn apply(&self, conn: &mut Conn<'_>, event: &StoredEvent) -> Result<(), StoreError> {
         if event.position == self.poison
             && self

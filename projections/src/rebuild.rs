@@ -1,0 +1,570 @@
+//! Blue/green rebuilds and row-for-row checks of read models.
+//!
+//! A rebuild lays out fresh read-model tables in a *scratch* place — a new PostgreSQL schema,
+//! or a new SQLite file beside the store's — from the very migrations in `migrations/`, replays
+//! the whole log into them while the service keeps serving (and updating) the live tables, and
+//! then switches over in one transaction:
+//!
+//! - PostgreSQL: the live tables move to a throw-away schema and the rebuilt ones take their
+//!   place (`ALTER TABLE … SET SCHEMA`, so no row is copied), together with the checkpoint;
+//!   the old tables are then dropped.
+//! - SQLite: one `BEGIN IMMEDIATE` transaction replaces the live rows with the rebuilt ones
+//!   (readers keep the old snapshot until it commits: WAL), then the scratch file is deleted.
+//!
+//! The live runner's next batch then finds the checkpoint moved and follows on from the
+//! rebuilt position (see `BatchError::moved`), so no event is lost or applied twice.
+//!
+//! The same scratch build, stopped exactly at a live projection's checkpoint, is how `verify`
+//! and the tests prove that an incrementally kept read model equals a fresh rebuild.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use chrono::Utc;
+use sqlx::postgres::PgPoolOptions;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{ConnectOptions, Connection, Executor, PgPool, Row};
+use uuid::Uuid;
+
+use ticketd_commands::{Database, EventStore, Position, StoreError};
+
+use crate::sql::unavailable;
+use crate::{commit_batch, ensure_checkpoint, read_checkpoint, tx_i64, BatchError, Projection};
+
+/// The four counts of a comparison query.
+macro_rules! row_counts {
+    ($row:expr) => {{
+        let row = $row;
+        let mut out = [0i64; 4];
+        for (i, slot) in out.iter_mut().enumerate() {
+            *slot = row.try_get(i).map_err(unavailable)?;
+        }
+        out
+    }};
+}
+
+/// Events per scratch transaction: bigger than the live runner's, nothing else writes there.
+pub const REBUILD_BATCH: usize = 5_000;
+/// How often a comparison retries when the live projection moves under it.
+const COMPARE_TRIES: usize = 50;
+
+/// Fresh read-model tables beside the live ones. Call [`Scratch::discard`] when done.
+pub struct Scratch {
+    db: Database,
+    place: Place,
+}
+
+enum Place {
+    Postgres { base: String, schema: String },
+    Sqlite { path: PathBuf },
+}
+
+/// A PostgreSQL identifier, quoted.
+fn ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+impl Scratch {
+    /// Creates an empty, fully migrated scratch place for the store's database.
+    pub async fn create(db: &Database) -> Result<Scratch, StoreError> {
+        let tag = Uuid::now_v7().simple().to_string();
+        match db {
+            Database::Postgres(pool) => {
+                let base: String = sqlx::query_scalar("SELECT current_schema()")
+                    .fetch_one(pool)
+                    .await
+                    .map_err(unavailable)?;
+                let schema = format!("ticketd_rebuild_{tag}");
+                pool.execute(format!("CREATE SCHEMA {}", ident(&schema)).as_str())
+                    .await
+                    .map_err(unavailable)?;
+                let options = (*pool.connect_options())
+                    .clone()
+                    .options([("search_path", schema.as_str())]);
+                let scratch = PgPoolOptions::new()
+                    .max_connections(2)
+                    .connect_with(options)
+                    .await;
+                let scratch = match scratch {
+                    Ok(s) => s,
+                    Err(e) => {
+                        drop_schema(pool, &schema).await;
+                        return Err(unavailable(e));
+                    }
+                };
+                let me = Scratch {
+                    db: Database::Postgres(scratch.clone()),
+                    place: Place::Postgres { base, schema },
+                };
+                if let Err(e) = ticketd_commands::postgres::migrate_pool(&scratch).await {
+                    me.discard(db).await;
+                    return Err(e);
+                }
+                Ok(me)
+            }
+            Database::Sqlite(pool) => {
+                let live = pool.connect_options().get_filename().to_path_buf();
+                if live.as_os_str().is_empty() || live.to_string_lossy().contains(":memory:") {
+                    return Err(StoreError::Unavailable(
+                        "an in-memory SQLite store cannot be rebuilt beside itself".into(),
+                    ));
+                }
+                let mut path = live.into_os_string();
+                path.push(format!(".rebuild-{tag}"));
+                let path = PathBuf::from(path);
+                // Disposable until the switch copies it: no fsync, one writer.
+                let options = SqliteConnectOptions::new()
+                    .filename(&path)
+                    .create_if_missing(true)
+                    .journal_mode(SqliteJournalMode::Wal)
+                    .synchronous(SqliteSynchronous::Off);
+                let scratch = SqlitePoolOptions::new()
+                    .max_connections(1)
+                    .connect_with(options)
+                    .await
+                    .map_err(unavailable)?;
+                let me = Scratch {
+                    db: Database::Sqlite(scratch.clone()),
+                    place: Place::Sqlite { path },
+                };
+                if let Err(e) = ticketd_commands::sqlite::migrate_pool(&scratch).await {
+                    me.discard(db).await;
+                    return Err(e);
+                }
+                Ok(me)
+            }
+        }
+    }
+
+    /// The scratch database, where the projections write while rebuilding.
+    pub fn database(&self) -> &Database {
+        &self.db
+    }
+
+    /// Removes the scratch place and everything in it.
+    pub async fn discard(self, live: &Database) {
+        match (&self.db, &self.place) {
+            (Database::Postgres(scratch), Place::Postgres { schema, .. }) => {
+                scratch.close().await;
+                if let Database::Postgres(pool) = live {
+                    drop_schema(pool, schema).await;
+                }
+            }
+            (Database::Sqlite(scratch), Place::Sqlite { path }) => {
+                scratch.close().await;
+                for suffix in ["", "-wal", "-shm"] {
+                    let mut p = path.clone().into_os_string();
+                    p.push(suffix);
+                    let _ = tokio::fs::remove_file(PathBuf::from(p)).await;
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Replays the log into the scratch tables of `projections` from where each stands there,
+    /// up to `upto` (inclusive) or, with `None`, to the end of the log as it is now. Returns
+    /// the events applied.
+    pub async fn build(
+        &self,
+        store: &dyn EventStore,
+        projections: &[Arc<dyn Projection>],
+        upto: Option<Position>,
+    ) -> Result<u64, StoreError> {
+        let mut at = Position::START;
+        for (i, p) in projections.iter().enumerate() {
+            let stored = ensure_checkpoint(&self.db, p.name()).await?;
+            // One pass feeds every projection, so they must stand at the same place.
+            if i > 0 && stored != at {
+                return Err(StoreError::Unavailable(format!(
+                    "scratch projections disagree: {} is at {stored}, not {at}",
+                    p.name()
+                )));
+            }
+            at = stored;
+        }
+        let mut applied = 0;
+        loop {
+            if upto.is_some_and(|u| at >= u) {
+                break;
+            }
+            let mut batch = store.read_all(at, REBUILD_BATCH).await?;
+            if let Some(u) = upto {
+                batch.retain(|e| e.position <= u);
+            }
+            let Some(last) = batch.last() else { break };
+            let last = last.position;
+            for p in projections {
+                commit_batch(&self.db, p.as_ref(), at, &batch)
+                    .await
+                    .map_err(
+                        |BatchError {
+                             failed_at, error, ..
+                         }| match failed_at {
+                            Some(i) => StoreError::Corrupt(format!(
+                            "projection {} cannot apply event {} ({} v{} of stream {}): {error}",
+                            p.name(),
+                            batch[i].position,
+                            batch[i].event_type,
+                            batch[i].version,
+                            batch[i].stream_id
+                        )),
+                            None => error,
+                        },
+                    )?;
+            }
+            applied += batch.len() as u64;
+            at = last;
+        }
+        Ok(applied)
+    }
+
+    /// Puts the scratch tables of `projections` in place of the live ones, with their
+    /// checkpoints, in one transaction (see the module's doc).
+    pub async fn switch(
+        &self,
+        live: &Database,
+        projections: &[Arc<dyn Projection>],
+    ) -> Result<(), StoreError> {
+        let mut positions = Vec::new();
+        for p in projections {
+            positions.push(read_checkpoint(&self.db, p.name()).await?);
+            // The row must exist to be locked and moved.
+            ensure_checkpoint(live, p.name()).await?;
+        }
+        let now = Utc::now().timestamp_micros();
+        match (live, &self.place) {
+            (Database::Postgres(pool), Place::Postgres { base, schema }) => {
+                let old = format!("ticketd_old_{}", Uuid::now_v7().simple());
+                let mut tx = pool.begin().await.map_err(unavailable)?;
+                // Tables first, then checkpoint rows: the order a live batch takes them in,
+                // so a batch in flight finishes (or waits) instead of deadlocking.
+                for t in projections.iter().flat_map(|p| p.tables()) {
+                    tx.execute(
+                        format!(
+                            "LOCK TABLE {}.{} IN ACCESS EXCLUSIVE MODE",
+                            ident(base),
+                            ident(t)
+                        )
+                        .as_str(),
+                    )
+                    .await
+                    .map_err(unavailable)?;
+                }
+                for p in projections {
+                    sqlx::query("SELECT 1 FROM projection_checkpoints WHERE name = $1 FOR UPDATE")
+                        .bind(p.name())
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(unavailable)?;
+                }
+                tx.execute(format!("CREATE SCHEMA {}", ident(&old)).as_str())
+                    .await
+                    .map_err(unavailable)?;
+                for t in projections.iter().flat_map(|p| p.tables()) {
+                    tx.execute(
+                        format!(
+                            "ALTER TABLE {}.{t} SET SCHEMA {}; ALTER TABLE {}.{t} SET SCHEMA {}",
+                            ident(base),
+                            ident(&old),
+                            ident(schema),
+                            ident(base),
+                            t = ident(t)
+                        )
+                        .as_str(),
+                    )
+                    .await
+                    .map_err(unavailable)?;
+                }
+                for (p, at) in projections.iter().zip(&positions) {
+                    let (tx_id, seq) = tx_i64(*at)?;
+                    sqlx::query(
+                        "UPDATE projection_checkpoints SET position_tx = $1, position_seq = $2, \
+                         updated_at = $3 WHERE name = $4",
+                    )
+                    .bind(tx_id)
+                    .bind(seq)
+                    .bind(now)
+                    .bind(p.name())
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(unavailable)?;
+                }
+                tx.commit().await.map_err(unavailable)?;
+                drop_schema(pool, &old).await;
+                Ok(())
+            }
+            (Database::Sqlite(pool), Place::Sqlite { path }) => {
+                // A connection of its own: ATTACH is per connection and must not leak into
+                // the pool.
+                let mut conn = pool
+                    .connect_options()
+                    .connect()
+                    .await
+                    .map_err(unavailable)?;
+                sqlx::query("ATTACH DATABASE ? AS scratch")
+                    .bind(path.to_string_lossy().into_owned())
+                    .execute(&mut conn)
+                    .await
+                    .map_err(unavailable)?;
+                let copied = async {
+                    let mut tx = conn
+                        .begin_with("BEGIN IMMEDIATE")
+                        .await
+                        .map_err(unavailable)?;
+                    for t in projections.iter().flat_map(|p| p.tables()) {
+                        tx.execute(
+                            format!(
+                                "DELETE FROM main.{t}; INSERT INTO main.{t} SELECT * FROM scratch.{t}",
+                                t = ident(t)
+                            )
+                            .as_str(),
+                        )
+                        .await
+                        .map_err(unavailable)?;
+                    }
+                    for (p, at) in projections.iter().zip(&positions) {
+                        let (tx_id, seq) = tx_i64(*at)?;
+                        sqlx::query(
+                            "UPDATE main.projection_checkpoints SET position_tx = ?, \
+                             position_seq = ?, updated_at = ? WHERE name = ?",
+                        )
+                        .bind(tx_id)
+                        .bind(seq)
+                        .bind(now)
+                        .bind(p.name())
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(unavailable)?;
+                    }
+                    tx.commit().await.map_err(unavailable)
+                }
+                .await;
+                let _ = conn.close().await;
+                copied
+            }
+            _ => Err(StoreError::Unavailable(
+                "the scratch place is not of the live store's kind".into(),
+            )),
+        }
+    }
+
+    /// Compares the live tables of `p` with a rebuild in this scratch place, row for row, at
+    /// the same checkpoint: builds the scratch copy up to the live checkpoint, then compares
+    /// both in one read snapshot, retrying while the live projection moves on. Returns one
+    /// line per table that differs (empty when they are equal) and the position compared at.
+    pub async fn compare(
+        &self,
+        store: &dyn EventStore,
+        live: &Database,
+        p: &Arc<dyn Projection>,
+    ) -> Result<(Vec<String>, Position), StoreError> {
+        let one = [p.clone()];
+        for _ in 0..COMPARE_TRIES {
+            let target = read_checkpoint(live, p.name()).await?;
+            if read_checkpoint(&self.db, p.name()).await? > target {
+                return Err(StoreError::Unavailable(format!(
+                    "the scratch copy of {} is past the live checkpoint {target}",
+                    p.name()
+                )));
+            }
+            self.build(store, &one, Some(target)).await?;
+            if let Some(found) = self.compare_at(live, p.as_ref(), target).await? {
+                return Ok((found, target));
+            }
+        }
+        Err(StoreError::Unavailable(format!(
+            "projection {} kept moving during the comparison; try again",
+            p.name()
+        )))
+    }
+
+    /// `None` when the live checkpoint is no longer `target`.
+    async fn compare_at(
+        &self,
+        live: &Database,
+        p: &dyn Projection,
+        target: Position,
+    ) -> Result<Option<Vec<String>>, StoreError> {
+        let (tx_id, seq) = tx_i64(target)?;
+        let mut found = Vec::new();
+        match (live, &self.place) {
+            (Database::Postgres(pool), Place::Postgres { base, schema }) => {
+                let mut tx = pool.begin().await.map_err(unavailable)?;
+                tx.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+                    .await
+                    .map_err(unavailable)?;
+                let at: Option<(i64, i64)> = sqlx::query_as(
+                    "SELECT position_tx, position_seq FROM projection_checkpoints WHERE name = $1",
+                )
+                .bind(p.name())
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(unavailable)?;
+                if at.unwrap_or((0, 0)) != (tx_id, seq) {
+                    return Ok(None);
+                }
+                for t in p.tables() {
+                    let (a, b) = (
+                        format!("{}.{}", ident(base), ident(t)),
+                        format!("{}.{}", ident(schema), ident(t)),
+                    );
+                    let row = sqlx::query(&format!(
+                        "SELECT (SELECT count(*) FROM {a}), (SELECT count(*) FROM {b}), \
+                         (SELECT count(*) FROM (SELECT * FROM {a} EXCEPT ALL SELECT * FROM {b}) x), \
+                         (SELECT count(*) FROM (SELECT * FROM {b} EXCEPT ALL SELECT * FROM {a}) y)"
+                    ))
+                    .fetch_one(&mut *tx)
+                    .await
+                    .map_err(unavailable)?;
+                    report(&mut found, t, &row_counts!(&row));
+                }
+                Ok(Some(found))
+            }
+            (Database::Sqlite(pool), Place::Sqlite { path }) => {
+                let mut conn = pool
+                    .connect_options()
+                    .connect()
+                    .await
+                    .map_err(unavailable)?;
+                sqlx::query("ATTACH DATABASE ? AS scratch")
+                    .bind(path.to_string_lossy().into_owned())
+                    .execute(&mut conn)
+                    .await
+                    .map_err(unavailable)?;
+                let compared = async {
+                    // One read transaction: both files' snapshots hold until it ends.
+                    let mut tx = conn.begin().await.map_err(unavailable)?;
+                    let at: Option<(i64, i64)> = sqlx::query_as(
+                        "SELECT position_tx, position_seq FROM main.projection_checkpoints \
+                         WHERE name = ?",
+                    )
+                    .bind(p.name())
+                    .fetch_optional(&mut *tx)
+                    .await
+                    .map_err(unavailable)?;
+                    if at.unwrap_or((0, 0)) != (tx_id, seq) {
+                        return Ok(None);
+                    }
+                    let mut found = Vec::new();
+                    for t in p.tables() {
+                        let (a, b) = (
+                            format!("main.{}", ident(t)),
+                            format!("scratch.{}", ident(t)),
+                        );
+                        // SQLite has no EXCEPT ALL; every read-model table has a primary
+                        // key, so its rows are distinct and the counts catch duplicates.
+                        let row = sqlx::query(&format!(
+                            "SELECT (SELECT count(*) FROM {a}), (SELECT count(*) FROM {b}), \
+                             (SELECT count(*) FROM (SELECT * FROM {a} EXCEPT SELECT * FROM {b})), \
+                             (SELECT count(*) FROM (SELECT * FROM {b} EXCEPT SELECT * FROM {a}))"
+                        ))
+                        .fetch_one(&mut *tx)
+                        .await
+                        .map_err(unavailable)?;
+                        report(&mut found, t, &row_counts!(&row));
+                    }
+                    Ok(Some(found))
+                }
+                .await;
+                let _ = conn.close().await;
+                compared
+            }
+            _ => Err(StoreError::Unavailable(
+                "the scratch place is not of the live store's kind".into(),
+            )),
+        }
+    }
+}
+
+fn report(
+    found: &mut Vec<String>,
+    table: &str,
+    [live, rebuilt, only_live, only_rebuilt]: &[i64; 4],
+) {
+    if live != rebuilt || *only_live != 0 || *only_rebuilt != 0 {
+        found.push(format!(
+            "table {table}: {live} live rows, {rebuilt} rebuilt; {only_live} only live, \
+             {only_rebuilt} only rebuilt"
+        ));
+    }
+}
+
+async fn drop_schema(pool: &PgPool, schema: &str) {
+    if let Err(e) = pool
+        .execute(format!("DROP SCHEMA IF EXISTS {} CASCADE", ident(schema)).as_str())
+        .await
+    {
+        tracing::warn!(schema, error = %e, "could not drop a scratch schema; drop it by hand");
+    }
+}
+
+/// What [`rebuild`] did.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rebuilt {
+    pub projections: Vec<&'static str>,
+    pub events: u64,
+}
+
+/// Rebuilds `projections` from the start of the log, blue/green (see the module's doc). The
+/// live tables keep serving until the switch.
+pub async fn rebuild(
+    store: &dyn EventStore,
+    projections: &[Arc<dyn Projection>],
+) -> Result<Rebuilt, StoreError> {
+    let live = store
+        .database()
+        .ok_or_else(|| StoreError::Unavailable("this store keeps no read models".into()))?;
+    let scratch = Scratch::create(&live).await?;
+    let done = async {
+        let events = scratch.build(store, projections, None).await?;
+        scratch.switch(&live, projections).await?;
+        Ok(events)
+    }
+    .await;
+    scratch.discard(&live).await;
+    Ok(Rebuilt {
+        projections: projections.iter().map(|p| p.name()).collect(),
+        events: done?,
+    })
+}
+
+/// Compares every live projection with a fresh rebuild in a scratch place (for `verify`).
+/// Returns `(projection, finding)` pairs; empty when all are equal.
+pub async fn check_all(
+    store: &dyn EventStore,
+    projections: &[Arc<dyn Projection>],
+) -> Result<Vec<(&'static str, String)>, StoreError> {
+    let live = store
+        .database()
+        .ok_or_else(|| StoreError::Unavailable("this store keeps no read models".into()))?;
+    let scratch = Scratch::create(&live).await?;
+    let checked = async {
+        let mut findings = Vec::new();
+        for p in projections {
+            let (found, _) = scratch.compare(store, &live, p).await?;
+            findings.extend(found.into_iter().map(|f| (p.name(), f)));
+        }
+        Ok(findings)
+    }
+    .await;
+    scratch.discard(&live).await;
+    checked
+}
+
+/// The projections named, in the order given; an unknown name is an error naming the known.
+pub fn select(names: &[String]) -> Result<Vec<Arc<dyn Projection>>, String> {
+    let all = crate::all();
+    if names.is_empty() {
+        return Ok(all);
+    }
+    names
+        .iter()
+        .map(|n| {
+            all.iter().find(|p| p.name() == n).cloned().ok_or_else(|| {
+                let known: Vec<_> = all.iter().map(|p| p.name()).collect();
+                format!("no projection {n:?}; known: {}", known.join(", "))
+            })
+        })
+        .collect()
+}
