@@ -17,7 +17,7 @@ use uuid::Uuid;
 
 use ticketd_commands::handler::decode;
 use ticketd_commands::verify::{verify_store, Report};
-use ticketd_commands::{EventStore, Position};
+use ticketd_commands::{EventStore, Position, StoreError};
 use ticketd_domain::{evolve, Actor, DomainError, Role};
 
 use crate::app::AppState;
@@ -320,8 +320,8 @@ pub struct VerifyReport {
     /// Set when the store could not read the log past `after`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub unreadable: Option<Unreadable>,
-    /// Where a projection differs from a rebuild of it made from the log (empty when every
-    /// one equals its rebuild, or with `?projections=false`).
+    /// Where a projection differs from a rebuild of it made from the log. Checked only when
+    /// the log itself verifies, and not with `?projections=false`.
     pub projections: Vec<ProjectionFinding>,
     /// When the check finished.
     pub checked_at: String,
@@ -407,12 +407,19 @@ pub async fn verify(
     };
     let report = verify_store(app.store.as_ref()).await?;
     let mut report = VerifyReport::from(report);
-    if projections && app.store.database().is_some() {
-        let findings = ticketd_projections::rebuild::check_all(
+    // A rebuild replays the log, so it is only meaningful (and only possible) over a log that
+    // verified.
+    if projections && report.ok && app.store.database().is_some() {
+        let findings = match ticketd_projections::rebuild::check_all(
             app.store.as_ref(),
             &ticketd_projections::all(),
         )
-        .await?;
+        .await
+        {
+            Ok(f) => f,
+            Err(StoreError::Corrupt(detail)) => vec![("*", format!("cannot rebuild: {detail}"))],
+            Err(e) => return Err(e.into()),
+        };
         report.ok &= findings.is_empty();
         report.projections = findings
             .into_iter()

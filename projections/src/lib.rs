@@ -18,7 +18,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use sqlx::pool::PoolConnection;
-use sqlx::{Connection, PgConnection, PgPool, Postgres, Sqlite};
+use sqlx::{ConnectOptions, Connection, PgConnection, PgPool, Postgres, Sqlite, SqliteConnection};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -411,26 +411,53 @@ async fn apply_in(
     Ok(())
 }
 
+/// The connection a runner writes its batches through. A runner owns its connection instead of
+/// borrowing one from the pool: when the runner is stopped mid-transaction (shutdown, or a
+/// test's injected crash), the connection is dropped and closed, which rolls the batch back,
+/// rather than going back to the pool inside an open transaction.
+pub(crate) enum Writer {
+    Sqlite(SqliteConnection),
+    Postgres(PgConnection),
+}
+
+impl Writer {
+    pub(crate) async fn connect(db: &Database) -> Result<Writer, StoreError> {
+        Ok(match db {
+            Database::Sqlite(pool) => Writer::Sqlite(
+                pool.connect_options()
+                    .connect()
+                    .await
+                    .map_err(unavailable)?,
+            ),
+            Database::Postgres(pool) => Writer::Postgres(
+                PgConnection::connect_with(&pool.connect_options())
+                    .await
+                    .map_err(unavailable)?,
+            ),
+        })
+    }
+}
+
 /// One batch in one transaction: its read-model writes and its checkpoint commit together.
 async fn commit_batch(
-    db: &Database,
+    writer: &mut Writer,
     p: &dyn Projection,
     from: Position,
     events: &[StoredEvent],
 ) -> Result<(), BatchError> {
-    match db {
-        Database::Sqlite(pool) => {
+    match writer {
+        Writer::Sqlite(conn) => {
             // IMMEDIATE takes the write lock up front (waiting out busy_timeout), instead of
             // failing when a read transaction tries to become a write one.
-            let mut tx = pool
+            let mut tx = conn
                 .begin_with("BEGIN IMMEDIATE")
                 .await
                 .map_err(unavailable)?;
             apply_in(&mut Conn::Sqlite(&mut tx), p, from, events).await?;
             tx.commit().await.map_err(unavailable)?;
         }
-        Database::Postgres(pool) => {
-            let mut tx = pool.begin().await.map_err(unavailable)?;
+        Writer::Postgres(conn) => {
+            let mut tx = conn.begin().await.map_err(unavailable)?;
             apply_in(&mut Conn::Postgres(&mut tx), p, from, events).await?;
             tx.commit().await.map_err(unavailable)?;
         }
@@ -510,9 +537,18 @@ async fn follow(
     db: &Database,
     p: &dyn Projection,
     shared: &Shared,
-    mut lock: Option<PgConnection>,
+    lock: Option<PgConnection>,
     backoff: &mut Duration,
 ) -> String {
+    // On PostgreSQL the connection holding the advisory lock writes the batches too, so a
+    // leader that lost its lock's connection cannot commit another batch.
+    let mut writer = match lock {
+        Some(conn) => Writer::Postgres(conn),
+        None => match Writer::connect(db).await {
+            Ok(w) => w,
+            Err(e) => return format!("connecting: {e}"),
+        },
+    };
     let mut ticks = store.subscribe();
     let mut at = match ensure_checkpoint(db, p.name()).await {
         Ok(at) => at,
@@ -530,7 +566,7 @@ async fn follow(
             if batch.is_empty() {
                 break;
             }
-            let (applied, failure) = match commit_batch(db, p, at, &batch).await {
+            let (applied, failure) = match commit_batch(&mut writer, p, at, &batch).await {
                 Ok(()) => (batch.len(), None),
                 Err(BatchError { moved: true, .. }) => {
                     at = match read_checkpoint(db, p.name()).await {
@@ -549,7 +585,7 @@ async fn follow(
                 }) => {
                     // Keep what precedes the failing event, then stop there.
                     let kept = if i > 0 {
-                        commit_batch(db, p, at, &batch[..i]).await.is_ok()
+                        commit_batch(&mut writer, p, at, &batch[..i]).await.is_ok()
                     } else {
                         false
                     };
@@ -594,7 +630,7 @@ async fn follow(
         }
         // A leader whose lock connection died has lost the lock: step down. Checked about once
         // per poll interval, not per commit.
-        if let Some(conn) = lock.as_mut() {
+        if let Writer::Postgres(conn) = &mut writer {
             if pinged.elapsed() >= POLL {
                 if let Err(e) = conn.ping().await {
                     return format!("lost the advisory lock's connection: {e}");

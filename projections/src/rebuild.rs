@@ -29,7 +29,9 @@ use uuid::Uuid;
 use ticketd_commands::{Database, EventStore, Position, StoreError};
 
 use crate::sql::unavailable;
-use crate::{commit_batch, ensure_checkpoint, read_checkpoint, tx_i64, BatchError, Projection};
+use crate::{
+    commit_batch, ensure_checkpoint, read_checkpoint, tx_i64, BatchError, Projection, Writer,
+};
 
 /// The four counts of a comparison query.
 macro_rules! row_counts {
@@ -184,6 +186,7 @@ impl Scratch {
             at = stored;
         }
         let mut applied = 0;
+        let mut writer = Writer::connect(&self.db).await?;
         loop {
             if upto.is_some_and(|u| at >= u) {
                 break;
@@ -195,7 +198,7 @@ impl Scratch {
             let Some(last) = batch.last() else { break };
             let last = last.position;
             for p in projections {
-                commit_batch(&self.db, p.as_ref(), at, &batch)
+                commit_batch(&mut writer, p.as_ref(), at, &batch)
                     .await
                     .map_err(
                         |BatchError {

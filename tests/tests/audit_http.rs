@@ -468,6 +468,66 @@ async fn verify_passes_an_untouched_store(s: TestServer) {
     assert_eq!(a.body["events"], 9);
     assert_eq!(a.body["streams"], 3);
     assert_eq!(a.body["findings"], json!([]));
+    assert_eq!(
+        a.body["projections"],
+        json!([]),
+        "every projection equals a rebuild"
+    );
+
+    // A read model changed behind the projector's back shows; the log still verifies.
+    let db = s.store.database().expect("database");
+    let mut pooled = ticketd_projections::Pooled::acquire(&db)
+        .await
+        .expect("conn");
+    pooled
+        .conn()
+        .execute("UPDATE ticket_feed SET entry = '{}' WHERE version = 1", &[])
+        .await
+        .expect("tamper");
+    drop(pooled);
+    let a = s
+        .call(
+            Method::POST,
+            "/v1/audit/verify",
+            Some(&admin(&s)),
+            None,
+            &[],
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.body);
+    assert_eq!(a.body["ok"], false, "{}", a.body);
+    assert_eq!(a.body["findings"], json!([]), "the log is intact");
+    let projections = a.body["projections"].as_array().expect("projections");
+    assert_eq!(projections.len(), 1, "{}", a.body);
+    assert_eq!(projections[0]["projection"], "feed");
+    assert!(
+        projections[0]["detail"]
+            .as_str()
+            .expect("detail")
+            .starts_with("table ticket_feed:"),
+        "{}",
+        a.body
+    );
+    // And the switch to leave it out, or a bad value for it.
+    let a = s
+        .call(
+            Method::POST,
+            "/v1/audit/verify?projections=false",
+            Some(&admin(&s)),
+            None,
+            &[],
+        )
+        .await;
+    assert_eq!(a.body["ok"], true, "{}", a.body);
+    s.call(
+        Method::POST,
+        "/v1/audit/verify?projections=maybe",
+        Some(&admin(&s)),
+        None,
+        &[],
+    )
+    .await
+    .assert_problem(400, "malformed_request");
 }
 
 /// Paging while writers append returns every event exactly once, in the log's order.

@@ -124,7 +124,13 @@ async fn check(s: &TestServer) -> (bool, Named) {
 
     let token = s.token("audrey", Role::Auditor, None, false);
     let a = s
-        .call(Method::POST, "/v1/audit/verify", Some(&token), None, &[])
+        .call(
+            Method::POST,
+            "/v1/audit/verify?projections=false",
+            Some(&token),
+            None,
+            &[],
+        )
         .await;
     assert_eq!(a.status, StatusCode::OK, "{}", a.body);
     assert_eq!(a.body["ok"], report.is_ok(), "{}", a.body);

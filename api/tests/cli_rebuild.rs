@@ -1,0 +1,118 @@
+//! `ticketd rebuild` as an operator runs it: against the SQLite file of a server that keeps
+//! serving (in this process), which then follows on from the rebuilt read models.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use serde_json::json;
+
+use ticketd_tests::http::TestServer;
+
+fn ticketd(dir: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_ticketd"))
+        .args(args)
+        .current_dir(dir)
+        .env_remove("DATABASE_URL")
+        .env_remove("TICKETD_DATABASE_URL")
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("run ticketd")
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rebuild_from_the_command_line_while_a_server_runs() {
+    let source = ticketd_tests::sqlite_store().await;
+    let s = TestServer::start(source.store.clone()).await;
+    let agent = s.agent("agent-1");
+    let mut ids = Vec::new();
+    for i in 0..3 {
+        let id = s
+            .open(
+                &s.customer("alice"),
+                json!({"subject": format!("T{i}"), "description": "d"}),
+            )
+            .await;
+        let a = s
+            .post(
+                &format!("/v1/tickets/{id}/comments"),
+                &agent,
+                json!({"body": "hello"}),
+            )
+            .await;
+        assert_eq!(a.status, 201);
+        ids.push(id);
+    }
+    let dir = source.dir.path();
+    let url = source.url.as_str();
+
+    let out = ticketd(dir, &["rebuild", "--database-url", url, "nonsense"]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("no projection \"nonsense\"; known: tickets, feed, analytics"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    let out = ticketd(dir, &["rebuild", "--database-url", url]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).starts_with("rebuilt tickets, feed, analytics from 6 events"),
+        "{}",
+        text(&out.stdout)
+    );
+    let out = ticketd(dir, &["rebuild", "--database-url", url, "feed"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).starts_with("rebuilt feed from 6 events"));
+    // No scratch file is left beside the store.
+    let left: Vec<_> = std::fs::read_dir(dir)
+        .expect("dir")
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().contains(".rebuild-"))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+
+    // The server follows on: a new command shows in every read model.
+    let a = s
+        .post(
+            &format!("/v1/tickets/{}/status", ids[0]),
+            &agent,
+            json!({"status": "resolved"}),
+        )
+        .await;
+    assert_eq!(a.status, 200, "{}", a.body);
+    let one = s.get(&format!("/v1/tickets/{}", ids[0]), &agent).await;
+    assert_eq!(one.body["status"], "resolved", "{}", one.body);
+    let feed = s.get(&format!("/v1/tickets/{}/feed", ids[0]), &agent).await;
+    assert_eq!(feed.body["items"].as_array().expect("items").len(), 3);
+    let list = s.get("/v1/tickets?active=true", &agent).await;
+    assert_eq!(list.body["items"].as_array().expect("items").len(), 2);
+
+    s.log_upto(&a.body["position"]).await;
+    let projector = s.projector.clone().expect("projector");
+    for p in projector.status() {
+        projector
+            .wait_for(
+                p.name,
+                s.last_position(),
+                std::time::Duration::from_secs(10),
+            )
+            .await
+            .expect("caught up");
+    }
+    let out = ticketd(dir, &["verify", "--database-url", url]);
+    assert!(
+        out.status.success(),
+        "{}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    assert!(
+        text(&out.stdout).contains("ok: every projection equals a rebuild from the log"),
+        "{}",
+        text(&out.stdout)
+    );
+}
