@@ -983,6 +983,28 @@ async fn metrics_count_requests_and_events(s: TestServer) {
         .and_then(|n| n.parse().ok())
         .expect("events appended");
     assert!(appended >= 1);
+
+    // Per projection: caught up (the GET above waited for the open), nothing failing.
+    let value = |name: &str| -> f64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(&format!("{name}{{projection=\"tickets\"}} ")))
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("{name} in {text}"))
+    };
+    assert!(value("ticketd_projection_position") >= 1.0);
+    assert_eq!(value("ticketd_projection_lag_events"), 0.0);
+    assert_eq!(value("ticketd_projection_lag_seconds"), 0.0);
+    assert!(value("ticketd_projection_events_applied_total") >= 1.0);
+    assert_eq!(value("ticketd_projection_errors_total"), 0.0);
+    assert_eq!(value("ticketd_projection_leader"), 1.0);
+    for p in ["tickets", "feed", "analytics"] {
+        assert!(
+            text.contains(&format!(
+                "ticketd_projection_failing{{projection=\"{p}\",error=\"\"}} 0"
+            )),
+            "{text}"
+        );
+    }
 }
 
 http_both_backends!(
