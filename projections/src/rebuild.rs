@@ -236,18 +236,19 @@ impl Scratch {
             ensure_checkpoint(live, p.name()).await?;
         }
         let now = Utc::now().timestamp_micros();
+        let tables = live_tables(live, projections).await?;
         match (live, &self.place) {
             (Database::Postgres(pool), Place::Postgres { base, schema }) => {
                 let old = format!("ticketd_old_{}", Uuid::now_v7().simple());
                 let mut tx = pool.begin().await.map_err(unavailable)?;
                 // Tables first, then checkpoint rows: the order a live batch takes them in,
                 // so a batch in flight finishes (or waits) instead of deadlocking.
-                for t in projections.iter().flat_map(|p| p.tables()) {
+                for t in &tables {
                     tx.execute(
                         format!(
                             "LOCK TABLE {}.{} IN ACCESS EXCLUSIVE MODE",
                             ident(base),
-                            ident(t)
+                            ident(t.name)
                         )
                         .as_str(),
                     )
@@ -264,7 +265,7 @@ impl Scratch {
                 tx.execute(format!("CREATE SCHEMA {}", ident(&old)).as_str())
                     .await
                     .map_err(unavailable)?;
-                for t in projections.iter().flat_map(|p| p.tables()) {
+                for t in &tables {
                     tx.execute(
                         format!(
                             "ALTER TABLE {}.{t} SET SCHEMA {}; ALTER TABLE {}.{t} SET SCHEMA {}",
@@ -272,7 +273,7 @@ impl Scratch {
                             ident(&old),
                             ident(schema),
                             ident(base),
-                            t = ident(t)
+                            t = ident(t.name)
                         )
                         .as_str(),
                     )
@@ -315,11 +316,18 @@ impl Scratch {
                         .begin_with("BEGIN IMMEDIATE")
                         .await
                         .map_err(unavailable)?;
-                    for t in projections.iter().flat_map(|p| p.tables()) {
+                    for t in &tables {
+                        let into = if t.columns == "*" {
+                            String::new()
+                        } else {
+                            format!(" ({})", t.columns)
+                        };
                         tx.execute(
                             format!(
-                                "DELETE FROM main.{t}; INSERT INTO main.{t} SELECT * FROM scratch.{t}",
-                                t = ident(t)
+                                "DELETE FROM main.{n}; \
+                                 INSERT INTO main.{n}{into} SELECT {c} FROM scratch.{n}",
+                                n = ident(t.name),
+                                c = t.columns
                             )
                             .as_str(),
                         )
@@ -372,7 +380,7 @@ impl Scratch {
                 )));
             }
             self.build(store, &one, Some(target)).await?;
-            if let Some(found) = self.compare_at(live, p.as_ref(), target).await? {
+            if let Some(found) = self.compare_at(live, p, target).await? {
                 return Ok((found, target));
             }
         }
@@ -386,10 +394,11 @@ impl Scratch {
     async fn compare_at(
         &self,
         live: &Database,
-        p: &dyn Projection,
+        p: &Arc<dyn Projection>,
         target: Position,
     ) -> Result<Option<Vec<String>>, StoreError> {
         let (tx_id, seq) = tx_i64(target)?;
+        let tables = live_tables(live, std::slice::from_ref(p)).await?;
         let mut found = Vec::new();
         match (live, &self.place) {
             (Database::Postgres(pool), Place::Postgres { base, schema }) => {
@@ -407,10 +416,10 @@ impl Scratch {
                 if at.unwrap_or((0, 0)) != (tx_id, seq) {
                     return Ok(None);
                 }
-                for t in p.tables() {
+                for t in &tables {
                     let (a, b) = (
-                        format!("{}.{}", ident(base), ident(t)),
-                        format!("{}.{}", ident(schema), ident(t)),
+                        format!("{}.{}", ident(base), ident(t.name)),
+                        format!("{}.{}", ident(schema), ident(t.name)),
                     );
                     let row = sqlx::query(&format!(
                         "SELECT (SELECT count(*) FROM {a}), (SELECT count(*) FROM {b}), \
@@ -420,7 +429,7 @@ impl Scratch {
                     .fetch_one(&mut *tx)
                     .await
                     .map_err(unavailable)?;
-                    report(&mut found, t, &row_counts!(&row));
+                    report(&mut found, t.name, &row_counts!(&row));
                 }
                 Ok(Some(found))
             }
@@ -450,22 +459,23 @@ impl Scratch {
                         return Ok(None);
                     }
                     let mut found = Vec::new();
-                    for t in p.tables() {
+                    for t in &tables {
+                        let c = &t.columns;
                         let (a, b) = (
-                            format!("main.{}", ident(t)),
-                            format!("scratch.{}", ident(t)),
+                            format!("main.{}", ident(t.name)),
+                            format!("scratch.{}", ident(t.name)),
                         );
                         // SQLite has no EXCEPT ALL; every read-model table has a primary
                         // key, so its rows are distinct and the counts catch duplicates.
                         let row = sqlx::query(&format!(
                             "SELECT (SELECT count(*) FROM {a}), (SELECT count(*) FROM {b}), \
-                             (SELECT count(*) FROM (SELECT * FROM {a} EXCEPT SELECT * FROM {b})), \
-                             (SELECT count(*) FROM (SELECT * FROM {b} EXCEPT SELECT * FROM {a}))"
+                             (SELECT count(*) FROM (SELECT {c} FROM {a} EXCEPT SELECT {c} FROM {b})), \
+                             (SELECT count(*) FROM (SELECT {c} FROM {b} EXCEPT SELECT {c} FROM {a}))"
                         ))
                         .fetch_one(&mut *tx)
                         .await
                         .map_err(unavailable)?;
-                        report(&mut found, t, &row_counts!(&row));
+                        report(&mut found, t.name, &row_counts!(&row));
                     }
                     Ok(Some(found))
                 }
@@ -491,6 +501,70 @@ fn report(
              {only_rebuilt} only rebuilt"
         ));
     }
+}
+
+/// A read-model table as the live database has it.
+struct Table {
+    name: &'static str,
+    /// The select list that covers the whole row: `*`, or on SQLite for a virtual (FTS5)
+    /// table `rowid, <columns>`, since its rowid carries meaning and `*` leaves it out.
+    columns: String,
+}
+
+/// The tables of `projections` that exist in the live database, in order. A projection may
+/// name a table only one backend has (search: `ticket_search` on PostgreSQL, `ticket_fts` on
+/// SQLite).
+async fn live_tables(
+    live: &Database,
+    projections: &[Arc<dyn Projection>],
+) -> Result<Vec<Table>, StoreError> {
+    let mut out = Vec::new();
+    for name in projections.iter().flat_map(|p| p.tables()) {
+        match live {
+            Database::Postgres(pool) => {
+                let exists: bool = sqlx::query_scalar(
+                    "SELECT to_regclass(quote_ident(current_schema()) || '.' || quote_ident($1)) \
+                     IS NOT NULL",
+                )
+                .bind(*name)
+                .fetch_one(pool)
+                .await
+                .map_err(unavailable)?;
+                if exists {
+                    out.push(Table {
+                        name,
+                        columns: "*".into(),
+                    });
+                }
+            }
+            Database::Sqlite(pool) => {
+                let sql: Option<String> = sqlx::query_scalar(
+                    "SELECT sql FROM main.sqlite_master WHERE type = 'table' AND name = ?",
+                )
+                .bind(*name)
+                .fetch_optional(pool)
+                .await
+                .map_err(unavailable)?;
+                let Some(sql) = sql else { continue };
+                let columns = if sql.to_ascii_uppercase().starts_with("CREATE VIRTUAL TABLE") {
+                    let names: Vec<String> =
+                        sqlx::query_scalar("SELECT name FROM pragma_table_info(?)")
+                            .bind(*name)
+                            .fetch_all(pool)
+                            .await
+                            .map_err(unavailable)?;
+                    std::iter::once("rowid".to_owned())
+                        .chain(names.iter().map(|n| ident(n)))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                } else {
+                    "*".into()
+                };
+                out.push(Table { name, columns });
+            }
+        }
+    }
+    Ok(out)
 }
 
 async fn drop_schema(pool: &PgPool, schema: &str) {
