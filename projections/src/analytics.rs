@@ -105,6 +105,7 @@ pub struct Applied {
 /// `None`: the event changes nothing here (already applied, or no ticket to apply it to).
 pub fn fold(prev: Option<Facts>, id: Uuid, r: &Recorded) -> Option<Applied> {
     let at = micros(r.recorded_at);
+    // Versions and numbers past i64 cannot come from a store (its columns are 64-bit signed).
     let version = i64::try_from(r.version).ok()?;
     let mut kinds = Vec::new();
     let mut daily = Daily::default();
@@ -335,10 +336,11 @@ impl Projection for AnalyticsProjection {
             return Ok(());
         };
         if inserting {
-            let marks = vec!["?"; 19].join(", ");
+            let binds = fact_binds(&facts);
+            let marks = vec!["?"; binds.len()].join(", ");
             conn.execute(
                 &format!("INSERT INTO analytics_ticket_facts ({FACT_COLUMNS}) VALUES ({marks})"),
-                &fact_binds(&facts),
+                &binds,
             )
             .await?;
         } else {
