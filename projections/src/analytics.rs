@@ -1,18 +1,25 @@
-//! The `analytics` projection (CONTRACT §6.5): counted events with their time, and per ticket
-//! the instants the response and resolution figures need. The backlog and overdue figures
-//! are "now", so they come from the `tickets` read model.
+//! The `analytics` projection: tables an analytics job may query with plain SQL
+//! (docs/ANALYTICS.md), and CONTRACT §6.5's summary served from them.
+//!
+//! - `analytics_ticket_facts`: one row per ticket (see [`Facts`]).
+//! - `analytics_events`: one row per counted event, for counts over any window.
+//! - `analytics_daily_org`: per UTC day and organization, what happened that day.
+//!
+//! Every value comes from the events alone (their `recorded_at`, never the clock), so a rebuild
+//! from the log gives identical rows. [`fold`] is that derivation, free of I/O.
 
 use std::collections::BTreeMap;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+use uuid::Uuid;
 
 use ticketd_commands::handler::decode;
 use ticketd_commands::{Database, StoreError, StoredEvent};
-use ticketd_domain::{Event, Status, Visibility};
+use ticketd_domain::{Channel, Event, Priority, Recorded, Status, Visibility};
 
-use crate::sql::{Bind, Conn};
-use crate::{micros, Pooled, Projection};
+use crate::sql::{unavailable, Bind, Conn};
+use crate::{micros, Projection};
 
 pub const NAME: &str = "analytics";
 
@@ -25,6 +32,285 @@ pub const KINDS: &[&str] = &[
     "escalated",
     "reopened",
 ];
+
+/// `org` of `analytics_daily_org` for tickets without one: the key must not be NULL.
+pub const NO_ORG: &str = "";
+
+/// One row of `analytics_ticket_facts`. Times are microseconds since the Unix epoch.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Facts {
+    pub ticket_id: Uuid,
+    pub number: i64,
+    pub org: Option<String>,
+    pub requester: String,
+    /// Current.
+    pub priority: Priority,
+    /// Where the ticket came in (never changes).
+    pub channel: Channel,
+    /// Current.
+    pub status: Status,
+    pub opened_at: i64,
+    /// The first public comment by staff.
+    pub first_response_at: Option<i64>,
+    /// The first move to `resolved` or `closed`.
+    pub first_resolved_at: Option<i64>,
+    /// The last move to `closed`; `None` unless the ticket is closed now.
+    pub closed_at: Option<i64>,
+    pub reopens: i64,
+    pub escalations: i64,
+    pub withdrawn_at: Option<i64>,
+    pub withdrawn_reason: Option<String>,
+    /// Current; `None`: no due date.
+    pub due_at: Option<i64>,
+    /// When the ticket first became overdue (active with `due_at` past), as far as the events
+    /// show: `due_at` itself if the ticket was active when it passed, else the event that made
+    /// an active ticket late (opened or edited with a past due date, reopened after it).
+    pub breached_at: Option<i64>,
+    /// The last event of any kind, reads included (as `version` counts them).
+    pub last_event_at: i64,
+    pub version: i64,
+}
+
+/// What one event adds to its day's `analytics_daily_org` row.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Daily {
+    pub opened: i64,
+    pub first_responses: i64,
+    pub first_response_us: i64,
+    pub resolved: i64,
+    pub closed: i64,
+    pub first_resolutions: i64,
+    pub resolution_us: i64,
+    pub reopened: i64,
+    pub escalated: i64,
+    pub withdrawn: i64,
+}
+
+impl Daily {
+    fn is_zero(&self) -> bool {
+        *self == Daily::default()
+    }
+}
+
+/// What applying one event changes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Applied {
+    pub facts: Facts,
+    /// Rows for `analytics_events`, each one of [`KINDS`].
+    pub kinds: Vec<&'static str>,
+    pub daily: Daily,
+}
+
+/// Folds one event of ticket `id` into its facts row (`prev`, `None` before `opened`).
+/// `None`: the event changes nothing here (already applied, or no ticket to apply it to).
+pub fn fold(prev: Option<Facts>, id: Uuid, r: &Recorded) -> Option<Applied> {
+    let at = micros(r.recorded_at);
+    // Versions and numbers past i64 cannot come from a store (its columns are 64-bit signed).
+    let version = i64::try_from(r.version).ok()?;
+    let mut kinds = Vec::new();
+    let mut daily = Daily::default();
+    let mut f = match (prev, &r.event) {
+        (None, Event::Opened(e)) => {
+            kinds.push("opened");
+            daily.opened = 1;
+            Facts {
+                ticket_id: id,
+                number: i64::try_from(e.number).ok()?,
+                org: e.org.clone(),
+                requester: e.requester.clone(),
+                priority: e.priority,
+                channel: e.channel,
+                status: Status::Open,
+                opened_at: at,
+                first_response_at: None,
+                first_resolved_at: None,
+                closed_at: None,
+                reopens: 0,
+                escalations: 0,
+                withdrawn_at: None,
+                withdrawn_reason: None,
+                due_at: e.due_at.map(micros),
+                breached_at: None,
+                last_event_at: at,
+                version,
+            }
+        }
+        (None, _) | (Some(_), Event::Opened(_)) => return None,
+        (Some(f), _) if f.version >= version => return None,
+        (Some(mut f), event) => {
+            // Nothing happened between the previous event and this one, so an active ticket
+            // whose due time passed in between became overdue exactly then.
+            if f.breached_at.is_none() && f.status.is_active() {
+                f.breached_at = f.due_at.filter(|&due| due < at);
+            }
+            match event {
+                Event::Commented(c)
+                    if c.visibility == Visibility::Public
+                        && r.actor.is_staff()
+                        && f.first_response_at.is_none() =>
+                {
+                    f.first_response_at = Some(at);
+                    daily.first_responses = 1;
+                    daily.first_response_us = at - f.opened_at;
+                }
+                Event::StatusChanged(s) => {
+                    f.status = s.to;
+                    match s.to {
+                        Status::Resolved => {
+                            kinds.push("resolved");
+                            daily.resolved = 1;
+                        }
+                        Status::Closed => {
+                            kinds.push("closed");
+                            daily.closed = 1;
+                        }
+                        _ => {}
+                    }
+                    f.closed_at = (s.to == Status::Closed).then_some(at);
+                    if matches!(s.to, Status::Resolved | Status::Closed)
+                        && f.first_resolved_at.is_none()
+                    {
+                        f.first_resolved_at = Some(at);
+                        daily.first_resolutions = 1;
+                        daily.resolution_us = at - f.opened_at;
+                    }
+                    if s.reopen {
+                        f.reopens += 1;
+                        kinds.push("reopened");
+                        daily.reopened = 1;
+                    }
+                }
+                Event::Edited(e) => {
+                    if let Some(c) = &e.priority {
+                        f.priority = c.to;
+                    }
+                    if let Some(c) = &e.due_at {
+                        f.due_at = c.to.map(micros);
+                    }
+                }
+                Event::Escalated(_) => {
+                    f.status = Status::Escalated;
+                    f.escalations += 1;
+                    kinds.push("escalated");
+                    daily.escalated = 1;
+                }
+                Event::Withdrawn(w) => {
+                    f.status = Status::Withdrawn;
+                    f.withdrawn_at = Some(at);
+                    f.withdrawn_reason = Some(w.reason.clone());
+                    kinds.push("withdrawn");
+                    daily.withdrawn = 1;
+                }
+                Event::Commented(_) | Event::Read(_) | Event::Opened(_) => {}
+            }
+            f
+        }
+    };
+    // This event itself may leave an active ticket past its due time.
+    if f.breached_at.is_none() && f.status.is_active() && f.due_at.is_some_and(|due| due < at) {
+        f.breached_at = Some(at);
+    }
+    f.version = version;
+    f.last_event_at = at;
+    Some(Applied {
+        facts: f,
+        kinds,
+        daily,
+    })
+}
+
+const FACT_COLUMNS: &str = "ticket_id, number, org, requester, priority, channel, status, \
+     opened_at, first_response_at, first_resolved_at, closed_at, reopens, escalations, \
+     withdrawn_at, withdrawn_reason, due_at, breached_at, last_event_at, version";
+
+type FactRow = (
+    Uuid,
+    i64,
+    Option<String>,
+    String,
+    String,
+    String,
+    String,
+    i64,
+    Option<i64>,
+    Option<i64>,
+    Option<i64>,
+    i64,
+    i64,
+    Option<i64>,
+    Option<String>,
+    Option<i64>,
+    Option<i64>,
+    i64,
+    i64,
+);
+
+fn facts_from(row: FactRow) -> Result<Facts, StoreError> {
+    let bad = |what: &str, v: &str| {
+        StoreError::Corrupt(format!("analytics_ticket_facts {}: {what} {v:?}", row.0))
+    };
+    Ok(Facts {
+        ticket_id: row.0,
+        number: row.1,
+        org: row.2.clone(),
+        requester: row.3.clone(),
+        priority: row.4.parse().map_err(|_| bad("priority", &row.4))?,
+        channel: row.5.parse().map_err(|_| bad("channel", &row.5))?,
+        status: row.6.parse().map_err(|_| bad("status", &row.6))?,
+        opened_at: row.7,
+        first_response_at: row.8,
+        first_resolved_at: row.9,
+        closed_at: row.10,
+        reopens: row.11,
+        escalations: row.12,
+        withdrawn_at: row.13,
+        withdrawn_reason: row.14.clone(),
+        due_at: row.15,
+        breached_at: row.16,
+        last_event_at: row.17,
+        version: row.18,
+    })
+}
+
+async fn load(conn: &mut Conn<'_>, id: Uuid) -> Result<Option<Facts>, StoreError> {
+    let rows: Vec<FactRow> = conn
+        .fetch_rows(
+            &format!("SELECT {FACT_COLUMNS} FROM analytics_ticket_facts WHERE ticket_id = ?"),
+            &[Bind::Uuid(id)],
+        )
+        .await?;
+    rows.into_iter().next().map(facts_from).transpose()
+}
+
+/// One ticket's facts row, if it has one yet.
+pub async fn ticket_facts(db: &Database, id: Uuid) -> Result<Option<Facts>, StoreError> {
+    let mut pooled = crate::Pooled::acquire(db).await?;
+    load(&mut pooled.conn(), id).await
+}
+
+fn fact_binds(f: &Facts) -> Vec<Bind> {
+    vec![
+        Bind::Uuid(f.ticket_id),
+        Bind::I64(f.number),
+        Bind::OptText(f.org.clone()),
+        Bind::Text(f.requester.clone()),
+        Bind::Text(f.priority.as_str().to_owned()),
+        Bind::Text(f.channel.as_str().to_owned()),
+        Bind::Text(f.status.as_str().to_owned()),
+        Bind::I64(f.opened_at),
+        Bind::OptI64(f.first_response_at),
+        Bind::OptI64(f.first_resolved_at),
+        Bind::OptI64(f.closed_at),
+        Bind::I64(f.reopens),
+        Bind::I64(f.escalations),
+        Bind::OptI64(f.withdrawn_at),
+        Bind::OptText(f.withdrawn_reason.clone()),
+        Bind::OptI64(f.due_at),
+        Bind::OptI64(f.breached_at),
+        Bind::I64(f.last_event_at),
+        Bind::I64(f.version),
+    ]
+}
 
 pub struct AnalyticsProjection;
 
@@ -40,68 +326,106 @@ impl Projection for AnalyticsProjection {
 
     async fn apply(&self, conn: &mut Conn<'_>, event: &StoredEvent) -> Result<(), StoreError> {
         let recorded = decode(event)?;
-        let at = micros(recorded.recorded_at);
         let id = event.stream_id;
-        let mut kinds: Vec<&str> = Vec::new();
-        match &recorded.event {
-            Event::Opened(e) => {
-                conn.execute(
-                    "INSERT INTO analytics_tickets (ticket_id, org, opened_at) VALUES (?, ?, ?) \
-                     ON CONFLICT (ticket_id) DO NOTHING",
-                    &[Bind::Uuid(id), Bind::OptText(e.org.clone()), Bind::I64(at)],
-                )
-                .await?;
-                kinds.push("opened");
-            }
-            Event::Commented(c)
-                if c.visibility == Visibility::Public && recorded.actor.is_staff() =>
-            {
-                conn.execute(
-                    "UPDATE analytics_tickets SET first_response_at = ? \
-                     WHERE ticket_id = ? AND first_response_at IS NULL",
-                    &[Bind::I64(at), Bind::Uuid(id)],
-                )
-                .await?;
-            }
-            Event::StatusChanged(s) => {
-                if matches!(s.to, Status::Resolved | Status::Closed) {
-                    kinds.push(if s.to == Status::Resolved {
-                        "resolved"
-                    } else {
-                        "closed"
-                    });
-                    conn.execute(
-                        "UPDATE analytics_tickets SET resolved_at = ? \
-                         WHERE ticket_id = ? AND resolved_at IS NULL",
-                        &[Bind::I64(at), Bind::Uuid(id)],
-                    )
-                    .await?;
-                }
-                if s.reopen {
-                    kinds.push("reopened");
-                }
-            }
-            Event::Escalated(_) => kinds.push("escalated"),
-            Event::Withdrawn(_) => kinds.push("withdrawn"),
-            _ => {}
+        let prev = load(conn, id).await?;
+        let inserting = prev.is_none();
+        // The version check in `fold` also keeps the daily sums, which are not idempotent,
+        // from counting an event twice.
+        let Some(Applied {
+            facts,
+            kinds,
+            daily,
+        }) = fold(prev, id, &recorded)
+        else {
+            return Ok(());
+        };
+        if inserting {
+            let binds = fact_binds(&facts);
+            let marks = vec!["?"; binds.len()].join(", ");
+            conn.execute(
+                &format!("INSERT INTO analytics_ticket_facts ({FACT_COLUMNS}) VALUES ({marks})"),
+                &binds,
+            )
+            .await?;
+        } else {
+            // Everything after the ticket's identity (id, number, org, requester).
+            let mut binds = fact_binds(&facts).split_off(4);
+            binds.push(Bind::Uuid(id));
+            conn.execute(
+                "UPDATE analytics_ticket_facts SET priority = ?, channel = ?, status = ?, \
+                 opened_at = ?, first_response_at = ?, first_resolved_at = ?, closed_at = ?, \
+                 reopens = ?, escalations = ?, withdrawn_at = ?, withdrawn_reason = ?, \
+                 due_at = ?, breached_at = ?, last_event_at = ?, version = ? \
+                 WHERE ticket_id = ?",
+                &binds,
+            )
+            .await?;
         }
-        let version = i64::try_from(event.version)
-            .map_err(|e| StoreError::Corrupt(format!("version {}: {e}", event.version)))?;
+        let at = micros(recorded.recorded_at);
         for kind in kinds {
             conn.execute(
-                "INSERT INTO analytics_events (ticket_id, version, kind, at) VALUES (?, ?, ?, ?) \
-                 ON CONFLICT DO NOTHING",
+                "INSERT INTO analytics_events (ticket_id, version, kind, at, org) \
+                 VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
                 &[
                     Bind::Uuid(id),
-                    Bind::I64(version),
+                    Bind::I64(facts.version),
                     Bind::Text(kind.to_owned()),
                     Bind::I64(at),
+                    Bind::OptText(facts.org.clone()),
                 ],
             )
             .await?;
         }
+        if !daily.is_zero() {
+            add_daily(conn, &day(recorded.recorded_at), &facts.org, &daily).await?;
+        }
         Ok(())
     }
+}
+
+/// The UTC day of an instant, as `analytics_daily_org.day` keeps it.
+pub fn day(at: DateTime<Utc>) -> String {
+    at.format("%Y-%m-%d").to_string()
+}
+
+async fn add_daily(
+    conn: &mut Conn<'_>,
+    day: &str,
+    org: &Option<String>,
+    d: &Daily,
+) -> Result<(), StoreError> {
+    conn.execute(
+        "INSERT INTO analytics_daily_org (day, org, opened, first_responses, \
+         first_response_us, resolved, closed, first_resolutions, resolution_us, reopened, \
+         escalated, withdrawn) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
+         ON CONFLICT (day, org) DO UPDATE SET \
+         opened = analytics_daily_org.opened + excluded.opened, \
+         first_responses = analytics_daily_org.first_responses + excluded.first_responses, \
+         first_response_us = analytics_daily_org.first_response_us + excluded.first_response_us, \
+         resolved = analytics_daily_org.resolved + excluded.resolved, \
+         closed = analytics_daily_org.closed + excluded.closed, \
+         first_resolutions = analytics_daily_org.first_resolutions + excluded.first_resolutions, \
+         resolution_us = analytics_daily_org.resolution_us + excluded.resolution_us, \
+         reopened = analytics_daily_org.reopened + excluded.reopened, \
+         escalated = analytics_daily_org.escalated + excluded.escalated, \
+         withdrawn = analytics_daily_org.withdrawn + excluded.withdrawn",
+        &[
+            Bind::Text(day.to_owned()),
+            Bind::Text(org.clone().unwrap_or_else(|| NO_ORG.to_owned())),
+            Bind::I64(d.opened),
+            Bind::I64(d.first_responses),
+            Bind::I64(d.first_response_us),
+            Bind::I64(d.resolved),
+            Bind::I64(d.closed),
+            Bind::I64(d.first_resolutions),
+            Bind::I64(d.resolution_us),
+            Bind::I64(d.reopened),
+            Bind::I64(d.escalated),
+            Bind::I64(d.withdrawn),
+        ],
+    )
+    .await?;
+    Ok(())
 }
 
 /// The 50th and 90th percentile (nearest rank) in seconds, or `None` without samples.
@@ -141,7 +465,18 @@ pub struct Summary {
     pub resolution: Option<Percentiles>,
 }
 
-/// The figures for `[from, to)`, narrowed to `org` when given.
+/// The active statuses as an SQL list: `'open', 'in_progress', …`.
+pub fn active_statuses_sql() -> String {
+    Status::ALL
+        .iter()
+        .filter(|s| s.is_active())
+        .map(|s| format!("'{}'", s.as_str()))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The figures for `[from, to)`, narrowed to `org` when given; "now" figures as of `now`.
+/// Read in one transaction, so the figures agree with each other.
 pub async fn summary(
     db: &Database,
     from: DateTime<Utc>,
@@ -149,31 +484,95 @@ pub async fn summary(
     org: Option<&str>,
     now: DateTime<Utc>,
 ) -> Result<Summary, StoreError> {
-    let mut pooled = Pooled::acquire(db).await?;
-    let mut conn = pooled.conn();
-    let window = [Bind::I64(micros(from)), Bind::I64(micros(to))];
-    let org_bind = |mut b: Vec<Bind>| {
+    match db {
+        Database::Sqlite(pool) => {
+            // A deferred transaction: its first read fixes the snapshot, and it never writes.
+            let mut tx = pool.begin().await.map_err(unavailable)?;
+            let s = figures(&mut Conn::Sqlite(&mut tx), from, to, org, now).await?;
+            tx.rollback().await.map_err(unavailable)?;
+            Ok(s)
+        }
+        Database::Postgres(pool) => {
+            let mut tx = pool.begin().await.map_err(unavailable)?;
+            let mut conn = Conn::Postgres(&mut tx);
+            conn.execute(
+                "SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY",
+                &[],
+            )
+            .await?;
+            let s = figures(&mut conn, from, to, org, now).await?;
+            tx.rollback().await.map_err(unavailable)?;
+            Ok(s)
+        }
+    }
+}
+
+/// The summary's statements, in the order [`figures`] runs them, each with the index it is
+/// meant to read: the window's event counts, the backlog, the overdue count, and the response
+/// and resolution times. Binds: the window (or `now`), then the org when `org` is true.
+pub fn summary_statements(org: bool) -> [(String, &'static str); 5] {
+    let org_sql = if org { " AND org = ?" } else { "" };
+    let active = active_statuses_sql();
+    let spread = |column: &str| {
+        format!(
+            "SELECT {column} - opened_at FROM analytics_ticket_facts \
+             WHERE opened_at >= ? AND opened_at < ? AND {column} IS NOT NULL{org_sql}"
+        )
+    };
+    let opened = if org {
+        "analytics_ticket_facts_org_opened"
+    } else {
+        "analytics_ticket_facts_opened"
+    };
+    [
+        (
+            format!(
+                "SELECT kind, COUNT(*) FROM analytics_events \
+                 WHERE at >= ? AND at < ?{org_sql} GROUP BY kind"
+            ),
+            if org {
+                "analytics_events_org_at"
+            } else {
+                "analytics_events_at"
+            },
+        ),
+        (
+            format!(
+                "SELECT status, COUNT(*) FROM analytics_ticket_facts \
+                 WHERE status IN ({active}){org_sql} GROUP BY status"
+            ),
+            "analytics_ticket_facts_status",
+        ),
+        (
+            format!(
+                "SELECT COUNT(*) FROM analytics_ticket_facts \
+                 WHERE status IN ({active}) AND due_at < ?{org_sql}"
+            ),
+            "analytics_ticket_facts_status",
+        ),
+        (spread("first_response_at"), opened),
+        (spread("first_resolved_at"), opened),
+    ]
+}
+
+async fn figures(
+    conn: &mut Conn<'_>,
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+    org: Option<&str>,
+    now: DateTime<Utc>,
+) -> Result<Summary, StoreError> {
+    let binds = |mut b: Vec<Bind>| {
         if let Some(o) = org {
             b.push(Bind::Text(o.to_owned()));
         }
         b
     };
-    let org_sql = |column: &str| {
-        org.map(|_| format!(" AND {column} = ?"))
-            .unwrap_or_default()
-    };
+    let window = || binds(vec![Bind::I64(micros(from)), Bind::I64(micros(to))]);
+    let [(counts_sql, _), (backlog_sql, _), (overdue_sql, _), (first_sql, _), (resolved_sql, _)] =
+        summary_statements(org.is_some());
 
-    let rows: Vec<(String, i64)> = conn
-        .fetch_pairs(
-            &format!(
-                "SELECT e.kind, COUNT(*) FROM analytics_events e \
-                 JOIN analytics_tickets t ON t.ticket_id = e.ticket_id \
-                 WHERE e.at >= ? AND e.at < ?{} GROUP BY e.kind",
-                org_sql("t.org")
-            ),
-            &org_bind(window.to_vec()),
-        )
-        .await?;
+    let rows: Vec<(String, i64)> = conn.fetch_pairs(&counts_sql, &window()).await?;
     let mut counts: BTreeMap<&'static str, i64> = KINDS.iter().map(|k| (*k, 0)).collect();
     for (kind, n) in rows {
         if let Some(k) = KINDS.iter().find(|k| **k == kind) {
@@ -181,15 +580,7 @@ pub async fn summary(
         }
     }
 
-    let rows: Vec<(String, i64)> = conn
-        .fetch_pairs(
-            &format!(
-                "SELECT status, COUNT(*) FROM tickets WHERE active = 1{} GROUP BY status",
-                org_sql("org")
-            ),
-            &org_bind(Vec::new()),
-        )
-        .await?;
+    let rows: Vec<(String, i64)> = conn.fetch_pairs(&backlog_sql, &binds(Vec::new())).await?;
     let mut backlog: BTreeMap<&'static str, i64> = Status::ALL
         .iter()
         .filter(|s| s.is_active())
@@ -200,30 +591,12 @@ pub async fn summary(
             backlog.insert(s.as_str(), n);
         }
     }
-
     let overdue: Vec<i64> = conn
-        .fetch_column(
-            &format!(
-                "SELECT COUNT(*) FROM tickets WHERE active = 1 AND due_sort < ?{}",
-                org_sql("org")
-            ),
-            &org_bind(vec![Bind::I64(micros(now))]),
-        )
+        .fetch_column(&overdue_sql, &binds(vec![Bind::I64(micros(now))]))
         .await?;
 
-    let durations = |column: &str| {
-        let sql = format!(
-            "SELECT {column} - opened_at FROM analytics_tickets \
-             WHERE opened_at >= ? AND opened_at < ? AND {column} IS NOT NULL{}",
-            org_sql("org")
-        );
-        let binds = org_bind(window.to_vec());
-        (sql, binds)
-    };
-    let (sql, binds) = durations("first_response_at");
-    let first: Vec<i64> = conn.fetch_column(&sql, &binds).await?;
-    let (sql, binds) = durations("resolved_at");
-    let resolved: Vec<i64> = conn.fetch_column(&sql, &binds).await?;
+    let first: Vec<i64> = conn.fetch_column(&first_sql, &window()).await?;
+    let resolved: Vec<i64> = conn.fetch_column(&resolved_sql, &window()).await?;
     Ok(Summary {
         counts,
         backlog,
@@ -236,6 +609,8 @@ pub async fn summary(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use ticketd_domain::event::{Commented, Edited, Opened, StatusChanged, Withdrawn};
+    use ticketd_domain::{Actor, Role};
 
     #[test]
     fn nearest_rank_percentiles() {
@@ -244,5 +619,239 @@ mod tests {
         assert_eq!((p.p50, p.p90), (2.0, 3.0));
         let p = percentiles((1..=10).map(|s| s * 1_000_000).collect()).expect("samples");
         assert_eq!((p.p50, p.p90), (5.0, 9.0));
+    }
+
+    const H: i64 = 3_600_000_000;
+
+    fn at(us: i64) -> DateTime<Utc> {
+        DateTime::from_timestamp_micros(1_700_000_000_000_000 + us).expect("in range")
+    }
+
+    fn actor(role: Role) -> Actor {
+        Actor {
+            id: format!("{role}"),
+            name: None,
+            role,
+            org: None,
+            org_wide: false,
+        }
+    }
+
+    fn rec(version: u64, us: i64, role: Role, event: Event) -> Recorded {
+        Recorded {
+            version,
+            recorded_at: at(us),
+            actor: actor(role),
+            event,
+        }
+    }
+
+    fn opened(due_us: Option<i64>) -> Event {
+        Event::Opened(Opened {
+            ticket_id: Uuid::nil(),
+            number: 7,
+            subject: "s".into(),
+            description: "d".into(),
+            priority: Priority::High,
+            channel: Channel::Email,
+            requester: "alice".into(),
+            requester_name: None,
+            org: Some("acme".into()),
+            cc: vec![],
+            fields: Default::default(),
+            due_at: due_us.map(at),
+            contact_email: None,
+        })
+    }
+
+    fn status(from: Status, to: Status, reopen: bool) -> Event {
+        Event::StatusChanged(StatusChanged {
+            from,
+            to,
+            reason: None,
+            reopen,
+            automatic: false,
+        })
+    }
+
+    fn comment(visibility: Visibility) -> Event {
+        Event::Commented(Commented {
+            comment_id: Uuid::nil(),
+            body: "b".into(),
+            visibility,
+            channel: Channel::Web,
+        })
+    }
+
+    /// Folds the events in order, as the projection would.
+    fn run(events: &[Recorded]) -> (Facts, Vec<&'static str>, Daily) {
+        let mut facts = None;
+        let mut kinds = Vec::new();
+        let mut daily = Daily::default();
+        for r in events {
+            if let Some(a) = fold(facts.clone(), Uuid::nil(), r) {
+                kinds.extend(a.kinds);
+                let d = a.daily;
+                daily.opened += d.opened;
+                daily.first_responses += d.first_responses;
+                daily.first_response_us += d.first_response_us;
+                daily.resolved += d.resolved;
+                daily.closed += d.closed;
+                daily.first_resolutions += d.first_resolutions;
+                daily.resolution_us += d.resolution_us;
+                daily.reopened += d.reopened;
+                daily.escalated += d.escalated;
+                daily.withdrawn += d.withdrawn;
+                facts = Some(a.facts);
+            }
+        }
+        (facts.expect("opened"), kinds, daily)
+    }
+
+    #[test]
+    fn response_resolution_reopen_close() {
+        let (f, kinds, d) = run(&[
+            rec(1, 0, Role::Customer, opened(Some(24 * H))),
+            rec(2, H, Role::Agent, comment(Visibility::Private)),
+            rec(3, 2 * H, Role::Customer, comment(Visibility::Public)),
+            rec(4, 3 * H, Role::Agent, comment(Visibility::Public)),
+            rec(5, 4 * H, Role::Agent, comment(Visibility::Public)),
+            rec(
+                6,
+                5 * H,
+                Role::Agent,
+                status(Status::Open, Status::Resolved, false),
+            ),
+            rec(
+                7,
+                6 * H,
+                Role::Customer,
+                status(Status::Resolved, Status::Open, true),
+            ),
+            rec(
+                8,
+                7 * H,
+                Role::Agent,
+                status(Status::Open, Status::Closed, false),
+            ),
+            rec(9, 8 * H, Role::Agent, Event::Read(Default::default())),
+        ]);
+        assert_eq!(f.first_response_at, Some(micros(at(3 * H))));
+        assert_eq!(f.first_resolved_at, Some(micros(at(5 * H))));
+        assert_eq!(f.closed_at, Some(micros(at(7 * H))));
+        assert_eq!((f.status, f.reopens, f.escalations), (Status::Closed, 1, 0));
+        assert_eq!((f.version, f.last_event_at), (9, micros(at(8 * H))));
+        assert_eq!(f.breached_at, None);
+        assert_eq!(kinds, ["opened", "resolved", "reopened", "closed"]);
+        assert_eq!(
+            d,
+            Daily {
+                opened: 1,
+                first_responses: 1,
+                first_response_us: 3 * H,
+                resolved: 1,
+                closed: 1,
+                first_resolutions: 1,
+                resolution_us: 5 * H,
+                reopened: 1,
+                ..Daily::default()
+            }
+        );
+    }
+
+    #[test]
+    fn breach_is_when_the_due_time_passed_while_active() {
+        // Resolved in time: no breach, even though later events come after the due time.
+        let (f, ..) = run(&[
+            rec(1, 0, Role::Agent, opened(Some(H))),
+            rec(
+                2,
+                H / 2,
+                Role::Agent,
+                status(Status::Open, Status::Resolved, false),
+            ),
+            rec(3, 2 * H, Role::Agent, Event::Read(Default::default())),
+        ]);
+        assert_eq!(f.breached_at, None);
+        // Still open when it fell due: breached at the due time, learned from a later event.
+        let (f, ..) = run(&[
+            rec(1, 0, Role::Agent, opened(Some(H))),
+            rec(
+                2,
+                2 * H,
+                Role::Agent,
+                status(Status::Open, Status::Resolved, false),
+            ),
+        ]);
+        assert_eq!(f.breached_at, Some(micros(at(H))));
+        // Opened already late: breached at opening.
+        let (f, ..) = run(&[rec(1, 5, Role::Agent, opened(Some(0)))]);
+        assert_eq!(f.breached_at, Some(micros(at(5))));
+        // Reopened after the due time: breached at the reopen.
+        let (f, ..) = run(&[
+            rec(1, 0, Role::Agent, opened(Some(H))),
+            rec(
+                2,
+                H / 2,
+                Role::Agent,
+                status(Status::Open, Status::Resolved, false),
+            ),
+            rec(
+                3,
+                3 * H,
+                Role::Customer,
+                status(Status::Resolved, Status::Open, true),
+            ),
+        ]);
+        assert_eq!(f.breached_at, Some(micros(at(3 * H))));
+        // The due time moved later before it passed: no breach; the first breach then stays.
+        let later = Event::Edited(Edited {
+            due_at: Some(ticketd_domain::event::Change {
+                from: Some(at(H)),
+                to: Some(at(10 * H)),
+            }),
+            ..Edited::default()
+        });
+        let (f, ..) = run(&[
+            rec(1, 0, Role::Agent, opened(Some(H))),
+            rec(2, H / 2, Role::Agent, later.clone()),
+            rec(3, 2 * H, Role::Agent, comment(Visibility::Public)),
+        ]);
+        assert_eq!((f.breached_at, f.due_at), (None, Some(micros(at(10 * H)))));
+        let (f, ..) = run(&[
+            rec(1, 0, Role::Agent, opened(Some(H))),
+            rec(2, 2 * H, Role::Agent, later),
+        ]);
+        assert_eq!(f.breached_at, Some(micros(at(H))));
+        // Withdrawn before the due time: never breached.
+        let (f, kinds, d) = run(&[
+            rec(1, 0, Role::Agent, opened(Some(H))),
+            rec(
+                2,
+                H / 2,
+                Role::Customer,
+                Event::Withdrawn(Withdrawn {
+                    from: Status::Open,
+                    reason: "dup".into(),
+                    comment: None,
+                }),
+            ),
+            rec(3, 2 * H, Role::Agent, Event::Read(Default::default())),
+        ]);
+        assert_eq!(f.breached_at, None);
+        assert_eq!(f.withdrawn_reason.as_deref(), Some("dup"));
+        assert_eq!(kinds, ["opened", "withdrawn"]);
+        assert_eq!(d.withdrawn, 1);
+    }
+
+    #[test]
+    fn an_event_is_applied_once() {
+        let first = rec(1, 0, Role::Agent, opened(None));
+        let a = fold(None, Uuid::nil(), &first).expect("opened");
+        assert_eq!(fold(Some(a.facts.clone()), Uuid::nil(), &first), None);
+        let second = rec(2, 1, Role::Agent, comment(Visibility::Public));
+        let b = fold(Some(a.facts), Uuid::nil(), &second).expect("comment");
+        assert_eq!(fold(Some(b.facts), Uuid::nil(), &second), None);
+        assert_eq!(fold(None, Uuid::nil(), &second), None, "no ticket yet");
     }
 }

@@ -19,6 +19,7 @@ pub enum Bind {
     I64(i64),
     Text(String),
     OptText(Option<String>),
+    OptI64(Option<i64>),
     Uuid(Uuid),
 }
 
@@ -50,6 +51,7 @@ macro_rules! bind_all {
                 Bind::I64(v) => q.bind(*v),
                 Bind::Text(v) => q.bind(v.clone()),
                 Bind::OptText(v) => q.bind(v.clone()),
+                Bind::OptI64(v) => q.bind(*v),
                 Bind::Uuid(v) => q.bind(*v),
             };
         }
@@ -89,6 +91,64 @@ impl Column for Option<String> {
         row.try_get(i)
     }
 }
+
+impl Column for Option<i64> {
+    fn sqlite(row: &sqlx::sqlite::SqliteRow, i: usize) -> Result<Self, sqlx::Error> {
+        row.try_get(i)
+    }
+    fn postgres(row: &sqlx::postgres::PgRow, i: usize) -> Result<Self, sqlx::Error> {
+        row.try_get(i)
+    }
+}
+
+impl Column for Uuid {
+    fn sqlite(row: &sqlx::sqlite::SqliteRow, i: usize) -> Result<Self, sqlx::Error> {
+        row.try_get(i)
+    }
+    fn postgres(row: &sqlx::postgres::PgRow, i: usize) -> Result<Self, sqlx::Error> {
+        row.try_get(i)
+    }
+}
+
+/// A whole row of mixed column types, decoded as a tuple of [`Column`]s in select order.
+pub trait Columns: Sized {
+    fn sqlite(row: &sqlx::sqlite::SqliteRow) -> Result<Self, sqlx::Error>;
+    fn postgres(row: &sqlx::postgres::PgRow) -> Result<Self, sqlx::Error>;
+}
+
+macro_rules! tuple_columns {
+    ($($t:ident $i:tt),+) => {
+        impl<$($t: Column),+> Columns for ($($t,)+) {
+            fn sqlite(row: &sqlx::sqlite::SqliteRow) -> Result<Self, sqlx::Error> {
+                Ok(($($t::sqlite(row, $i)?,)+))
+            }
+            fn postgres(row: &sqlx::postgres::PgRow) -> Result<Self, sqlx::Error> {
+                Ok(($($t::postgres(row, $i)?,)+))
+            }
+        }
+    };
+}
+
+tuple_columns!(A 0);
+tuple_columns!(A 0, B 1);
+tuple_columns!(A 0, B 1, C 2);
+tuple_columns!(A 0, B 1, C 2, D 3);
+tuple_columns!(A 0, B 1, C 2, D 3, E 4);
+tuple_columns!(A 0, B 1, C 2, D 3, E 4, F 5);
+tuple_columns!(A 0, B 1, C 2, D 3, E 4, F 5, G 6);
+tuple_columns!(A 0, B 1, C 2, D 3, E 4, F 5, G 6, H 7);
+tuple_columns!(A 0, B 1, C 2, D 3, E 4, F 5, G 6, H 7, I 8);
+tuple_columns!(A 0, B 1, C 2, D 3, E 4, F 5, G 6, H 7, I 8, J 9);
+tuple_columns!(A 0, B 1, C 2, D 3, E 4, F 5, G 6, H 7, I 8, J 9, K 10);
+tuple_columns!(A 0, B 1, C 2, D 3, E 4, F 5, G 6, H 7, I 8, J 9, K 10, L 11);
+tuple_columns!(A 0, B 1, C 2, D 3, E 4, F 5, G 6, H 7, I 8, J 9, K 10, L 11, M 12);
+tuple_columns!(A 0, B 1, C 2, D 3, E 4, F 5, G 6, H 7, I 8, J 9, K 10, L 11, M 12, N 13);
+tuple_columns!(A 0, B 1, C 2, D 3, E 4, F 5, G 6, H 7, I 8, J 9, K 10, L 11, M 12, N 13, O 14);
+tuple_columns!(A 0, B 1, C 2, D 3, E 4, F 5, G 6, H 7, I 8, J 9, K 10, L 11, M 12, N 13, O 14, P 15);
+tuple_columns!(A 0, B 1, C 2, D 3, E 4, F 5, G 6, H 7, I 8, J 9, K 10, L 11, M 12, N 13, O 14, P 15, Q 16);
+tuple_columns!(A 0, B 1, C 2, D 3, E 4, F 5, G 6, H 7, I 8, J 9, K 10, L 11, M 12, N 13, O 14, P 15, Q 16, R 17);
+tuple_columns!(A 0, B 1, C 2, D 3, E 4, F 5, G 6, H 7, I 8, J 9, K 10, L 11, M 12, N 13, O 14, P 15, Q 16, R 17, S 18);
+tuple_columns!(A 0, B 1, C 2, D 3, E 4, F 5, G 6, H 7, I 8, J 9, K 10, L 11, M 12, N 13, O 14, P 15, Q 16, R 17, S 18, T 19);
 
 /// The first four columns of a row.
 pub type Four<A, B, C, D> = (A, B, C, D);
@@ -135,6 +195,35 @@ impl Conn<'_> {
                     })
                     .collect::<Result<_, sqlx::Error>>()
                     .map_err(unavailable)
+            }
+        }
+    }
+
+    /// Every row, as a tuple of its columns (see [`Columns`]).
+    pub async fn fetch_rows<R: Columns>(
+        &mut self,
+        sql: &str,
+        binds: &[Bind],
+    ) -> Result<Vec<R>, StoreError> {
+        match self {
+            Conn::Sqlite(c) => {
+                let rows = bind_all!(sqlx::query(sql), binds)
+                    .fetch_all(&mut **c)
+                    .await
+                    .map_err(unavailable)?;
+                rows.iter()
+                    .map(|r| R::sqlite(r).map_err(unavailable))
+                    .collect()
+            }
+            Conn::Postgres(c) => {
+                let sql = numbered(sql);
+                let rows = bind_all!(sqlx::query(&sql), binds)
+                    .fetch_all(&mut **c)
+                    .await
+                    .map_err(unavailable)?;
+                rows.iter()
+                    .map(|r| R::postgres(r).map_err(unavailable))
+                    .collect()
             }
         }
     }
