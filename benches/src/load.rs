@@ -33,6 +33,10 @@ struct Args {
     /// Where the embedded default keeps its generated secret.
     #[arg(long, default_value = "./data/jwt-secret")]
     secret_file: String,
+    /// Sample each projection's lag from `/metrics` this often (milliseconds; 0: never) and
+    /// report its percentiles.
+    #[arg(long, default_value_t = 100)]
+    lag_sample_ms: u64,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -220,6 +224,14 @@ async fn main() -> anyhow::Result<()> {
             stop_at,
         )));
     }
+    let lags = (args.lag_sample_ms > 0).then(|| {
+        tokio::spawn(sample_lag(
+            args.url.clone(),
+            Duration::from_millis(args.lag_sample_ms),
+            warm_until,
+            stop_at,
+        ))
+    });
     let mut all: Vec<Sample> = Vec::new();
     for t in tasks {
         all.extend(t.await??);
@@ -261,8 +273,65 @@ async fn main() -> anyhow::Result<()> {
     row("ALL COMMANDS", &mut commands);
     row("ALL REQUESTS", &mut everything);
     println!("errors={errors}");
+    if let Some(lags) = lags {
+        let mut lags = lags.await??;
+        println!(
+            "{:<16} {:>9} {:>9} {:>9} {:>9}",
+            "projection lag", "samples", "p50_ms", "p99_ms", "max_ms"
+        );
+        for (name, v) in lags.iter_mut() {
+            v.sort_unstable();
+            println!(
+                "{:<16} {:>9} {:>9.2} {:>9.2} {:>9.2}",
+                name,
+                v.len(),
+                percentile(v, 50.0),
+                percentile(v, 99.0),
+                v.last().map_or(0.0, |m| f64::from(*m) / 1000.0)
+            );
+        }
+    }
     if errors > 0 {
         bail!("{errors} requests failed");
     }
     Ok(())
+}
+
+/// Scrapes `ticketd_projection_lag_seconds` from `/metrics` every `every` during the measured
+/// window: per projection, the lag samples in microseconds.
+async fn sample_lag(
+    url: String,
+    every: Duration,
+    from: Instant,
+    until: Instant,
+) -> anyhow::Result<BTreeMap<String, Vec<u32>>> {
+    let http = reqwest::Client::new();
+    let mut out: BTreeMap<String, Vec<u32>> = BTreeMap::new();
+    tokio::time::sleep_until(from.into()).await;
+    let mut tick = tokio::time::interval(every);
+    while Instant::now() < until {
+        tick.tick().await;
+        let text = http
+            .get(format!("{url}/metrics"))
+            .send()
+            .await?
+            .error_for_status()?
+            .text()
+            .await?;
+        for line in text.lines() {
+            let Some(rest) = line.strip_prefix("ticketd_projection_lag_seconds{projection=\"")
+            else {
+                continue;
+            };
+            let Some((name, value)) = rest.split_once("\"} ") else {
+                continue;
+            };
+            if let Ok(secs) = value.trim().parse::<f64>() {
+                out.entry(name.to_owned())
+                    .or_default()
+                    .push((secs * 1e6).min(f64::from(u32::MAX)) as u32);
+            }
+        }
+    }
+    Ok(out)
 }

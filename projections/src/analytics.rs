@@ -321,7 +321,11 @@ impl Projection for AnalyticsProjection {
     }
 
     fn tables(&self) -> &'static [&'static str] {
-        &["analytics_ticket_facts", "analytics_events", "analytics_daily_org"]
+        &[
+            "analytics_ticket_facts",
+            "analytics_events",
+            "analytics_daily_org",
+        ]
     }
 
     async fn apply(&self, conn: &mut Conn<'_>, event: &StoredEvent) -> Result<(), StoreError> {
