@@ -202,7 +202,7 @@ async fn render_projections(out: &mut String, projector: &Projector) {
                 3 => format!("{name}{{projection=\"{p}\"}} {}", s.events_applied),
                 4 => format!("{name}{{projection=\"{p}\"}} {}", s.errors),
                 5 => format!("{name}{{projection=\"{p}\"}} {}", u8::from(s.leader)),
-                _ => match &s.last_error {
+                _ => match s.last_error.as_ref().filter(|_| s.failing) {
                     Some(e) => format!(
                         "{name}{{projection=\"{p}\",error=\"{}\"}} 1",
                         label(&e.chars().take(300).collect::<String>())

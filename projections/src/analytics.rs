@@ -8,7 +8,7 @@
 //! Every value comes from the events alone (their `recorded_at`, never the clock), so a rebuild
 //! from the log gives identical rows. [`fold`] is that derivation, free of I/O.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -89,6 +89,19 @@ pub struct Daily {
 impl Daily {
     fn is_zero(&self) -> bool {
         *self == Daily::default()
+    }
+
+    fn add(&mut self, o: &Daily) {
+        self.opened += o.opened;
+        self.first_responses += o.first_responses;
+        self.first_response_us += o.first_response_us;
+        self.resolved += o.resolved;
+        self.closed += o.closed;
+        self.first_resolutions += o.first_resolutions;
+        self.resolution_us += o.resolution_us;
+        self.reopened += o.reopened;
+        self.escalated += o.escalated;
+        self.withdrawn += o.withdrawn;
     }
 }
 
@@ -368,15 +381,8 @@ impl Projection for AnalyticsProjection {
         let at = micros(recorded.recorded_at);
         for kind in kinds {
             conn.execute(
-                "INSERT INTO analytics_events (ticket_id, version, kind, at, org) \
-                 VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
-                &[
-                    Bind::Uuid(id),
-                    Bind::I64(facts.version),
-                    Bind::Text(kind.to_owned()),
-                    Bind::I64(at),
-                    Bind::OptText(facts.org.clone()),
-                ],
+                &format!("{EVENT_INSERT} VALUES (?, ?, ?, ?, ?) {EVENT_TAIL}"),
+                &event_binds(&facts, kind, at),
             )
             .await?;
         }
@@ -385,11 +391,139 @@ impl Projection for AnalyticsProjection {
         }
         Ok(())
     }
+
+    async fn apply_batch(
+        &self,
+        conn: &mut Conn<'_>,
+        events: &[StoredEvent],
+    ) -> Result<bool, StoreError> {
+        let mut ids: Vec<Uuid> = events.iter().map(|e| e.stream_id).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        let mut facts: HashMap<Uuid, Option<Facts>> = HashMap::with_capacity(ids.len());
+        for row in conn
+            .fetch_rows_in::<FactRow>(
+                &format!(
+                    "SELECT {FACT_COLUMNS} FROM analytics_ticket_facts WHERE ticket_id IN (…)"
+                ),
+                &ids,
+            )
+            .await?
+        {
+            let f = facts_from(row)?;
+            facts.insert(f.ticket_id, Some(f));
+        }
+        // The same fold, event by event, in memory; then each table in one go.
+        let mut changed: Vec<Uuid> = Vec::new();
+        let mut seen: HashSet<Uuid> = HashSet::new();
+        let mut counted: Vec<Vec<Bind>> = Vec::new();
+        let mut days: BTreeMap<(String, Option<String>), Daily> = BTreeMap::new();
+        for event in events {
+            let recorded = decode(event)?;
+            let id = event.stream_id;
+            let slot = facts.entry(id).or_insert(None);
+            let Some(Applied {
+                facts: f,
+                kinds,
+                daily,
+            }) = fold(slot.clone(), id, &recorded)
+            else {
+                continue;
+            };
+            let at = micros(recorded.recorded_at);
+            for kind in kinds {
+                counted.push(event_binds(&f, kind, at));
+            }
+            if !daily.is_zero() {
+                days.entry((day(recorded.recorded_at), f.org.clone()))
+                    .or_default()
+                    .add(&daily);
+            }
+            if seen.insert(id) {
+                changed.push(id);
+            }
+            *slot = Some(f);
+        }
+        let rows: Vec<Vec<Bind>> = changed
+            .iter()
+            .filter_map(|id| facts.get(id).and_then(Option::as_ref))
+            .map(fact_binds)
+            .collect();
+        conn.insert_rows(
+            &format!("INSERT INTO analytics_ticket_facts ({FACT_COLUMNS})"),
+            rows,
+            FACT_UPSERT,
+        )
+        .await?;
+        conn.insert_rows(EVENT_INSERT, counted, EVENT_TAIL).await?;
+        let sums: Vec<Vec<Bind>> = days
+            .iter()
+            .map(|((day, org), d)| daily_binds(day, org, d))
+            .collect();
+        conn.insert_rows(DAILY_INSERT, sums, DAILY_TAIL).await?;
+        Ok(true)
+    }
 }
+
+/// An `analytics_events` row.
+fn event_binds(f: &Facts, kind: &str, at: i64) -> Vec<Bind> {
+    vec![
+        Bind::Uuid(f.ticket_id),
+        Bind::I64(f.version),
+        Bind::Text(kind.to_owned()),
+        Bind::I64(at),
+        Bind::OptText(f.org.clone()),
+    ]
+}
+
+/// A batch writes each ticket's facts once, inserted or replaced whole.
+const FACT_UPSERT: &str = "ON CONFLICT (ticket_id) DO UPDATE SET number = excluded.number, \
+     org = excluded.org, requester = excluded.requester, priority = excluded.priority, \
+     channel = excluded.channel, status = excluded.status, opened_at = excluded.opened_at, \
+     first_response_at = excluded.first_response_at, \
+     first_resolved_at = excluded.first_resolved_at, closed_at = excluded.closed_at, \
+     reopens = excluded.reopens, escalations = excluded.escalations, \
+     withdrawn_at = excluded.withdrawn_at, withdrawn_reason = excluded.withdrawn_reason, \
+     due_at = excluded.due_at, breached_at = excluded.breached_at, \
+     last_event_at = excluded.last_event_at, version = excluded.version";
 
 /// The UTC day of an instant, as `analytics_daily_org.day` keeps it.
 pub fn day(at: DateTime<Utc>) -> String {
     at.format("%Y-%m-%d").to_string()
+}
+
+const DAILY_INSERT: &str = "INSERT INTO analytics_daily_org (day, org, opened, \
+     first_responses, first_response_us, resolved, closed, first_resolutions, resolution_us, \
+     reopened, escalated, withdrawn)";
+const DAILY_TAIL: &str = "ON CONFLICT (day, org) DO UPDATE SET \
+     opened = analytics_daily_org.opened + excluded.opened, \
+     first_responses = analytics_daily_org.first_responses + excluded.first_responses, \
+     first_response_us = analytics_daily_org.first_response_us + excluded.first_response_us, \
+     resolved = analytics_daily_org.resolved + excluded.resolved, \
+     closed = analytics_daily_org.closed + excluded.closed, \
+     first_resolutions = analytics_daily_org.first_resolutions + excluded.first_resolutions, \
+     resolution_us = analytics_daily_org.resolution_us + excluded.resolution_us, \
+     reopened = analytics_daily_org.reopened + excluded.reopened, \
+     escalated = analytics_daily_org.escalated + excluded.escalated, \
+     withdrawn = analytics_daily_org.withdrawn + excluded.withdrawn";
+const EVENT_INSERT: &str = "INSERT INTO analytics_events (ticket_id, version, kind, at, org)";
+const EVENT_TAIL: &str = "ON CONFLICT DO NOTHING";
+
+fn daily_binds(day: &str, org: &Option<String>, d: &Daily) -> Vec<Bind> {
+    vec![
+        Bind::Text(day.to_owned()),
+        Bind::Text(org.clone().unwrap_or_else(|| NO_ORG.to_owned())),
+        Bind::I64(d.opened),
+        Bind::I64(d.first_responses),
+        Bind::I64(d.first_response_us),
+        Bind::I64(d.resolved),
+        Bind::I64(d.closed),
+        Bind::I64(d.first_resolutions),
+        Bind::I64(d.resolution_us),
+        Bind::I64(d.reopened),
+        Bind::I64(d.escalated),
+        Bind::I64(d.withdrawn),
+    ]
 }
 
 async fn add_daily(
@@ -398,35 +532,11 @@ async fn add_daily(
     org: &Option<String>,
     d: &Daily,
 ) -> Result<(), StoreError> {
+    let binds = daily_binds(day, org, d);
+    let marks = vec!["?"; binds.len()].join(", ");
     conn.execute(
-        "INSERT INTO analytics_daily_org (day, org, opened, first_responses, \
-         first_response_us, resolved, closed, first_resolutions, resolution_us, reopened, \
-         escalated, withdrawn) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
-         ON CONFLICT (day, org) DO UPDATE SET \
-         opened = analytics_daily_org.opened + excluded.opened, \
-         first_responses = analytics_daily_org.first_responses + excluded.first_responses, \
-         first_response_us = analytics_daily_org.first_response_us + excluded.first_response_us, \
-         resolved = analytics_daily_org.resolved + excluded.resolved, \
-         closed = analytics_daily_org.closed + excluded.closed, \
-         first_resolutions = analytics_daily_org.first_resolutions + excluded.first_resolutions, \
-         resolution_us = analytics_daily_org.resolution_us + excluded.resolution_us, \
-         reopened = analytics_daily_org.reopened + excluded.reopened, \
-         escalated = analytics_daily_org.escalated + excluded.escalated, \
-         withdrawn = analytics_daily_org.withdrawn + excluded.withdrawn",
-        &[
-            Bind::Text(day.to_owned()),
-            Bind::Text(org.clone().unwrap_or_else(|| NO_ORG.to_owned())),
-            Bind::I64(d.opened),
-            Bind::I64(d.first_responses),
-            Bind::I64(d.first_response_us),
-            Bind::I64(d.resolved),
-            Bind::I64(d.closed),
-            Bind::I64(d.first_resolutions),
-            Bind::I64(d.resolution_us),
-            Bind::I64(d.reopened),
-            Bind::I64(d.escalated),
-            Bind::I64(d.withdrawn),
-        ],
+        &format!("{DAILY_INSERT} VALUES ({marks}) {DAILY_TAIL}"),
+        &binds,
     )
     .await?;
     Ok(())

@@ -1,6 +1,8 @@
 //! The `feed` projection: a ticket's activity as feed entries (CONTRACT §6.3) and who read it
 //! (§6.4), each from the decoded (upcast) event, so every schema reads the same.
 
+use std::collections::HashMap;
+
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use serde_json::{json, Value};
@@ -28,6 +30,52 @@ pub const TYPES: &[&str] = &[
 
 /// Feeds `ticket_feed` and `ticket_reads`.
 pub struct FeedProjection;
+
+const FEED_INSERT: &str = "INSERT INTO ticket_feed (ticket_id, version, kind, private, entry)";
+const FEED_TAIL: &str = "ON CONFLICT (ticket_id, version) DO NOTHING";
+const READ_INSERT: &str =
+    "INSERT INTO ticket_reads (ticket_id, member, name, first_read_at, last_read_at)";
+const READ_TAIL: &str = "ON CONFLICT (ticket_id, member) DO UPDATE \
+     SET name = excluded.name, last_read_at = excluded.last_read_at";
+
+/// An event's `ticket_feed` row and, for a read, its `ticket_reads` row.
+fn rows(event: &StoredEvent) -> Result<(Vec<Bind>, Option<Vec<Bind>>), StoreError> {
+    let recorded = decode(event)?;
+    let (kind, fields) = shape(&recorded.event);
+    let private =
+        matches!(&recorded.event, Event::Commented(c) if c.visibility == Visibility::Private);
+    let mut entry = json!({
+        "id": event.event_id,
+        "type": kind,
+        "at": recorded.recorded_at,
+        "actor": recorded.actor.id,
+        "actor_name": recorded.actor.name,
+    });
+    if let (Some(entry), Value::Object(fields)) = (entry.as_object_mut(), fields) {
+        for (k, v) in fields {
+            entry.entry(k).or_insert(v);
+        }
+    }
+    let version = i64::try_from(event.version)
+        .map_err(|e| StoreError::Corrupt(format!("version {}: {e}", event.version)))?;
+    let feed = vec![
+        Bind::Uuid(event.stream_id),
+        Bind::I64(version),
+        Bind::Text(kind.to_owned()),
+        Bind::I64(i64::from(private)),
+        Bind::Text(entry.to_string()),
+    ];
+    let read = matches!(recorded.event, Event::Read(_)).then(|| {
+        vec![
+            Bind::Uuid(event.stream_id),
+            Bind::Text(recorded.actor.id.clone()),
+            Bind::OptText(recorded.actor.name.clone()),
+            Bind::I64(at_micros(event)),
+            Bind::I64(at_micros(event)),
+        ]
+    });
+    Ok((feed, read))
+}
 
 /// The entry's type and its own fields.
 fn shape(event: &Event) -> (&'static str, Value) {
@@ -61,52 +109,54 @@ impl Projection for FeedProjection {
     }
 
     async fn apply(&self, conn: &mut Conn<'_>, event: &StoredEvent) -> Result<(), StoreError> {
-        let recorded = decode(event)?;
-        let (kind, fields) = shape(&recorded.event);
-        let private =
-            matches!(&recorded.event, Event::Commented(c) if c.visibility == Visibility::Private);
-        let mut entry = json!({
-            "id": event.event_id,
-            "type": kind,
-            "at": recorded.recorded_at,
-            "actor": recorded.actor.id,
-            "actor_name": recorded.actor.name,
-        });
-        if let (Some(entry), Value::Object(fields)) = (entry.as_object_mut(), fields) {
-            for (k, v) in fields {
-                entry.entry(k).or_insert(v);
-            }
-        }
-        let version = i64::try_from(event.version)
-            .map_err(|e| StoreError::Corrupt(format!("version {}: {e}", event.version)))?;
+        let (entry, read) = rows(event)?;
         conn.execute(
-            "INSERT INTO ticket_feed (ticket_id, version, kind, private, entry) \
-             VALUES (?, ?, ?, ?, ?) ON CONFLICT (ticket_id, version) DO NOTHING",
-            &[
-                Bind::Uuid(event.stream_id),
-                Bind::I64(version),
-                Bind::Text(kind.to_owned()),
-                Bind::I64(i64::from(private)),
-                Bind::Text(entry.to_string()),
-            ],
+            &format!("{FEED_INSERT} VALUES (?, ?, ?, ?, ?) {FEED_TAIL}"),
+            &entry,
         )
         .await?;
-        if let Event::Read(_) = recorded.event {
+        if let Some(read) = read {
             conn.execute(
-                "INSERT INTO ticket_reads (ticket_id, member, name, first_read_at, last_read_at) \
-                 VALUES (?, ?, ?, ?, ?) ON CONFLICT (ticket_id, member) DO UPDATE \
-                 SET name = excluded.name, last_read_at = excluded.last_read_at",
-                &[
-                    Bind::Uuid(event.stream_id),
-                    Bind::Text(recorded.actor.id.clone()),
-                    Bind::OptText(recorded.actor.name.clone()),
-                    Bind::I64(at_micros(event)),
-                    Bind::I64(at_micros(event)),
-                ],
+                &format!("{READ_INSERT} VALUES (?, ?, ?, ?, ?) {READ_TAIL}"),
+                &read,
             )
             .await?;
         }
         Ok(())
+    }
+
+    async fn apply_batch(
+        &self,
+        conn: &mut Conn<'_>,
+        events: &[StoredEvent],
+    ) -> Result<bool, StoreError> {
+        let mut entries = Vec::with_capacity(events.len());
+        // Per (ticket, reader): the batch's first read opens the row, its last one sets the
+        // name and latest read, as one event at a time would.
+        let mut reads: Vec<Vec<Bind>> = Vec::new();
+        let mut index: HashMap<(Uuid, String), usize> = HashMap::new();
+        for event in events {
+            let (entry, read) = rows(event)?;
+            entries.push(entry);
+            let Some(read) = read else { continue };
+            let key = match (&read[0], &read[1]) {
+                (Bind::Uuid(t), Bind::Text(m)) => (*t, m.clone()),
+                _ => continue,
+            };
+            match index.get(&key) {
+                Some(&i) => {
+                    reads[i][2] = read[2].clone();
+                    reads[i][4] = read[4].clone();
+                }
+                None => {
+                    index.insert(key, reads.len());
+                    reads.push(read);
+                }
+            }
+        }
+        conn.insert_rows(FEED_INSERT, entries, FEED_TAIL).await?;
+        conn.insert_rows(READ_INSERT, reads, READ_TAIL).await?;
+        Ok(true)
     }
 }
 

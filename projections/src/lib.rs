@@ -48,6 +48,18 @@ pub trait Projection: Send + Sync + 'static {
     /// Applies one event. An error rolls the event back and stops the projection there; it is
     /// retried, never skipped.
     async fn apply(&self, conn: &mut Conn<'_>, event: &StoredEvent) -> Result<(), StoreError>;
+
+    /// Applies a whole batch in few statements, leaving exactly the rows that applying each
+    /// event in turn would; `Ok(false)` (the default) has the runner apply them one by one. On
+    /// an error the runner rolls the batch back and applies it one by one, which finds the
+    /// failing event.
+    async fn apply_batch(
+        &self,
+        _conn: &mut Conn<'_>,
+        _events: &[StoredEvent],
+    ) -> Result<bool, StoreError> {
+        Ok(false)
+    }
 }
 
 /// What `/metrics` shows of one projection.
@@ -63,6 +75,8 @@ pub struct ProjectionStatus {
     /// Failed attempts since start (each is retried).
     pub errors: u64,
     pub last_error: Option<String>,
+    /// Stopped by an error and not past it yet (the last attempt failed).
+    pub failing: bool,
     /// Whether this process runs the projection (always on SQLite; on PostgreSQL the holder of
     /// its advisory lock).
     pub leader: bool,
@@ -146,6 +160,7 @@ impl Projector {
                     events_applied: 0,
                     errors: 0,
                     last_error: None,
+                    failing: false,
                     leader: false,
                 }),
                 checkpoint: watch::channel(Position::START).0,
@@ -353,6 +368,8 @@ struct BatchError {
     /// read model in, or another runner moved it): not a failure, the runner starts again
     /// from the stored checkpoint.
     moved: bool,
+    /// The batched path failed: apply the batch again event by event to find the event.
+    batched: bool,
 }
 
 impl From<StoreError> for BatchError {
@@ -361,6 +378,7 @@ impl From<StoreError> for BatchError {
             failed_at: None,
             error,
             moved: false,
+            batched: false,
         }
     }
 }
@@ -373,13 +391,29 @@ async fn apply_in(
     p: &dyn Projection,
     from: Position,
     events: &[StoredEvent],
+    batched: bool,
 ) -> Result<(), BatchError> {
-    for (i, e) in events.iter().enumerate() {
-        p.apply(conn, e).await.map_err(|error| BatchError {
-            failed_at: Some(i),
-            error,
-            moved: false,
-        })?;
+    let done = if batched {
+        p.apply_batch(conn, events)
+            .await
+            .map_err(|error| BatchError {
+                failed_at: None,
+                error,
+                moved: false,
+                batched: true,
+            })?
+    } else {
+        false
+    };
+    if !done {
+        for (i, e) in events.iter().enumerate() {
+            p.apply(conn, e).await.map_err(|error| BatchError {
+                failed_at: Some(i),
+                error,
+                moved: false,
+                batched: false,
+            })?;
+        }
     }
     let to = events.last().map_or(from, |e| e.position);
     let (to_tx, to_seq) = tx_i64(to)?;
@@ -406,6 +440,7 @@ async fn apply_in(
                 p.name()
             )),
             moved: true,
+            batched: false,
         });
     }
     Ok(())
@@ -445,6 +480,21 @@ async fn commit_batch(
     from: Position,
     events: &[StoredEvent],
 ) -> Result<(), BatchError> {
+    match commit_batch_as(writer, p, from, events, true).await {
+        Err(BatchError { batched: true, .. }) => {
+            commit_batch_as(writer, p, from, events, false).await
+        }
+        done => done,
+    }
+}
+
+async fn commit_batch_as(
+    writer: &mut Writer,
+    p: &dyn Projection,
+    from: Position,
+    events: &[StoredEvent],
+    batched: bool,
+) -> Result<(), BatchError> {
     match writer {
         Writer::Sqlite(conn) => {
             // IMMEDIATE takes the write lock up front (waiting out busy_timeout), instead of
@@ -453,12 +503,12 @@ async fn commit_batch(
                 .begin_with("BEGIN IMMEDIATE")
                 .await
                 .map_err(unavailable)?;
-            apply_in(&mut Conn::Sqlite(&mut tx), p, from, events).await?;
+            apply_in(&mut Conn::Sqlite(&mut tx), p, from, events, batched).await?;
             tx.commit().await.map_err(unavailable)?;
         }
         Writer::Postgres(conn) => {
             let mut tx = conn.begin().await.map_err(unavailable)?;
-            apply_in(&mut Conn::Postgres(&mut tx), p, from, events).await?;
+            apply_in(&mut Conn::Postgres(&mut tx), p, from, events, batched).await?;
             tx.commit().await.map_err(unavailable)?;
         }
     }
@@ -527,6 +577,7 @@ fn fail(shared: &Shared, name: &str, error: &str) {
     shared.update(|s| {
         s.errors += 1;
         s.last_error = Some(error.to_owned());
+        s.failing = true;
     });
 }
 
@@ -614,7 +665,7 @@ async fn follow(
                 *backoff = FIRST_BACKOFF;
             }
             if failure.is_none() {
-                shared.update(|s| s.last_error = None);
+                shared.update(|s| s.failing = false);
             }
             if let Some(msg) = failure {
                 return msg;

@@ -320,3 +320,53 @@ mod tests {
         );
     }
 }
+
+/// Most placeholders one statement binds: under SQLite's default limit (32,766) and
+/// PostgreSQL's (65,535).
+pub const MAX_BINDS: usize = 30_000;
+
+impl Conn<'_> {
+    /// `head VALUES (?, …), (?, …) tail` over `rows` (each of the same width), in as few
+    /// statements as the placeholder limit allows. Rows of one statement must not conflict
+    /// with each other when `tail` is an `ON CONFLICT … DO UPDATE`.
+    pub async fn insert_rows(
+        &mut self,
+        head: &str,
+        rows: Vec<Vec<Bind>>,
+        tail: &str,
+    ) -> Result<(), StoreError> {
+        let Some(width) = rows.first().map(Vec::len) else {
+            return Ok(());
+        };
+        let one = format!("({})", vec!["?"; width].join(", "));
+        let per = (MAX_BINDS / width.max(1)).max(1);
+        let mut rows = rows.into_iter().peekable();
+        while rows.peek().is_some() {
+            let chunk: Vec<Vec<Bind>> = rows.by_ref().take(per).collect();
+            let values = vec![one.as_str(); chunk.len()].join(", ");
+            let binds: Vec<Bind> = chunk.into_iter().flatten().collect();
+            self.execute(&format!("{head} VALUES {values} {tail}"), &binds)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// `sql` with its one `(…)` placeholder group expanded to `(?, ?, …)` for each chunk of
+    /// `ids`: every row whose key is among them.
+    pub async fn fetch_rows_in<R: Columns>(
+        &mut self,
+        sql: &str,
+        ids: &[uuid::Uuid],
+    ) -> Result<Vec<R>, StoreError> {
+        let mut out = Vec::new();
+        for chunk in ids.chunks(MAX_BINDS) {
+            let marks = vec!["?"; chunk.len()].join(", ");
+            let binds: Vec<Bind> = chunk.iter().map(|id| Bind::Uuid(*id)).collect();
+            out.extend(
+                self.fetch_rows::<R>(&sql.replace("(…)", &format!("({marks})")), &binds)
+                    .await?,
+            );
+        }
+        Ok(out)
+    }
+}
