@@ -308,19 +308,6 @@ impl Conn<'_> {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::numbered;
-
-    #[test]
-    fn placeholders_are_numbered_in_order() {
-        assert_eq!(
-            numbered("SELECT a FROM t WHERE b = ? AND (c, d) < (?, ?)"),
-            "SELECT a FROM t WHERE b = $1 AND (c, d) < ($2, $3)"
-        );
-    }
-}
-
 /// Most placeholders one statement binds: under SQLite's default limit (32,766) and
 /// PostgreSQL's (65,535).
 pub const MAX_BINDS: usize = 30_000;
@@ -368,5 +355,18 @@ impl Conn<'_> {
             );
         }
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::numbered;
+
+    #[test]
+    fn placeholders_are_numbered_in_order() {
+        assert_eq!(
+            numbered("SELECT a FROM t WHERE b = ? AND (c, d) < (?, ?)"),
+            "SELECT a FROM t WHERE b = $1 AND (c, d) < ($2, $3)"
+        );
     }
 }
