@@ -53,6 +53,90 @@ fn actor(id: String, role: Role, org: Option<String>) -> Actor {
     }
 }
 
+/// Subjects and descriptions are drawn from these, so that searches select realistic slices.
+const THINGS: [&str; 41] = [
+    "printer",
+    "laptop",
+    "monitor",
+    "keyboard",
+    "mouse",
+    "docking station",
+    "headset",
+    "webcam",
+    "phone",
+    "tablet",
+    "router",
+    "switch",
+    "firewall",
+    "VPN client",
+    "mail client",
+    "calendar",
+    "invoice",
+    "payment",
+    "refund",
+    "subscription",
+    "license",
+    "account",
+    "password",
+    "badge",
+    "scanner",
+    "projector",
+    "speaker",
+    "charger",
+    "battery",
+    "server",
+    "database",
+    "backup",
+    "website",
+    "checkout",
+    "shipment",
+    "parcel",
+    "warranty",
+    "contract",
+    "report",
+    "dashboard",
+    "API key",
+];
+const TROUBLES: [&str; 37] = [
+    "jams",
+    "crashes",
+    "freezes",
+    "overheats",
+    "is slow",
+    "will not start",
+    "shows an error",
+    "is missing",
+    "was charged twice",
+    "cannot connect",
+    "drops the connection",
+    "is locked",
+    "expired",
+    "flickers",
+    "makes noise",
+    "loses data",
+    "cannot sync",
+    "is broken",
+    "arrived damaged",
+    "is late",
+    "was rejected",
+    "times out",
+    "reboots",
+    "is unreadable",
+    "prints blank pages",
+    "cannot log in",
+    "needs a reset",
+    "is out of stock",
+    "was cancelled",
+    "leaks",
+    "beeps",
+    "is duplicated",
+    "shows the wrong total",
+    "asks for a code again",
+    "cannot be found",
+    "is blocked",
+    "needs approval",
+];
+
 /// One ticket's history: the commands, in order, by whom.
 fn script(k: u64, rounds: usize) -> (Actor, Actor, Vec<(bool, CommandKind)>) {
     let customer = actor(
@@ -67,10 +151,19 @@ fn script(k: u64, rounds: usize) -> (Actor, Actor, Vec<(bool, CommandKind)>) {
         CommandKind::Open(OpenTicket {
             id: Uuid::nil(),
             number: 0,
-            subject: format!("Generated ticket {k}: the printer on floor {} jams", k % 12),
-            description: "Paper jams every morning since the toner was replaced. \
-                          It prints a test page, then stops with error E-42."
-                .into(),
+            subject: format!(
+                "{} {} on floor {} (#{k})",
+                THINGS[(k % 41) as usize],
+                TROUBLES[(k / 41 % 37) as usize],
+                k % 12
+            ),
+            description: format!(
+                "Since the {} update the {} {}. Error code E-{}.",
+                THINGS[(k / 7 % 41) as usize],
+                THINGS[(k % 41) as usize],
+                TROUBLES[(k / 13 % 37) as usize],
+                k % 997
+            ),
             priority: Some(priority),
             channel: None,
             cc: k
@@ -96,7 +189,29 @@ fn script(k: u64, rounds: usize) -> (Actor, Actor, Vec<(bool, CommandKind)>) {
             reason: None,
         })
     };
-    for _ in 0..rounds {
+    for round in 0..rounds {
+        // One ticket in five stays waiting on the customer and one in ten in progress in its
+        // last round: a realistic backlog, most of it overdue since it opened long ago.
+        let last = round + 1 == rounds;
+        if last && k % 10 == 3 {
+            steps.extend([
+                (true, status(Status::InProgress)),
+                (true, comment("Looking into it today.", Visibility::Public)),
+            ]);
+            break;
+        }
+        if last && k % 5 == 1 {
+            steps.extend([
+                (true, status(Status::InProgress)),
+                (
+                    true,
+                    comment("Could you send a photo of the error?", Visibility::Public),
+                ),
+                (false, CommandKind::MarkRead),
+                (true, status(Status::AwaitingCustomer)),
+            ]);
+            break;
+        }
         steps.extend([
             (true, status(Status::InProgress)),
             (
