@@ -1,0 +1,277 @@
+//! `ticketd-query`: drives the read side of a running server over HTTP with N concurrent
+//! clients and reports p50/p99 latency per kind of query, for data made by `ticketd-gen`
+//! (its customers `customer-0…4999` in orgs `org-0…199`, its vocabulary of subjects).
+//!
+//! Kinds: `overdue` (a customer's "my overdue requests", `view=mine&overdue=true`), `list` (an
+//! agent's filtered and sorted page), `page2` (the page after it, by cursor), `search` (an
+//! agent's two-word `q`) and `search_customer` (a customer's one-word `q` over what they see).
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use clap::Parser;
+use jsonwebtoken::{encode, EncodingKey, Header};
+use serde_json::{json, Value};
+
+#[derive(Debug, Clone, Parser)]
+#[command(
+    name = "ticketd-query",
+    about = "Measure ticketd's query latencies over HTTP"
+)]
+struct Args {
+    /// Base URL of the running service.
+    #[arg(long, default_value = "http://127.0.0.1:8080")]
+    url: String,
+    /// Concurrent clients.
+    #[arg(long, default_value_t = 4)]
+    clients: usize,
+    /// How long to run, in seconds, after the warm-up.
+    #[arg(long, default_value_t = 20)]
+    seconds: u64,
+    /// Warm-up seconds not counted in the figures.
+    #[arg(long, default_value_t = 3)]
+    warmup: u64,
+    /// The service's JWT secret; defaults to the contents of --secret-file.
+    #[arg(long, env = "TICKETD_JWT_SECRET")]
+    jwt_secret: Option<String>,
+    /// Where the embedded default keeps its generated secret.
+    #[arg(long, default_value = "./data/jwt-secret")]
+    secret_file: String,
+    /// Customers and orgs the data has (as `ticketd-gen` makes them).
+    #[arg(long, default_value_t = 5_000)]
+    customers: u64,
+    #[arg(long, default_value_t = 200)]
+    orgs: u64,
+}
+
+const LISTS: [&str; 5] = [
+    "status=awaiting_customer&priority=high&sort=-last_activity",
+    "active=true&sort=due",
+    "status=in_progress,awaiting_customer&channel=web&sort=created",
+    "active=true&sort=-priority",
+    "status=resolved&priority=urgent&sort=-created",
+];
+const THINGS: [&str; 12] = [
+    "printer",
+    "laptop",
+    "monitor",
+    "router",
+    "invoice",
+    "refund",
+    "password",
+    "scanner",
+    "battery",
+    "database",
+    "shipment",
+    "dashboard",
+];
+const TROUBLES: [&str; 10] = [
+    "jams",
+    "crashes",
+    "freezes",
+    "overheats",
+    "expired",
+    "flickers",
+    "reboots",
+    "leaks",
+    "beeps",
+    "blocked",
+];
+
+fn token(secret: &str, sub: &str, role: &str, org: Option<&str>) -> anyhow::Result<String> {
+    let exp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+        + 24 * 3600;
+    let claims = json!({"sub": sub, "name": sub, "role": role, "org": org, "exp": exp});
+    Ok(encode(
+        &Header::default(),
+        &claims,
+        &EncodingKey::from_secret(secret.as_bytes()),
+    )?)
+}
+
+struct Rng(u64);
+impl Rng {
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % n.max(1)
+    }
+}
+
+#[derive(Default)]
+struct Kind {
+    micros: Vec<u32>,
+    items: u64,
+    errors: u64,
+}
+
+async fn client(
+    id: usize,
+    args: Args,
+    secret: String,
+    warm_until: Instant,
+    stop_at: Instant,
+) -> anyhow::Result<BTreeMap<&'static str, Kind>> {
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(1)
+        .build()?;
+    let agent = token(&secret, &format!("agent-{}", id % 50), "agent", None)?;
+    let mut rng = Rng(0x9E37_79B9_7F4A_7C15 ^ (id as u64 + 1));
+    let mut out: BTreeMap<&'static str, Kind> = BTreeMap::new();
+    let base = &args.url;
+    let mut turn = 0usize;
+    while Instant::now() < stop_at {
+        turn += 1;
+        let (kind, path, who) = match turn % 5 {
+            0 => {
+                let c = rng.below(args.customers);
+                let org = format!("org-{}", c % args.orgs);
+                let t = token(&secret, &format!("customer-{c}"), "customer", Some(&org))?;
+                (
+                    "overdue",
+                    "/v1/tickets?view=mine&overdue=true".to_owned(),
+                    t,
+                )
+            }
+            1 => {
+                let q = LISTS[rng.below(LISTS.len() as u64) as usize];
+                ("list", format!("/v1/tickets?{q}&limit=50"), agent.clone())
+            }
+            2 => {
+                let q = LISTS[rng.below(LISTS.len() as u64) as usize];
+                let first = http
+                    .get(format!("{base}/v1/tickets?{q}&limit=50"))
+                    .bearer_auth(&agent)
+                    .send()
+                    .await?
+                    .json::<Value>()
+                    .await?;
+                match first["next_cursor"].as_str() {
+                    Some(c) => (
+                        "page2",
+                        format!("/v1/tickets?{q}&limit=50&cursor={c}"),
+                        agent.clone(),
+                    ),
+                    None => continue,
+                }
+            }
+            3 => {
+                let q = format!(
+                    "{}%20{}",
+                    THINGS[rng.below(THINGS.len() as u64) as usize],
+                    TROUBLES[rng.below(TROUBLES.len() as u64) as usize]
+                );
+                (
+                    "search",
+                    format!("/v1/tickets?q={q}&limit=50"),
+                    agent.clone(),
+                )
+            }
+            _ => {
+                let c = rng.below(args.customers);
+                let org = format!("org-{}", c % args.orgs);
+                let t = token(&secret, &format!("customer-{c}"), "customer", Some(&org))?;
+                let q = THINGS[rng.below(THINGS.len() as u64) as usize];
+                ("search_customer", format!("/v1/tickets?q={q}&limit=50"), t)
+            }
+        };
+        let began = Instant::now();
+        let answer = http
+            .get(format!("{base}{path}"))
+            .bearer_auth(&who)
+            .send()
+            .await;
+        let (ok, items) = match answer {
+            Ok(r) if r.status().is_success() => match r.json::<Value>().await {
+                Ok(v) => (true, v["items"].as_array().map_or(0, Vec::len) as u64),
+                Err(_) => (false, 0),
+            },
+            _ => (false, 0),
+        };
+        let micros = began.elapsed().as_micros().min(u128::from(u32::MAX)) as u32;
+        if began >= warm_until {
+            let k = out.entry(kind).or_default();
+            k.micros.push(micros);
+            k.items += items;
+            k.errors += u64::from(!ok);
+        }
+    }
+    Ok(out)
+}
+
+fn percentile(sorted: &[u32], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let rank = ((p / 100.0) * (sorted.len() as f64 - 1.0)).round() as usize;
+    f64::from(sorted[rank.min(sorted.len() - 1)]) / 1000.0
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    if args.clients == 0 {
+        bail!("--clients must be at least 1");
+    }
+    let secret = match &args.jwt_secret {
+        Some(s) => s.clone(),
+        None => std::fs::read_to_string(&args.secret_file)
+            .with_context(|| format!("reading {} (or pass --jwt-secret)", args.secret_file))?
+            .trim()
+            .to_owned(),
+    };
+    let warm_until = Instant::now() + Duration::from_secs(args.warmup);
+    let stop_at = warm_until + Duration::from_secs(args.seconds);
+    let mut tasks = Vec::new();
+    for id in 0..args.clients {
+        tasks.push(tokio::spawn(client(
+            id,
+            args.clone(),
+            secret.clone(),
+            warm_until,
+            stop_at,
+        )));
+    }
+    let mut all: BTreeMap<&'static str, Kind> = BTreeMap::new();
+    for t in tasks {
+        for (name, k) in t.await?? {
+            let a = all.entry(name).or_default();
+            a.micros.extend(k.micros);
+            a.items += k.items;
+            a.errors += k.errors;
+        }
+    }
+    println!(
+        "clients={} seconds={} url={}",
+        args.clients, args.seconds, args.url
+    );
+    println!(
+        "{:<16} {:>8} {:>8} {:>9} {:>9} {:>10} {:>7}",
+        "query", "count", "per_s", "p50_ms", "p99_ms", "avg_items", "errors"
+    );
+    let mut errors = 0;
+    for (name, k) in all.iter_mut() {
+        k.micros.sort_unstable();
+        let n = k.micros.len();
+        println!(
+            "{:<16} {:>8} {:>8.0} {:>9.2} {:>9.2} {:>10.1} {:>7}",
+            name,
+            n,
+            n as f64 / args.seconds as f64,
+            percentile(&k.micros, 50.0),
+            percentile(&k.micros, 99.0),
+            k.items as f64 / n.max(1) as f64,
+            k.errors
+        );
+        errors += k.errors;
+    }
+    if errors > 0 {
+        bail!("{errors} queries failed");
+    }
+    Ok(())
+}
