@@ -2,6 +2,7 @@
 //! and kept as JSON, with the columns that filters and sorts need derived from it; and the
 //! queries of CONTRACT §6.1 and §6.2 over it.
 
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::str::FromStr;
 
@@ -52,6 +53,60 @@ async fn load(conn: &mut Conn<'_>, id: Uuid) -> Result<Option<String>, StoreErro
     Ok(rows.into_iter().next())
 }
 
+const TICKET_INSERT: &str = "INSERT INTO tickets (id, number, status, active, priority, \
+     priority_rank, channel, requester, org, assignee, created_at, last_activity_at, due_sort, \
+     version, position_tx, position_seq, state)";
+const TICKET_UPSERT: &str = "ON CONFLICT (id) DO UPDATE SET number = excluded.number, \
+     status = excluded.status, active = excluded.active, priority = excluded.priority, \
+     priority_rank = excluded.priority_rank, channel = excluded.channel, \
+     requester = excluded.requester, org = excluded.org, assignee = excluded.assignee, \
+     created_at = excluded.created_at, last_activity_at = excluded.last_activity_at, \
+     due_sort = excluded.due_sort, version = excluded.version, \
+     position_tx = excluded.position_tx, position_seq = excluded.position_seq, \
+     state = excluded.state";
+const CC_INSERT: &str = "INSERT INTO ticket_cc (ticket_id, member)";
+const CC_TAIL: &str = "ON CONFLICT DO NOTHING";
+
+/// `?, ?, …` for `n` values.
+fn marks(n: usize) -> String {
+    vec!["?"; n].join(", ")
+}
+
+/// Whether the event sets the ticket's CC (all of it).
+fn cc_changed(event: &Event) -> bool {
+    match event {
+        Event::Opened(_) => true,
+        Event::Edited(e) => e.cc.is_some(),
+        _ => false,
+    }
+}
+
+/// The `tickets` row of `t`, as of `event` (its last event).
+fn ticket_binds(t: &Ticket, event: &StoredEvent) -> Result<Vec<Bind>, StoreError> {
+    let json = serde_json::to_string(t).map_err(|e| corrupt(event, e))?;
+    let (tx, seq) = tx_i64(event.position)?;
+    let num = |v: u64| i64::try_from(v).map_err(|e| corrupt(event, e));
+    Ok(vec![
+        Bind::Uuid(t.id),
+        Bind::I64(num(t.number)?),
+        Bind::Text(t.status.as_str().to_owned()),
+        Bind::I64(i64::from(t.status.is_active())),
+        Bind::Text(t.priority.as_str().to_owned()),
+        Bind::I64(priority_rank(t.priority)),
+        Bind::Text(t.channel.as_str().to_owned()),
+        Bind::Text(t.requester.clone()),
+        Bind::OptText(t.org.clone()),
+        Bind::OptText(t.assignee.clone()),
+        Bind::I64(micros(t.created_at)),
+        Bind::I64(micros(t.last_activity_at)),
+        Bind::I64(due_sort(t)),
+        Bind::I64(num(t.version)?),
+        Bind::I64(tx),
+        Bind::I64(seq),
+        Bind::Text(json),
+    ])
+}
+
 #[async_trait]
 impl Projection for TicketsProjection {
     fn name(&self) -> &'static str {
@@ -76,65 +131,100 @@ impl Projection for TicketsProjection {
         let Some(t) = evolve(state, &recorded) else {
             return Ok(());
         };
-        let json = serde_json::to_string(&t).map_err(|e| corrupt(event, e))?;
-        let (tx, seq) = tx_i64(event.position)?;
-        let num = |v: u64| i64::try_from(v).map_err(|e| corrupt(event, e));
         conn.execute(
-            "INSERT INTO tickets (id, number, status, active, priority, priority_rank, channel, \
-             requester, org, assignee, created_at, last_activity_at, due_sort, version, \
-             position_tx, position_seq, state) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
-             ON CONFLICT (id) DO UPDATE SET number = excluded.number, status = excluded.status, \
-             active = excluded.active, priority = excluded.priority, \
-             priority_rank = excluded.priority_rank, channel = excluded.channel, \
-             requester = excluded.requester, org = excluded.org, assignee = excluded.assignee, \
-             created_at = excluded.created_at, last_activity_at = excluded.last_activity_at, \
-             due_sort = excluded.due_sort, version = excluded.version, \
-             position_tx = excluded.position_tx, position_seq = excluded.position_seq, \
-             state = excluded.state",
-            &[
-                Bind::Uuid(t.id),
-                Bind::I64(num(t.number)?),
-                Bind::Text(t.status.as_str().to_owned()),
-                Bind::I64(i64::from(t.status.is_active())),
-                Bind::Text(t.priority.as_str().to_owned()),
-                Bind::I64(priority_rank(t.priority)),
-                Bind::Text(t.channel.as_str().to_owned()),
-                Bind::Text(t.requester.clone()),
-                Bind::OptText(t.org.clone()),
-                Bind::OptText(t.assignee.clone()),
-                Bind::I64(micros(t.created_at)),
-                Bind::I64(micros(t.last_activity_at)),
-                Bind::I64(due_sort(&t)),
-                Bind::I64(num(t.version)?),
-                Bind::I64(tx),
-                Bind::I64(seq),
-                Bind::Text(json),
-            ],
+            &format!("{TICKET_INSERT} VALUES ({}) {TICKET_UPSERT}", marks(17)),
+            &ticket_binds(&t, event)?,
         )
         .await?;
         index_text(conn, &t, &recorded.event).await?;
-        let cc_changed = match &recorded.event {
-            Event::Opened(_) => true,
-            Event::Edited(e) => e.cc.is_some(),
-            _ => false,
-        };
-        if cc_changed {
+        if cc_changed(&recorded.event) {
             conn.execute(
                 "DELETE FROM ticket_cc WHERE ticket_id = ?",
                 &[Bind::Uuid(t.id)],
             )
             .await?;
-            for member in &t.cc {
-                conn.execute(
-                    "INSERT INTO ticket_cc (ticket_id, member) VALUES (?, ?) \
-                     ON CONFLICT DO NOTHING",
-                    &[Bind::Uuid(t.id), Bind::Text(member.clone())],
-                )
-                .await?;
-            }
+            let rows: Vec<Vec<Bind>> =
+                t.cc.iter()
+                    .map(|m| vec![Bind::Uuid(t.id), Bind::Text(m.clone())])
+                    .collect();
+            conn.insert_rows(CC_INSERT, rows, CC_TAIL).await?;
         }
         Ok(())
+    }
+
+    async fn apply_batch(
+        &self,
+        conn: &mut Conn<'_>,
+        events: &[StoredEvent],
+    ) -> Result<bool, StoreError> {
+        let mut ids: Vec<Uuid> = events.iter().map(|e| e.stream_id).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        let mut states: HashMap<Uuid, Ticket> = HashMap::with_capacity(ids.len());
+        for (id, json) in conn
+            .fetch_rows_in::<(Uuid, String)>("SELECT id, state FROM tickets WHERE id IN (…)", &ids)
+            .await?
+        {
+            let t: Ticket = serde_json::from_str(&json)
+                .map_err(|e| StoreError::Corrupt(format!("ticket {id}'s row: {e}")))?;
+            states.insert(id, t);
+        }
+        // Fold in memory; the search text is written event by event, in order (each
+        // statement depends on what the ticket's text holds so far); each ticket's row and CC
+        // once, at the end.
+        let mut last: HashMap<Uuid, &StoredEvent> = HashMap::new();
+        let mut order: Vec<Uuid> = Vec::new();
+        let mut cc: HashSet<Uuid> = HashSet::new();
+        for event in events {
+            let recorded = decode(event)?;
+            let state = states.remove(&event.stream_id);
+            if state.as_ref().is_some_and(|t| t.version >= event.version) {
+                if let Some(t) = state {
+                    states.insert(event.stream_id, t);
+                }
+                continue;
+            }
+            let Some(t) = evolve(state, &recorded) else {
+                continue;
+            };
+            index_text(conn, &t, &recorded.event).await?;
+            if cc_changed(&recorded.event) {
+                cc.insert(t.id);
+            }
+            if last.insert(t.id, event).is_none() {
+                order.push(t.id);
+            }
+            states.insert(t.id, t);
+        }
+        let mut rows = Vec::with_capacity(order.len());
+        let mut members = Vec::new();
+        for id in &order {
+            let (Some(t), Some(event)) = (states.get(id), last.get(id)) else {
+                continue;
+            };
+            rows.push(ticket_binds(t, event)?);
+            if cc.contains(id) {
+                members.extend(
+                    t.cc.iter()
+                        .map(|m| vec![Bind::Uuid(t.id), Bind::Text(m.clone())]),
+                );
+            }
+        }
+        conn.insert_rows(TICKET_INSERT, rows, TICKET_UPSERT).await?;
+        let gone: Vec<Uuid> = order.iter().filter(|id| cc.contains(id)).copied().collect();
+        for chunk in gone.chunks(crate::sql::MAX_BINDS) {
+            let binds: Vec<Bind> = chunk.iter().map(|id| Bind::Uuid(*id)).collect();
+            conn.execute(
+                &format!(
+                    "DELETE FROM ticket_cc WHERE ticket_id IN ({})",
+                    marks(chunk.len())
+                ),
+                &binds,
+            )
+            .await?;
+        }
+        conn.insert_rows(CC_INSERT, members, CC_TAIL).await?;
+        Ok(true)
     }
 }
 
