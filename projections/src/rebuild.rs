@@ -26,7 +26,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use sqlx::{ConnectOptions, Connection, Executor, PgPool, Row};
 use uuid::Uuid;
 
-use ticketd_commands::{Database, EventStore, Position, StoreError};
+use ticketd_commands::{Database, EventStore, Position, StoreError, StoredEvent};
 
 use crate::sql::unavailable;
 use crate::{
@@ -186,38 +186,55 @@ impl Scratch {
             at = stored;
         }
         let mut applied = 0;
-        let mut writer = Writer::connect(&self.db).await?;
-        loop {
-            if upto.is_some_and(|u| at >= u) {
-                break;
-            }
-            let mut batch = store.read_all(at, REBUILD_BATCH).await?;
+        // One connection per projection. On PostgreSQL their batches run at once, each in its
+        // own server process; SQLite has one writer at a time anyway.
+        let mut writers = Vec::with_capacity(projections.len());
+        for _ in projections {
+            writers.push(Writer::connect(&self.db).await?);
+        }
+        let parallel = matches!(self.db, Database::Postgres(_));
+        let limit = |mut batch: Vec<StoredEvent>| {
             if let Some(u) = upto {
                 batch.retain(|e| e.position <= u);
             }
-            let Some(last) = batch.last() else { break };
-            let last = last.position;
-            for p in projections {
-                commit_batch(&mut writer, p.as_ref(), at, &batch)
+            batch
+        };
+        let mut batch = if upto.is_some_and(|u| at >= u) {
+            Vec::new()
+        } else {
+            limit(store.read_all(at, REBUILD_BATCH).await?)
+        };
+        while let Some(last) = batch.last().map(|e| e.position) {
+            // The next page is read while this one is applied.
+            let read_next = async {
+                if upto.is_some_and(|u| last >= u) {
+                    Ok(Vec::new())
+                } else {
+                    store.read_all(last, REBUILD_BATCH).await.map(limit)
+                }
+            };
+            let apply = async {
+                if parallel {
+                    futures::future::try_join_all(
+                        projections
+                            .iter()
+                            .zip(writers.iter_mut())
+                            .map(|(p, w)| apply_one(w, p.as_ref(), at, &batch)),
+                    )
                     .await
-                    .map_err(
-                        |BatchError {
-                             failed_at, error, ..
-                         }| match failed_at {
-                            Some(i) => StoreError::Corrupt(format!(
-                            "projection {} cannot apply event {} ({} v{} of stream {}): {error}",
-                            p.name(),
-                            batch[i].position,
-                            batch[i].event_type,
-                            batch[i].version,
-                            batch[i].stream_id
-                        )),
-                            None => error,
-                        },
-                    )?;
-            }
+                    .map(|_| ())
+                } else {
+                    for (p, w) in projections.iter().zip(writers.iter_mut()) {
+                        apply_one(w, p.as_ref(), at, &batch).await?;
+                    }
+                    Ok(())
+                }
+            };
+            let (next, applied_now) = tokio::join!(read_next, apply);
+            applied_now?;
             applied += batch.len() as u64;
             at = last;
+            batch = next?;
         }
         Ok(applied)
     }
@@ -501,6 +518,30 @@ fn report(
              {only_rebuilt} only rebuilt"
         ));
     }
+}
+
+/// One projection's share of a scratch batch, with an error naming the event it failed on.
+async fn apply_one(
+    writer: &mut Writer,
+    p: &dyn Projection,
+    at: Position,
+    batch: &[StoredEvent],
+) -> Result<(), StoreError> {
+    commit_batch(writer, p, at, batch).await.map_err(
+        |BatchError {
+             failed_at, error, ..
+         }| match failed_at {
+            Some(i) => StoreError::Corrupt(format!(
+                "projection {} cannot apply event {} ({} v{} of stream {}): {error}",
+                p.name(),
+                batch[i].position,
+                batch[i].event_type,
+                batch[i].version,
+                batch[i].stream_id
+            )),
+            None => error,
+        },
+    )
 }
 
 /// A read-model table as the live database has it.
