@@ -109,7 +109,7 @@ impl Projection for TicketsProjection {
             ],
         )
         .await?;
-        index_text(conn, &t, &recorded.event).await?;
+        index_text(conn, &t, &recorded.event, event.version).await?;
         let cc_changed = match &recorded.event {
             Event::Opened(_) => true,
             Event::Edited(e) => e.cc.is_some(),
@@ -134,55 +134,130 @@ impl Projection for TicketsProjection {
     }
 }
 
-/// Keeps `ticket_text` (for `q`): the ticket's subject and description, and each comment.
-async fn index_text(conn: &mut Conn<'_>, t: &Ticket, event: &Event) -> Result<(), StoreError> {
-    let (part, private, body) = match event {
-        Event::Opened(_) => ("ticket".to_owned(), false, ticket_text(t)),
-        Event::Edited(e) if e.subject.is_some() || e.description.is_some() => {
-            ("ticket".to_owned(), false, ticket_text(t))
+/// How much of a ticket's comments PostgreSQL indexes: bytes of the three vectors' text form
+/// (larger than the words a tsvector holds). Past it, further comments are not searchable: a
+/// vector over 1 MB would fail its event, and the projection with it, for good; and every
+/// comment re-enters all the ticket's words into the GIN index, so this also bounds what one
+/// comment costs. ~30,000 distinct words; a long thread in prose has a few thousand. With the
+/// subject and description at their limits (under 250 kB, whatever the script), an edit keeps
+/// the vectors under 1 MB too.
+const PG_TEXT_BUDGET: i64 = 300_000;
+
+/// Keeps the search index (for `q`) of the ticket's subject and description and its comments,
+/// from the event's own text, so a rebuild from the log gives the same rows.
+async fn index_text(
+    conn: &mut Conn<'_>,
+    t: &Ticket,
+    event: &Event,
+    version: u64,
+) -> Result<(), StoreError> {
+    let pg = matches!(conn, Conn::Postgres(_));
+    match event {
+        Event::Opened(_) if pg => {
+            // Starts the row afresh, so replaying a stream over stale text cannot append its
+            // comments twice.
+            conn.execute(
+                "INSERT INTO ticket_search (ticket_id, head, public_comments, private_comments) \
+                 VALUES (?, strip(to_tsvector('simple', ?)), '', '') \
+                 ON CONFLICT (ticket_id) DO UPDATE SET head = excluded.head, \
+                 public_comments = excluded.public_comments, \
+                 private_comments = excluded.private_comments",
+                &[Bind::Uuid(t.id), Bind::Text(head_text(t))],
+            )
+            .await?;
         }
-        Event::Commented(c) => (
-            c.comment_id.to_string(),
-            c.visibility == Visibility::Private,
-            c.body.to_lowercase(),
-        ),
-        _ => return Ok(()),
+        Event::Edited(e) if pg && (e.subject.is_some() || e.description.is_some()) => {
+            conn.execute(
+                "UPDATE ticket_search SET head = strip(to_tsvector('simple', ?)) \
+                 WHERE ticket_id = ?",
+                &[Bind::Text(head_text(t)), Bind::Uuid(t.id)],
+            )
+            .await?;
+        }
+        Event::Commented(c) if pg => {
+            let column = if c.visibility == Visibility::Private {
+                "private_comments"
+            } else {
+                "public_comments"
+            };
+            conn.execute(
+                &format!(
+                    "UPDATE ticket_search s SET {column} = s.{column} || n.v \
+                     FROM (SELECT strip(to_tsvector('simple', ?)) AS v) n \
+                     WHERE s.ticket_id = ? AND octet_length(s.head::text) \
+                     + octet_length(s.public_comments::text) \
+                     + octet_length(s.private_comments::text) + octet_length(n.v::text) <= ?"
+                ),
+                &[
+                    Bind::Text(search_text(&c.body)),
+                    Bind::Uuid(t.id),
+                    Bind::I64(PG_TEXT_BUDGET),
+                ],
+            )
+            .await?;
+        }
+        // SQLite: a row per part under a rowid made of the ticket and the event, so replaying
+        // an event writes the same row again, and an edit replaces the head in place.
+        Event::Opened(_) => put_part(conn, fts_rowid(t.number, 0, false), head_text(t)).await?,
+        Event::Edited(e) if e.subject.is_some() || e.description.is_some() => {
+            put_part(conn, fts_rowid(t.number, 0, false), head_text(t)).await?;
+        }
+        Event::Commented(c) => {
+            let private = c.visibility == Visibility::Private;
+            put_part(
+                conn,
+                fts_rowid(t.number, version, private),
+                search_text(&c.body),
+            )
+            .await?;
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+/// The FTS5 rowid of a part (see `migrations/sqlite/0004_search.sql`): `None` past 2^31
+/// tickets or 2^31 events in one ticket, which leaves that part unsearchable rather than the
+/// projection stuck.
+fn fts_rowid(number: u64, version: u64, private: bool) -> Option<i64> {
+    const LIMIT: u64 = 1 << 31;
+    if number >= LIMIT || version >= LIMIT {
+        return None;
+    }
+    i64::try_from((number << 32) | (version << 1) | u64::from(private)).ok()
+}
+
+async fn put_part(conn: &mut Conn<'_>, rowid: Option<i64>, body: String) -> Result<(), StoreError> {
+    let Some(rowid) = rowid else {
+        return Ok(());
     };
     conn.execute(
-        "INSERT INTO ticket_text (ticket_id, part, private, body) VALUES (?, ?, ?, ?) \
-         ON CONFLICT (ticket_id, part) DO UPDATE SET private = excluded.private, \
-         body = excluded.body",
-        &[
-            Bind::Uuid(t.id),
-            Bind::Text(part),
-            Bind::I64(i64::from(private)),
-            Bind::Text(body),
-        ],
+        "INSERT OR REPLACE INTO ticket_fts (rowid, body) VALUES (?, ?)",
+        &[Bind::I64(rowid), Bind::Text(body)],
     )
     .await?;
     Ok(())
 }
 
-fn ticket_text(t: &Ticket) -> String {
-    format!("{}\n{}", t.subject, t.description).to_lowercase()
+fn head_text(t: &Ticket) -> String {
+    search_text(&format!("{}\n{}", t.subject, t.description))
 }
 
-/// `q`'s words: lowercased, split on whitespace.
+/// Text as both indexes take it: lowercased here, so case folds the same whatever the
+/// database's locale, and control characters (NUL, which PostgreSQL text cannot hold) blanked.
+fn search_text(s: &str) -> String {
+    s.to_lowercase()
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect()
+}
+
+/// `q`'s words: lowercased, split on whitespace (and control characters, like the text).
 pub fn words(q: &str) -> Vec<String> {
-    q.split_whitespace().map(str::to_lowercase).collect()
-}
-
-/// A LIKE pattern matching `word` anywhere, with LIKE's own characters escaped.
-fn contains_pattern(word: &str) -> String {
-    let mut p = String::from("%");
-    for c in word.chars() {
-        if matches!(c, '%' | '_' | '\\') {
-            p.push('\\');
-        }
-        p.push(c);
-    }
-    p.push('%');
-    p
+    q.split(|c: char| c.is_whitespace() || c.is_control())
+        .filter(|w| !w.is_empty())
+        .map(str::to_lowercase)
+        .collect()
 }
 
 /// One ticket as the read model has it (visibility is the caller's to check).
@@ -367,8 +442,58 @@ fn push_in(sql: &mut String, binds: &mut Vec<Bind>, column: &str, values: Vec<St
     sql.push(')');
 }
 
+/// Which SQL dialect a query is written for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// What `q` asks of the text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum TextQuery {
+    /// No `q`: every ticket.
+    Any,
+    /// Only words without a letter or digit, which no text holds as a word: no ticket.
+    Nothing,
+    /// The words for `plainto_tsquery('simple', …)` (which has no operators to inject), against
+    /// everything (`all`) or the subject, description and public comments only.
+    Postgres { all: bool, query: String },
+    /// One FTS5 query per word, the word a quoted string (so `"`, `*`, `OR`, `NEAR`, `-`, `:`
+    /// are text, not syntax).
+    Sqlite(Vec<String>),
+}
+
+/// The text condition of `words`. A word with no letter or digit (`-`, `&`) is dropped, as
+/// both tokenizers would drop it; the rest must all appear, each in any visible part.
+fn text_query(words: &[String], staff: bool, backend: Backend) -> TextQuery {
+    if words.is_empty() {
+        return TextQuery::Any;
+    }
+    let words: Vec<&str> = words
+        .iter()
+        .map(String::as_str)
+        .filter(|w| w.chars().any(char::is_alphanumeric))
+        .collect();
+    if words.is_empty() {
+        return TextQuery::Nothing;
+    }
+    match backend {
+        Backend::Postgres => TextQuery::Postgres {
+            all: staff,
+            query: words.join(" "),
+        },
+        Backend::Sqlite => TextQuery::Sqlite(
+            words
+                .iter()
+                .map(|w| format!("\"{}\"", w.replace('"', "\"\"")))
+                .collect(),
+        ),
+    }
+}
+
 /// The SQL and binds of a list query; the first `limit + 1` rows tell whether a page follows.
-fn list_sql(q: &ListQuery) -> (String, Vec<Bind>) {
+fn list_sql(q: &ListQuery, backend: Backend) -> (String, Vec<Bind>) {
     let me = &q.viewer.id;
     let mut sql = String::from("SELECT state FROM tickets WHERE 1 = 1");
     let mut binds = Vec::new();
@@ -442,16 +567,36 @@ fn list_sql(q: &ListQuery) -> (String, Vec<Bind>) {
         binds.push(Bind::Text(org.clone()));
     }
     let staff_view = matches!(q.viewer.role, Role::Agent | Role::Admin | Role::Auditor);
-    for w in &q.words {
-        sql.push_str(
-            " AND EXISTS (SELECT 1 FROM ticket_text x WHERE x.ticket_id = tickets.id \
-             AND x.body LIKE ? ESCAPE '\\'",
-        );
-        if !staff_view {
-            sql.push_str(" AND x.private = 0");
+    match text_query(&q.words, staff_view, backend) {
+        TextQuery::Any => {}
+        TextQuery::Nothing => sql.push_str(" AND 1 = 0"),
+        // The GIN index finds the tickets with every word (or, for words in most tickets, the
+        // planner walks the sort's index and checks each row instead: it knows how common
+        // each word is). Customers' matches must hold in the public text as well.
+        TextQuery::Postgres { all, query } => {
+            sql.push_str(
+                " AND EXISTS (SELECT 1 FROM ticket_search s WHERE s.ticket_id = tickets.id \
+                 AND (s.head || s.public_comments || s.private_comments) \
+                 @@ plainto_tsquery('simple', ?)",
+            );
+            binds.push(Bind::Text(query.clone()));
+            if !all {
+                sql.push_str(" AND (s.head || s.public_comments) @@ plainto_tsquery('simple', ?)");
+                binds.push(Bind::Text(query));
+            }
+            sql.push(')');
         }
-        sql.push(')');
-        binds.push(Bind::Text(contains_pattern(w)));
+        // Each word's tickets, from the index alone (the ticket is in the rowid), intersected.
+        TextQuery::Sqlite(phrases) => {
+            let part = if staff_view {
+                "SELECT rowid >> 32 FROM ticket_fts WHERE ticket_fts MATCH ?"
+            } else {
+                "SELECT rowid >> 32 FROM ticket_fts WHERE ticket_fts MATCH ? AND rowid & 1 = 0"
+            };
+            let parts = vec![part; phrases.len()].join(" INTERSECT ");
+            sql.push_str(&format!(" AND number IN ({parts})"));
+            binds.extend(phrases.into_iter().map(Bind::Text));
+        }
     }
     // Overdue: active with `due_at` past (due_sort holds i64::MAX when there is none).
     match q.overdue {
@@ -486,9 +631,18 @@ pub async fn list(
     db: &Database,
     q: &ListQuery,
 ) -> Result<(Vec<Ticket>, Option<Cursor>), StoreError> {
-    let (sql, binds) = list_sql(q);
+    let backend = match db {
+        Database::Sqlite(_) => Backend::Sqlite,
+        Database::Postgres(_) => Backend::Postgres,
+    };
+    let (sql, binds) = list_sql(q, backend);
     let mut pooled = Pooled::acquire(db).await?;
-    let rows: Vec<String> = pooled.conn().fetch_column(&sql, &binds).await?;
+    let mut conn = pooled.conn();
+    let rows: Vec<String> = if q.words.is_empty() {
+        conn.fetch_column(&sql, &binds).await?
+    } else {
+        conn.fetch_column_unprepared(&sql, &binds).await?
+    };
     let mut items = rows
         .iter()
         .map(|json| serde_json::from_str::<Ticket>(json))
@@ -512,9 +666,46 @@ mod tests {
     use super::*;
 
     #[test]
-    fn like_patterns_escape_wildcards() {
-        assert_eq!(contains_pattern("50%_a\\b"), "%50\\%\\_a\\\\b%");
+    fn words_are_lowercased_and_split_on_blanks() {
         assert_eq!(words("  Printer  ON\tFire "), ["printer", "on", "fire"]);
+        assert_eq!(words("Ärger\u{0}über"), ["ärger", "über"]);
+        assert!(words(" \t\n").is_empty());
+        assert_eq!(search_text("A\u{0}B\nÜ"), "a b ü");
+    }
+
+    #[test]
+    fn fts5_words_are_quoted_and_wordless_words_dropped() {
+        let w = |q: &str| words(q);
+        assert_eq!(
+            text_query(&w(r#"a"b NEAR OR * -x c:d"#), true, Backend::Sqlite),
+            TextQuery::Sqlite(
+                [r#""a""b""#, r#""near""#, r#""or""#, r#""-x""#, r#""c:d""#]
+                    .map(str::to_owned)
+                    .to_vec()
+            )
+        );
+        assert_eq!(
+            text_query(&w("Printer & 100%"), false, Backend::Postgres),
+            TextQuery::Postgres {
+                all: false,
+                query: "printer 100%".to_owned()
+            }
+        );
+        assert_eq!(text_query(&w(""), true, Backend::Sqlite), TextQuery::Any);
+        assert_eq!(
+            text_query(&w("_ - \""), true, Backend::Postgres),
+            TextQuery::Nothing
+        );
+    }
+
+    #[test]
+    fn fts_rowids_carry_ticket_version_and_visibility() {
+        assert_eq!(fts_rowid(1, 0, false), Some(1 << 32));
+        assert_eq!(fts_rowid(3, 5, true), Some((3 << 32) | (5 << 1) | 1));
+        let top = (1u64 << 31) - 1;
+        assert_eq!(fts_rowid(top, top, true), Some(i64::MAX));
+        assert_eq!(fts_rowid(1 << 31, 1, false), None);
+        assert_eq!(fts_rowid(1, 1 << 31, false), None);
     }
 
     #[test]
