@@ -750,8 +750,8 @@ pub async fn list(
     list_with(db, q, TextPlan::Auto).await
 }
 
-/// [`list`], with the way a PostgreSQL search finds its tickets chosen (SQLite searches always
-/// start from the FTS5 index).
+/// [`list`], with the way a search finds its tickets chosen rather than left to
+/// [`TextPlan::Auto`] (tests run every plan against the same rows).
 pub async fn list_with(
     db: &Database,
     q: &ListQuery,
