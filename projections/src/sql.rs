@@ -253,6 +253,26 @@ impl Conn<'_> {
         sql: &str,
         binds: &[Bind],
     ) -> Result<Vec<T>, StoreError> {
+        self.fetch_column_with(sql, binds, true).await
+    }
+
+    /// Like [`Self::fetch_column`], but PostgreSQL plans the statement for these very values
+    /// instead of caching it: a cached statement may settle on a generic plan, which cannot
+    /// tell a word in every ticket from a word in three (full-text search).
+    pub async fn fetch_column_unprepared<T: Column>(
+        &mut self,
+        sql: &str,
+        binds: &[Bind],
+    ) -> Result<Vec<T>, StoreError> {
+        self.fetch_column_with(sql, binds, false).await
+    }
+
+    async fn fetch_column_with<T: Column>(
+        &mut self,
+        sql: &str,
+        binds: &[Bind],
+        persistent: bool,
+    ) -> Result<Vec<T>, StoreError> {
         match self {
             Conn::Sqlite(c) => {
                 let rows = bind_all!(sqlx::query(sql), binds)
@@ -265,7 +285,7 @@ impl Conn<'_> {
             }
             Conn::Postgres(c) => {
                 let sql = numbered(sql);
-                let rows = bind_all!(sqlx::query(&sql), binds)
+                let rows = bind_all!(sqlx::query(&sql).persistent(persistent), binds)
                     .fetch_all(&mut **c)
                     .await
                     .map_err(unavailable)?;

@@ -9,9 +9,14 @@ use std::time::Duration;
 use async_trait::async_trait;
 use uuid::Uuid;
 
-use ticketd_commands::{CommandHandler, EventStore, Options, Position, StoreError, StoredEvent};
-use ticketd_domain::{Actor, AddComment, CommandKind, OpenTicket, Role, SlaPolicy};
+use ticketd_commands::{
+    CommandHandler, Database, EventStore, Options, Position, StoreError, StoredEvent,
+};
+use ticketd_domain::{
+    Actor, AddComment, CommandKind, EditTicket, OpenTicket, Role, SlaPolicy, Visibility,
+};
 use ticketd_projections::sql::{Bind, Conn};
+use ticketd_projections::tickets::{ListQuery, Sort, TextPlan, View};
 use ticketd_projections::{tickets, Pooled, Projection, Projector};
 use ticketd_tests::{both_backends, read_everything, read_until};
 
@@ -121,6 +126,252 @@ async fn catches_up_follows_and_resumes(store: Arc<dyn EventStore>) {
     );
 }
 
+/// The search index as text, in a fixed order.
+async fn search_rows(db: &Database) -> Vec<String> {
+    let sql = match db {
+        Database::Postgres(_) => {
+            "SELECT ticket_id::text || ' ' || head::text || ' | ' || public_comments::text \
+             || ' | ' || private_comments::text FROM ticket_search ORDER BY ticket_id"
+        }
+        Database::Sqlite(_) => "SELECT rowid || ' ' || body FROM ticket_fts ORDER BY rowid",
+    };
+    let mut pooled = Pooled::acquire(db).await.expect("connection");
+    pooled
+        .conn()
+        .fetch_column(sql, &[])
+        .await
+        .expect("search rows")
+}
+
+async fn run(db: &Database, sql: &str) {
+    let mut pooled = Pooled::acquire(db).await.expect("connection");
+    pooled.conn().execute(sql, &[]).await.expect(sql);
+}
+
+/// The search index is a function of the log: rebuilding `tickets` from the start (as
+/// migration 0004 does, over stale search rows or none) gives the same rows.
+async fn search_index_rebuilds_identically(store: Arc<dyn EventStore>) {
+    let h = CommandHandler::new(store.clone(), SlaPolicy::default(), 100);
+    let (first, _) = open(&h, "Printer on fire").await;
+    let (second, _) = open(&h, "Scanner").await;
+    let mut last = Position::START;
+    for (id, body, visibility) in [
+        (first, "Paper JAM", Visibility::Public),
+        (first, "Firmware \u{0} bug", Visibility::Private),
+        (second, "Ärger über Größe", Visibility::Public),
+    ] {
+        let kind = CommandKind::Comment(AddComment {
+            comment_id: Uuid::now_v7(),
+            body: body.into(),
+            visibility: Some(visibility),
+        });
+        last = h
+            .execute(id, staff(), kind, Options::default())
+            .await
+            .expect("comment")
+            .position;
+    }
+    let edit = CommandKind::Edit(EditTicket {
+        subject: Some("Printer fixed".into()),
+        ..EditTicket::default()
+    });
+    h.execute(first, staff(), edit, Options::default())
+        .await
+        .expect("edit");
+    last = comment(&h, second).await.max(last);
+
+    let p = Projector::start(store.clone()).expect("a store with a database");
+    p.wait_for(tickets::NAME, last, WAIT)
+        .await
+        .expect("caught up");
+    let db = p.database().clone();
+    let built = search_rows(&db).await;
+    assert_eq!(
+        built.len(),
+        if matches!(db, Database::Sqlite(_)) {
+            6
+        } else {
+            2
+        }
+    );
+    assert!(built.iter().any(|r| r.contains("fixed")), "{built:?}");
+    assert!(!built.iter().any(|r| r.contains("fire")), "{built:?}");
+    drop(p);
+
+    let index = match db {
+        Database::Postgres(_) => "DELETE FROM ticket_search",
+        Database::Sqlite(_) => "DELETE FROM ticket_fts",
+    };
+    for wipe_index in [false, true] {
+        run(&db, "DELETE FROM ticket_cc").await;
+        run(&db, "DELETE FROM tickets").await;
+        run(
+            &db,
+            "DELETE FROM projection_checkpoints WHERE name = 'tickets'",
+        )
+        .await;
+        if wipe_index {
+            run(&db, index).await;
+        }
+        let p = Projector::start(store.clone()).expect("a store with a database");
+        p.wait_for(tickets::NAME, last, WAIT)
+            .await
+            .expect("rebuilt");
+        assert_eq!(
+            search_rows(&db).await,
+            built,
+            "wiped the index: {wipe_index}"
+        );
+        assert_rows_match(&store, &p, &h).await;
+    }
+}
+
+fn customer(id: &str, org: &str, org_wide: bool) -> Actor {
+    Actor {
+        id: id.into(),
+        name: None,
+        role: Role::Customer,
+        org: Some(org.into()),
+        org_wide,
+    }
+}
+
+/// Every page of a search under one plan, in order.
+async fn search_pages(db: &Database, viewer: &Actor, words: &[&str], plan: TextPlan) -> Vec<Uuid> {
+    let mut q = ListQuery {
+        viewer: viewer.clone(),
+        view: View::All,
+        statuses: vec![],
+        active: None,
+        overdue: None,
+        priorities: vec![],
+        channels: vec![],
+        org: None,
+        words: words.iter().map(|w| (*w).to_owned()).collect(),
+        sort: Sort::Created,
+        limit: 4,
+        after: None,
+        now: chrono::Utc::now(),
+    };
+    let mut all = Vec::new();
+    loop {
+        let (page, next) = tickets::list_with(db, &q, plan).await.expect("search");
+        all.extend(page.iter().map(|t| t.id));
+        match next {
+            Some(c) => q.after = Some(c),
+            None => return all,
+        }
+    }
+}
+
+/// A ticket as the search model sees it: id, index of its requester, parts (text, private).
+type Modelled = (Uuid, usize, Vec<(String, bool)>);
+
+/// Whichever way a search runs (from the text index, or walking the list and checking each
+/// ticket), it finds what a plain model of the rule says: each word in some part the viewer
+/// may see, in the list's order, every page.
+async fn search_plans_agree_with_the_rule(store: Arc<dyn EventStore>) {
+    const WORDS: [&str; 6] = ["red", "green", "blue", "plum", "gold", "jade"];
+    let h = CommandHandler::new(store.clone(), SlaPolicy::default(), 100);
+    let requesters = [
+        customer("alice", "acme", false),
+        customer("bob", "acme", false),
+        customer("carol", "globex", false),
+    ];
+    let mut seed = 7u64;
+    let mut pick = |n: usize| {
+        seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        usize::try_from(seed >> 33).expect("fits") % n
+    };
+    let mut model: Vec<Modelled> = Vec::new();
+    let mut last = Position::START;
+    for _ in 0..30 {
+        let who = pick(3);
+        let subject = format!("{} {}", WORDS[pick(6)], WORDS[pick(6)]);
+        let description = format!("{} note", WORDS[pick(6)]);
+        let out = h
+            .open(
+                requesters[who].clone(),
+                OpenTicket {
+                    subject: subject.to_uppercase(),
+                    description: description.clone(),
+                    ..OpenTicket::default()
+                },
+                Options::default(),
+            )
+            .await
+            .expect("open");
+        let mut parts = vec![(format!("{subject} {description}"), false)];
+        for _ in 0..pick(4) {
+            let body = format!("{}, {}!", WORDS[pick(6)], WORDS[pick(6)]);
+            let private = pick(3) == 0;
+            let kind = CommandKind::Comment(AddComment {
+                comment_id: Uuid::now_v7(),
+                body: body.clone(),
+                visibility: Some(if private {
+                    Visibility::Private
+                } else {
+                    Visibility::Public
+                }),
+            });
+            last = h
+                .execute(out.ticket.id, staff(), kind, Options::default())
+                .await
+                .expect("comment")
+                .position;
+            parts.push((body.replace([',', '!'], ""), private));
+        }
+        last = last.max(out.position);
+        model.push((out.ticket.id, who, parts));
+    }
+    let p = Projector::start(store.clone()).expect("a store with a database");
+    p.wait_for(tickets::NAME, last, WAIT)
+        .await
+        .expect("caught up");
+    let db = p.database().clone();
+
+    let viewers = [
+        (staff(), None),
+        (requesters[0].clone(), Some(vec![0])),
+        (customer("zoe", "acme", true), Some(vec![0, 1])),
+    ];
+    let mut queries: Vec<Vec<&str>> = WORDS.iter().map(|w| vec![*w]).collect();
+    queries.extend([
+        vec!["red", "green"],
+        vec!["BLUE", "plum"],
+        vec!["gold", "jade", "red"],
+        vec!["red", "note"],
+        vec!["nothing"],
+        vec!["red", "nothing"],
+    ]);
+    let mut found = 0;
+    for (viewer, sees) in &viewers {
+        for words in &queries {
+            let want: Vec<Uuid> = model
+                .iter()
+                .filter(|(_, who, _)| sees.as_ref().is_none_or(|s| s.contains(who)))
+                .filter(|(_, _, parts)| {
+                    words.iter().all(|w| {
+                        parts.iter().any(|(text, private)| {
+                            (sees.is_none() || !private)
+                                && text.split(' ').any(|t| t == w.to_lowercase())
+                        })
+                    })
+                })
+                .map(|(id, _, _)| *id)
+                .collect();
+            found += want.len();
+            for plan in [TextPlan::Auto, TextPlan::FromIndex, TextPlan::Walk] {
+                let got = search_pages(&db, viewer, words, plan).await;
+                assert_eq!(got, want, "{} {words:?} {plan:?}", viewer.id);
+            }
+        }
+    }
+    assert!(found > 50, "the model should find plenty: {found}");
+}
+
 /// Fails `failures` times on the event at `poison`, and records every event it applies in a
 /// table whose key is the position, so a repeat would fail loudly.
 struct Flaky {
@@ -209,6 +460,8 @@ async fn a_failing_event_stops_the_projection_until_it_applies(store: Arc<dyn Ev
 both_backends!(
     catches_up_follows_and_resumes,
     a_failing_event_stops_the_projection_until_it_applies,
+    search_index_rebuilds_identically,
+    search_plans_agree_with_the_rule,
 );
 
 /// PostgreSQL: two processes' projectors on one schema; one leads, the other takes over when

@@ -629,6 +629,418 @@ async fn list_path(s: &TestServer, path: &str, token: &str) -> BTreeSet<String> 
     ids(&s.get(path, token).await).into_iter().collect()
 }
 
+/// `q` percent-encoded byte by byte, so any text reaches the service as given.
+fn encoded(q: &str) -> String {
+    q.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() {
+                char::from(b).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
+/// The ids `q` finds for `token` (any other list parameters in `more`).
+async fn search(s: &TestServer, q: &str, more: &str, token: &str) -> BTreeSet<String> {
+    list_path(s, &format!("/v1/tickets?q={}{more}", encoded(q)), token).await
+}
+
+async fn comment(s: &TestServer, id: &str, token: &str, body: &str, visibility: &str) {
+    let a = s
+        .post(
+            &format!("/v1/tickets/{id}/comments"),
+            token,
+            json!({"body": body, "visibility": visibility}),
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::CREATED, "{}", a.body);
+}
+
+/// `q`'s words may each be found in a different part (subject, description, comments), but
+/// only in parts the caller may see: a private comment never matches for a customer (not even
+/// one word of several), and always does for agents, admins and auditors.
+async fn search_across_parts_and_visibility(s: TestServer) {
+    let alice = s.customer("alice");
+    let colleague = s.token("zoe", Role::Customer, Some("acme"), true);
+    let agent = s.agent("agent-1");
+    let admin = s.token("root", Role::Admin, None, false);
+    let auditor = s.token("aud", Role::Auditor, None, false);
+    let staff = [&agent, &admin, &auditor];
+    let printer = s
+        .open(
+            &alice,
+            json!({"subject": "Printer offline", "description": "Toner is low"}),
+        )
+        .await;
+    comment(&s, &printer, &agent, "Paper jam in tray two", "public").await;
+    comment(
+        &s,
+        &printer,
+        &agent,
+        "Firmware bug, see vendor case",
+        "private",
+    )
+    .await;
+    comment(&s, &printer, &alice, "Still jammed", "public").await;
+    // Another of alice's tickets holds publicly a word the first holds only privately.
+    let vendor = s
+        .open(&alice, body("Question about the vendor contract"))
+        .await;
+    // Words split over two tickets match neither.
+    let other = s.open(&alice, body("Scanner offline")).await;
+
+    for q in [
+        "printer jam",
+        "toner tray",
+        "offline toner still jammed",
+        "PAPER printer",
+    ] {
+        let want = set(&[&printer]);
+        assert_eq!(search(&s, q, "", &alice).await, want, "{q}");
+        assert_eq!(search(&s, q, "", &colleague).await, want, "{q}");
+        for t in staff {
+            assert_eq!(search(&s, q, "", t).await, want, "{q}");
+        }
+    }
+    assert_eq!(
+        search(&s, "offline", "", &alice).await,
+        set(&[&printer, &other])
+    );
+    assert_eq!(
+        search(&s, "printer scanner", "", &agent).await,
+        BTreeSet::new()
+    );
+    assert_eq!(
+        search(&s, "toner contract", "", &agent).await,
+        BTreeSet::new()
+    );
+
+    // Private words: staff find them, alone or with public words; customers never do.
+    for q in ["firmware", "printer firmware", "firmware jam toner"] {
+        for t in staff {
+            assert_eq!(search(&s, q, "", t).await, set(&[&printer]), "{q}");
+        }
+        assert_eq!(search(&s, q, "", &alice).await, BTreeSet::new(), "{q}");
+        assert_eq!(search(&s, q, "", &colleague).await, BTreeSet::new(), "{q}");
+    }
+    assert_eq!(search(&s, "vendor", "", &alice).await, set(&[&vendor]));
+    assert_eq!(
+        search(&s, "vendor", "", &agent).await,
+        set(&[&printer, &vendor])
+    );
+
+    // An edit replaces the subject's and description's words; the comments' stay.
+    let a = s
+        .call(
+            Method::PATCH,
+            &format!("/v1/tickets/{printer}"),
+            Some(&agent),
+            Some(json!({"description": "Cartridge replaced"})),
+            &[],
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.body);
+    assert_eq!(search(&s, "toner", "", &agent).await, BTreeSet::new());
+    assert_eq!(
+        search(&s, "cartridge jam", "", &alice).await,
+        set(&[&printer])
+    );
+    assert_eq!(
+        search(&s, "cartridge firmware", "", &agent).await,
+        set(&[&printer])
+    );
+    assert_eq!(
+        search(&s, "cartridge firmware", "", &alice).await,
+        BTreeSet::new()
+    );
+}
+
+/// With `q`, filters, sorts and keyset paging work as on the whole list.
+async fn search_pages_and_filters(s: TestServer) {
+    let agent = s.agent("agent-1");
+    let mut matching = Vec::new();
+    for i in 0..7 {
+        let id = s
+            .open(
+                &agent,
+                json!({"subject": format!("Router {i}"), "description": "d", "requester": "c"}),
+            )
+            .await;
+        // Half of the matches only through a comment.
+        if i % 2 == 0 {
+            comment(&s, &id, &agent, "the ROUTER reboots", "private").await;
+        }
+        matching.push(id);
+        s.open(
+            &agent,
+            json!({"subject": format!("Switch {i}"), "description": "d", "requester": "c"}),
+        )
+        .await;
+    }
+    for sort in ["created", "-created", "-last_activity", "due", "-priority"] {
+        let mut seen = Vec::new();
+        let mut cursor: Option<String> = None;
+        loop {
+            let mut path = format!("/v1/tickets?q=router&sort={sort}&limit=3");
+            if let Some(c) = &cursor {
+                path.push_str(&format!("&cursor={c}"));
+            }
+            let a = s.get(&path, &agent).await;
+            let page = ids(&a);
+            assert!(page.len() <= 3);
+            seen.extend(page);
+            match a.body["next_cursor"].as_str() {
+                Some(c) => cursor = Some(c.to_owned()),
+                None => break,
+            }
+        }
+        if sort == "created" {
+            assert_eq!(seen, matching, "created order");
+        }
+        let unique: BTreeSet<_> = seen.iter().cloned().collect();
+        assert_eq!(unique.len(), seen.len(), "{sort}: a ticket came twice");
+        assert_eq!(unique, matching.iter().cloned().collect(), "{sort}");
+    }
+    let a = s
+        .post(
+            &format!("/v1/tickets/{}/status", matching[1]),
+            &agent,
+            json!({"status": "resolved"}),
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.body);
+    assert_eq!(
+        search(&s, "router", "&status=resolved", &agent).await,
+        set(&[&matching[1]])
+    );
+    assert_eq!(
+        search(&s, "router", "&active=true", &agent).await.len(),
+        matching.len() - 1
+    );
+}
+
+/// `q` is words, never a query language: FTS5 and tsquery syntax, quotes and SQL are text.
+/// None of it errors; punctuation around a word does not stop it matching.
+async fn search_syntax_is_only_text(s: TestServer) {
+    let alice = s.customer("alice");
+    let agent = s.agent("agent-1");
+    let printer = s
+        .open(
+            &alice,
+            json!({"subject": "Printer on fire", "description": "The toner smells"}),
+        )
+        .await;
+    let scanner = s.open(&alice, body("Scanner broken")).await;
+    comment(&s, &scanner, &agent, "internal note", "private").await;
+    let hostile = [
+        "\"",
+        "\"\"",
+        "\"printer",
+        "printer\"",
+        "'",
+        "''",
+        "\\",
+        "*",
+        "printer*",
+        "*printer",
+        "OR",
+        "AND",
+        "NOT",
+        "NEAR",
+        "NEAR(printer toner)",
+        "NEAR(printer toner, 2)",
+        "printer OR scanner",
+        "printer AND NOT toner",
+        "printer NOT toner",
+        "-",
+        "-printer",
+        "printer -toner",
+        ":",
+        "subject:printer",
+        "{head}:printer",
+        "head : printer",
+        "private_comments:internal",
+        "{private_comments}",
+        "^printer",
+        "(",
+        ")",
+        "(printer",
+        "printer)",
+        "!printer",
+        "&",
+        "|",
+        "printer|scanner",
+        "printer&scanner",
+        "<->",
+        "printer<->toner",
+        "printer:*",
+        "printer:A",
+        "!",
+        "+",
+        "%",
+        "_",
+        "\u{0}",
+        "printer\u{0}",
+        "'; DROP TABLE tickets; --",
+        "\"); DELETE FROM ticket_search; --",
+        "printer'",
+        "[x]",
+        "$1",
+        "?",
+        "??",
+        "…",
+        "—",
+        "\u{200b}",
+        "\u{feff}printer",
+        "🖨️",
+    ];
+    for q in hostile {
+        for t in [&alice, &agent] {
+            let a = s.get(&format!("/v1/tickets?q={}", encoded(q)), t).await;
+            assert_eq!(a.status, StatusCode::OK, "q={q:?}: {}", a.body);
+        }
+    }
+    // No operators: OR narrows like any word, NOT and `-` do not exclude, `*` is no prefix.
+    for q in [
+        "printer OR scanner",
+        "printer NOT toner",
+        "printer|scanner",
+        "print*",
+    ] {
+        assert_eq!(search(&s, q, "", &agent).await, BTreeSet::new(), "{q}");
+    }
+    for q in [
+        "printer*",
+        "-printer",
+        "\"printer\"",
+        "(printer)",
+        "printer:",
+        "printer!",
+        "#printer",
+        "printer.",
+        "!printer",
+        "printer -toner",
+        "printer\u{0}",
+    ] {
+        assert_eq!(search(&s, q, "", &alice).await, set(&[&printer]), "{q}");
+    }
+    // A column filter is text too: it does not reach a private comment for a customer.
+    for q in [
+        "private_comments:internal",
+        "{private_comments}:internal",
+        "internal",
+    ] {
+        assert_eq!(search(&s, q, "", &alice).await, BTreeSet::new(), "{q}");
+    }
+    assert_eq!(search(&s, "internal", "", &agent).await, set(&[&scanner]));
+    // Still both tickets afterwards.
+    assert_eq!(search(&s, "", "", &alice).await, set(&[&printer, &scanner]));
+}
+
+/// Words in any script match case-insensitively; accents are kept (café is not cafe).
+async fn search_unicode_words(s: TestServer) {
+    let alice = s.customer("alice");
+    let agent = s.agent("agent-1");
+    let de = s
+        .open(
+            &alice,
+            json!({"subject": "Ärger mit der Übersicht", "description": "Größe falsch — naïve café"}),
+        )
+        .await;
+    let other = s
+        .open(
+            &alice,
+            json!({"subject": "Привет из Москвы", "description": "東京 オフィス"}),
+        )
+        .await;
+    comment(&s, &other, &agent, "Ελληνικά ΚΕΙΜΕΝΑ", "public").await;
+    comment(&s, &de, &agent, "Geheimnis über Ärger", "private").await;
+    for (q, want) in [
+        ("ärger", vec![&de]),
+        ("ÄRGER ÜBERSICHT", vec![&de]),
+        ("größe", vec![&de]),
+        ("GRÖẞE", vec![&de]),
+        ("café naïve", vec![&de]),
+        ("cafe", vec![]),
+        ("привет москвы", vec![&other]),
+        ("ПРИВЕТ", vec![&other]),
+        ("東京", vec![&other]),
+        ("ελληνικά κειμενα", vec![&other]),
+        ("geheimnis", vec![]),
+    ] {
+        assert_eq!(search(&s, q, "", &alice).await, set(&want), "{q}");
+    }
+    assert_eq!(search(&s, "geheimnis", "", &agent).await, set(&[&de]));
+}
+
+/// A ticket whose comments outgrow what one tsvector can hold (1 MB of words on PostgreSQL)
+/// neither stalls the projection nor loses the words indexed before; edits still apply. Also:
+/// text PostgreSQL cannot store (NUL) is indexed as a blank.
+async fn search_survives_huge_tickets(s: TestServer) {
+    let agent = s.agent("agent-1");
+    let huge = s
+        .open(
+            &agent,
+            json!({"subject": "Huge thread", "description": "d", "requester": "c"}),
+        )
+        .await;
+    // 70 comments of 2,400 distinct seven-letter words each: 1.2 MB of distinct words.
+    let word = |i: usize| -> String {
+        (0..7)
+            .map(|d| char::from(b'a' + (i / 26usize.pow(d) % 26) as u8))
+            .collect()
+    };
+    for c in 0..70 {
+        let text = (0..2400)
+            .map(|i| word(c * 2400 + i))
+            .collect::<Vec<_>>()
+            .join(" ");
+        comment(&s, &huge, &agent, &text, "public").await;
+    }
+    comment(&s, &huge, &agent, "nul\u{0}byte", "public").await;
+    let after = s
+        .open(
+            &agent,
+            json!({"subject": "After the flood", "description": "d", "requester": "c"}),
+        )
+        .await;
+    assert_eq!(search(&s, "flood", "", &agent).await, set(&[&after]));
+    assert_eq!(search(&s, &word(0), "", &agent).await, set(&[&huge]));
+    assert_eq!(search(&s, &word(24_000), "", &agent).await, set(&[&huge]));
+    let a = s
+        .call(
+            Method::PATCH,
+            &format!("/v1/tickets/{huge}"),
+            Some(&agent),
+            Some(json!({"subject": "Gigantic thread"})),
+            &[],
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.body);
+    assert_eq!(search(&s, "gigantic", "", &agent).await, set(&[&huge]));
+    assert_eq!(search(&s, "huge", "", &agent).await, BTreeSet::new());
+}
+
+/// An empty or blank `q` is no search at all: the list as without it.
+async fn search_empty_is_the_whole_list(s: TestServer) {
+    let alice = s.customer("alice");
+    let agent = s.agent("agent-1");
+    let a1 = s.open(&alice, body("one")).await;
+    let b1 = s.open(&s.customer("bob"), body("two")).await;
+    for q in ["", " ", "   ", "\t", " \n \r "] {
+        assert_eq!(search(&s, q, "", &alice).await, set(&[&a1]), "{q:?}");
+        assert_eq!(search(&s, q, "", &agent).await, set(&[&a1, &b1]), "{q:?}");
+    }
+    let a = s.get("/v1/tickets?q", &agent).await;
+    assert_eq!(ids(&a).len(), 2, "{}", a.body);
+    // Words without a letter or digit are in no text: a search for only those finds nothing.
+    for q in ["-", "\"", "* -", "..."] {
+        assert_eq!(search(&s, q, "", &agent).await, BTreeSet::new(), "{q:?}");
+    }
+}
+
 /// §6.5: counts of events in the window, the backlog and overdue tickets now, and the
 /// response and resolution spreads; narrowed by org; staff and auditors only.
 async fn analytics_summary(s: TestServer) {
@@ -759,6 +1171,12 @@ async fn analytics_summary(s: TestServer) {
 http_both_backends!(
     analytics_summary,
     search_respects_comment_visibility,
+    search_across_parts_and_visibility,
+    search_pages_and_filters,
+    search_syntax_is_only_text,
+    search_unicode_words,
+    search_empty_is_the_whole_list,
+    search_survives_huge_tickets,
     feed_and_read_by,
     list_visibility_by_role,
     list_filters_and_sorts,
