@@ -346,11 +346,26 @@ impl Conn<'_> {
             return Ok(());
         };
         let one = format!("({})", vec!["?"; width].join(", "));
+        self.insert_rows_as(head, &one, rows, tail).await
+    }
+
+    /// [`Self::insert_rows`] with each row's values spelled by `one` (its `?` in order), e.g.
+    /// `(?, to_tsvector(?))`.
+    pub async fn insert_rows_as(
+        &mut self,
+        head: &str,
+        one: &str,
+        rows: Vec<Vec<Bind>>,
+        tail: &str,
+    ) -> Result<(), StoreError> {
+        let Some(width) = rows.first().map(Vec::len) else {
+            return Ok(());
+        };
         let per = (MAX_BINDS / width.max(1)).max(1);
         let mut rows = rows.into_iter().peekable();
         while rows.peek().is_some() {
             let chunk: Vec<Vec<Bind>> = rows.by_ref().take(per).collect();
-            let values = vec![one.as_str(); chunk.len()].join(", ");
+            let values = vec![one; chunk.len()].join(", ");
             let binds: Vec<Bind> = chunk.into_iter().flatten().collect();
             self.execute(&format!("{head} VALUES {values} {tail}"), &binds)
                 .await?;

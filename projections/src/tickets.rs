@@ -67,6 +67,43 @@ const TICKET_UPSERT: &str = "ON CONFLICT (id) DO UPDATE SET number = excluded.nu
 const CC_INSERT: &str = "INSERT INTO ticket_cc (ticket_id, member)";
 const CC_TAIL: &str = "ON CONFLICT DO NOTHING";
 
+/// PostgreSQL: the text of a ticket opened in the batch at hand. Its `ticket_search` row is
+/// then written once with all of it: the same vectors as event by event, since a 'simple'
+/// vector of texts joined by newlines holds exactly the words of each.
+#[derive(Default)]
+struct FreshText {
+    public: Vec<String>,
+    private: Vec<String>,
+    /// Every text the events carried (heads included): what bounds the vectors' size.
+    bytes: usize,
+}
+
+impl FreshText {
+    fn add(&mut self, event: &Event) {
+        match event {
+            Event::Opened(o) => self.bytes += o.subject.len() + o.description.len(),
+            Event::Edited(e) => {
+                self.bytes += e.subject.as_ref().map_or(0, |c| c.to.len())
+                    + e.description.as_ref().map_or(0, |c| c.to.len());
+            }
+            Event::Commented(c) => {
+                self.bytes += c.body.len() + 1;
+                if c.visibility == Visibility::Private {
+                    self.private.push(c.body.clone());
+                } else {
+                    self.public.push(c.body.clone());
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+/// A vector's text form is at most this many times the bytes of the text it came from
+/// (quotes and a space per word, doubled quotes, case folding that grows a character). Text
+/// within budget by this measure can never reach the budget, so no comment would be dropped.
+const FRESH_TEXT_FACTOR: usize = 5;
+
 /// `?, ?, …` for `n` values.
 fn marks(n: usize) -> String {
     vec!["?"; n].join(", ")
@@ -173,6 +210,8 @@ impl Projection for TicketsProjection {
         // Fold in memory; the search text is written event by event, in order (each
         // statement depends on what the ticket's text holds so far); each ticket's row and CC
         // once, at the end.
+        let pg = matches!(conn, Conn::Postgres(_));
+        let mut fresh: HashMap<Uuid, FreshText> = HashMap::new();
         let mut last: HashMap<Uuid, &StoredEvent> = HashMap::new();
         let mut order: Vec<Uuid> = Vec::new();
         let mut cc: HashSet<Uuid> = HashSet::new();
@@ -188,7 +227,16 @@ impl Projection for TicketsProjection {
             let Some(t) = evolve(state, &recorded) else {
                 continue;
             };
-            index_text(conn, &t, &recorded.event, event.version).await?;
+            match fresh.get_mut(&t.id) {
+                // A ticket opened in this batch: its text is written once, below.
+                Some(f) => f.add(&recorded.event),
+                None if pg && matches!(recorded.event, Event::Opened(_)) => {
+                    let mut f = FreshText::default();
+                    f.add(&recorded.event);
+                    fresh.insert(t.id, f);
+                }
+                None => index_text(conn, &t, &recorded.event, event.version).await?,
+            }
             if cc_changed(&recorded.event) {
                 cc.insert(t.id);
             }
@@ -212,6 +260,40 @@ impl Projection for TicketsProjection {
             }
         }
         conn.insert_rows(TICKET_INSERT, rows, TICKET_UPSERT).await?;
+        let mut texts = Vec::new();
+        for id in &order {
+            let (Some(f), Some(t)) = (fresh.get(id), states.get(id)) else {
+                continue;
+            };
+            if f.bytes.saturating_mul(FRESH_TEXT_FACTOR) <= PG_TEXT_BUDGET as usize {
+                texts.push(vec![
+                    Bind::Uuid(*id),
+                    Bind::Text(head_text(t)),
+                    Bind::Text(search_text(&f.public.join("\n"))),
+                    Bind::Text(search_text(&f.private.join("\n"))),
+                ]);
+            } else {
+                // So much text that the budget may cut it: event by event, as one at a time.
+                let mut state: State = None;
+                for event in events.iter().filter(|e| e.stream_id == *id) {
+                    let recorded = decode(event)?;
+                    state = evolve(state, &recorded);
+                    if let Some(t) = &state {
+                        index_text(conn, t, &recorded.event, event.version).await?;
+                    }
+                }
+            }
+        }
+        conn.insert_rows_as(
+            "INSERT INTO ticket_search (ticket_id, head, public_comments, private_comments)",
+            "(?, strip(to_tsvector('simple', ?)), strip(to_tsvector('simple', ?)), \
+             strip(to_tsvector('simple', ?)))",
+            texts,
+            "ON CONFLICT (ticket_id) DO UPDATE SET head = excluded.head, \
+             public_comments = excluded.public_comments, \
+             private_comments = excluded.private_comments",
+        )
+        .await?;
         let gone: Vec<Uuid> = order.iter().filter(|id| cc.contains(id)).copied().collect();
         for chunk in gone.chunks(crate::sql::MAX_BINDS) {
             let binds: Vec<Bind> = chunk.iter().map(|id| Bind::Uuid(*id)).collect();
