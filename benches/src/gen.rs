@@ -145,7 +145,9 @@ fn script(k: u64, rounds: usize) -> (Actor, Actor, Vec<(bool, CommandKind)>) {
         Some(format!("org-{}", k % 200)),
     );
     let agent = actor(format!("agent-{}", k % 50), Role::Agent, None);
-    let priority = Priority::ALL[(k % Priority::ALL.len() as u64) as usize];
+    // Hashed, so priority does not follow the status pattern below (k % 10).
+    let spread = k.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 40;
+    let priority = Priority::ALL[(spread % Priority::ALL.len() as u64) as usize];
     let mut steps = vec![(
         false,
         CommandKind::Open(OpenTicket {

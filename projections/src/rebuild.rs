@@ -256,6 +256,13 @@ impl Scratch {
         let tables = live_tables(live, projections).await?;
         match (live, &self.place) {
             (Database::Postgres(pool), Place::Postgres { base, schema }) => {
+                // Fresh tables have no statistics yet; plans over them would be guesses until
+                // autovacuum came by. Gathered before the switch, outside its locks.
+                for t in &tables {
+                    pool.execute(format!("ANALYZE {}.{}", ident(schema), ident(t.name)).as_str())
+                        .await
+                        .map_err(unavailable)?;
+                }
                 let old = format!("ticketd_old_{}", Uuid::now_v7().simple());
                 let mut tx = pool.begin().await.map_err(unavailable)?;
                 // Tables first, then checkpoint rows: the order a live batch takes them in,
