@@ -43,6 +43,9 @@ struct Args {
     customers: u64,
     #[arg(long, default_value_t = 200)]
     orgs: u64,
+    /// Run only this kind of query (overdue, list, page2, search, search_customer).
+    #[arg(long)]
+    only: Option<String>,
 }
 
 const LISTS: [&str; 5] = [
@@ -127,7 +130,15 @@ async fn client(
     let mut turn = 0usize;
     while Instant::now() < stop_at {
         turn += 1;
-        let (kind, path, who) = match turn % 5 {
+        let pick = match args.only.as_deref() {
+            None => turn % 5,
+            Some("overdue") => 0,
+            Some("list") => 1,
+            Some("page2") => 2,
+            Some("search") => 3,
+            Some(_) => 4,
+        };
+        let (kind, path, who) = match pick {
             0 => {
                 let c = rng.below(args.customers);
                 let org = format!("org-{}", c % args.orgs);
@@ -217,6 +228,11 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     if args.clients == 0 {
         bail!("--clients must be at least 1");
+    }
+    if let Some(k) = &args.only {
+        if !["overdue", "list", "page2", "search", "search_customer"].contains(&k.as_str()) {
+            bail!("--only takes overdue, list, page2, search or search_customer, not {k:?}");
+        }
     }
     let secret = match &args.jwt_secret {
         Some(s) => s.clone(),
