@@ -1031,11 +1031,18 @@ async fn watch_visibility(pool: PgPool, shared: Arc<Shared>) {
             if target <= shared.announced.load(Ordering::Acquire) {
                 break;
             }
-            if shared.xmin.load(Ordering::Acquire) > target {
+            let xmin = shared.xmin.load(Ordering::Acquire);
+            if xmin > target {
                 shared.announce(target);
                 // Coalesces ticks under load; appends meanwhile leave a wake-up behind.
                 tokio::time::sleep(MIN_TICK).await;
                 break;
+            }
+            // Under steady load the newest append is always still in flight: announce what
+            // is visible already (everything older than xmin) rather than wait for a lull.
+            if xmin > 0 && xmin - 1 > shared.announced.load(Ordering::Acquire) {
+                shared.announce(xmin - 1);
+                pause = FIRST_POLL;
             }
             tokio::time::sleep(pause).await;
             if shared.xmin.load(Ordering::Acquire) <= target {
