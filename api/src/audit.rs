@@ -25,6 +25,7 @@ use crate::auth::Caller;
 use crate::dto::TicketView;
 use crate::error::{ApiError, Problem};
 use crate::extract::IdPath;
+use crate::ndjson::LineWriter;
 use crate::record::{timestamp, AuditEvent};
 
 /// `limit` when none is given, and the largest accepted.
@@ -219,12 +220,10 @@ fn stream_log(store: Arc<dyn EventStore>, after: Position, limit: Option<usize>)
                 let last = batch.last()?;
                 c.after = last.position;
                 c.remaining = c.remaining.map(|r| r.saturating_sub(batch.len()));
-                let mut buf = Vec::with_capacity(batch.len() * 512);
+                let mut buf = Vec::with_capacity(batch.len() * 1024);
+                let mut lines = LineWriter::new();
                 for e in &batch {
-                    // Plain data to JSON cannot fail; a line is never left half written.
-                    if serde_json::to_writer(&mut buf, &AuditEvent::new(e, true)).is_ok() {
-                        buf.push(b'\n');
-                    }
+                    lines.write(e.into(), true, &mut buf);
                 }
                 Some((Ok(Bytes::from(buf)), c))
             }

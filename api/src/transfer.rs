@@ -14,6 +14,7 @@ use ticketd_commands::{EventStore, Position, PostgresStore, SqliteStore, StoredE
 use ticketd_domain::HASH_LEN;
 
 use crate::config::{ExportArgs, Format, ImportArgs, StoreArgs, VerifyArgs};
+use crate::ndjson::LineWriter;
 use crate::record::AuditEvent;
 
 /// Events per read (export) and per insert (import).
@@ -99,13 +100,15 @@ pub async fn verify(args: &VerifyArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Appends one event to `out` in `format`.
-pub fn encode(format: Format, e: &StoredEvent, out: &mut Vec<u8>) -> anyhow::Result<()> {
+/// Appends one event to `out` in `format`; `lines` keeps its buffers between calls.
+pub fn encode(
+    format: Format,
+    e: &StoredEvent,
+    lines: &mut LineWriter,
+    out: &mut Vec<u8>,
+) -> anyhow::Result<()> {
     match format {
-        Format::Ndjson => {
-            serde_json::to_writer(&mut *out, &AuditEvent::new(e, false))?;
-            out.push(b'\n');
-        }
+        Format::Ndjson => lines.write(e.into(), false, out),
         Format::Msgpack => ticketd_commands::packed::encode(e, out)?,
     }
     Ok(())
@@ -135,9 +138,10 @@ pub async fn export_to(
     let mut written = 0u64;
     let mut buf = Vec::new();
     if let Some(ticket) = selection.ticket {
+        let mut lines = LineWriter::new();
         for e in store.read_stream(ticket, 0).await? {
             if selection.takes(e.position) {
-                encode(format, &e, &mut buf)?;
+                encode(format, &e, &mut lines, &mut buf)?;
                 written += 1;
             }
         }
@@ -192,12 +196,13 @@ fn encode_page(
         count: 0,
         finished: false,
     };
+    let mut lines = LineWriter::new();
     for e in batch {
         if !selection.takes(e.position) {
             page.finished = true;
             break;
         }
-        encode(format, e, &mut page.bytes)?;
+        encode(format, e, &mut lines, &mut page.bytes)?;
         page.count += 1;
     }
     Ok(page)

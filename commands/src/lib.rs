@@ -17,6 +17,6 @@ pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
 
 pub use store::{
-    AppendRequest, Appended, BadPosition, Database, EventStore, IdempotencyHit, IdempotencyRecord,
-    NewEvent, Position, StoreError, StoreResult, StoredEvent,
+    AppendRequest, Appended, BadPosition, Database, EventRef, EventStore, IdempotencyHit,
+    IdempotencyRecord, NewEvent, Position, StoreError, StoreResult, StoredEvent,
 };

@@ -79,6 +79,41 @@ pub struct StoredEvent {
     pub hash: [u8; HASH_LEN],
 }
 
+/// A stored event borrowed from wherever its bytes are (a [`StoredEvent`], or a row of raw
+/// COPY data), so that bulk readers can encode it without copying it first.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct EventRef<'a> {
+    pub position: Position,
+    pub stream_id: Uuid,
+    pub version: u64,
+    pub event_id: Uuid,
+    pub event_type: &'a str,
+    pub schema_version: u32,
+    pub recorded_at: DateTime<Utc>,
+    pub metadata: &'a [u8],
+    pub payload: &'a [u8],
+    pub prev_hash: &'a [u8; HASH_LEN],
+    pub hash: &'a [u8; HASH_LEN],
+}
+
+impl<'a> From<&'a StoredEvent> for EventRef<'a> {
+    fn from(e: &'a StoredEvent) -> Self {
+        EventRef {
+            position: e.position,
+            stream_id: e.stream_id,
+            version: e.version,
+            event_id: e.event_id,
+            event_type: &e.event_type,
+            schema_version: e.schema_version,
+            recorded_at: e.recorded_at,
+            metadata: &e.metadata,
+            payload: &e.payload,
+            prev_hash: &e.prev_hash,
+            hash: &e.hash,
+        }
+    }
+}
+
 /// A command's answer kept under its idempotency key (CONTRACT §4), written in the same
 /// transaction as the command's events.
 #[derive(Debug, Clone, PartialEq)]

@@ -190,9 +190,16 @@ macro_rules! event_kinds {
 
             /// The payload as JSON, for the audit API and exports.
             pub fn to_json(&self) -> serde_json::Value {
-                let v = match self { $(Event::$variant(e) => serde_json::to_value(e)),+ };
                 // These types serialize to JSON infallibly (string keys, no non-finite floats).
-                v.unwrap_or(serde_json::Value::Null)
+                serde_json::to_value(self).unwrap_or(serde_json::Value::Null)
+            }
+        }
+
+        /// Serializes as the payload alone (what [`Event::to_json`] shows), so that writers
+        /// can stream it without building a `serde_json::Value`.
+        impl Serialize for Event {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                match self { $(Event::$variant(e) => e.serialize(s)),+ }
             }
         }
 
