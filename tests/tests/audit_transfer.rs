@@ -69,8 +69,7 @@ async fn populate(store: Arc<dyn EventStore>) -> Vec<Uuid> {
 }
 
 async fn export(store: &dyn EventStore, format: Format) -> Vec<u8> {
-    let mut out = Vec::new();
-    export_to(store, Selection::default(), format, &mut out)
+    let (_, out) = export_to(store, Selection::default(), format, Vec::new())
         .await
         .expect("export");
     out
@@ -306,13 +305,12 @@ async fn export_takes_a_range_or_one_ticket() {
             .collect()
     };
 
-    let mut out = Vec::new();
     let selection = Selection {
         after: Some(log[2].position),
         until: Some(log[6].position),
         ticket: None,
     };
-    export_to(store, selection, Format::Ndjson, &mut out)
+    let (_, out) = export_to(store, selection, Format::Ndjson, Vec::new())
         .await
         .expect("export");
     let got = lines(out);
@@ -324,12 +322,11 @@ async fn export_takes_a_range_or_one_ticket() {
         "exports carry no positions"
     );
 
-    let mut out = Vec::new();
     let selection = Selection {
         ticket: Some(ids[3]),
         ..Selection::default()
     };
-    export_to(store, selection, Format::Ndjson, &mut out)
+    let (_, out) = export_to(store, selection, Format::Ndjson, Vec::new())
         .await
         .expect("export");
     let got = lines(out);
