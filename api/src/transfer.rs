@@ -388,7 +388,7 @@ pub async fn import_from(
             failure = Some(e.into());
         }
     }
-    let report = verifier.finish();
+    let (report, heads) = verifier.finish_with_heads();
     if failure.is_none() && !report.is_ok() {
         failure = Some(anyhow::anyhow!(
             "the export fails verification; nothing was imported:\n{}",
@@ -399,7 +399,7 @@ pub async fn import_from(
         importer.rollback().await?;
         return Err(e);
     }
-    Ok(importer.commit().await?)
+    Ok(importer.commit(heads).await?)
 }
 
 /// `ticketd import`.
