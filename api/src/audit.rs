@@ -31,8 +31,10 @@ use crate::record::{timestamp, AuditEvent};
 /// `limit` when none is given, and the largest accepted.
 pub const DEFAULT_LIMIT: usize = 100;
 pub const MAX_LIMIT: usize = 1000;
-/// Events read from the store per chunk of an NDJSON stream.
-const STREAM_BATCH: usize = 1000;
+/// Events read from the store per page (and chunk) of an NDJSON stream.
+pub const STREAM_BATCH: usize = 5000;
+/// Encoded pages an NDJSON stream may hold that the client has not taken yet.
+const STREAM_AHEAD: usize = 2;
 pub const NDJSON: &str = "application/x-ndjson";
 
 pub fn routes() -> Router<AppState> {
@@ -195,52 +197,89 @@ pub async fn log(
     Ok(axum::Json(EventPage { items, next }).into_response())
 }
 
-struct Cursor {
-    store: Arc<dyn EventStore>,
-    after: Position,
-    remaining: Option<usize>,
-    failed: bool,
-}
-
-/// The NDJSON stream: one store read per chunk, only when the client has taken the last one.
+/// The NDJSON stream: a task reads the store a page at a time and encodes each page on a
+/// blocking thread while it reads the next, handing the lines to the response through a
+/// bounded channel. It reads ahead by at most [`STREAM_AHEAD`] pages the client has not
+/// taken, so memory stays flat however large the log.
 fn stream_log(store: Arc<dyn EventStore>, after: Position, limit: Option<usize>) -> Response {
-    let cursor = Cursor {
-        store,
-        after,
-        remaining: limit,
-        failed: false,
-    };
-    let chunks = futures::stream::unfold(cursor, |mut c| async move {
-        if c.failed || c.remaining == Some(0) {
-            return None;
-        }
-        let n = c.remaining.map_or(STREAM_BATCH, |r| r.min(STREAM_BATCH));
-        match c.store.read_all(c.after, n).await {
-            Ok(batch) => {
-                let last = batch.last()?;
-                c.after = last.position;
-                c.remaining = c.remaining.map(|r| r.saturating_sub(batch.len()));
-                let mut buf = Vec::with_capacity(batch.len() * 1024);
-                let mut lines = LineWriter::new();
-                for e in &batch {
-                    lines.write(e.into(), true, &mut buf);
-                }
-                Some((Ok(Bytes::from(buf)), c))
-            }
-            Err(e) => {
-                // The status line is long gone: ending the body with an error aborts the
-                // response, so the client sees a truncated stream rather than a clean end.
-                tracing::warn!(error = %e, after = %c.after, "audit stream failed");
-                c.failed = true;
-                Some((Err(std::io::Error::other(e.to_string())), c))
-            }
-        }
+    let (lines, chunks) = tokio::sync::mpsc::channel(STREAM_AHEAD);
+    tokio::spawn(produce(store, after, limit, lines));
+    let body = futures::stream::unfold(chunks, |mut chunks| async move {
+        chunks.recv().await.map(|chunk| (chunk, chunks))
     });
-    let mut response = Response::new(Body::from_stream(chunks));
+    let mut response = Response::new(Body::from_stream(body));
     response
         .headers_mut()
         .insert(header::CONTENT_TYPE, HeaderValue::from_static(NDJSON));
     response
+}
+
+type Chunk = Result<Bytes, std::io::Error>;
+
+/// Feeds `lines` until the end of the log (or `limit`), a store failure, or the client going
+/// away (the channel closes).
+async fn produce(
+    store: Arc<dyn EventStore>,
+    mut after: Position,
+    mut remaining: Option<usize>,
+    lines: tokio::sync::mpsc::Sender<Chunk>,
+) {
+    let mut encoding: Option<tokio::task::JoinHandle<Result<Bytes, StoreError>>> = None;
+    loop {
+        let n = remaining.map_or(STREAM_BATCH, |r| r.min(STREAM_BATCH));
+        let read = async {
+            match n {
+                0 => Ok(Vec::new().into()),
+                n => store.read_batch(after, n).await,
+            }
+        };
+        // The page before goes to the client while the next is read.
+        let send = async {
+            let Some(task) = encoding.take() else {
+                return true;
+            };
+            let chunk = match task.await {
+                Ok(Ok(bytes)) => Ok(bytes),
+                Ok(Err(e)) => Err(e.to_string()),
+                Err(e) => Err(format!("the encoding thread failed: {e}")),
+            };
+            match chunk {
+                Ok(bytes) => lines.send(Ok(bytes)).await.is_ok(),
+                Err(e) => {
+                    fail(&lines, after, e).await;
+                    false
+                }
+            }
+        };
+        let (batch, sent) = tokio::join!(read, send);
+        if !sent {
+            return;
+        }
+        let batch = match batch {
+            Ok(batch) => batch,
+            Err(e) => return fail(&lines, after, e.to_string()).await,
+        };
+        let Some(last) = batch.last_position() else {
+            return;
+        };
+        after = last;
+        remaining = remaining.map(|r| r.saturating_sub(batch.len()));
+        encoding = Some(tokio::task::spawn_blocking(move || {
+            let mut bytes = Vec::with_capacity(batch.len() * 1024);
+            let mut writer = LineWriter::new();
+            for e in batch.iter() {
+                writer.write(e?, true, &mut bytes);
+            }
+            Ok(Bytes::from(bytes))
+        }));
+    }
+}
+
+/// The status line is long gone: ending the body with an error aborts the response, so the
+/// client sees a truncated stream rather than a clean end.
+async fn fail(lines: &tokio::sync::mpsc::Sender<Chunk>, after: Position, e: String) {
+    tracing::warn!(error = %e, after = %after, "audit stream failed");
+    let _ = lines.send(Err(std::io::Error::other(e))).await;
 }
 
 /// Every event of one ticket, in version order (§7.2). 404 if the ticket has none.

@@ -10,7 +10,9 @@ use uuid::Uuid;
 
 use ticketd_commands::import::{Imported, Importer};
 use ticketd_commands::verify::{verify_store_with, Report, Verifier};
-use ticketd_commands::{EventStore, Position, PostgresStore, SqliteStore, StoredEvent};
+use ticketd_commands::{
+    EventBatch, EventRef, EventStore, Position, PostgresStore, SqliteStore, StoredEvent,
+};
 use ticketd_domain::HASH_LEN;
 
 use crate::config::{ExportArgs, Format, ImportArgs, StoreArgs, VerifyArgs};
@@ -103,12 +105,12 @@ pub async fn verify(args: &VerifyArgs) -> anyhow::Result<()> {
 /// Appends one event to `out` in `format`; `lines` keeps its buffers between calls.
 pub fn encode(
     format: Format,
-    e: &StoredEvent,
+    e: EventRef<'_>,
     lines: &mut LineWriter,
     out: &mut Vec<u8>,
 ) -> anyhow::Result<()> {
     match format {
-        Format::Ndjson => lines.write(e.into(), false, out),
+        Format::Ndjson => lines.write(e, false, out),
         Format::Msgpack => ticketd_commands::packed::encode(e, out)?,
     }
     Ok(())
@@ -128,30 +130,32 @@ impl Selection {
     }
 }
 
-/// Writes the selected events to `out` in log order; returns how many.
-pub async fn export_to(
+/// Writes the selected events to `out` in log order; returns how many, and `out`.
+pub async fn export_to<W: Write + Send + 'static>(
     store: &dyn EventStore,
     selection: Selection,
     format: Format,
-    out: &mut dyn Write,
-) -> anyhow::Result<u64> {
+    mut out: W,
+) -> anyhow::Result<(u64, W)> {
     let mut written = 0u64;
-    let mut buf = Vec::new();
     if let Some(ticket) = selection.ticket {
+        let mut buf = Vec::new();
         let mut lines = LineWriter::new();
         for e in store.read_stream(ticket, 0).await? {
             if selection.takes(e.position) {
-                encode(format, &e, &mut lines, &mut buf)?;
+                encode(format, (&e).into(), &mut lines, &mut buf)?;
                 written += 1;
             }
         }
         out.write_all(&buf)?;
-        return Ok(written);
+        return Ok((written, out));
     }
-    // Reading a page and encoding the one before overlap: encoding runs on a blocking thread
-    // while this task waits for the store, which more than halves an export's time on two cores.
+    // Reading a page overlaps encoding and writing the one before: this task waits for the
+    // store while a blocking thread encodes and writes. Writing there too keeps this task
+    // free for the next read.
     let mut after = selection.after.unwrap_or(Position::START);
-    let mut encoding: Option<tokio::task::JoinHandle<anyhow::Result<Encoded>>> = None;
+    let mut idle = Some(out);
+    let mut encoding: Option<tokio::task::JoinHandle<anyhow::Result<(Encoded, W)>>> = None;
     loop {
         let previous = async {
             match encoding.take() {
@@ -159,52 +163,65 @@ pub async fn export_to(
                 None => None,
             }
         };
-        let (batch, previous) = tokio::join!(store.read_all(after, EXPORT_PAGE), previous);
+        let (batch, previous) = tokio::join!(store.read_batch(after, EXPORT_PAGE), previous);
         if let Some(done) = previous {
-            let done = done.context("the encoding thread failed")??;
-            out.write_all(&done.bytes)?;
-            written += done.count;
-            if done.finished {
-                return Ok(written);
+            let (page, out) = done.context("the encoding thread failed")??;
+            written += page.count;
+            if page.finished {
+                return Ok((written, out));
             }
+            idle = Some(out);
         }
         let batch = batch?;
-        let Some(last) = batch.last() else { break };
-        after = last.position;
+        let Some(last) = batch.last_position() else {
+            break;
+        };
+        after = last;
+        let Some(mut out) = idle.take() else {
+            bail!("the export's writer is still in use");
+        };
         encoding = Some(tokio::task::spawn_blocking(move || {
-            encode_page(format, selection, &batch)
+            let page = encode_page(format, selection, &batch, &mut out)?;
+            Ok((page, out))
         }));
     }
-    Ok(written)
+    match idle {
+        Some(out) => Ok((written, out)),
+        None => bail!("the export's writer is still in use"),
+    }
 }
 
-/// A page of an export, encoded.
+/// What a page of an export came to.
 struct Encoded {
-    bytes: Vec<u8>,
     count: u64,
     /// The page reached the end of the selection.
     finished: bool,
 }
 
+/// Encodes `batch` and writes it to `out`. (Encoding it in two halves on two threads was
+/// tried: no faster on two cores, where PostgreSQL and the reading task need the other one.)
 fn encode_page(
     format: Format,
     selection: Selection,
-    batch: &[StoredEvent],
+    batch: &EventBatch,
+    out: &mut dyn Write,
 ) -> anyhow::Result<Encoded> {
+    let mut bytes = Vec::with_capacity(batch.len() * 1024);
     let mut page = Encoded {
-        bytes: Vec::with_capacity(batch.len() * 512),
         count: 0,
         finished: false,
     };
     let mut lines = LineWriter::new();
-    for e in batch {
+    for e in batch.iter() {
+        let e = e?;
         if !selection.takes(e.position) {
             page.finished = true;
             break;
         }
-        encode(format, e, &mut lines, &mut page.bytes)?;
+        encode(format, e, &mut lines, &mut bytes)?;
         page.count += 1;
     }
+    out.write_all(&bytes)?;
     Ok(page)
 }
 
@@ -222,8 +239,8 @@ pub async fn export(args: &ExportArgs) -> anyhow::Result<()> {
     }
     let file = std::fs::File::create(&args.output)
         .with_context(|| format!("creating {}", args.output.display()))?;
-    let mut out = BufWriter::new(file);
-    let n = export_to(store.as_ref(), selection, args.format, &mut out).await?;
+    let (n, mut out) =
+        export_to(store.as_ref(), selection, args.format, BufWriter::new(file)).await?;
     out.flush()?;
     eprintln!("exported {n} events");
     Ok(())
@@ -371,7 +388,7 @@ pub async fn import_from(
             failure = Some(e.into());
         }
     }
-    let report = verifier.finish();
+    let (report, heads) = verifier.finish_with_heads();
     if failure.is_none() && !report.is_ok() {
         failure = Some(anyhow::anyhow!(
             "the export fails verification; nothing was imported:\n{}",
@@ -382,7 +399,7 @@ pub async fn import_from(
         importer.rollback().await?;
         return Err(e);
     }
-    Ok(importer.commit().await?)
+    Ok(importer.commit(heads).await?)
 }
 
 /// `ticketd import`.

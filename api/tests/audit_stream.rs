@@ -12,16 +12,18 @@ use tokio::sync::Semaphore;
 use uuid::Uuid;
 
 use ticketd_commands::{
-    AppendRequest, Appended, EventStore, IdempotencyHit, Position, StoreResult, StoredEvent,
+    AppendRequest, Appended, EventStore, IdempotencyHit, Position, StoreError, StoreResult,
+    StoredEvent,
 };
 use ticketd_domain::Role;
 use ticketd_tests::http::TestServer;
 
-/// A store whose `read_all` calls after the first wait for a permit.
+/// A store whose `read_all` calls after the first wait for a permit (or, with `fail`, fail).
 struct Gated {
     inner: Arc<dyn EventStore>,
     reads: AtomicUsize,
     gate: Semaphore,
+    fail: bool,
 }
 
 #[async_trait]
@@ -34,6 +36,9 @@ impl EventStore for Gated {
     }
     async fn read_all(&self, after: Position, limit: usize) -> StoreResult<Vec<StoredEvent>> {
         if self.reads.fetch_add(1, Ordering::SeqCst) > 0 {
+            if self.fail {
+                return Err(StoreError::Unavailable("the database went away".into()));
+            }
             self.gate.acquire().await.expect("gate open").forget();
         }
         self.inner.read_all(after, limit).await
@@ -63,14 +68,17 @@ impl EventStore for Gated {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_stream_flows_batch_by_batch() {
     let t = ticketd_tests::sqlite_store().await;
-    // 1200 events: more than one read's batch (1000).
-    for _ in 0..12 {
+    // More than one read's batch.
+    let batch = ticketd_api::audit::STREAM_BATCH;
+    let total = batch + 200;
+    for _ in 0..total / 100 {
         ticketd_tests::new_stream(t.store.as_ref(), 100).await;
     }
     let gated = Arc::new(Gated {
         inner: t.store.clone(),
         reads: AtomicUsize::new(0),
         gate: Semaphore::new(0),
+        fail: false,
     });
     let s = TestServer::start(gated.clone()).await;
     let token = s.token("audrey", Role::Auditor, None, false);
@@ -86,14 +94,14 @@ async fn the_stream_flows_batch_by_batch() {
     let mut body = Vec::new();
     let lines = |body: &[u8]| body.iter().filter(|b| **b == b'\n').count();
     let first = tokio::time::timeout(Duration::from_secs(10), async {
-        while lines(&body) < 1000 {
+        while lines(&body) < batch {
             let chunk = response.chunk().await.expect("chunk").expect("more");
             body.extend_from_slice(&chunk);
         }
     })
     .await;
     assert!(first.is_ok(), "the first batch did not arrive on its own");
-    assert_eq!(lines(&body), 1000, "nothing past the first batch yet");
+    assert_eq!(lines(&body), batch, "nothing past the first batch yet");
     assert_eq!(
         gated.reads.load(Ordering::SeqCst),
         2,
@@ -109,11 +117,63 @@ async fn the_stream_flows_batch_by_batch() {
         .lines()
         .map(|l| serde_json::from_str(l).expect("a JSON line"))
         .collect();
-    assert_eq!(events.len(), 1200);
+    assert_eq!(events.len(), total);
     let log = ticketd_tests::read_everything(t.store.as_ref(), 1000).await;
     for (line, stored) in events.iter().zip(&log) {
         assert_eq!(line["id"], stored.event_id.to_string());
         // Not a known event type: shown with its bytes, `data` null.
         assert_eq!(line["data"], serde_json::Value::Null);
     }
+}
+
+/// A store failing after the first page: the client has that page, then the body breaks off
+/// (no clean end), so a truncated stream can never pass for the whole log. A `limit` beyond
+/// one page is met exactly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_failure_aborts_the_stream_and_limits_span_pages() {
+    let t = ticketd_tests::sqlite_store().await;
+    let batch = ticketd_api::audit::STREAM_BATCH;
+    for _ in 0..(batch + 200) / 100 {
+        ticketd_tests::new_stream(t.store.as_ref(), 100).await;
+    }
+    let failing = Arc::new(Gated {
+        inner: t.store.clone(),
+        reads: AtomicUsize::new(0),
+        gate: Semaphore::new(0),
+        fail: true,
+    });
+    let s = TestServer::start(failing).await;
+    let token = s.token("audrey", Role::Auditor, None, false);
+    let mut response = reqwest::Client::new()
+        .get(format!("{}/v1/audit/events", s.base))
+        .bearer_auth(&token)
+        .header("accept", "application/x-ndjson")
+        .send()
+        .await
+        .expect("response headers");
+    assert_eq!(response.status(), 200);
+    let mut body = Vec::new();
+    let ended = loop {
+        match response.chunk().await {
+            Ok(Some(chunk)) => body.extend_from_slice(&chunk),
+            Ok(None) => break "cleanly",
+            Err(_) => break "with an error",
+        }
+    };
+    assert_eq!(ended, "with an error");
+    assert_eq!(body.iter().filter(|b| **b == b'\n').count(), batch);
+
+    let s = TestServer::start(t.store.clone()).await;
+    let token = s.token("audrey", Role::Auditor, None, false);
+    let text = reqwest::Client::new()
+        .get(format!("{}/v1/audit/events?limit={}", s.base, batch + 7))
+        .bearer_auth(&token)
+        .header("accept", "application/x-ndjson")
+        .send()
+        .await
+        .expect("response")
+        .text()
+        .await
+        .expect("body");
+    assert_eq!(text.lines().count(), batch + 7);
 }

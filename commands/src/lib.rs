@@ -6,6 +6,7 @@ pub mod error;
 pub mod handler;
 pub mod import;
 pub mod packed;
+pub mod pgcopy;
 pub mod postgres;
 pub mod sqlite;
 pub mod store;
@@ -17,6 +18,6 @@ pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
 
 pub use store::{
-    AppendRequest, Appended, BadPosition, Database, EventRef, EventStore, IdempotencyHit,
-    IdempotencyRecord, NewEvent, Position, StoreError, StoreResult, StoredEvent,
+    AppendRequest, Appended, BadPosition, Database, EventBatch, EventRef, EventStore,
+    IdempotencyHit, IdempotencyRecord, NewEvent, Position, StoreError, StoreResult, StoredEvent,
 };

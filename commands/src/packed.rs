@@ -10,7 +10,7 @@ use uuid::Uuid;
 
 use ticketd_domain::HASH_LEN;
 
-use crate::store::{Position, StoredEvent};
+use crate::store::{EventRef, Position, StoredEvent};
 
 /// One event in the MessagePack export: the stored fields, bytes as binary.
 #[derive(Debug, Serialize, Deserialize)]
@@ -67,6 +67,27 @@ mod bin {
     }
 }
 
+/// [`Packed`] borrowing the event, for writing: the same fields, names and order, so the
+/// same bytes, without copying the event first.
+#[derive(Serialize)]
+struct PackedRef<'a> {
+    stream: Uuid,
+    version: u64,
+    id: Uuid,
+    #[serde(rename = "type")]
+    event_type: &'a str,
+    schema_version: u32,
+    recorded_at: i64,
+    #[serde(serialize_with = "bin::serialize")]
+    metadata: &'a [u8],
+    #[serde(serialize_with = "bin::serialize")]
+    payload: &'a [u8],
+    #[serde(serialize_with = "bin::serialize")]
+    prev_hash: &'a [u8],
+    #[serde(serialize_with = "bin::serialize")]
+    hash: &'a [u8],
+}
+
 impl Packed {
     pub fn new(e: &StoredEvent) -> Packed {
         Packed {
@@ -106,12 +127,59 @@ impl Packed {
 }
 
 /// Appends `e` to `out`.
-pub fn encode(e: &StoredEvent, out: &mut Vec<u8>) -> Result<(), rmp_serde::encode::Error> {
-    rmp_serde::encode::write_named(out, &Packed::new(e))
+pub fn encode(e: EventRef<'_>, out: &mut Vec<u8>) -> Result<(), rmp_serde::encode::Error> {
+    let packed = PackedRef {
+        stream: e.stream_id,
+        version: e.version,
+        id: e.event_id,
+        event_type: e.event_type,
+        schema_version: e.schema_version,
+        recorded_at: e.recorded_at.timestamp_micros(),
+        metadata: e.metadata,
+        payload: e.payload,
+        prev_hash: e.prev_hash,
+        hash: e.hash,
+    };
+    rmp_serde::encode::write_named(out, &packed)
 }
 
 /// Reads the next event from `input` (which must not be at its end).
 pub fn decode(input: &mut impl Read) -> Result<StoredEvent, String> {
     let packed: Packed = rmp_serde::from_read(input).map_err(|e| e.to_string())?;
     packed.into_stored()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_borrowing_writer_writes_what_packed_wrote() {
+        for n in [0u8, 1, 200] {
+            let e = StoredEvent {
+                position: Position { tx: 3, seq: 4 },
+                stream_id: Uuid::from_u128(u128::from(n) * 77),
+                version: u64::from(n) << 40,
+                event_id: Uuid::now_v7(),
+                event_type: format!("ticket.ü{n}"),
+                schema_version: u32::from(n) * 1000,
+                recorded_at: DateTime::from_timestamp_micros(-1_234_567 * i64::from(n))
+                    .expect("time"),
+                metadata: vec![n; usize::from(n)],
+                payload: vec![n; 300 * usize::from(n)],
+                prev_hash: [n; HASH_LEN],
+                hash: [!n; HASH_LEN],
+            };
+            let old = rmp_serde::to_vec_named(&Packed::new(&e)).expect("old");
+            let mut new = Vec::new();
+            encode((&e).into(), &mut new).expect("new");
+            assert_eq!(new, old);
+            // Positions are the store's, not exported.
+            let e = StoredEvent {
+                position: Position::START,
+                ..e
+            };
+            assert_eq!(decode(&mut new.as_slice()), Ok(e));
+        }
+    }
 }

@@ -96,6 +96,84 @@ pub struct EventRef<'a> {
     pub hash: &'a [u8; HASH_LEN],
 }
 
+/// A page of the log from [`EventStore::read_batch`]: `read_all`'s events, in a form a bulk
+/// reader can encode in place.
+#[derive(Debug, Clone)]
+pub struct EventBatch(Batch);
+
+#[derive(Debug, Clone)]
+enum Batch {
+    Events(Vec<StoredEvent>),
+    Copy(crate::pgcopy::CopyRows),
+}
+
+impl EventBatch {
+    pub fn len(&self) -> usize {
+        match &self.0 {
+            Batch::Events(events) => events.len(),
+            Batch::Copy(rows) => rows.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The last event's position: where the next page starts.
+    pub fn last_position(&self) -> Option<Position> {
+        match &self.0 {
+            Batch::Events(events) => events.last().map(|e| e.position),
+            Batch::Copy(rows) => rows.last_position(),
+        }
+    }
+
+    /// Event `i`; `Corrupt` if its row holds a value out of range (as `read_all` would say).
+    pub fn get(&self, i: usize) -> StoreResult<EventRef<'_>> {
+        match &self.0 {
+            Batch::Events(events) => events
+                .get(i)
+                .map(EventRef::from)
+                .ok_or_else(|| StoreError::Corrupt(format!("no event {i} in the batch"))),
+            Batch::Copy(rows) => rows.get(i),
+        }
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = StoreResult<EventRef<'_>>> + '_ {
+        (0..self.len()).map(|i| self.get(i))
+    }
+}
+
+impl From<Vec<StoredEvent>> for EventBatch {
+    fn from(events: Vec<StoredEvent>) -> Self {
+        EventBatch(Batch::Events(events))
+    }
+}
+
+impl From<crate::pgcopy::CopyRows> for EventBatch {
+    fn from(rows: crate::pgcopy::CopyRows) -> Self {
+        EventBatch(Batch::Copy(rows))
+    }
+}
+
+impl EventRef<'_> {
+    /// The event, owned.
+    pub fn to_stored(&self) -> StoredEvent {
+        StoredEvent {
+            position: self.position,
+            stream_id: self.stream_id,
+            version: self.version,
+            event_id: self.event_id,
+            event_type: self.event_type.to_owned(),
+            schema_version: self.schema_version,
+            recorded_at: self.recorded_at,
+            metadata: self.metadata.to_vec(),
+            payload: self.payload.to_vec(),
+            prev_hash: *self.prev_hash,
+            hash: *self.hash,
+        }
+    }
+}
+
 impl<'a> From<&'a StoredEvent> for EventRef<'a> {
     fn from(e: &'a StoredEvent) -> Self {
         EventRef {
@@ -201,6 +279,12 @@ pub trait EventStore: Send + Sync + 'static {
     /// that commits later: an event becomes visible here only once every event ordered before
     /// it is visible too.
     async fn read_all(&self, after: Position, limit: usize) -> StoreResult<Vec<StoredEvent>>;
+
+    /// The events `read_all` returns, for bulk readers (export, the NDJSON stream) that encode
+    /// each in place rather than keep it. PostgreSQL sends raw `COPY` rows for this.
+    async fn read_batch(&self, after: Position, limit: usize) -> StoreResult<EventBatch> {
+        Ok(self.read_all(after, limit).await?.into())
+    }
 
     /// The idempotency record of `user`'s `key`, if written after `since`.
     async fn idempotency(

@@ -233,7 +233,15 @@ impl Verifier {
         self.heads.insert(e.stream_id, (next, hash));
     }
 
-    pub fn finish(mut self) -> Report {
+    pub fn finish(self) -> Report {
+        self.finish_with_heads().0
+    }
+
+    /// The report, and each stream's head: its highest version and that version's hash. When
+    /// the report is clean these are exactly the streams' last events (import sets them).
+    pub fn finish_with_heads(
+        mut self,
+    ) -> (Report, impl Iterator<Item = (Uuid, u64, [u8; HASH_LEN])>) {
         let mut missing: Vec<Finding> = self
             .anchors
             .iter()
@@ -251,12 +259,17 @@ impl Verifier {
             .collect();
         missing.sort_by_key(|f| (f.stream_id, f.version));
         self.findings.extend(missing);
-        Report {
+        let report = Report {
             events: self.events,
             streams: self.heads.len() as u64,
             findings: self.findings,
             unreadable: None,
-        }
+        };
+        let heads = self
+            .heads
+            .into_iter()
+            .map(|(stream, (version, hash))| (stream, version, hash));
+        (report, heads)
     }
 }
 

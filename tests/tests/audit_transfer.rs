@@ -69,8 +69,7 @@ async fn populate(store: Arc<dyn EventStore>) -> Vec<Uuid> {
 }
 
 async fn export(store: &dyn EventStore, format: Format) -> Vec<u8> {
-    let mut out = Vec::new();
-    export_to(store, Selection::default(), format, &mut out)
+    let (_, out) = export_to(store, Selection::default(), format, Vec::new())
         .await
         .expect("export");
     out
@@ -306,13 +305,12 @@ async fn export_takes_a_range_or_one_ticket() {
             .collect()
     };
 
-    let mut out = Vec::new();
     let selection = Selection {
         after: Some(log[2].position),
         until: Some(log[6].position),
         ticket: None,
     };
-    export_to(store, selection, Format::Ndjson, &mut out)
+    let (_, out) = export_to(store, selection, Format::Ndjson, Vec::new())
         .await
         .expect("export");
     let got = lines(out);
@@ -324,12 +322,11 @@ async fn export_takes_a_range_or_one_ticket() {
         "exports carry no positions"
     );
 
-    let mut out = Vec::new();
     let selection = Selection {
         ticket: Some(ids[3]),
         ..Selection::default()
     };
-    export_to(store, selection, Format::Ndjson, &mut out)
+    let (_, out) = export_to(store, selection, Format::Ndjson, Vec::new())
         .await
         .expect("export");
     let got = lines(out);
@@ -410,4 +407,95 @@ async fn write_export_fixture() {
     let bytes = export(source.store.as_ref(), Format::Ndjson).await;
     std::fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
     std::fs::write(path, bytes).expect("write fixture");
+}
+
+/// Into PostgreSQL (one COPY for the events, one for the stream heads): a tampered file, and
+/// a file whose chains verify but that repeats an event id, are refused with nothing written;
+/// the store then takes a good import, whose heads are each stream's last event, and refuses
+/// a second one as not empty.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_import_refuses_writes_nothing_then_sets_heads() {
+    use ticketd_domain::{event_hash, HashInput};
+
+    let Some(pg) = ticketd_tests::postgres_store(4).await else {
+        return;
+    };
+    let source = ticketd_tests::sqlite_store().await;
+    populate(source.store.clone()).await;
+    let file = export(source.store.as_ref(), Format::Ndjson).await;
+    let target = Target::Postgres(pg.store.clone());
+    let pool = pg.store.pool();
+    let count = |table: &'static str| async move {
+        sqlx::query_scalar::<_, i64>(&format!("SELECT count(*) FROM {table}"))
+            .fetch_one(pool)
+            .await
+            .expect("count")
+    };
+
+    let mut records = read_records(&file, Format::Ndjson).expect("records");
+    let mut tampered = records.clone();
+    tampered[3].payload.push(0);
+    let err = import_from(&target, tampered.into_iter().map(Ok))
+        .await
+        .expect_err("tampered");
+    assert!(err.to_string().contains("fails verification"), "{err}");
+    assert_eq!((count("events").await, count("streams").await), (0, 0));
+
+    // Another stream's event takes the first event's id, its chain rehashed: it verifies,
+    // and the database refuses it when the COPY ends.
+    let k = records
+        .iter()
+        .position(|e| e.stream_id != records[0].stream_id)
+        .expect("a second stream");
+    let mut duplicate = records.clone();
+    duplicate[k].event_id = records[0].event_id;
+    let stream = duplicate[k].stream_id;
+    let mut prev = duplicate[k].prev_hash;
+    for e in duplicate
+        .iter_mut()
+        .skip(k)
+        .filter(|e| e.stream_id == stream)
+    {
+        e.prev_hash = prev;
+        e.hash = event_hash(&HashInput {
+            prev_hash: &e.prev_hash,
+            stream_id: e.stream_id,
+            version: e.version,
+            event_id: e.event_id,
+            event_type: &e.event_type,
+            schema_version: e.schema_version,
+            recorded_at: e.recorded_at,
+            metadata: &e.metadata,
+            payload: &e.payload,
+        });
+        prev = e.hash;
+    }
+    import_from(&target, duplicate.into_iter().map(Ok))
+        .await
+        .expect_err("a repeated event id");
+    assert_eq!((count("events").await, count("streams").await), (0, 0));
+
+    let n = records.len() as u64;
+    let imported = import_from(&target, records.clone().into_iter().map(Ok))
+        .await
+        .expect("import");
+    assert_eq!(imported.events, n);
+    let wrong_heads: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM streams s FULL JOIN \
+         (SELECT DISTINCT ON (stream_id) stream_id, version, hash FROM events \
+          ORDER BY stream_id, version DESC) e USING (stream_id) \
+         WHERE s.version IS DISTINCT FROM e.version OR s.last_hash IS DISTINCT FROM e.hash",
+    )
+    .fetch_one(pool)
+    .await
+    .expect("heads");
+    assert_eq!(wrong_heads, 0);
+    assert_eq!(count("streams").await, 4);
+
+    records.truncate(1);
+    let err = import_from(&target, records.into_iter().map(Ok))
+        .await
+        .expect_err("not empty");
+    assert!(err.to_string().contains("not empty"), "{err}");
+    assert_eq!(count("events").await, n as i64);
 }

@@ -161,8 +161,7 @@ async fn check(s: &TestServer) -> (bool, Named) {
 }
 
 async fn export(store: &dyn EventStore) -> Vec<u8> {
-    let mut bytes = Vec::new();
-    export_to(store, Selection::default(), Format::Ndjson, &mut bytes)
+    let (_, bytes) = export_to(store, Selection::default(), Format::Ndjson, Vec::new())
         .await
         .expect("export");
     bytes

@@ -4,7 +4,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::{TimeDelta, Utc};
+use chrono::{DateTime, TimeDelta, Utc};
 use uuid::Uuid;
 
 use ticketd_commands::{EventStore, Position, SqliteStore, StoreError, StoredEvent};
@@ -24,6 +24,7 @@ both_backends!(
     concurrent_appends_to_many_streams_each_decide_alone,
     read_stream_order_and_after_version,
     read_all_log_order_and_paging,
+    read_batch_is_read_all,
     hash_chain_verifies,
     stored_bytes_and_times_round_trip,
     idempotency_record_is_kept_with_the_append,
@@ -435,6 +436,59 @@ async fn read_all_log_order_and_paging(store: Arc<dyn EventStore>) {
         written,
         "a second full read"
     );
+}
+
+/// `read_batch(after, limit)` as owned events.
+async fn batch(store: &dyn EventStore, after: Position, limit: usize) -> Vec<StoredEvent> {
+    let batch = store.read_batch(after, limit).await.expect("read_batch");
+    let events: Vec<StoredEvent> = batch
+        .iter()
+        .map(|e| e.map(|e| e.to_stored()))
+        .collect::<Result<_, _>>()
+        .expect("every event of the batch");
+    assert_eq!(batch.last_position(), events.last().map(|e| e.position));
+    events
+}
+
+/// The bulk read (binary COPY rows on PostgreSQL) returns exactly what `read_all` does, odd
+/// values included, for any page.
+async fn read_batch_is_read_all(store: Arc<dyn EventStore>) {
+    let mut events = new_events(6);
+    events[0].metadata = Vec::new();
+    events[1].payload = vec![0, 0xff, 0, 0x80];
+    events[2].event_type = "ticket.é✓ \"quoted\"".into();
+    events[3].schema_version = u32::MAX;
+    // Year 1 and the last microsecond of 9999.
+    events[4].recorded_at = DateTime::from_timestamp_micros(-62_135_596_800_000_000).expect("t");
+    events[5].recorded_at = DateTime::from_timestamp_micros(253_402_300_799_999_999).expect("t");
+    let appended = store
+        .append(request(Uuid::now_v7(), 0, ZERO_HASH, events))
+        .await
+        .expect("append");
+    let (_, more) = new_stream(&*store, 4).await;
+    let last = more.events[3].position;
+    let written = read_until(&*store, last).await;
+    assert_eq!(written.len(), 10);
+    assert_eq!(written[..6], appended.events);
+    for after in [
+        Position::START,
+        written[0].position,
+        written[5].position,
+        last,
+    ] {
+        for limit in [0, 1, 3, 10, 1000] {
+            assert_eq!(
+                batch(&*store, after, limit).await,
+                store.read_all(after, limit).await.expect("read_all"),
+                "after {after}, limit {limit}"
+            );
+        }
+    }
+    let beyond = Position {
+        tx: u64::MAX,
+        seq: u64::MAX,
+    };
+    assert!(batch(&*store, beyond, 10).await.is_empty());
 }
 
 async fn hash_chain_verifies(store: Arc<dyn EventStore>) {
@@ -882,6 +936,11 @@ async fn postgres_read_all_waits_for_older_transactions() {
         read_everything(&*store, 100).await,
         first.events,
         "a newer commit stays hidden while an older transaction is open"
+    );
+    assert_eq!(
+        batch(&*store, Position::START, 100).await,
+        first.events,
+        "from the bulk read too"
     );
 
     let mut ticks = store.subscribe();
