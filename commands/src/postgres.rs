@@ -919,11 +919,12 @@ impl EventStore for PostgresStore {
         // read_all's query, WHERE and ORDER BY included, as binary COPY rows. COPY takes no
         // parameters: the values are plain integers, formatted here.
         let after_seq = i64::try_from(after.seq).unwrap_or(i64::MAX);
+        let rows = i64::try_from(limit).unwrap_or(i64::MAX);
         let sql = format!(
             "COPY (SELECT {PAGE_COLUMNS} FROM events \
              WHERE (tx_id, seq) > ('{}'::xid8, {after_seq}) \
                AND tx_id < pg_snapshot_xmin(pg_current_snapshot()) \
-             ORDER BY tx_id, seq LIMIT {limit}) TO STDOUT (FORMAT binary)",
+             ORDER BY tx_id, seq LIMIT {rows}) TO STDOUT (FORMAT binary)",
             after.tx
         );
         let mut chunks = self.pool.copy_out_raw(&sql).await.map_err(unavailable)?;

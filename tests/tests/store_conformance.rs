@@ -476,7 +476,7 @@ async fn read_batch_is_read_all(store: Arc<dyn EventStore>) {
         written[5].position,
         last,
     ] {
-        for limit in [0, 1, 3, 10, 1000] {
+        for limit in [0, 1, 3, 10, 1000, usize::MAX] {
             assert_eq!(
                 batch(&*store, after, limit).await,
                 store.read_all(after, limit).await.expect("read_all"),
