@@ -11,7 +11,7 @@ use serde_json::{json, Value};
 use uuid::Uuid;
 
 use ticketd_commands::{EventStore, PostgresStore, SqliteStore};
-use ticketd_domain::{event_hash, Event, HashInput, ZERO_HASH};
+use ticketd_domain::{Event, ZERO_HASH};
 
 const SECRET: &str = "crash-test-secret-crash-test-secret-0123456789";
 
@@ -156,17 +156,7 @@ async fn check(store: Arc<dyn EventStore>, acked: &Acknowledged) {
         for (i, e) in events.iter().enumerate() {
             assert_eq!(e.version, i as u64 + 1, "versions contiguous");
             assert_eq!(e.prev_hash, prev, "chain links");
-            let h = event_hash(&HashInput {
-                prev_hash: &e.prev_hash,
-                stream_id: e.stream_id,
-                version: e.version,
-                event_id: e.event_id,
-                event_type: &e.event_type,
-                schema_version: e.schema_version,
-                recorded_at: e.recorded_at,
-                metadata: &e.metadata,
-                payload: &e.payload,
-            });
+            let h = e.computed_hash();
             assert_eq!(e.hash, h, "hash of {id} v{}", e.version);
             prev = e.hash;
             if let Ok(Event::Commented(c)) =

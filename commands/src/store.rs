@@ -8,7 +8,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
-use ticketd_domain::HASH_LEN;
+use ticketd_domain::{event_hash, HashInput, HASH_LEN};
 
 /// A place in the whole log. Ordered by `(tx, seq)`: on PostgreSQL `tx` is the appending
 /// transaction's id and `seq` the row's sequence number; on SQLite, where one writer commits in
@@ -77,6 +77,24 @@ pub struct StoredEvent {
     pub payload: Vec<u8>,
     pub prev_hash: [u8; HASH_LEN],
     pub hash: [u8; HASH_LEN],
+}
+
+impl StoredEvent {
+    /// SHA-256 over this event's canonical bytes and its `prev_hash` (CONTRACT §7,
+    /// docs/AUDIT.md): what `hash` must be for the event to be intact.
+    pub fn computed_hash(&self) -> [u8; HASH_LEN] {
+        event_hash(&HashInput {
+            prev_hash: &self.prev_hash,
+            stream_id: self.stream_id,
+            version: self.version,
+            event_id: self.event_id,
+            event_type: &self.event_type,
+            schema_version: self.schema_version,
+            recorded_at: self.recorded_at,
+            metadata: &self.metadata,
+            payload: &self.payload,
+        })
+    }
 }
 
 /// A stored event borrowed from wherever its bytes are (a [`StoredEvent`], or a row of raw

@@ -9,7 +9,7 @@ use std::fmt;
 
 use uuid::Uuid;
 
-use ticketd_domain::{event_hash, HashInput, HASH_LEN, ZERO_HASH};
+use ticketd_domain::{HASH_LEN, ZERO_HASH};
 
 use crate::handler::decode;
 use crate::store::{EventStore, Position, StoreError, StoredEvent};
@@ -177,17 +177,7 @@ impl Verifier {
                 ),
             );
         }
-        let computed = event_hash(&HashInput {
-            prev_hash: &e.prev_hash,
-            stream_id: e.stream_id,
-            version: e.version,
-            event_id: e.event_id,
-            event_type: &e.event_type,
-            schema_version: e.schema_version,
-            recorded_at: e.recorded_at,
-            metadata: &e.metadata,
-            payload: &e.payload,
-        });
+        let computed = e.computed_hash();
         if computed != e.hash {
             find(
                 e.version,
@@ -350,17 +340,7 @@ mod tests {
                     prev_hash: prev,
                     hash: ZERO_HASH,
                 };
-                e.hash = event_hash(&HashInput {
-                    prev_hash: &e.prev_hash,
-                    stream_id: e.stream_id,
-                    version: e.version,
-                    event_id: e.event_id,
-                    event_type: &e.event_type,
-                    schema_version: e.schema_version,
-                    recorded_at: e.recorded_at,
-                    metadata: &e.metadata,
-                    payload: &e.payload,
-                });
+                e.hash = e.computed_hash();
                 prev = e.hash;
                 e
             })
@@ -443,17 +423,7 @@ mod tests {
                 .into_iter()
                 .map(|mut e| {
                     e.prev_hash = prev;
-                    e.hash = event_hash(&HashInput {
-                        prev_hash: &e.prev_hash,
-                        stream_id: e.stream_id,
-                        version: e.version,
-                        event_id: e.event_id,
-                        event_type: &e.event_type,
-                        schema_version: e.schema_version,
-                        recorded_at: e.recorded_at,
-                        metadata: &e.metadata,
-                        payload: &e.payload,
-                    });
+                    e.hash = e.computed_hash();
                     prev = e.hash;
                     e
                 })

@@ -415,8 +415,6 @@ async fn write_export_fixture() {
 /// a second one as not empty.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_import_refuses_writes_nothing_then_sets_heads() {
-    use ticketd_domain::{event_hash, HashInput};
-
     let Some(pg) = ticketd_tests::postgres_store(4).await else {
         return;
     };
@@ -457,17 +455,7 @@ async fn postgres_import_refuses_writes_nothing_then_sets_heads() {
         .filter(|e| e.stream_id == stream)
     {
         e.prev_hash = prev;
-        e.hash = event_hash(&HashInput {
-            prev_hash: &e.prev_hash,
-            stream_id: e.stream_id,
-            version: e.version,
-            event_id: e.event_id,
-            event_type: &e.event_type,
-            schema_version: e.schema_version,
-            recorded_at: e.recorded_at,
-            metadata: &e.metadata,
-            payload: &e.payload,
-        });
+        e.hash = e.computed_hash();
         prev = e.hash;
     }
     import_from(&target, duplicate.into_iter().map(Ok))

@@ -8,7 +8,7 @@ use chrono::{DateTime, TimeDelta, Utc};
 use uuid::Uuid;
 
 use ticketd_commands::{EventStore, Position, SqliteStore, StoreError, StoredEvent};
-use ticketd_domain::{event_hash, HashInput, ZERO_HASH};
+use ticketd_domain::ZERO_HASH;
 use ticketd_tests::{
     both_backends, head, idempotency_record, micros_time, new_event, new_events, new_stream,
     read_everything, read_until, request, tick_until_visible,
@@ -507,17 +507,7 @@ async fn hash_chain_verifies(store: Arc<dyn EventStore>) {
     for (i, e) in stored.iter().enumerate() {
         assert_eq!(e.version, i as u64 + 1);
         assert_eq!(e.prev_hash, prev, "prev_hash of version {}", e.version);
-        let recomputed = event_hash(&HashInput {
-            prev_hash: &e.prev_hash,
-            stream_id: e.stream_id,
-            version: e.version,
-            event_id: e.event_id,
-            event_type: &e.event_type,
-            schema_version: e.schema_version,
-            recorded_at: e.recorded_at,
-            metadata: &e.metadata,
-            payload: &e.payload,
-        });
+        let recomputed = e.computed_hash();
         assert_eq!(e.hash, recomputed, "hash of version {}", e.version);
         prev = e.hash;
     }
