@@ -341,55 +341,11 @@ impl Projection for AnalyticsProjection {
         ]
     }
 
+    /// One event is a batch of one: a single path writes the rows either way.
     async fn apply(&self, conn: &mut Conn<'_>, event: &StoredEvent) -> Result<(), StoreError> {
-        let recorded = decode(event)?;
-        let id = event.stream_id;
-        let prev = load(conn, id).await?;
-        let inserting = prev.is_none();
-        // The version check in `fold` also keeps the daily sums, which are not idempotent,
-        // from counting an event twice.
-        let Some(Applied {
-            facts,
-            kinds,
-            daily,
-        }) = fold(prev, id, &recorded)
-        else {
-            return Ok(());
-        };
-        if inserting {
-            let binds = fact_binds(&facts);
-            let marks = vec!["?"; binds.len()].join(", ");
-            conn.execute(
-                &format!("INSERT INTO analytics_ticket_facts ({FACT_COLUMNS}) VALUES ({marks})"),
-                &binds,
-            )
-            .await?;
-        } else {
-            // Everything after the ticket's identity (id, number, org, requester).
-            let mut binds = fact_binds(&facts).split_off(4);
-            binds.push(Bind::Uuid(id));
-            conn.execute(
-                "UPDATE analytics_ticket_facts SET priority = ?, channel = ?, status = ?, \
-                 opened_at = ?, first_response_at = ?, first_resolved_at = ?, closed_at = ?, \
-                 reopens = ?, escalations = ?, withdrawn_at = ?, withdrawn_reason = ?, \
-                 due_at = ?, breached_at = ?, last_event_at = ?, version = ? \
-                 WHERE ticket_id = ?",
-                &binds,
-            )
-            .await?;
-        }
-        let at = micros(recorded.recorded_at);
-        for kind in kinds {
-            conn.execute(
-                &format!("{EVENT_INSERT} VALUES (?, ?, ?, ?, ?) {EVENT_TAIL}"),
-                &event_binds(&facts, kind, at),
-            )
-            .await?;
-        }
-        if !daily.is_zero() {
-            add_daily(conn, &day(recorded.recorded_at), &facts.org, &daily).await?;
-        }
-        Ok(())
+        self.apply_batch(conn, std::slice::from_ref(event))
+            .await
+            .map(|_| ())
     }
 
     async fn apply_batch(
@@ -524,22 +480,6 @@ fn daily_binds(day: &str, org: &Option<String>, d: &Daily) -> Vec<Bind> {
         Bind::I64(d.escalated),
         Bind::I64(d.withdrawn),
     ]
-}
-
-async fn add_daily(
-    conn: &mut Conn<'_>,
-    day: &str,
-    org: &Option<String>,
-    d: &Daily,
-) -> Result<(), StoreError> {
-    let binds = daily_binds(day, org, d);
-    let marks = vec!["?"; binds.len()].join(", ");
-    conn.execute(
-        &format!("{DAILY_INSERT} VALUES ({marks}) {DAILY_TAIL}"),
-        &binds,
-    )
-    .await?;
-    Ok(())
 }
 
 /// The 50th and 90th percentile (nearest rank) in seconds, or `None` without samples.

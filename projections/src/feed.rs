@@ -108,21 +108,11 @@ impl Projection for FeedProjection {
         &["ticket_feed", "ticket_reads"]
     }
 
+    /// One event is a batch of one: a single path writes the rows either way.
     async fn apply(&self, conn: &mut Conn<'_>, event: &StoredEvent) -> Result<(), StoreError> {
-        let (entry, read) = rows(event)?;
-        conn.execute(
-            &format!("{FEED_INSERT} VALUES (?, ?, ?, ?, ?) {FEED_TAIL}"),
-            &entry,
-        )
-        .await?;
-        if let Some(read) = read {
-            conn.execute(
-                &format!("{READ_INSERT} VALUES (?, ?, ?, ?, ?) {READ_TAIL}"),
-                &read,
-            )
-            .await?;
-        }
-        Ok(())
+        self.apply_batch(conn, std::slice::from_ref(event))
+            .await
+            .map(|_| ())
     }
 
     async fn apply_batch(

@@ -360,6 +360,14 @@ pub async fn lag(db: &Database, at: Position) -> Result<(u64, f64), StoreError> 
     Ok((u64::try_from(count).unwrap_or(0), age))
 }
 
+/// Names an event in a failure message: where it is in the log, what and whose it is.
+fn describe(e: &StoredEvent) -> String {
+    format!(
+        "event {} ({} v{} of stream {})",
+        e.position, e.event_type, e.version, e.stream_id
+    )
+}
+
 /// A batch that did not commit: `failed_at` is the index of the event that failed, if one did.
 struct BatchError {
     failed_at: Option<usize>,
@@ -640,11 +648,7 @@ async fn follow(
                     } else {
                         false
                     };
-                    let e = &batch[i];
-                    let msg = format!(
-                        "applying event {} ({} v{} of stream {}): {error}",
-                        e.position, e.event_type, e.version, e.stream_id
-                    );
+                    let msg = format!("applying {}: {error}", describe(&batch[i]));
                     (if kept { i } else { 0 }, Some(msg))
                 }
                 Err(BatchError {

@@ -30,7 +30,8 @@ use ticketd_commands::{Database, EventStore, Position, StoreError, StoredEvent};
 
 use crate::sql::unavailable;
 use crate::{
-    commit_batch, ensure_checkpoint, read_checkpoint, tx_i64, BatchError, Projection, Writer,
+    commit_batch, describe, ensure_checkpoint, read_checkpoint, tx_i64, BatchError, Projection,
+    Writer,
 };
 
 /// The four counts of a comparison query.
@@ -539,12 +540,9 @@ async fn apply_one(
              failed_at, error, ..
          }| match failed_at {
             Some(i) => StoreError::Corrupt(format!(
-                "projection {} cannot apply event {} ({} v{} of stream {}): {error}",
+                "projection {} cannot apply {}: {error}",
                 p.name(),
-                batch[i].position,
-                batch[i].event_type,
-                batch[i].version,
-                batch[i].stream_id
+                describe(&batch[i])
             )),
             None => error,
         },

@@ -155,39 +155,11 @@ impl Projection for TicketsProjection {
         &["tickets", "ticket_cc", "ticket_search", "ticket_fts"]
     }
 
+    /// One event is a batch of one: a single path writes the rows either way.
     async fn apply(&self, conn: &mut Conn<'_>, event: &StoredEvent) -> Result<(), StoreError> {
-        let recorded = decode(event)?;
-        let state: State = match load(conn, event.stream_id).await? {
-            Some(json) => Some(serde_json::from_str(&json).map_err(|e| corrupt(event, e))?),
-            None => None,
-        };
-        // The checkpoint already prevents a second application; this keeps a row from ever
-        // moving backwards regardless.
-        if state.as_ref().is_some_and(|t| t.version >= event.version) {
-            return Ok(());
-        }
-        let Some(t) = evolve(state, &recorded) else {
-            return Ok(());
-        };
-        conn.execute(
-            &format!("{TICKET_INSERT} VALUES ({}) {TICKET_UPSERT}", marks(17)),
-            &ticket_binds(&t, event)?,
-        )
-        .await?;
-        index_text(conn, &t, &recorded.event, event.version).await?;
-        if cc_changed(&recorded.event) {
-            conn.execute(
-                "DELETE FROM ticket_cc WHERE ticket_id = ?",
-                &[Bind::Uuid(t.id)],
-            )
-            .await?;
-            let rows: Vec<Vec<Bind>> =
-                t.cc.iter()
-                    .map(|m| vec![Bind::Uuid(t.id), Bind::Text(m.clone())])
-                    .collect();
-            conn.insert_rows(CC_INSERT, rows, CC_TAIL).await?;
-        }
-        Ok(())
+        self.apply_batch(conn, std::slice::from_ref(event))
+            .await
+            .map(|_| ())
     }
 
     async fn apply_batch(
