@@ -120,17 +120,31 @@ async fn method_not_allowed() -> ApiError {
 
 /// Opens and migrates the store named by the database URL: `postgres://…` or `sqlite://…`.
 pub async fn open_store(args: &StoreArgs) -> anyhow::Result<Arc<dyn EventStore>> {
+    open(args, true).await
+}
+
+/// The store named by `args`, as it is: commands that only read it (verify, export) never
+/// migrate it.
+pub async fn open_existing(args: &StoreArgs) -> anyhow::Result<Arc<dyn EventStore>> {
+    open(args, false).await
+}
+
+async fn open(args: &StoreArgs, migrate: bool) -> anyhow::Result<Arc<dyn EventStore>> {
     let url = args.database_url();
     let url = url.as_str();
     if url.starts_with("postgres://") || url.starts_with("postgresql://") {
         let store = PostgresStore::connect(url, args.pg_max_connections)
             .await
             .context("connecting to PostgreSQL")?;
-        store.migrate().await.context("migrating PostgreSQL")?;
+        if migrate {
+            store.migrate().await.context("migrating PostgreSQL")?;
+        }
         Ok(Arc::new(store))
     } else if url.starts_with("sqlite:") {
         let store = SqliteStore::open(url).await.context("opening SQLite")?;
-        store.migrate().await.context("migrating SQLite")?;
+        if migrate {
+            store.migrate().await.context("migrating SQLite")?;
+        }
         Ok(Arc::new(store))
     } else {
         anyhow::bail!("DATABASE_URL must start with postgres:// or sqlite://, got {url:?}")

@@ -76,7 +76,7 @@ pub async fn verify(args: &VerifyArgs) -> anyhow::Result<()> {
             Verifier::with_anchors(anchors)
         }
     };
-    let store = open_existing(&args.store).await?;
+    let store = crate::app::open_existing(&args.store).await?;
     let report = verify_store_with(store.as_ref(), verifier)
         .await
         .context("reading the log")?;
@@ -227,7 +227,7 @@ fn encode_page(
 
 /// `ticketd export`.
 pub async fn export(args: &ExportArgs) -> anyhow::Result<()> {
-    let store = open_existing(&args.store).await?;
+    let store = crate::app::open_existing(&args.store).await?;
     let selection = Selection {
         after: args.after,
         until: args.until,
@@ -299,23 +299,6 @@ impl<R: BufRead> Iterator for Records<R> {
     type Item = anyhow::Result<StoredEvent>;
     fn next(&mut self) -> Option<Self::Item> {
         self.next_record().transpose()
-    }
-}
-
-/// The store named by `args`, as it is: reading commands (verify, export) never migrate it.
-async fn open_existing(args: &StoreArgs) -> anyhow::Result<Arc<dyn EventStore>> {
-    let url = args.database_url();
-    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-        let store = PostgresStore::connect(&url, args.pg_max_connections)
-            .await
-            .context("connecting to PostgreSQL")?;
-        Ok(Arc::new(store))
-    } else if url.starts_with("sqlite:") {
-        Ok(Arc::new(
-            SqliteStore::open(&url).await.context("opening SQLite")?,
-        ))
-    } else {
-        bail!("DATABASE_URL must start with postgres:// or sqlite://, got {url:?}")
     }
 }
 
