@@ -438,6 +438,10 @@ async fn a_failing_event_stops_the_projection_until_it_applies(store: Arc<dyn Ev
         .expect("applied after retries");
     let s = &p.status()[0];
     assert_eq!(s.errors, 2, "{s:?}");
+    assert!(
+        !s.failing,
+        "past the failing event it no longer reports failing: {s:?}"
+    );
     let err = s.last_error.clone().unwrap_or_default();
     assert!(
         err.contains("flaky says no") && err.contains(&log[3].position.to_string()),
