@@ -660,16 +660,17 @@ async fn follow(
             if applied > 0 {
                 at = batch[applied - 1].position;
                 let now = Utc::now();
+                let past_it = failure.is_none();
+                // Before the checkpoint is announced, so a waiter woken by it sees the status
+                // that goes with it.
                 shared.update(|s| {
                     s.position = at;
                     s.last_applied_at = Some(now);
                     s.events_applied += applied as u64;
+                    s.failing &= !past_it;
                 });
                 shared.checkpoint.send_replace(at);
                 *backoff = FIRST_BACKOFF;
-            }
-            if failure.is_none() {
-                shared.update(|s| s.failing = false);
             }
             if let Some(msg) = failure {
                 return msg;
