@@ -184,6 +184,7 @@ impl Projection for TicketsProjection {
         // once, at the end.
         let pg = matches!(conn, Conn::Postgres(_));
         let mut fresh: HashMap<Uuid, FreshText> = HashMap::new();
+        let mut pending: HashMap<Uuid, Vec<TextOp>> = HashMap::new();
         let mut last: HashMap<Uuid, &StoredEvent> = HashMap::new();
         let mut order: Vec<Uuid> = Vec::new();
         let mut cc: HashSet<Uuid> = HashSet::new();
@@ -206,6 +207,12 @@ impl Projection for TicketsProjection {
                     let mut f = FreshText::default();
                     f.add(&recorded.event);
                     fresh.insert(t.id, f);
+                }
+                // An older ticket's text changes: written after the loop, in one statement.
+                None if pg => {
+                    if let Some(op) = text_op(&t, &recorded.event) {
+                        pending.entry(t.id).or_default().push(op);
+                    }
                 }
                 None => index_text(conn, &t, &recorded.event, event.version).await?,
             }
@@ -266,6 +273,9 @@ impl Projection for TicketsProjection {
              private_comments = excluded.private_comments",
         )
         .await?;
+        if !pending.is_empty() {
+            pg_text_batch(conn, &order, &pending).await?;
+        }
         let gone: Vec<Uuid> = order.iter().filter(|id| cc.contains(id)).copied().collect();
         for chunk in gone.chunks(crate::sql::MAX_BINDS) {
             let binds: Vec<Bind> = chunk.iter().map(|id| Bind::Uuid(*id)).collect();
@@ -292,43 +302,55 @@ impl Projection for TicketsProjection {
 /// any script, so an edit keeps every vector under 1 MB too.
 const PG_TEXT_BUDGET: i64 = 300_000;
 
-/// Keeps the search index (for `q`) of the ticket's subject and description and its comments,
-/// from the event's own text, so a rebuild from the log gives the same rows.
-async fn index_text(
-    conn: &mut Conn<'_>,
-    t: &Ticket,
-    event: &Event,
-    version: u64,
-) -> Result<(), StoreError> {
-    let head_changed = match event {
-        Event::Opened(_) => true,
-        Event::Edited(e) => e.subject.is_some() || e.description.is_some(),
-        _ => false,
-    };
-    match (conn, event) {
-        // Starts the row afresh, so replaying a stream over stale text cannot append its
-        // comments twice.
-        (conn @ Conn::Postgres(_), Event::Opened(_)) => {
+/// A change to a ticket's PostgreSQL search row, from one event's own text.
+enum TextOp {
+    /// Opened: the row starts afresh, so replaying a stream over stale text cannot append its
+    /// comments twice.
+    Start(String),
+    /// The subject or description changed: the head vector is replaced.
+    Head(String),
+    /// A comment: its words are added to its part, within [`PG_TEXT_BUDGET`].
+    Comment { private: bool, text: String },
+}
+
+fn text_op(t: &Ticket, event: &Event) -> Option<TextOp> {
+    match event {
+        Event::Opened(_) => Some(TextOp::Start(head_text(t))),
+        Event::Edited(e) if e.subject.is_some() || e.description.is_some() => {
+            Some(TextOp::Head(head_text(t)))
+        }
+        Event::Commented(c) => Some(TextOp::Comment {
+            private: c.visibility == Visibility::Private,
+            text: search_text(&c.body),
+        }),
+        _ => None,
+    }
+}
+
+/// Applies one [`TextOp`] to ticket `id`'s PostgreSQL search row.
+async fn pg_text(conn: &mut Conn<'_>, id: Uuid, op: &TextOp) -> Result<(), StoreError> {
+    match op {
+        TextOp::Start(head) => {
             conn.execute(
                 "INSERT INTO ticket_search (ticket_id, head, public_comments, private_comments) \
                  VALUES (?, strip(to_tsvector('simple', ?)), '', '') \
                  ON CONFLICT (ticket_id) DO UPDATE SET head = excluded.head, \
                  public_comments = excluded.public_comments, \
                  private_comments = excluded.private_comments",
-                &[Bind::Uuid(t.id), Bind::Text(head_text(t))],
+                &[Bind::Uuid(id), Bind::Text(head.clone())],
             )
             .await?;
         }
-        (conn @ Conn::Postgres(_), _) if head_changed => {
+        TextOp::Head(head) => {
             conn.execute(
                 "UPDATE ticket_search SET head = strip(to_tsvector('simple', ?)) \
                  WHERE ticket_id = ?",
-                &[Bind::Text(head_text(t)), Bind::Uuid(t.id)],
+                &[Bind::Text(head.clone()), Bind::Uuid(id)],
             )
             .await?;
         }
-        (conn @ Conn::Postgres(_), Event::Commented(c)) => {
-            let column = if c.visibility == Visibility::Private {
+        TextOp::Comment { private, text } => {
+            let column = if *private {
                 "private_comments"
             } else {
                 "public_comments"
@@ -342,19 +364,128 @@ async fn index_text(
                      + octet_length(s.private_comments::text) + octet_length(n.v::text) <= ?"
                 ),
                 &[
-                    Bind::Text(search_text(&c.body)),
-                    Bind::Uuid(t.id),
+                    Bind::Text(text.clone()),
+                    Bind::Uuid(id),
                     Bind::I64(PG_TEXT_BUDGET),
                 ],
             )
             .await?;
         }
+    }
+    Ok(())
+}
+
+/// PostgreSQL: the text changes of tickets opened before this batch, in one statement instead
+/// of a round trip per comment (which, under load, is what bounded how fast the projection
+/// kept up). A ticket's comments in the batch are added at once, as one vector of their texts
+/// joined (the same words as one by one); its edits leave the last head. That gives the rows
+/// of applying the events one by one whenever no comment could hit [`PG_TEXT_BUDGET`]: the
+/// statement checks the row's size plus a bound on what each comment could add (each step of
+/// the one-by-one path adds at most that, so each would have passed its own check). Tickets
+/// whose ops mix heads and comments, or whose row fails the check, go one by one.
+async fn pg_text_batch(
+    conn: &mut Conn<'_>,
+    order: &[Uuid],
+    pending: &HashMap<Uuid, Vec<TextOp>>,
+) -> Result<(), StoreError> {
+    let mut rows = Vec::new();
+    for id in order {
+        let Some(ops) = pending.get(id) else {
+            continue;
+        };
+        let (mut head, mut public, mut private, mut bound) = (None, Vec::new(), Vec::new(), 0);
+        for op in ops {
+            match op {
+                TextOp::Head(h) => head = Some(h.as_str()),
+                TextOp::Comment { private: p, text } => {
+                    bound += text.len().saturating_mul(FRESH_TEXT_FACTOR) + 1;
+                    if *p {
+                        private.push(text.as_str());
+                    } else {
+                        public.push(text.as_str());
+                    }
+                }
+                TextOp::Start(_) => bound = usize::MAX,
+            }
+        }
+        let mixed = head.is_some() && bound > 0;
+        if mixed || bound > PG_TEXT_BUDGET as usize {
+            continue;
+        }
+        let joined = |parts: Vec<&str>| (!parts.is_empty()).then(|| parts.join("\n"));
+        rows.push(vec![
+            Bind::Uuid(*id),
+            Bind::OptText(head.map(str::to_owned)),
+            Bind::OptText(joined(public)),
+            Bind::OptText(joined(private)),
+            Bind::I64(i64::try_from(bound).unwrap_or(i64::MAX)),
+        ]);
+    }
+    let mut done: HashSet<Uuid> = HashSet::with_capacity(rows.len());
+    let per = crate::sql::MAX_BINDS / 5;
+    let mut rows = rows.into_iter().peekable();
+    while rows.peek().is_some() {
+        let chunk: Vec<Vec<Bind>> = rows.by_ref().take(per).collect();
+        let values = vec!["(?, ?, ?, ?, ?)"; chunk.len()].join(", ");
+        let mut binds: Vec<Bind> = chunk.into_iter().flatten().collect();
+        binds.push(Bind::I64(PG_TEXT_BUDGET));
+        let updated: Vec<Uuid> = conn
+            .fetch_column(
+                &format!(
+                    "UPDATE ticket_search s SET \
+                     head = coalesce(strip(to_tsvector('simple', n.head)), s.head), \
+                     public_comments = CASE WHEN n.pub IS NULL THEN s.public_comments \
+                     ELSE s.public_comments || strip(to_tsvector('simple', n.pub)) END, \
+                     private_comments = CASE WHEN n.priv IS NULL THEN s.private_comments \
+                     ELSE s.private_comments || strip(to_tsvector('simple', n.priv)) END \
+                     FROM (VALUES {values}) n (id, head, pub, priv, bound) \
+                     WHERE s.ticket_id = n.id AND (n.bound = 0 \
+                     OR octet_length(s.head::text) + octet_length(s.public_comments::text) \
+                     + octet_length(s.private_comments::text) + n.bound <= ?) \
+                     RETURNING s.ticket_id"
+                ),
+                &binds,
+            )
+            .await?;
+        done.extend(updated);
+    }
+    for id in order {
+        if done.contains(id) {
+            continue;
+        }
+        for op in pending.get(id).into_iter().flatten() {
+            pg_text(conn, *id, op).await?;
+        }
+    }
+    Ok(())
+}
+
+/// Keeps the search index (for `q`) of the ticket's subject and description and its comments,
+/// from the event's own text, so a rebuild from the log gives the same rows.
+async fn index_text(
+    conn: &mut Conn<'_>,
+    t: &Ticket,
+    event: &Event,
+    version: u64,
+) -> Result<(), StoreError> {
+    if matches!(conn, Conn::Postgres(_)) {
+        return match text_op(t, event) {
+            Some(op) => pg_text(conn, t.id, &op).await,
+            None => Ok(()),
+        };
+    }
+    let head_changed = match event {
+        Event::Opened(_) => true,
+        Event::Edited(e) => e.subject.is_some() || e.description.is_some(),
+        _ => false,
+    };
+    match event {
         // SQLite: a row per part under a rowid made of the ticket and the event, so replaying
         // an event writes the same row again, and an edit replaces the head in place.
-        (conn @ Conn::Sqlite(_), _) if head_changed => {
+        _ if head_changed => {
             put_part(conn, fts_rowid(t.number, 0, false), head_text(t)).await?;
         }
-        (conn @ Conn::Sqlite(_), Event::Commented(c)) => {
+        Event::Commented(c) => {
             let private = c.visibility == Visibility::Private;
             let rowid = fts_rowid(t.number, version, private);
             put_part(conn, rowid, search_text(&c.body)).await?;

@@ -240,7 +240,132 @@ async fn an_empty_store_equals_its_rebuild(store: Arc<dyn EventStore>) {
     scratch.discard(&db).await;
 }
 
+/// A comment's worth of distinct words (about 19,000 characters), tagged so each comment's
+/// words are its own.
+fn long_body(tag: &str) -> String {
+    let mut body = String::new();
+    let mut i = 0;
+    while body.len() < 19_000 {
+        body.push_str(&format!("{tag}w{i} "));
+        i += 1;
+    }
+    body
+}
+
+/// Live batches that add comments to tickets opened in earlier batches take a batched path on
+/// PostgreSQL (one statement for all their text); they must leave the rows that one event at a
+/// time leaves — what the rebuild does here, where each ticket's events fall in one batch with
+/// its opening — including a thread that runs past PostgreSQL's per-ticket text budget, whose
+/// later comments are then not indexed, and a ticket edited between its comments.
+async fn long_threads_in_live_batches_equal_rebuild(store: Arc<dyn EventStore>) {
+    use ticketd_commands::Options;
+    use ticketd_domain::{
+        Actor, AddComment, CommandKind, EditTicket, OpenTicket, Role, Visibility,
+    };
+
+    let h = CommandHandler::new(store.clone(), SlaPolicy::default(), 100);
+    let db = store.database().expect("database");
+    let agent = Actor {
+        id: "agent-1".into(),
+        name: Some("Agent One".into()),
+        role: Role::Agent,
+        org: None,
+        org_wide: false,
+    };
+    let mut last = Position::START;
+    let mut ids = Vec::new();
+    let projector = Projector::start_with(store.clone(), db.clone(), all());
+    for n in 0..4 {
+        let open = OpenTicket {
+            subject: format!("thread {n}"),
+            description: "long".into(),
+            requester: Some("alice".into()),
+            ..OpenTicket::default()
+        };
+        let out = h
+            .open(agent.clone(), open, Options::default())
+            .await
+            .expect("open");
+        last = last.max(out.position);
+        ids.push(out.ticket.id);
+    }
+    wait_all(&projector, last).await;
+    // Stopped while the comments arrive, so the next start finds them all in one batch.
+    drop(projector);
+    let comment = |body: String, private: bool| {
+        CommandKind::Comment(AddComment {
+            comment_id: uuid::Uuid::now_v7(),
+            body,
+            visibility: private.then_some(Visibility::Private),
+        })
+    };
+    let run = |id, kind| {
+        let (h, agent) = (&h, agent.clone());
+        async move {
+            h.execute(id, agent, kind, Options::default())
+                .await
+                .expect("command")
+                .position
+        }
+    };
+    // Past the budget: about 23 kB of vector text a comment, against 300 kB.
+    for i in 0..16 {
+        last = last.max(run(ids[0], comment(long_body(&format!("a{i}x")), i % 4 == 3)).await);
+    }
+    // Small comments, both kinds: the one-statement path.
+    for i in 0..5 {
+        last = last.max(run(ids[1], comment(format!("small b{i} note"), i == 2)).await);
+    }
+    // A comment, a new subject, a comment.
+    last = last.max(run(ids[2], comment("before cedit".into(), false)).await);
+    let edit = CommandKind::Edit(EditTicket {
+        subject: Some("renamed topic".into()),
+        ..EditTicket::default()
+    });
+    last = last.max(run(ids[2], edit).await);
+    last = last.max(run(ids[2], comment("after cedit".into(), false)).await);
+    // Only edits: the last subject stays.
+    for subject in ["first retitle", "second retitle"] {
+        let edit = CommandKind::Edit(EditTicket {
+            subject: Some(subject.into()),
+            ..EditTicket::default()
+        });
+        last = last.max(run(ids[3], edit).await);
+    }
+    let projector = Projector::start_with(store.clone(), db.clone(), all());
+    wait_all(&projector, last).await;
+    drop(projector);
+    assert_equal_to_rebuild(&store).await;
+
+    if let ticketd_commands::Database::Postgres(pool) = &db {
+        let has = |word: &'static str, id| async move {
+            sqlx::query_scalar::<_, bool>(
+                "SELECT (head || public_comments || private_comments) @@ $1::tsquery \
+                 FROM ticket_search WHERE ticket_id = $2",
+            )
+            .bind(word)
+            .bind(id)
+            .fetch_one(pool)
+            .await
+            .expect("search row")
+        };
+        assert!(
+            has("a0xw7", ids[0]).await,
+            "the first long comment is indexed"
+        );
+        assert!(
+            !has("a15xw7", ids[0]).await,
+            "comments past the budget are not"
+        );
+        assert!(has("b4", ids[1]).await && has("b2", ids[1]).await);
+        assert!(has("renamed", ids[2]).await && !has("thread", ids[2]).await);
+        assert!(has("before", ids[2]).await && has("after", ids[2]).await);
+        assert!(has("second", ids[3]).await && !has("first", ids[3]).await);
+    }
+}
+
 both_backends!(
+    long_threads_in_live_batches_equal_rebuild,
     incremental_with_crashes_equals_rebuild,
     a_tampered_read_model_differs_from_its_rebuild,
     rebuild_while_serving,
