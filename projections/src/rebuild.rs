@@ -58,8 +58,14 @@ pub struct Scratch {
 }
 
 enum Place {
-    Postgres { base: String, schema: String },
-    Sqlite { path: PathBuf },
+    Postgres {
+        base: String,
+        base_oid: i64,
+        schema: String,
+    },
+    Sqlite {
+        path: PathBuf,
+    },
 }
 
 /// A PostgreSQL identifier, quoted.
@@ -73,11 +79,16 @@ impl Scratch {
         let tag = Uuid::now_v7().simple().to_string();
         match db {
             Database::Postgres(pool) => {
-                let base: String = sqlx::query_scalar("SELECT current_schema()")
-                    .fetch_one(pool)
-                    .await
-                    .map_err(unavailable)?;
-                let schema = format!("ticketd_rebuild_{tag}");
+                let (base, base_oid): (String, i64) = sqlx::query_as(
+                    "SELECT nspname::text, oid::bigint FROM pg_namespace \
+                     WHERE nspname = current_schema()",
+                )
+                .fetch_one(pool)
+                .await
+                .map_err(unavailable)?;
+                // Named after the live schema's oid too, so stores sharing a database can
+                // tell their own scratch schemas apart (at most 59 characters of the 63).
+                let schema = format!("ticketd_rebuild_{base_oid}_{tag}");
                 pool.execute(format!("CREATE SCHEMA {}", ident(&schema)).as_str())
                     .await
                     .map_err(unavailable)?;
@@ -97,7 +108,11 @@ impl Scratch {
                 };
                 let me = Scratch {
                     db: Database::Postgres(scratch.clone()),
-                    place: Place::Postgres { base, schema },
+                    place: Place::Postgres {
+                        base,
+                        base_oid,
+                        schema,
+                    },
                 };
                 if let Err(e) = ticketd_commands::postgres::migrate_pool(&scratch).await {
                     me.discard(db).await;
@@ -186,6 +201,14 @@ impl Scratch {
             }
             at = stored;
         }
+        // A fresh PostgreSQL scratch gets its secondary indexes after the load: one sorted
+        // build each instead of an insert per row (and, for GIN, per word).
+        let deferred = match (&self.db, &self.place) {
+            (Database::Postgres(pool), Place::Postgres { schema, .. }) if at == Position::START => {
+                defer_indexes(pool, schema, projections).await?
+            }
+            _ => Vec::new(),
+        };
         let mut applied = 0;
         // One connection per projection. On PostgreSQL their batches run at once, each in its
         // own server process; SQLite has one writer at a time anyway.
@@ -203,7 +226,7 @@ impl Scratch {
         let mut batch = if upto.is_some_and(|u| at >= u) {
             Vec::new()
         } else {
-            limit(store.read_all(at, REBUILD_BATCH).await?)
+            limit(read_page(store, at).await?)
         };
         while let Some(last) = batch.last().map(|e| e.position) {
             // The next page is read while this one is applied.
@@ -211,7 +234,7 @@ impl Scratch {
                 if upto.is_some_and(|u| last >= u) {
                     Ok(Vec::new())
                 } else {
-                    store.read_all(last, REBUILD_BATCH).await.map(limit)
+                    read_page(store, last).await.map(limit)
                 }
             };
             let apply = async {
@@ -237,6 +260,9 @@ impl Scratch {
             at = last;
             batch = next?;
         }
+        if let Database::Postgres(pool) = &self.db {
+            restore_indexes(pool, deferred).await?;
+        }
         Ok(applied)
     }
 
@@ -256,7 +282,14 @@ impl Scratch {
         let now = Utc::now().timestamp_micros();
         let tables = live_tables(live, projections).await?;
         match (live, &self.place) {
-            (Database::Postgres(pool), Place::Postgres { base, schema }) => {
+            (
+                Database::Postgres(pool),
+                Place::Postgres {
+                    base,
+                    base_oid,
+                    schema,
+                },
+            ) => {
                 // Fresh tables have no statistics yet; plans over them would be guesses until
                 // autovacuum came by. Gathered before the switch, outside its locks.
                 for t in &tables {
@@ -264,7 +297,7 @@ impl Scratch {
                         .await
                         .map_err(unavailable)?;
                 }
-                let old = format!("ticketd_old_{}", Uuid::now_v7().simple());
+                let old = format!("ticketd_old_{base_oid}_{}", Uuid::now_v7().simple());
                 let mut tx = pool.begin().await.map_err(unavailable)?;
                 // Tables first, then checkpoint rows: the order a live batch takes them in,
                 // so a batch in flight finishes (or waits) instead of deadlocking.
@@ -426,7 +459,7 @@ impl Scratch {
         let tables = live_tables(live, std::slice::from_ref(p)).await?;
         let mut found = Vec::new();
         match (live, &self.place) {
-            (Database::Postgres(pool), Place::Postgres { base, schema }) => {
+            (Database::Postgres(pool), Place::Postgres { base, schema, .. }) => {
                 let mut tx = pool.begin().await.map_err(unavailable)?;
                 tx.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
                     .await
@@ -673,6 +706,75 @@ pub async fn check_all(
     .await;
     scratch.discard(&live).await;
     checked
+}
+
+/// A page of the log for a rebuild, read the bulk way (binary `COPY` on PostgreSQL).
+async fn read_page(
+    store: &dyn EventStore,
+    after: Position,
+) -> Result<Vec<StoredEvent>, StoreError> {
+    let batch = store.read_batch(after, REBUILD_BATCH).await?;
+    batch.iter().map(|e| e.map(|e| e.to_stored())).collect()
+}
+
+/// PostgreSQL: drops the secondary indexes (neither primary keys nor unique: upserts need
+/// those) of the scratch tables of `projections`, returning the statements that create them
+/// again — the migrations' own definitions, as the catalog holds them.
+async fn defer_indexes(
+    pool: &PgPool,
+    schema: &str,
+    projections: &[Arc<dyn Projection>],
+) -> Result<Vec<String>, StoreError> {
+    let tables: Vec<String> = projections
+        .iter()
+        .flat_map(|p| p.tables().iter().map(|t| (*t).to_owned()))
+        .collect();
+    let found: Vec<(String, String)> = sqlx::query_as(
+        "SELECT i.relname::text, pg_get_indexdef(x.indexrelid) FROM pg_index x \
+         JOIN pg_class i ON i.oid = x.indexrelid JOIN pg_class t ON t.oid = x.indrelid \
+         JOIN pg_namespace n ON n.oid = t.relnamespace \
+         WHERE n.nspname = $1 AND t.relname = ANY($2) AND NOT x.indisunique AND NOT x.indisprimary",
+    )
+    .bind(schema)
+    .bind(&tables)
+    .fetch_all(pool)
+    .await
+    .map_err(unavailable)?;
+    let mut definitions = Vec::with_capacity(found.len());
+    for (name, definition) in found {
+        pool.execute(format!("DROP INDEX {}.{}", ident(schema), ident(&name)).as_str())
+            .await
+            .map_err(unavailable)?;
+        definitions.push(definition);
+    }
+    Ok(definitions)
+}
+
+/// Memory for each index build after a rebuild's load (PostgreSQL's default is 64 MB, which
+/// makes a GIN build over a million tickets spill).
+const INDEX_BUILD_MEMORY: &str = "256MB";
+
+/// Runs the `definitions` that [`defer_indexes`] returned, two at a time.
+async fn restore_indexes(pool: &PgPool, definitions: Vec<String>) -> Result<(), StoreError> {
+    let queue = std::sync::Mutex::new(definitions);
+    let next = || queue.lock().ok().and_then(|mut q| q.pop());
+    let worker = || async {
+        let mut conn = pool.acquire().await.map_err(unavailable)?;
+        conn.execute(format!("SET maintenance_work_mem = '{INDEX_BUILD_MEMORY}'").as_str())
+            .await
+            .map_err(unavailable)?;
+        while let Some(definition) = next() {
+            conn.execute(definition.as_str())
+                .await
+                .map_err(unavailable)?;
+        }
+        conn.execute("RESET maintenance_work_mem")
+            .await
+            .map_err(unavailable)?;
+        Ok::<(), StoreError>(())
+    };
+    futures::future::try_join(worker(), worker()).await?;
+    Ok(())
 }
 
 /// The projections named, in the order given; an unknown name is an error naming the known.

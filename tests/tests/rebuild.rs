@@ -214,9 +214,12 @@ async fn rebuild_while_serving(store: Arc<dyn EventStore>) {
 
     // Nothing is left behind: no scratch schema or file.
     if let Some(ticketd_commands::Database::Postgres(pool)) = store.database() {
+        // This store's own (named after its schema's oid): other tests rebuild beside it.
         let left: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM pg_namespace WHERE nspname LIKE 'ticketd\\_rebuild\\_%' \
-             OR nspname LIKE 'ticketd\\_old\\_%'",
+            "SELECT count(*) FROM pg_namespace, \
+             (SELECT oid::text AS me FROM pg_namespace WHERE nspname = current_schema()) b \
+             WHERE nspname LIKE 'ticketd\\_rebuild\\_' || me || '\\_%' \
+             OR nspname LIKE 'ticketd\\_old\\_' || me || '\\_%'",
         )
         .fetch_one(&pool)
         .await
