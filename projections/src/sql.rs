@@ -362,6 +362,23 @@ impl Conn<'_> {
             return Ok(());
         };
         let per = (MAX_BINDS / width.max(1)).max(1);
+        if let Conn::Postgres(c) = self {
+            let sql = unnest_sql(head, one, &rows[0], tail)?;
+            let mut rows = rows.into_iter().peekable();
+            while rows.peek().is_some() {
+                let chunk: Vec<Vec<Bind>> = rows.by_ref().take(per).collect();
+                let mut q = sqlx::query(&sql);
+                for column in columns(chunk, width)? {
+                    q = match column {
+                        ColumnValues::I64(v) => q.bind(v),
+                        ColumnValues::Text(v) => q.bind(v),
+                        ColumnValues::Uuid(v) => q.bind(v),
+                    };
+                }
+                q.execute(&mut **c).await.map_err(unavailable)?;
+            }
+            return Ok(());
+        }
         let mut rows = rows.into_iter().peekable();
         while rows.peek().is_some() {
             let chunk: Vec<Vec<Bind>> = rows.by_ref().take(per).collect();
@@ -380,6 +397,20 @@ impl Conn<'_> {
         sql: &str,
         ids: &[uuid::Uuid],
     ) -> Result<Vec<R>, StoreError> {
+        if let Conn::Postgres(c) = self {
+            // One array: the statement's text, and so its cached plan, is the same for any
+            // number of ids.
+            let sql = numbered(&sql.replace("IN (…)", "= ANY(?)"));
+            let rows = sqlx::query(&sql)
+                .bind(ids)
+                .fetch_all(&mut **c)
+                .await
+                .map_err(unavailable)?;
+            return rows
+                .iter()
+                .map(|r| R::postgres(r).map_err(unavailable))
+                .collect();
+        }
         let mut out = Vec::new();
         for chunk in ids.chunks(MAX_BINDS) {
             let marks = vec!["?"; chunk.len()].join(", ");
@@ -393,9 +424,129 @@ impl Conn<'_> {
     }
 }
 
+/// One column of a PostgreSQL multi-row insert, bound as one array.
+enum ColumnValues {
+    I64(Vec<Option<i64>>),
+    Text(Vec<Option<String>>),
+    Uuid(Vec<Uuid>),
+}
+
+/// `rows` turned into columns; every row must bind the same kinds as the first.
+fn columns(rows: Vec<Vec<Bind>>, width: usize) -> Result<Vec<ColumnValues>, StoreError> {
+    let mut out: Vec<ColumnValues> = match rows.first() {
+        Some(first) => first
+            .iter()
+            .map(|b| match b {
+                Bind::I64(_) | Bind::OptI64(_) => ColumnValues::I64(Vec::with_capacity(rows.len())),
+                Bind::Text(_) | Bind::OptText(_) => {
+                    ColumnValues::Text(Vec::with_capacity(rows.len()))
+                }
+                Bind::Uuid(_) => ColumnValues::Uuid(Vec::with_capacity(rows.len())),
+            })
+            .collect(),
+        None => return Ok(Vec::new()),
+    };
+    for row in rows {
+        if row.len() != width {
+            return Err(StoreError::Unavailable(format!(
+                "a row of {} values among rows of {width}",
+                row.len()
+            )));
+        }
+        for (column, value) in out.iter_mut().zip(row) {
+            match (column, value) {
+                (ColumnValues::I64(c), Bind::I64(v)) => c.push(Some(v)),
+                (ColumnValues::I64(c), Bind::OptI64(v)) => c.push(v),
+                (ColumnValues::Text(c), Bind::Text(v)) => c.push(Some(v)),
+                (ColumnValues::Text(c), Bind::OptText(v)) => c.push(v),
+                (ColumnValues::Uuid(c), Bind::Uuid(v)) => c.push(v),
+                (_, value) => {
+                    return Err(StoreError::Unavailable(format!(
+                        "a column of mixed kinds in a multi-row insert ({value:?})"
+                    )))
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// PostgreSQL: `head SELECT … FROM unnest($1, $2, …) tail`, where `one` (a row's values, such
+/// as `(?, to_tsvector(?))`) is applied to each row of the arrays. The text does not depend on
+/// the number of rows, so the statement is parsed and planned once per connection rather than
+/// for each batch size, and binds one array per column rather than a value per cell.
+fn unnest_sql(head: &str, one: &str, first: &[Bind], tail: &str) -> Result<String, StoreError> {
+    let inner = one
+        .trim()
+        .strip_prefix('(')
+        .and_then(|r| r.strip_suffix(')'))
+        .ok_or_else(|| {
+            StoreError::Unavailable(format!("row template {one:?} lacks parentheses"))
+        })?;
+    let mut exprs = String::with_capacity(inner.len() + 8 * first.len());
+    let mut n = 0;
+    for c in inner.chars() {
+        if c == '?' {
+            n += 1;
+            exprs.push_str(&format!("u.c{n}"));
+        } else {
+            exprs.push(c);
+        }
+    }
+    if n != first.len() {
+        return Err(StoreError::Unavailable(format!(
+            "row template {one:?} has {n} placeholders for {} values",
+            first.len()
+        )));
+    }
+    let arrays: Vec<String> = first
+        .iter()
+        .enumerate()
+        .map(|(i, b)| {
+            let kind = match b {
+                Bind::I64(_) | Bind::OptI64(_) => "int8",
+                Bind::Text(_) | Bind::OptText(_) => "text",
+                Bind::Uuid(_) => "uuid",
+            };
+            format!("${}::{kind}[]", i + 1)
+        })
+        .collect();
+    let names: Vec<String> = (1..=n).map(|i| format!("c{i}")).collect();
+    Ok(format!(
+        "{head} SELECT {exprs} FROM unnest({}) AS u({}) {tail}",
+        arrays.join(", "),
+        names.join(", ")
+    ))
+}
+
 #[cfg(test)]
 mod tests {
-    use super::numbered;
+    use super::{columns, numbered, unnest_sql, Bind, ColumnValues};
+    use uuid::Uuid;
+
+    #[test]
+    fn multi_row_inserts_bind_one_array_per_column() {
+        let one = "(?, strip(to_tsvector('simple', ?)), ?)";
+        let first = [Bind::Uuid(Uuid::nil()), Bind::OptText(None), Bind::I64(1)];
+        assert_eq!(
+            unnest_sql("INSERT INTO t (a, b, c)", one, &first, "ON CONFLICT DO NOTHING")
+                .expect("sql"),
+            "INSERT INTO t (a, b, c) SELECT u.c1, strip(to_tsvector('simple', u.c2)), u.c3 \
+             FROM unnest($1::uuid[], $2::text[], $3::int8[]) AS u(c1, c2, c3) ON CONFLICT DO NOTHING"
+        );
+        assert!(unnest_sql("INSERT INTO t (a)", "(?, ?)", &first[..1], "").is_err());
+        assert!(unnest_sql("INSERT INTO t (a)", "?", &first[..1], "").is_err());
+        let rows = vec![
+            vec![Bind::OptText(None), Bind::I64(1)],
+            vec![Bind::Text("x".into()), Bind::OptI64(None)],
+        ];
+        let cols = columns(rows, 2).expect("columns");
+        assert!(matches!(&cols[0], ColumnValues::Text(v) if v == &[None, Some("x".to_owned())]));
+        assert!(matches!(&cols[1], ColumnValues::I64(v) if v == &[Some(1), None]));
+        let mixed = vec![vec![Bind::I64(1)], vec![Bind::Text("x".into())]];
+        assert!(columns(mixed, 1).is_err());
+        assert!(columns(vec![vec![Bind::I64(1)], vec![]], 1).is_err());
+    }
 
     #[test]
     fn placeholders_are_numbered_in_order() {
