@@ -181,10 +181,35 @@ async fn rebuild_while_serving(store: Arc<dyn EventStore>) {
             assert_eq!(a.status, 201, "{}", a.body);
         }
     };
+    // The rebuilt tables carry every index the migrations define (a PostgreSQL rebuild drops
+    // the secondary ones for the load and creates them again).
+    let indexes = || async {
+        match store.database() {
+            Some(ticketd_commands::Database::Postgres(pool)) => sqlx::query_scalar::<_, String>(
+                "SELECT indexdef FROM pg_indexes WHERE schemaname = current_schema() \
+                     ORDER BY indexname",
+            )
+            .fetch_all(&pool)
+            .await
+            .expect("indexes"),
+            _ => Vec::new(),
+        }
+    };
+    let before = indexes().await;
     let every = all();
     let (rebuilt, ()) = tokio::join!(rebuild(store.as_ref(), &every), writes);
     let rebuilt = rebuilt.expect("rebuild");
     assert_eq!(rebuilt.projections, vec!["tickets", "feed", "analytics"]);
+    assert_eq!(indexes().await, before, "indexes after the rebuild");
+    if matches!(
+        store.database(),
+        Some(ticketd_commands::Database::Postgres(_))
+    ) {
+        assert!(
+            before.iter().any(|d| d.contains("USING gin")),
+            "the secondary indexes were read: {before:?}"
+        );
+    }
     assert!(rebuilt.events >= 20);
     let after = s
         .open(
