@@ -108,13 +108,6 @@ impl Projection for FeedProjection {
         &["ticket_feed", "ticket_reads"]
     }
 
-    /// One event is a batch of one: a single path writes the rows either way.
-    async fn apply(&self, conn: &mut Conn<'_>, event: &StoredEvent) -> Result<(), StoreError> {
-        self.apply_batch(conn, std::slice::from_ref(event))
-            .await
-            .map(|_| ())
-    }
-
     async fn apply_batch(
         &self,
         conn: &mut Conn<'_>,

@@ -47,8 +47,18 @@ pub trait Projection: Send + Sync + 'static {
     fn tables(&self) -> &'static [&'static str];
 
     /// Applies one event. An error rolls the event back and stops the projection there; it is
-    /// retried, never skipped.
-    async fn apply(&self, conn: &mut Conn<'_>, event: &StoredEvent) -> Result<(), StoreError>;
+    /// retried, never skipped. By default a batch of one, so a read model that implements
+    /// [`Projection::apply_batch`] has one path writing its rows either way.
+    async fn apply(&self, conn: &mut Conn<'_>, event: &StoredEvent) -> Result<(), StoreError> {
+        if self.apply_batch(conn, std::slice::from_ref(event)).await? {
+            Ok(())
+        } else {
+            Err(StoreError::Unavailable(format!(
+                "projection {} implements neither apply nor apply_batch",
+                self.name()
+            )))
+        }
+    }
 
     /// Applies a whole batch in few statements, leaving exactly the rows that applying each
     /// event in turn would; `Ok(false)` (the default) has the runner apply them one by one. On

@@ -155,13 +155,6 @@ impl Projection for TicketsProjection {
         &["tickets", "ticket_cc", "ticket_search", "ticket_fts"]
     }
 
-    /// One event is a batch of one: a single path writes the rows either way.
-    async fn apply(&self, conn: &mut Conn<'_>, event: &StoredEvent) -> Result<(), StoreError> {
-        self.apply_batch(conn, std::slice::from_ref(event))
-            .await
-            .map(|_| ())
-    }
-
     async fn apply_batch(
         &self,
         conn: &mut Conn<'_>,

@@ -17,7 +17,7 @@ use ticketd_domain::{
 };
 use ticketd_projections::sql::{Bind, Conn};
 use ticketd_projections::tickets::{ListQuery, Sort, TextPlan, View};
-use ticketd_projections::{tickets, Pooled, Projection, Projector};
+use ticketd_projections::{lag, tickets, Pooled, Projection, Projector};
 use ticketd_tests::{both_backends, read_everything, read_until};
 
 const WAIT: Duration = Duration::from_secs(10);
@@ -461,7 +461,55 @@ async fn a_failing_event_stops_the_projection_until_it_applies(store: Arc<dyn Ev
     assert_eq!(got, want, "every event exactly once");
 }
 
+/// `/metrics`' lag of a projection at a position: the events after it, and the age of the
+/// oldest of them; nothing after the last event.
+async fn lag_counts_the_events_after_a_position(store: Arc<dyn EventStore>) {
+    let h = CommandHandler::new(store.clone(), SlaPolicy::default(), 100);
+    let db = store.database().expect("database");
+    let (id, first) = open(&h, "lagging").await;
+    let mut last = first;
+    for _ in 0..4 {
+        last = comment(&h, id).await;
+    }
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let (events, age) = lag(&db, Position::START).await.expect("lag");
+    assert_eq!(events, 5);
+    assert!(age >= 0.05, "the oldest event is at least 50 ms old: {age}");
+    assert_eq!(lag(&db, first).await.expect("lag").0, 4);
+    assert_eq!(lag(&db, last).await.expect("lag"), (0, 0.0));
+}
+
+/// A projection that overrides neither `apply` nor `apply_batch` fails its events (and so
+/// stops there) rather than skipping them.
+struct Inert;
+
+#[async_trait]
+impl Projection for Inert {
+    fn name(&self) -> &'static str {
+        "inert"
+    }
+
+    fn tables(&self) -> &'static [&'static str] {
+        &[]
+    }
+}
+
+async fn a_projection_that_applies_nothing_fails(store: Arc<dyn EventStore>) {
+    let h = CommandHandler::new(store.clone(), SlaPolicy::default(), 100);
+    let db = store.database().expect("database");
+    open(&h, "inert").await;
+    let event = read_everything(store.as_ref(), 10).await.remove(0);
+    let mut pooled = Pooled::acquire(&db).await.expect("connection");
+    let error = Inert
+        .apply(&mut pooled.conn(), &event)
+        .await
+        .expect_err("nothing applied");
+    assert!(error.to_string().contains("neither"), "{error}");
+}
+
 both_backends!(
+    lag_counts_the_events_after_a_position,
+    a_projection_that_applies_nothing_fails,
     catches_up_follows_and_resumes,
     a_failing_event_stops_the_projection_until_it_applies,
     search_index_rebuilds_identically,
