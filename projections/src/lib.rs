@@ -325,50 +325,41 @@ pub const LAG_COUNT_CAP: i64 = 1_000_000;
 pub async fn lag(db: &Database, at: Position) -> Result<(u64, f64), StoreError> {
     let (tx, seq) = tx_i64(at)?;
     let now = Utc::now().timestamp_micros();
-    let (count, oldest): (i64, Option<i64>) = match db {
-        Database::Sqlite(pool) => {
-            let count = sqlx::query_scalar(
-                "SELECT count(*) FROM (SELECT 1 FROM events WHERE seq > ? LIMIT ?)",
-            )
-            .bind(seq)
-            .bind(LAG_COUNT_CAP)
-            .fetch_one(pool)
-            .await
-            .map_err(unavailable)?;
-            let oldest = sqlx::query_scalar(
-                "SELECT recorded_at FROM events WHERE seq > ? ORDER BY seq LIMIT 1",
-            )
-            .bind(seq)
-            .fetch_optional(pool)
-            .await
-            .map_err(unavailable)?;
-            (count, oldest)
-        }
-        Database::Postgres(pool) => {
-            let count = sqlx::query_scalar(
-                // The ORDER BY keeps the cached (generic) plan on the log-order index: without
-                // it PostgreSQL scans the whole table on every scrape.
-                "SELECT count(*) FROM (SELECT 1 FROM events \
-                 WHERE (tx_id, seq) > ($1::text::xid8, $2) ORDER BY tx_id, seq LIMIT $3) x",
-            )
-            .bind(tx.to_string())
-            .bind(seq)
-            .bind(LAG_COUNT_CAP)
-            .fetch_one(pool)
-            .await
-            .map_err(unavailable)?;
-            let oldest = sqlx::query_scalar(
-                "SELECT (extract(epoch FROM recorded_at) * 1000000)::bigint FROM events \
-                 WHERE (tx_id, seq) > ($1::text::xid8, $2) ORDER BY tx_id, seq LIMIT 1",
-            )
-            .bind(tx.to_string())
-            .bind(seq)
-            .fetch_optional(pool)
-            .await
-            .map_err(unavailable)?;
-            (count, oldest)
-        }
+    // The events after `at`, in log order, and the column that gives their time in micros.
+    let (after, order, micros, mut binds) = match db {
+        Database::Sqlite(_) => ("seq > ?", "seq", "recorded_at", vec![Bind::I64(seq)]),
+        Database::Postgres(_) => (
+            "(tx_id, seq) > (?::text::xid8, ?)",
+            "tx_id, seq",
+            "(extract(epoch FROM recorded_at) * 1000000)::bigint",
+            vec![Bind::Text(tx.to_string()), Bind::I64(seq)],
+        ),
     };
+    let mut pooled = Pooled::acquire(db).await?;
+    let mut conn = pooled.conn();
+    let oldest: Option<i64> = conn
+        .fetch_column(
+            &format!("SELECT {micros} FROM events WHERE {after} ORDER BY {order} LIMIT 1"),
+            &binds,
+        )
+        .await?
+        .into_iter()
+        .next();
+    binds.push(Bind::I64(LAG_COUNT_CAP));
+    // The ORDER BY keeps PostgreSQL's cached (generic) plan on the log-order index: without it
+    // the plan scans the whole table on every scrape.
+    let count: i64 = conn
+        .fetch_column(
+            &format!(
+                "SELECT count(*) FROM (SELECT 1 FROM events WHERE {after} \
+                 ORDER BY {order} LIMIT ?) x"
+            ),
+            &binds,
+        )
+        .await?
+        .into_iter()
+        .next()
+        .unwrap_or(0);
     let age = oldest.map_or(0.0, |t| (now - t).max(0) as f64 / 1e6);
     Ok((u64::try_from(count).unwrap_or(0), age))
 }
