@@ -386,6 +386,11 @@ async fn pg_text_batch(
         let Some(ops) = pending.get(id) else {
             continue;
         };
+        let heads_only = ops.iter().all(|op| matches!(op, TextOp::Head(_)));
+        let comments_only = ops.iter().all(|op| matches!(op, TextOp::Comment { .. }));
+        if !heads_only && !comments_only {
+            continue;
+        }
         let (mut head, mut public, mut private, mut bound) = (None, Vec::new(), Vec::new(), 0);
         for op in ops {
             match op {
@@ -398,11 +403,10 @@ async fn pg_text_batch(
                         public.push(text.as_str());
                     }
                 }
-                TextOp::Start(_) => bound = usize::MAX,
+                TextOp::Start(_) => {}
             }
         }
-        let mixed = head.is_some() && bound > 0;
-        if mixed || bound > PG_TEXT_BUDGET as usize {
+        if bound > PG_TEXT_BUDGET as usize {
             continue;
         }
         let joined = |parts: Vec<&str>| (!parts.is_empty()).then(|| parts.join("\n"));
@@ -461,31 +465,22 @@ async fn index_text(
     event: &Event,
     version: u64,
 ) -> Result<(), StoreError> {
-    if matches!(conn, Conn::Postgres(_)) {
-        return match text_op(t, event) {
-            Some(op) => pg_text(conn, t.id, &op).await,
-            None => Ok(()),
-        };
-    }
-    let head_changed = match event {
-        Event::Opened(_) => true,
-        Event::Edited(e) => e.subject.is_some() || e.description.is_some(),
-        _ => false,
+    let Some(op) = text_op(t, event) else {
+        return Ok(());
     };
-    match event {
-        // SQLite: a row per part under a rowid made of the ticket and the event, so replaying
-        // an event writes the same row again, and an edit replaces the head in place.
-        _ if head_changed => {
-            put_part(conn, fts_rowid(t.number, 0, false), head_text(t)).await?;
-        }
-        Event::Commented(c) => {
-            let private = c.visibility == Visibility::Private;
-            let rowid = fts_rowid(t.number, version, private);
-            put_part(conn, rowid, search_text(&c.body)).await?;
-        }
-        _ => {}
+    if matches!(conn, Conn::Postgres(_)) {
+        return pg_text(conn, t.id, &op).await;
     }
-    Ok(())
+    // SQLite: a row per part under a rowid made of the ticket and the event, so replaying an
+    // event writes the same row again, and an edit replaces the head in place.
+    match op {
+        TextOp::Start(head) | TextOp::Head(head) => {
+            put_part(conn, fts_rowid(t.number, 0, false), head).await
+        }
+        TextOp::Comment { private, text } => {
+            put_part(conn, fts_rowid(t.number, version, private), text).await
+        }
+    }
 }
 
 /// The FTS5 rowid of a part (see `migrations/sqlite/0004_search.sql`): `None` past 2^31
