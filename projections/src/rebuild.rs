@@ -357,18 +357,7 @@ impl Scratch {
                 Ok(())
             }
             (Database::Sqlite(pool), Place::Sqlite { path }) => {
-                // A connection of its own: ATTACH is per connection and must not leak into
-                // the pool.
-                let mut conn = pool
-                    .connect_options()
-                    .connect()
-                    .await
-                    .map_err(unavailable)?;
-                sqlx::query("ATTACH DATABASE ? AS scratch")
-                    .bind(path.to_string_lossy().into_owned())
-                    .execute(&mut conn)
-                    .await
-                    .map_err(unavailable)?;
+                let mut conn = attach_scratch(pool, path).await?;
                 let copied = async {
                     let mut tx = conn
                         .begin_with("BEGIN IMMEDIATE")
@@ -492,16 +481,7 @@ impl Scratch {
                 Ok(Some(found))
             }
             (Database::Sqlite(pool), Place::Sqlite { path }) => {
-                let mut conn = pool
-                    .connect_options()
-                    .connect()
-                    .await
-                    .map_err(unavailable)?;
-                sqlx::query("ATTACH DATABASE ? AS scratch")
-                    .bind(path.to_string_lossy().into_owned())
-                    .execute(&mut conn)
-                    .await
-                    .map_err(unavailable)?;
+                let mut conn = attach_scratch(pool, path).await?;
                 let compared = async {
                     // One read transaction: both files' snapshots hold until it ends.
                     let mut tx = conn.begin().await.map_err(unavailable)?;
@@ -706,6 +686,25 @@ pub async fn check_all(
     .await;
     scratch.discard(&live).await;
     checked
+}
+
+/// SQLite: a new connection to the live store with the scratch file attached as `scratch`. A
+/// connection of its own: ATTACH is per connection and must not leak into the pool.
+async fn attach_scratch(
+    pool: &sqlx::SqlitePool,
+    path: &std::path::Path,
+) -> Result<sqlx::SqliteConnection, StoreError> {
+    let mut conn = pool
+        .connect_options()
+        .connect()
+        .await
+        .map_err(unavailable)?;
+    sqlx::query("ATTACH DATABASE ? AS scratch")
+        .bind(path.to_string_lossy().into_owned())
+        .execute(&mut conn)
+        .await
+        .map_err(unavailable)?;
+    Ok(conn)
 }
 
 /// A page of the log for a rebuild, read the bulk way (binary `COPY` on PostgreSQL).
