@@ -2,28 +2,16 @@
 //! codes, the report naming stream and version, and a file round trip that the independent
 //! Python verifier accepts.
 
-use std::path::Path;
-use std::process::{Command, Output};
+mod common;
+
+use std::process::Command;
 
 use serde_json::{json, Value};
 use uuid::Uuid;
 
 use ticketd_tests::http::TestServer;
 
-fn ticketd(dir: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_ticketd"))
-        .args(args)
-        .current_dir(dir)
-        .env_remove("DATABASE_URL")
-        .env_remove("TICKETD_DATABASE_URL")
-        .env("RUST_LOG", "warn")
-        .output()
-        .expect("run ticketd")
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
+use common::{text, ticketd};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn verify_export_and_import_from_the_command_line() {

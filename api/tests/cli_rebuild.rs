@@ -1,27 +1,13 @@
 //! `ticketd rebuild` as an operator runs it: against the SQLite file of a server that keeps
 //! serving (in this process), which then follows on from the rebuilt read models.
 
-use std::path::Path;
-use std::process::{Command, Output};
+mod common;
 
 use serde_json::json;
 
 use ticketd_tests::http::TestServer;
 
-fn ticketd(dir: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_ticketd"))
-        .args(args)
-        .current_dir(dir)
-        .env_remove("DATABASE_URL")
-        .env_remove("TICKETD_DATABASE_URL")
-        .env("RUST_LOG", "warn")
-        .output()
-        .expect("run ticketd")
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
+use common::{text, ticketd};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rebuild_from_the_command_line_while_a_server_runs() {
