@@ -4,13 +4,19 @@
 //! Each client is a customer with an agent colleague working their tickets: it opens tickets,
 //! comments (both sides), moves statuses, marks reads and fetches tickets.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context};
+use anyhow::bail;
 use clap::Parser;
-use jsonwebtoken::{encode, EncodingKey, Header};
 use serde_json::{json, Value};
+
+use common::{percentile, secret, token, Rng};
+
+/// The org of every load client's tokens.
+const ORG: Option<&str> = Some("loadorg");
 
 #[derive(Parser, Debug, Clone)]
 #[command(about = "HTTP load generator for ticketd")]
@@ -63,37 +69,6 @@ impl Op {
     }
 }
 
-fn token(secret: &str, sub: &str, role: &str) -> anyhow::Result<String> {
-    let exp = chrono_like_now() + 24 * 3600;
-    let claims = json!({"sub": sub, "name": sub, "role": role, "org": "loadorg", "exp": exp});
-    Ok(encode(
-        &Header::default(),
-        &claims,
-        &EncodingKey::from_secret(secret.as_bytes()),
-    )?)
-}
-
-fn chrono_like_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
-
-/// A tiny deterministic PRNG per client, so runs are comparable.
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
-
 struct Sample {
     op: Op,
     micros: u32,
@@ -110,8 +85,8 @@ async fn client(
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(1)
         .build()?;
-    let customer = token(&secret, &format!("load-customer-{id}"), "customer")?;
-    let agent = token(&secret, &format!("load-agent-{id}"), "agent")?;
+    let customer = token(&secret, &format!("load-customer-{id}"), "customer", ORG)?;
+    let agent = token(&secret, &format!("load-agent-{id}"), "agent", ORG)?;
     let mut rng = Rng(0x9E37_79B9_7F4A_7C15 ^ (id as u64 + 1));
     let mut tickets: Vec<String> = Vec::new();
     let mut samples = Vec::new();
@@ -190,27 +165,13 @@ async fn client(
     Ok(samples)
 }
 
-fn percentile(sorted: &[u32], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return 0.0;
-    }
-    let rank = ((p / 100.0) * (sorted.len() as f64 - 1.0)).round() as usize;
-    sorted[rank.min(sorted.len() - 1)] as f64 / 1000.0
-}
-
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     if args.clients == 0 {
         bail!("--clients must be at least 1");
     }
-    let secret = match &args.jwt_secret {
-        Some(s) => s.clone(),
-        None => std::fs::read_to_string(&args.secret_file)
-            .with_context(|| format!("reading {} (or pass --jwt-secret)", args.secret_file))?
-            .trim()
-            .to_owned(),
-    };
+    let secret = secret(args.jwt_secret.as_deref(), &args.secret_file)?;
     let start = Instant::now();
     let warm_until = start + Duration::from_secs(args.warmup);
     let stop_at = warm_until + Duration::from_secs(args.seconds);

@@ -6,13 +6,16 @@
 //! agent's filtered and sorted page), `page2` (the page after it, by cursor), `search` (an
 //! agent's two-word `q`) and `search_customer` (a customer's one-word `q` over what they see).
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context};
+use anyhow::bail;
 use clap::Parser;
-use jsonwebtoken::{encode, EncodingKey, Header};
-use serde_json::{json, Value};
+use serde_json::Value;
+
+use common::{percentile, secret, token, Rng};
 
 #[derive(Debug, Clone, Parser)]
 #[command(
@@ -81,30 +84,6 @@ const TROUBLES: [&str; 10] = [
     "beeps",
     "blocked",
 ];
-
-fn token(secret: &str, sub: &str, role: &str, org: Option<&str>) -> anyhow::Result<String> {
-    let exp = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-        + 24 * 3600;
-    let claims = json!({"sub": sub, "name": sub, "role": role, "org": org, "exp": exp});
-    Ok(encode(
-        &Header::default(),
-        &claims,
-        &EncodingKey::from_secret(secret.as_bytes()),
-    )?)
-}
-
-struct Rng(u64);
-impl Rng {
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0 % n.max(1)
-    }
-}
 
 #[derive(Default)]
 struct Kind {
@@ -215,14 +194,6 @@ async fn client(
     Ok(out)
 }
 
-fn percentile(sorted: &[u32], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return 0.0;
-    }
-    let rank = ((p / 100.0) * (sorted.len() as f64 - 1.0)).round() as usize;
-    f64::from(sorted[rank.min(sorted.len() - 1)]) / 1000.0
-}
-
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
@@ -234,13 +205,7 @@ async fn main() -> anyhow::Result<()> {
             bail!("--only takes overdue, list, page2, search or search_customer, not {k:?}");
         }
     }
-    let secret = match &args.jwt_secret {
-        Some(s) => s.clone(),
-        None => std::fs::read_to_string(&args.secret_file)
-            .with_context(|| format!("reading {} (or pass --jwt-secret)", args.secret_file))?
-            .trim()
-            .to_owned(),
-    };
+    let secret = secret(args.jwt_secret.as_deref(), &args.secret_file)?;
     let warm_until = Instant::now() + Duration::from_secs(args.warmup);
     let stop_at = warm_until + Duration::from_secs(args.seconds);
     let mut tasks = Vec::new();
