@@ -718,7 +718,8 @@ async fn read_page(
 
 /// PostgreSQL: drops the secondary indexes (neither primary keys nor unique: upserts need
 /// those) of the scratch tables of `projections`, returning the statements that create them
-/// again — the migrations' own definitions, as the catalog holds them.
+/// again — the migrations' own definitions, as the catalog holds them, with the statistics
+/// targets set on their columns (an expression's statistics live with its index).
 async fn defer_indexes(
     pool: &PgPool,
     schema: &str,
@@ -729,7 +730,11 @@ async fn defer_indexes(
         .flat_map(|p| p.tables().iter().map(|t| (*t).to_owned()))
         .collect();
     let found: Vec<(String, String)> = sqlx::query_as(
-        "SELECT i.relname::text, pg_get_indexdef(x.indexrelid) FROM pg_index x \
+        "SELECT i.relname::text, pg_get_indexdef(x.indexrelid) || coalesce((\
+           SELECT string_agg(format('; ALTER INDEX %I.%I ALTER COLUMN %s SET STATISTICS %s', \
+             n.nspname, i.relname, a.attnum, a.attstattarget), '' ORDER BY a.attnum) \
+           FROM pg_attribute a WHERE a.attrelid = x.indexrelid AND a.attstattarget >= 0), '') \
+         FROM pg_index x \
          JOIN pg_class i ON i.oid = x.indexrelid JOIN pg_class t ON t.oid = x.indrelid \
          JOIN pg_namespace n ON n.oid = t.relnamespace \
          WHERE n.nspname = $1 AND t.relname = ANY($2) AND NOT x.indisunique AND NOT x.indisprimary",

@@ -724,7 +724,7 @@ enum TextQuery {
     /// Only words without a letter or digit, which no text holds as a word: no ticket.
     Nothing,
     /// Words for `plainto_tsquery('simple', …)` (which has no operators to inject), each to be
-    /// found in any part (`all`) or in the subject, description and public comments.
+    /// found in the whole text (`all`) or in the subject, description and public comments.
     Postgres { all: bool, words: Vec<String> },
     /// One FTS5 query per word, the word a quoted string (so `"`, `*`, `OR`, `NEAR`, `-`, `:`
     /// are text, not syntax).
@@ -759,29 +759,17 @@ fn text_query(words: &[String], staff: bool, backend: Backend) -> TextQuery {
     }
 }
 
-/// PostgreSQL: the condition on `ticket_search s` that each word is in one of the parts the
-/// caller may see. Each part has its own GIN index, so this is a union of index lookups per
-/// word, intersected, and checking one row needs no concatenation of its vectors.
+/// PostgreSQL: the condition on `ticket_search s` that each word is in the text the caller may
+/// see. The expression is exactly that of an index (migrations 0007), so every word is a key
+/// of one GIN scan that intersects the words' posting lists itself.
 fn pg_text_condition(words: &[String], all: bool) -> (String, Vec<Bind>) {
-    let parts: &[&str] = if all {
-        &["head", "public_comments", "private_comments"]
+    let text = if all {
+        "(s.head || s.public_comments || s.private_comments)"
     } else {
-        &["head", "public_comments"]
+        "(s.head || s.public_comments)"
     };
-    let mut sql = String::new();
-    let mut binds = Vec::new();
-    for (i, w) in words.iter().enumerate() {
-        sql.push_str(if i == 0 { "(" } else { " AND (" });
-        for (j, part) in parts.iter().enumerate() {
-            if j > 0 {
-                sql.push_str(" OR ");
-            }
-            sql.push_str(&format!("s.{part} @@ plainto_tsquery('simple', ?)"));
-            binds.push(Bind::Text(w.clone()));
-        }
-        sql.push(')');
-    }
-    (sql, binds)
+    let sql = vec![format!("{text} @@ plainto_tsquery('simple', ?)"); words.len()].join(" AND ");
+    (sql, words.iter().cloned().map(Bind::Text).collect())
 }
 
 /// How a search finds its tickets.
@@ -814,7 +802,11 @@ fn list_sql(q: &ListQuery, text: TextQuery, plan: TextPlan) -> (String, Vec<Bind
     let mut with = String::new();
     let mut with_binds = Vec::new();
     let me = &q.viewer.id;
-    let mut sql = String::from("SELECT state FROM tickets WHERE 1 = 1");
+    // The select list comes last: it depends on the plan.
+    let mut sql = String::from(" FROM tickets WHERE 1 = 1");
+    // PostgreSQL, from the text index: rank the matches by the primary key's copy of the sort
+    // keys (migrations 0007) and read whole rows for the page only.
+    let mut rank_first = false;
     let mut binds = Vec::new();
     let in_cc = " AND EXISTS (SELECT 1 FROM ticket_cc c WHERE c.ticket_id = tickets.id \
                  AND c.member = ?)";
@@ -907,6 +899,7 @@ fn list_sql(q: &ListQuery, text: TextQuery, plan: TextPlan) -> (String, Vec<Bind
                 );
                 with_binds = cond_binds;
                 sql.push_str(" AND id IN (SELECT ticket_id FROM m)");
+                rank_first = true;
             } else {
                 sql.push_str(&format!(
                     " AND EXISTS (SELECT 1 FROM ticket_search s \
@@ -966,10 +959,21 @@ fn list_sql(q: &ListQuery, text: TextQuery, plan: TextPlan) -> (String, Vec<Bind
         binds.push(Bind::I64(c.key));
         binds.push(Bind::Uuid(c.id));
     }
-    sql.push_str(&format!(" ORDER BY {col} {dir}, id {dir} LIMIT ?"));
+    let order = |of: &str| format!(" ORDER BY {of}{col} {dir}, {of}id {dir}");
+    sql.push_str(&order(""));
+    sql.push_str(" LIMIT ?");
     binds.push(Bind::I64(i64::try_from(q.limit).unwrap_or(200) + 1));
     with_binds.extend(binds);
-    (with + &sql, with_binds)
+    let sql = if rank_first {
+        format!(
+            "{with}, page AS (SELECT id, {col}{sql}) \
+             SELECT tickets.state FROM page JOIN tickets USING (id){}",
+            order("page.")
+        )
+    } else {
+        format!("{with}SELECT state{sql}")
+    };
+    (sql, with_binds)
 }
 
 /// Staff see every comment (CONTRACT §5).

@@ -182,12 +182,16 @@ async fn rebuild_while_serving(store: Arc<dyn EventStore>) {
         }
     };
     // The rebuilt tables carry every index the migrations define (a PostgreSQL rebuild drops
-    // the secondary ones for the load and creates them again).
+    // the secondary ones for the load and creates them again), with the statistics targets
+    // set on index columns.
     let indexes = || async {
         match store.database() {
             Some(ticketd_commands::Database::Postgres(pool)) => sqlx::query_scalar::<_, String>(
-                "SELECT indexdef FROM pg_indexes WHERE schemaname = current_schema() \
-                     ORDER BY indexname",
+                "SELECT indexdef || coalesce((SELECT ' statistics ' \
+                     || string_agg(a.attstattarget::text, ',' ORDER BY a.attnum) \
+                     FROM pg_attribute a WHERE a.attrelid = format('%I.%I', \
+                     schemaname, indexname)::regclass AND a.attstattarget >= 0), '') \
+                     FROM pg_indexes WHERE schemaname = current_schema() ORDER BY indexname",
             )
             .fetch_all(&pool)
             .await
@@ -208,6 +212,10 @@ async fn rebuild_while_serving(store: Arc<dyn EventStore>) {
         assert!(
             before.iter().any(|d| d.contains("USING gin")),
             "the secondary indexes were read: {before:?}"
+        );
+        assert!(
+            before.iter().any(|d| d.ends_with(" statistics 1000")),
+            "the statistics targets were read: {before:?}"
         );
     }
     assert!(rebuilt.events >= 20);
