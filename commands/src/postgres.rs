@@ -31,7 +31,7 @@ use sqlx::postgres::{
     PgArguments, PgConnectOptions, PgListener, PgPool, PgPoolCopyExt, PgPoolOptions, PgRow,
 };
 use sqlx::query::Query;
-use sqlx::{Postgres, Row};
+use sqlx::{PgConnection, Postgres, Row};
 use tokio::sync::{mpsc, oneshot, watch, Notify};
 use tokio::task::JoinHandle;
 use uuid::Uuid;
@@ -891,25 +891,8 @@ impl EventStore for PostgresStore {
     }
 
     async fn read_all(&self, after: Position, limit: usize) -> StoreResult<Vec<StoredEvent>> {
-        if limit == 0 {
-            return Ok(Vec::new());
-        }
-        // seq never exceeds i64::MAX, so clamping keeps "(tx, seq) > after" exact.
-        let after_seq = i64::try_from(after.seq).unwrap_or(i64::MAX);
-        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        let rows = sqlx::query(&format!(
-            "SELECT {EVENT_COLUMNS} FROM events \
-             WHERE (tx_id, seq) > ($1::text::xid8, $2) \
-               AND tx_id < pg_snapshot_xmin(pg_current_snapshot()) \
-             ORDER BY tx_id, seq LIMIT $3"
-        ))
-        .bind(after.tx.to_string())
-        .bind(after_seq)
-        .bind(limit)
-        .fetch_all(&self.pool)
-        .await
-        .map_err(unavailable)?;
-        rows.iter().map(event_from_row).collect()
+        let mut conn = self.pool.acquire().await.map_err(unavailable)?;
+        read_all_on(&mut conn, after, limit).await
     }
 
     async fn read_batch(&self, after: Position, limit: usize) -> StoreResult<EventBatch> {
@@ -1017,6 +1000,34 @@ impl EventStore for PostgresStore {
             .map_err(unavailable)?;
         Ok(())
     }
+}
+
+/// [`EventStore::read_all`] on a connection of the caller's, into the store's database and
+/// schema: a projection runner reads the log on the connection it writes with.
+pub async fn read_all_on(
+    conn: &mut PgConnection,
+    after: Position,
+    limit: usize,
+) -> StoreResult<Vec<StoredEvent>> {
+    if limit == 0 {
+        return Ok(Vec::new());
+    }
+    // seq never exceeds i64::MAX, so clamping keeps "(tx, seq) > after" exact.
+    let after_seq = i64::try_from(after.seq).unwrap_or(i64::MAX);
+    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+    let rows = sqlx::query(&format!(
+        "SELECT {EVENT_COLUMNS} FROM events \
+         WHERE (tx_id, seq) > ($1::text::xid8, $2) \
+           AND tx_id < pg_snapshot_xmin(pg_current_snapshot()) \
+         ORDER BY tx_id, seq LIMIT $3"
+    ))
+    .bind(after.tx.to_string())
+    .bind(after_seq)
+    .bind(limit)
+    .fetch_all(conn)
+    .await
+    .map_err(unavailable)?;
+    rows.iter().map(event_from_row).collect()
 }
 
 fn event_from_row(row: &PgRow) -> StoreResult<StoredEvent> {
