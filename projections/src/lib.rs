@@ -153,9 +153,9 @@ pub fn all() -> Vec<Arc<dyn Projection>> {
 impl Projector {
     /// Starts every projection over the store's database, or `None` for a store without one,
     /// on a thread of their own. A batch is several round trips to the database, and on a
-    /// saturated machine a runner sharing the request runtime waits behind the queued requests
-    /// after each one (32 clients on 2 cores, PostgreSQL: tickets lag p50 55 → 41 ms). Without
-    /// that thread (the OS refused it), on the current runtime.
+    /// saturated machine a runner sharing the request runtime waits behind the queued
+    /// requests after each one (32 clients on 2 cores, PostgreSQL: tickets lag p50 43–65 →
+    /// 23–33 ms). Without that thread (the OS refused it), on the current runtime.
     pub fn start(store: Arc<dyn EventStore>) -> Option<Projector> {
         let db = store.database()?;
         let runtime = tokio::runtime::Builder::new_multi_thread()
