@@ -28,7 +28,7 @@ use ticketd_domain::{event_hash, HashInput, HASH_LEN, ZERO_HASH};
 
 use crate::store::{
     AppendRequest, Appended, EventStore, IdempotencyHit, IdempotencyRecord, Position, StoreError,
-    StoreResult, StoredEvent,
+    StoreResult, StoredEvent, WriteTurns,
 };
 
 static MIGRATOR: Migrator = sqlx::migrate!("../migrations/sqlite");
@@ -59,6 +59,7 @@ pub struct SqliteStore {
     writer: mpsc::Sender<WriteOp>,
     reads: SqlitePool,
     ticks: Arc<watch::Sender<u64>>,
+    turns: WriteTurns,
 }
 
 impl SqliteStore {
@@ -90,11 +91,13 @@ impl SqliteStore {
             .map_err(unavailable)?;
         let (writer, rx) = mpsc::channel(QUEUE);
         let ticks = Arc::new(watch::channel(0u64).0);
-        tokio::spawn(run_writer(conn, rx, ticks.clone()));
+        let turns = WriteTurns::default();
+        tokio::spawn(run_writer(conn, rx, ticks.clone(), turns.clone()));
         Ok(SqliteStore {
             writer,
             reads,
             ticks,
+            turns,
         })
     }
 
@@ -130,6 +133,10 @@ impl SqliteStore {
 impl EventStore for SqliteStore {
     fn database(&self) -> Option<crate::store::Database> {
         Some(crate::store::Database::Sqlite(self.reads.clone()))
+    }
+
+    fn write_turns(&self) -> Option<WriteTurns> {
+        Some(self.turns.clone())
     }
 
     async fn append(&self, request: AppendRequest) -> StoreResult<Appended> {
@@ -269,11 +276,17 @@ async fn run_writer(
     mut conn: SqliteConnection,
     mut rx: mpsc::Receiver<WriteOp>,
     ticks: Arc<watch::Sender<u64>>,
+    turns: WriteTurns,
 ) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     let mut sql = SqlCache::default();
     while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
-        if write_batch(&mut conn, &mut sql, &mut batch).await {
+        // Drained first, then the turn: waiting for requests while holding it would starve
+        // the projection runners.
+        let turn = turns.lock().await;
+        let wrote = write_batch(&mut conn, &mut sql, &mut batch).await;
+        drop(turn);
+        if wrote {
             ticks.send_modify(|n| *n = n.wrapping_add(1));
         }
         batch.clear();

@@ -273,6 +273,12 @@ pub enum StoreError {
 
 pub type StoreResult<T> = Result<T, StoreError>;
 
+/// Turns at a database that has one writer at a time (SQLite), taken in order of asking by
+/// every writer of this process: the store's appends and the projection runners. SQLite's own
+/// busy handler, which sleeps and retries, let the store's writer, committing back to back,
+/// starve the runners (lag of seconds at 8 clients); it remains for other processes.
+pub type WriteTurns = std::sync::Arc<tokio::sync::Mutex<()>>;
+
 /// The database a store keeps its log in: read models (projections) live beside the events.
 #[derive(Debug, Clone)]
 pub enum Database {
@@ -328,6 +334,12 @@ pub trait EventStore: Send + Sync + 'static {
     /// The database behind the store, for projections; `None` for stores that have none
     /// (test wrappers), which then serve no queries.
     fn database(&self) -> Option<Database> {
+        None
+    }
+
+    /// The turns every writer of this process takes at the database, where writers exclude
+    /// each other (SQLite); `None` elsewhere.
+    fn write_turns(&self) -> Option<WriteTurns> {
         None
     }
 }

@@ -24,7 +24,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use ticketd_commands::{Database, EventStore, Position, StoreError, StoredEvent};
+use ticketd_commands::{Database, EventStore, Position, StoreError, StoredEvent, WriteTurns};
 
 use crate::sql::{unavailable, Bind, Conn};
 
@@ -32,6 +32,8 @@ use crate::sql::{unavailable, Bind, Conn};
 pub const BATCH: usize = 500;
 /// How often a projection looks for new events when no commit signal arrives.
 const POLL: Duration = Duration::from_secs(1);
+/// SQLite: the least time between a caught-up runner's turns at the database (see `turn`).
+const TURN_GAP: Duration = Duration::from_millis(35);
 /// How often a PostgreSQL projector that is not the leader tries to become it.
 const LOCK_RETRY: Duration = Duration::from_secs(2);
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
@@ -495,12 +497,16 @@ async fn apply_in(
 /// test's injected crash), the connection is dropped and closed, which rolls the batch back,
 /// rather than going back to the pool inside an open transaction.
 pub(crate) enum Writer {
-    Sqlite(SqliteConnection),
+    /// With the store's write turns when it shares the database file with this writer.
+    Sqlite(SqliteConnection, Option<WriteTurns>),
     Postgres(PgConnection),
 }
 
 impl Writer {
-    pub(crate) async fn connect(db: &Database) -> Result<Writer, StoreError> {
+    pub(crate) async fn connect(
+        db: &Database,
+        turns: Option<WriteTurns>,
+    ) -> Result<Writer, StoreError> {
         Ok(match db {
             Database::Sqlite(pool) => Writer::Sqlite(
                 // As on PostgreSQL below: a commit waits for no fsync (WAL mode keeps it
@@ -511,6 +517,7 @@ impl Writer {
                     .connect()
                     .await
                     .map_err(unavailable)?,
+                turns,
             ),
             Database::Postgres(pool) => Writer::Postgres(
                 PgConnection::connect_with(&writer_options(pool))
@@ -520,9 +527,30 @@ impl Writer {
         })
     }
 
+    /// SQLite: this process's turn at the database (see [`WriteTurns`]), for a whole read,
+    /// apply and commit: the page read once the turn comes holds every event committed while
+    /// the runner waited. A runner that is caught up (`paced`: its last page was not full)
+    /// waits [`TURN_GAP`] after its last turn first: turns taken after every append would
+    /// leave the appends one turn in four, each with a handful of requests.
+    async fn turn(
+        &self,
+        last: &mut Option<Instant>,
+        paced: bool,
+    ) -> Option<tokio::sync::OwnedMutexGuard<()>> {
+        let Writer::Sqlite(_, Some(turns)) = self else {
+            return None;
+        };
+        if let (true, Some(at)) = (paced, *last) {
+            tokio::time::sleep_until(at + TURN_GAP).await;
+        }
+        let turn = turns.clone().lock_owned().await;
+        *last = Some(Instant::now());
+        Some(turn)
+    }
+
     fn conn(&mut self) -> Conn<'_> {
         match self {
-            Writer::Sqlite(c) => Conn::Sqlite(c),
+            Writer::Sqlite(c, _) => Conn::Sqlite(c),
             Writer::Postgres(c) => Conn::Postgres(c),
         }
     }
@@ -561,7 +589,7 @@ async fn commit_batch_as(
     batched: bool,
 ) -> Result<(), BatchError> {
     match writer {
-        Writer::Sqlite(conn) => {
+        Writer::Sqlite(conn, _) => {
             // IMMEDIATE takes the write lock up front (waiting out busy_timeout), instead of
             // failing when a read transaction tries to become a write one.
             let mut tx = conn
@@ -660,7 +688,7 @@ async fn follow(
     // leader that lost its lock's connection cannot commit another batch.
     let mut writer = match lock {
         Some(conn) => Writer::Postgres(conn),
-        None => match Writer::connect(db).await {
+        None => match Writer::connect(db, store.write_turns()).await {
             Ok(w) => w,
             Err(e) => return format!("connecting: {e}"),
         },
@@ -674,8 +702,10 @@ async fn follow(
     shared.update(|s| s.position = at);
     shared.checkpoint.send_replace(at);
     let mut pinged = Instant::now();
+    let (mut turned, mut paced) = (None, false);
     loop {
         loop {
+            let _turn = writer.turn(&mut turned, paced).await;
             let started = Instant::now();
             // PostgreSQL: on the runner's own connection, made on the runner's runtime, so no
             // pooled connection of the server's ends up driven by the runner's thread.
@@ -683,12 +713,13 @@ async fn follow(
                 Writer::Postgres(conn) => {
                     ticketd_commands::postgres::read_all_on(conn, at, BATCH).await
                 }
-                Writer::Sqlite(_) => store.read_all(at, BATCH).await,
+                Writer::Sqlite(..) => store.read_all(at, BATCH).await,
             };
             let batch = match read {
                 Ok(b) => b,
                 Err(e) => return format!("reading the log after {at}: {e}"),
             };
+            paced = batch.len() < BATCH;
             if batch.is_empty() {
                 break;
             }

@@ -214,7 +214,8 @@ impl Scratch {
         // own server process; SQLite has one writer at a time anyway.
         let mut writers = Vec::with_capacity(projections.len());
         for _ in projections {
-            writers.push(Writer::connect(&self.db).await?);
+            // The scratch is a file of its own (SQLite): no turns to share.
+            writers.push(Writer::connect(&self.db, None).await?);
         }
         let parallel = matches!(self.db, Database::Postgres(_));
         let limit = |mut batch: Vec<StoredEvent>| {
