@@ -358,10 +358,25 @@ impl Conn<'_> {
         rows: Vec<Vec<Bind>>,
         tail: &str,
     ) -> Result<(), StoreError> {
+        self.rows_as::<i64>(head, one, rows, tail).await.map(drop)
+    }
+
+    /// `head` over `rows` as a derived table, then `tail`, returning the first column of what
+    /// the statement returns (nothing for an `INSERT` without `RETURNING`). SQLite spells the
+    /// rows `VALUES one, one, …`; PostgreSQL `SELECT … FROM unnest($1, $2, …)`, one array per
+    /// column, whose text (and so its cached plan) does not depend on the number of rows.
+    pub async fn rows_as<T: Column>(
+        &mut self,
+        head: &str,
+        one: &str,
+        rows: Vec<Vec<Bind>>,
+        tail: &str,
+    ) -> Result<Vec<T>, StoreError> {
         let Some(width) = rows.first().map(Vec::len) else {
-            return Ok(());
+            return Ok(Vec::new());
         };
         let per = (MAX_BINDS / width.max(1)).max(1);
+        let mut out = Vec::new();
         if let Conn::Postgres(c) = self {
             let sql = unnest_sql(head, one, &rows[0], tail)?;
             let mut rows = rows.into_iter().peekable();
@@ -375,19 +390,23 @@ impl Conn<'_> {
                         ColumnValues::Uuid(v) => q.bind(v),
                     };
                 }
-                q.execute(&mut **c).await.map_err(unavailable)?;
+                for row in q.fetch_all(&mut **c).await.map_err(unavailable)? {
+                    out.push(T::postgres(&row, 0).map_err(unavailable)?);
+                }
             }
-            return Ok(());
+            return Ok(out);
         }
         let mut rows = rows.into_iter().peekable();
         while rows.peek().is_some() {
             let chunk: Vec<Vec<Bind>> = rows.by_ref().take(per).collect();
             let values = vec![one; chunk.len()].join(", ");
             let binds: Vec<Bind> = chunk.into_iter().flatten().collect();
-            self.execute(&format!("{head} VALUES {values} {tail}"), &binds)
-                .await?;
+            out.extend(
+                self.fetch_column::<T>(&format!("{head} VALUES {values} {tail}"), &binds)
+                    .await?,
+            );
         }
-        Ok(())
+        Ok(out)
     }
 
     /// `sql` with its one `(…)` placeholder group expanded to `(?, ?, …)` for each chunk of

@@ -418,34 +418,28 @@ async fn pg_text_batch(
             Bind::I64(i64::try_from(bound).unwrap_or(i64::MAX)),
         ]);
     }
-    let mut done: HashSet<Uuid> = HashSet::with_capacity(rows.len());
-    let per = crate::sql::MAX_BINDS / 5;
-    let mut rows = rows.into_iter().peekable();
-    while rows.peek().is_some() {
-        let chunk: Vec<Vec<Bind>> = rows.by_ref().take(per).collect();
-        let values = vec!["(?, ?, ?, ?, ?)"; chunk.len()].join(", ");
-        let mut binds: Vec<Bind> = chunk.into_iter().flatten().collect();
-        binds.push(Bind::I64(PG_TEXT_BUDGET));
-        let updated: Vec<Uuid> = conn
-            .fetch_column(
-                &format!(
-                    "UPDATE ticket_search s SET \
-                     head = coalesce(strip(to_tsvector('simple', n.head)), s.head), \
-                     public_comments = CASE WHEN n.pub IS NULL THEN s.public_comments \
-                     ELSE s.public_comments || strip(to_tsvector('simple', n.pub)) END, \
-                     private_comments = CASE WHEN n.priv IS NULL THEN s.private_comments \
-                     ELSE s.private_comments || strip(to_tsvector('simple', n.priv)) END \
-                     FROM (VALUES {values}) n (id, head, pub, priv, bound) \
-                     WHERE s.ticket_id = n.id AND (n.bound = 0 \
-                     OR octet_length(s.head::text) + octet_length(s.public_comments::text) \
-                     + octet_length(s.private_comments::text) + n.bound <= ?) \
-                     RETURNING s.ticket_id"
-                ),
-                &binds,
-            )
-            .await?;
-        done.extend(updated);
-    }
+    // PostgreSQL only (a derived table with column names), so the rows go in as arrays.
+    let updated: Vec<Uuid> = conn
+        .rows_as(
+            "UPDATE ticket_search s SET \
+             head = coalesce(strip(to_tsvector('simple', n.head)), s.head), \
+             public_comments = CASE WHEN n.pub IS NULL THEN s.public_comments \
+             ELSE s.public_comments || strip(to_tsvector('simple', n.pub)) END, \
+             private_comments = CASE WHEN n.priv IS NULL THEN s.private_comments \
+             ELSE s.private_comments || strip(to_tsvector('simple', n.priv)) END \
+             FROM (",
+            "(?, ?, ?, ?, ?)",
+            rows,
+            &format!(
+                ") n (id, head, pub, priv, bound) \
+                 WHERE s.ticket_id = n.id AND (n.bound = 0 \
+                 OR octet_length(s.head::text) + octet_length(s.public_comments::text) \
+                 + octet_length(s.private_comments::text) + n.bound <= {PG_TEXT_BUDGET}) \
+                 RETURNING s.ticket_id"
+            ),
+        )
+        .await?;
+    let done: HashSet<Uuid> = updated.into_iter().collect();
     for id in order {
         if done.contains(id) {
             continue;
