@@ -799,6 +799,10 @@ async fn search_pages_and_filters(s: TestServer) {
         if sort == "created" {
             assert_eq!(seen, matching, "created order");
         }
+        if sort == "-created" {
+            let newest_first: Vec<_> = matching.iter().rev().cloned().collect();
+            assert_eq!(seen, newest_first, "-created order");
+        }
         let unique: BTreeSet<_> = seen.iter().cloned().collect();
         assert_eq!(unique.len(), seen.len(), "{sort}: a ticket came twice");
         assert_eq!(unique, matching.iter().cloned().collect(), "{sort}");
