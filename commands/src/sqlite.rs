@@ -5,6 +5,8 @@
 //! inside one transaction (a failing request is undone on its own, by a savepoint or by
 //! statement atomicity, without touching the others), commits once, and only then answers.
 //! With WAL and `synchronous=FULL`, an acknowledged append survives a SIGKILL or power loss.
+//! Each batch takes the process's write turn ([`WriteTurns`]) first: the projection runners
+//! write their read models into the same file through connections of their own.
 //! Reads use a separate pool and see only committed batches; because one writer commits in
 //! order, the row id is the log order and `read_all` can never skip an event.
 
