@@ -18,7 +18,9 @@ use ticketd_commands::handler::decode;
 use ticketd_commands::{Database, StoreError, StoredEvent};
 use ticketd_domain::{Channel, Event, Priority, Recorded, Status, Visibility};
 
-use crate::sql::{unavailable, Bind, Conn};
+use crate::bulk::{Finished, Fold, Step};
+
+use crate::sql::{unavailable, Bind, Conn, CopyRows};
 use crate::{micros, Projection};
 
 pub const NAME: &str = "analytics";
@@ -232,9 +234,18 @@ pub fn fold(prev: Option<Facts>, id: Uuid, r: &Recorded) -> Option<Applied> {
     })
 }
 
-const FACT_COLUMNS: &str = "ticket_id, number, org, requester, priority, channel, status, \
-     opened_at, first_response_at, first_resolved_at, closed_at, reopens, escalations, \
-     withdrawn_at, withdrawn_reason, due_at, breached_at, last_event_at, version";
+/// The facts table's columns, as a macro so that statements can be spelled with `concat!`.
+macro_rules! fact_columns {
+    () => {
+        "ticket_id, number, org, requester, priority, channel, status, \
+        opened_at, first_response_at, first_resolved_at, closed_at, reopens, escalations, \
+        withdrawn_at, withdrawn_reason, due_at, breached_at, last_event_at, version"
+    };
+}
+
+const FACT_COLUMNS: &str = fact_columns!();
+
+const FACT_INSERT: &str = concat!("INSERT INTO analytics_ticket_facts (", fact_columns!(), ")");
 
 type FactRow = (
     Uuid,
@@ -398,12 +409,7 @@ impl Projection for AnalyticsProjection {
             .filter_map(|id| facts.get(id).and_then(Option::as_ref))
             .map(fact_binds)
             .collect();
-        conn.insert_rows(
-            &format!("INSERT INTO analytics_ticket_facts ({FACT_COLUMNS})"),
-            rows,
-            FACT_UPSERT,
-        )
-        .await?;
+        conn.insert_rows(FACT_INSERT, rows, FACT_UPSERT).await?;
         conn.insert_rows(EVENT_INSERT, counted, EVENT_TAIL).await?;
         let sums: Vec<Vec<Bind>> = days
             .iter()
@@ -411,6 +417,92 @@ impl Projection for AnalyticsProjection {
             .collect();
         conn.insert_rows(DAILY_INSERT, sums, DAILY_TAIL).await?;
         Ok(true)
+    }
+
+    fn bulk(&self) -> Option<Box<dyn Fold>> {
+        Some(Box::<AnalyticsFold>::default())
+    }
+}
+
+/// The bulk fold: every ticket's facts and each day's sums in memory, the counted events
+/// streaming out as they come.
+#[derive(Default)]
+struct AnalyticsFold {
+    facts: HashMap<Uuid, Facts>,
+    /// Tickets in the order of their first row, as the table gets them.
+    order: Vec<Uuid>,
+    counted: CopyRows,
+    /// Keyed as stored (`NO_ORG` for none), so each key is one row.
+    days: BTreeMap<(String, String), Daily>,
+}
+
+impl Fold for AnalyticsFold {
+    fn add(&mut self, event: &StoredEvent, recorded: &Recorded) -> Result<(), StoreError> {
+        let id = event.stream_id;
+        let prev = self.facts.get(&id).cloned();
+        let Some(Applied {
+            facts: f,
+            kinds,
+            daily,
+        }) = fold(prev, id, recorded)
+        else {
+            return Ok(());
+        };
+        let at = micros(recorded.recorded_at);
+        for kind in kinds {
+            self.counted.push(&event_binds(&f, kind, at));
+        }
+        if !daily.is_zero() {
+            let org = f.org.clone().unwrap_or_else(|| NO_ORG.to_owned());
+            self.days
+                .entry((day(recorded.recorded_at), org))
+                .or_default()
+                .add(&daily);
+        }
+        if self.facts.insert(id, f).is_none() {
+            self.order.push(id);
+        }
+        Ok(())
+    }
+
+    fn ready(&mut self, min: usize) -> Vec<Step> {
+        if self.counted.size() < min.max(1) {
+            return Vec::new();
+        }
+        vec![Step::Copy {
+            insert: EVENT_INSERT,
+            rows: std::mem::take(&mut self.counted),
+        }]
+    }
+
+    fn held(&self) -> usize {
+        self.facts.len()
+    }
+
+    fn finish(mut self: Box<Self>) -> Result<Finished, StoreError> {
+        let mut steps = self.ready(0);
+        let mut facts = CopyRows::default();
+        for id in &self.order {
+            if let Some(f) = self.facts.get(id) {
+                facts.push(&fact_binds(f));
+            }
+        }
+        steps.push(Step::Copy {
+            insert: FACT_INSERT,
+            rows: facts,
+        });
+        let mut days = CopyRows::default();
+        for ((day, org), d) in &self.days {
+            days.push(&daily_binds(day, &Some(org.clone()), d));
+        }
+        steps.push(Step::Copy {
+            insert: DAILY_INSERT,
+            rows: days,
+        });
+        Ok(Finished {
+            steps,
+            replay: Vec::new(),
+        })
     }
 }
 

@@ -10,9 +10,10 @@ use uuid::Uuid;
 
 use ticketd_commands::handler::decode;
 use ticketd_commands::{Database, StoreError, StoredEvent};
-use ticketd_domain::{Event, Visibility};
+use ticketd_domain::{Event, Recorded, Visibility};
 
-use crate::sql::{Bind, Conn};
+use crate::bulk::{Finished, Fold, Step};
+use crate::sql::{Bind, Conn, CopyRows};
 use crate::{micros, Pooled, Projection};
 
 pub const NAME: &str = "feed";
@@ -40,7 +41,13 @@ const READ_TAIL: &str = "ON CONFLICT (ticket_id, member) DO UPDATE \
 
 /// An event's `ticket_feed` row and, for a read, its `ticket_reads` row.
 fn rows(event: &StoredEvent) -> Result<(Vec<Bind>, Option<Vec<Bind>>), StoreError> {
-    let recorded = decode(event)?;
+    rows_of(event, &decode(event)?)
+}
+
+fn rows_of(
+    event: &StoredEvent,
+    recorded: &Recorded,
+) -> Result<(Vec<Bind>, Option<Vec<Bind>>), StoreError> {
     let (kind, fields) = shape(&recorded.event);
     let private =
         matches!(&recorded.event, Event::Commented(c) if c.visibility == Visibility::Private);
@@ -114,32 +121,93 @@ impl Projection for FeedProjection {
         events: &[StoredEvent],
     ) -> Result<bool, StoreError> {
         let mut entries = Vec::with_capacity(events.len());
-        // Per (ticket, reader): the batch's first read opens the row, its last one sets the
-        // name and latest read, as one event at a time would.
-        let mut reads: Vec<Vec<Bind>> = Vec::new();
-        let mut index: HashMap<(Uuid, String), usize> = HashMap::new();
+        let mut reads = Reads::default();
         for event in events {
             let (entry, read) = rows(event)?;
             entries.push(entry);
-            let Some(read) = read else { continue };
-            let key = match (&read[0], &read[1]) {
-                (Bind::Uuid(t), Bind::Text(m)) => (*t, m.clone()),
-                _ => continue,
-            };
-            match index.get(&key) {
-                Some(&i) => {
-                    reads[i][2] = read[2].clone();
-                    reads[i][4] = read[4].clone();
-                }
-                None => {
-                    index.insert(key, reads.len());
-                    reads.push(read);
-                }
-            }
+            reads.add(read);
         }
         conn.insert_rows(FEED_INSERT, entries, FEED_TAIL).await?;
-        conn.insert_rows(READ_INSERT, reads, READ_TAIL).await?;
+        conn.insert_rows(READ_INSERT, reads.rows, READ_TAIL).await?;
         Ok(true)
+    }
+
+    fn bulk(&self) -> Option<Box<dyn Fold>> {
+        Some(Box::<FeedFold>::default())
+    }
+}
+
+/// `ticket_reads` rows of several events: per (ticket, reader), the first read opens the row,
+/// the last one sets the name and latest read, as one event at a time would.
+#[derive(Default)]
+struct Reads {
+    rows: Vec<Vec<Bind>>,
+    index: HashMap<(Uuid, String), usize>,
+}
+
+impl Reads {
+    fn add(&mut self, read: Option<Vec<Bind>>) {
+        let Some(read) = read else { return };
+        let key = match (&read[0], &read[1]) {
+            (Bind::Uuid(t), Bind::Text(m)) => (*t, m.clone()),
+            _ => return,
+        };
+        match self.index.get(&key) {
+            Some(&i) => {
+                self.rows[i][2] = read[2].clone();
+                self.rows[i][4] = read[4].clone();
+            }
+            None => {
+                self.index.insert(key, self.rows.len());
+                self.rows.push(read);
+            }
+        }
+    }
+}
+
+/// The bulk fold: feed entries stream out as they come; reads are merged in memory.
+#[derive(Default)]
+struct FeedFold {
+    entries: CopyRows,
+    reads: Reads,
+}
+
+impl Fold for FeedFold {
+    fn add(&mut self, event: &StoredEvent, recorded: &Recorded) -> Result<(), StoreError> {
+        let (entry, read) = rows_of(event, recorded)?;
+        self.entries.push(&entry);
+        self.reads.add(read);
+        Ok(())
+    }
+
+    fn ready(&mut self, min: usize) -> Vec<Step> {
+        if self.entries.size() < min.max(1) {
+            return Vec::new();
+        }
+        vec![Step::Copy {
+            insert: FEED_INSERT,
+            rows: std::mem::take(&mut self.entries),
+        }]
+    }
+
+    fn held(&self) -> usize {
+        self.reads.rows.len()
+    }
+
+    fn finish(mut self: Box<Self>) -> Result<Finished, StoreError> {
+        let mut steps = self.ready(0);
+        let mut reads = CopyRows::default();
+        for row in &self.reads.rows {
+            reads.push(row);
+        }
+        steps.push(Step::Copy {
+            insert: READ_INSERT,
+            rows: reads,
+        });
+        Ok(Finished {
+            steps,
+            replay: Vec::new(),
+        })
     }
 }
 

@@ -7,6 +7,7 @@
 //! (§6.1, §6.2), [`feed`] (§6.3, §6.4) and [`analytics`] (§6.5). Every piece of DDL is in `migrations/`.
 
 pub mod analytics;
+pub mod bulk;
 pub mod feed;
 pub mod rebuild;
 pub mod sql;
@@ -72,6 +73,11 @@ pub trait Projection: Send + Sync + 'static {
         _events: &[StoredEvent],
     ) -> Result<bool, StoreError> {
         Ok(false)
+    }
+
+    /// Its fold for a rebuild's bulk path (see [`bulk`]); `None`: rebuilt batch by batch.
+    fn bulk(&self) -> Option<Box<dyn bulk::Fold>> {
+        None
     }
 }
 

@@ -28,6 +28,7 @@ use uuid::Uuid;
 
 use ticketd_commands::{Database, EventStore, Position, StoreError, StoredEvent};
 
+use crate::bulk::{self, BULK_TICKETS};
 use crate::sql::unavailable;
 use crate::{
     commit_batch, describe, ensure_checkpoint, read_checkpoint, tx_i64, BatchError, Projection,
@@ -55,6 +56,8 @@ const COMPARE_TRIES: usize = 50;
 pub struct Scratch {
     db: Database,
     place: Place,
+    /// The bulk path's bound (see [`bulk`]); 0 turns it off.
+    bulk_tickets: usize,
 }
 
 enum Place {
@@ -69,7 +72,7 @@ enum Place {
 }
 
 /// A PostgreSQL identifier, quoted.
-fn ident(name: &str) -> String {
+pub(crate) fn ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
 }
 
@@ -107,6 +110,7 @@ impl Scratch {
                     }
                 };
                 let me = Scratch {
+                    bulk_tickets: BULK_TICKETS,
                     db: Database::Postgres(scratch.clone()),
                     place: Place::Postgres {
                         base,
@@ -142,6 +146,7 @@ impl Scratch {
                     .await
                     .map_err(unavailable)?;
                 let me = Scratch {
+                    bulk_tickets: BULK_TICKETS,
                     db: Database::Sqlite(scratch.clone()),
                     place: Place::Sqlite { path },
                 };
@@ -152,6 +157,12 @@ impl Scratch {
                 Ok(me)
             }
         }
+    }
+
+    /// Sets how many tickets a bulk pass folds in memory before it loads them and the build
+    /// goes on batch by batch (see [`bulk`]); 0 builds batch by batch throughout.
+    pub fn set_bulk_tickets(&mut self, tickets: usize) {
+        self.bulk_tickets = tickets;
     }
 
     /// The scratch database, where the projections write while rebuilding.
@@ -210,6 +221,21 @@ impl Scratch {
             _ => Vec::new(),
         };
         let mut applied = 0;
+        // From the start of the log, on PostgreSQL: one pass in memory, rows loaded by COPY.
+        if let (Database::Postgres(pool), true) = (&self.db, at == Position::START) {
+            let bulk = self.bulk_tickets > 0 && projections.iter().all(|p| p.bulk().is_some());
+            if bulk && upto.is_none_or(|u| u > at) {
+                let mut tables = Vec::with_capacity(projections.len());
+                for p in projections {
+                    let held = live_tables(&self.db, std::slice::from_ref(p)).await?;
+                    tables.push(held.into_iter().map(|t| t.name).collect());
+                }
+                let (end, folded) =
+                    bulk::pass(pool, store, projections, tables, upto, self.bulk_tickets).await?;
+                at = end;
+                applied += folded;
+            }
+        }
         // One connection per projection. On PostgreSQL their batches run at once, each in its
         // own server process; SQLite has one writer at a time anyway.
         let mut writers = Vec::with_capacity(projections.len());
@@ -714,7 +740,7 @@ async fn attach_scratch(
 }
 
 /// A page of the log for a rebuild, read the bulk way (binary `COPY` on PostgreSQL).
-async fn read_page(
+pub(crate) async fn read_page(
     store: &dyn EventStore,
     after: Position,
 ) -> Result<Vec<StoredEvent>, StoreError> {

@@ -538,9 +538,75 @@ fn unnest_sql(head: &str, one: &str, first: &[Bind], tail: &str) -> Result<Strin
     ))
 }
 
+/// Rows in the text format of PostgreSQL's `COPY … FROM STDIN`, the bulk path's load (see
+/// `bulk`): PostgreSQL parses each value from text as it would a bound parameter of the same
+/// text, so a row written this way stores what the same [`Bind`]s inserted would.
+#[derive(Debug, Default)]
+pub struct CopyRows {
+    bytes: Vec<u8>,
+    rows: usize,
+}
+
+impl CopyRows {
+    /// Appends one row: tab-separated values, `\N` for NULL, a newline at the end.
+    pub fn push(&mut self, row: &[Bind]) {
+        for (i, value) in row.iter().enumerate() {
+            if i > 0 {
+                self.bytes.push(b'\t');
+            }
+            match value {
+                Bind::I64(v) | Bind::OptI64(Some(v)) => {
+                    self.bytes.extend_from_slice(v.to_string().as_bytes());
+                }
+                Bind::Text(v) | Bind::OptText(Some(v)) => copy_text(&mut self.bytes, v),
+                Bind::OptText(None) | Bind::OptI64(None) => self.bytes.extend_from_slice(b"\\N"),
+                Bind::Uuid(v) => self.bytes.extend_from_slice(
+                    v.hyphenated()
+                        .encode_lower(&mut Uuid::encode_buffer())
+                        .as_bytes(),
+                ),
+            }
+        }
+        self.bytes.push(b'\n');
+        self.rows += 1;
+    }
+
+    pub fn len(&self) -> usize {
+        self.rows
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.rows == 0
+    }
+
+    /// Bytes held so far.
+    pub fn size(&self) -> usize {
+        self.bytes.len()
+    }
+
+    /// The rows' bytes, leaving this empty.
+    pub fn take(&mut self) -> Vec<u8> {
+        self.rows = 0;
+        std::mem::take(&mut self.bytes)
+    }
+}
+
+/// A text value with the four characters `COPY`'s text format gives meaning escaped.
+fn copy_text(out: &mut Vec<u8>, s: &str) {
+    for b in s.bytes() {
+        match b {
+            b'\\' => out.extend_from_slice(b"\\\\"),
+            b'\n' => out.extend_from_slice(b"\\n"),
+            b'\r' => out.extend_from_slice(b"\\r"),
+            b'\t' => out.extend_from_slice(b"\\t"),
+            _ => out.push(b),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
-    use super::{columns, numbered, unnest_sql, Bind, ColumnValues};
+    use super::{columns, numbered, unnest_sql, Bind, ColumnValues, CopyRows};
     use uuid::Uuid;
 
     #[test]
@@ -565,6 +631,25 @@ mod tests {
         let mixed = vec![vec![Bind::I64(1)], vec![Bind::Text("x".into())]];
         assert!(columns(mixed, 1).is_err());
         assert!(columns(vec![vec![Bind::I64(1)], vec![]], 1).is_err());
+    }
+
+    #[test]
+    fn copy_rows_escape_what_the_text_format_gives_meaning() {
+        let mut rows = CopyRows::default();
+        rows.push(&[
+            Bind::Uuid(Uuid::nil()),
+            Bind::I64(-7),
+            Bind::OptI64(None),
+            Bind::Text("a\tb\nc\rd\\e \\N".into()),
+            Bind::OptText(None),
+            Bind::OptText(Some(String::new())),
+        ]);
+        assert_eq!(rows.len(), 1);
+        assert_eq!(
+            String::from_utf8(rows.take()).expect("utf-8"),
+            "00000000-0000-0000-0000-000000000000\t-7\t\\N\ta\\tb\\nc\\rd\\\\e \\\\N\t\\N\t\n"
+        );
+        assert!(rows.is_empty());
     }
 
     #[test]

@@ -3,7 +3,6 @@
 //! queries of CONTRACT §6.1 and §6.2 over it.
 
 use std::collections::{HashMap, HashSet};
-use std::fmt;
 use std::str::FromStr;
 
 use async_trait::async_trait;
@@ -11,25 +10,19 @@ use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use ticketd_commands::handler::decode;
-use ticketd_commands::{Database, StoreError, StoredEvent};
+use ticketd_commands::{Database, Position, StoreError, StoredEvent};
 use ticketd_domain::{
-    evolve, Actor, Channel, Event, Priority, Role, State, Status, Ticket, Visibility,
+    evolve, Actor, Channel, Event, Priority, Recorded, Role, State, Status, Ticket, Visibility,
 };
 
-use crate::sql::{Bind, Conn};
+use crate::bulk::{Finished, Fold, Step};
+use crate::sql::{Bind, Conn, CopyRows};
 use crate::{micros, tx_i64, Pooled, Projection};
 
 pub const NAME: &str = "tickets";
 
 /// Feeds the `tickets` and `ticket_cc` tables.
 pub struct TicketsProjection;
-
-fn corrupt(e: &StoredEvent, what: impl fmt::Display) -> StoreError {
-    StoreError::Corrupt(format!(
-        "tickets row of stream {} at version {}: {what}",
-        e.stream_id, e.version
-    ))
-}
 
 pub fn priority_rank(p: Priority) -> i64 {
     match p {
@@ -118,11 +111,12 @@ fn cc_changed(event: &Event) -> bool {
     }
 }
 
-/// The `tickets` row of `t`, as of `event` (its last event).
-fn ticket_binds(t: &Ticket, event: &StoredEvent) -> Result<Vec<Bind>, StoreError> {
-    let json = serde_json::to_string(t).map_err(|e| corrupt(event, e))?;
-    let (tx, seq) = tx_i64(event.position)?;
-    let num = |v: u64| i64::try_from(v).map_err(|e| corrupt(event, e));
+/// The `tickets` row of `t`, as of the log position of its last event.
+fn ticket_binds(t: &Ticket, at: Position) -> Result<Vec<Bind>, StoreError> {
+    let bad = |what: String| StoreError::Corrupt(format!("tickets row of {}: {what}", t.id));
+    let json = serde_json::to_string(t).map_err(|e| bad(e.to_string()))?;
+    let (tx, seq) = tx_i64(at)?;
+    let num = |v: u64| i64::try_from(v).map_err(|e| bad(e.to_string()));
     Ok(vec![
         Bind::Uuid(t.id),
         Bind::I64(num(t.number)?),
@@ -142,6 +136,25 @@ fn ticket_binds(t: &Ticket, event: &StoredEvent) -> Result<Vec<Bind>, StoreError
         Bind::I64(seq),
         Bind::Text(json),
     ])
+}
+
+/// PostgreSQL: a ticket's whole search row, from the text of every event it has had.
+const SEARCH_INSERT: &str =
+    "INSERT INTO ticket_search (ticket_id, head, public_comments, private_comments)";
+const SEARCH_ROW: &str = "(?, strip(to_tsvector('simple', ?)), strip(to_tsvector('simple', ?)), \
+     strip(to_tsvector('simple', ?)))";
+
+/// The values of [`SEARCH_ROW`] for ticket `t` whose events carried `text`, if they fit the
+/// one-statement row (see [`FRESH_TEXT_FACTOR`]).
+fn search_binds(t: &Ticket, text: &FreshText) -> Option<Vec<Bind>> {
+    (text.bytes.saturating_mul(FRESH_TEXT_FACTOR) <= PG_TEXT_BUDGET as usize).then(|| {
+        vec![
+            Bind::Uuid(t.id),
+            Bind::Text(head_text(t)),
+            Bind::Text(search_text(&text.public.join("\n"))),
+            Bind::Text(search_text(&text.private.join("\n"))),
+        ]
+    })
 }
 
 #[async_trait]
@@ -223,7 +236,7 @@ impl Projection for TicketsProjection {
             let (Some(t), Some(event)) = (states.get(id), last.get(id)) else {
                 continue;
             };
-            rows.push(ticket_binds(t, event)?);
+            rows.push(ticket_binds(t, event.position)?);
             if cc.contains(id) {
                 members.extend(
                     t.cc.iter()
@@ -237,13 +250,8 @@ impl Projection for TicketsProjection {
             let (Some(f), Some(t)) = (fresh.get(id), states.get(id)) else {
                 continue;
             };
-            if f.bytes.saturating_mul(FRESH_TEXT_FACTOR) <= PG_TEXT_BUDGET as usize {
-                texts.push(vec![
-                    Bind::Uuid(*id),
-                    Bind::Text(head_text(t)),
-                    Bind::Text(search_text(&f.public.join("\n"))),
-                    Bind::Text(search_text(&f.private.join("\n"))),
-                ]);
+            if let Some(row) = search_binds(t, f) {
+                texts.push(row);
             } else {
                 // So much text that the budget may cut it: event by event, as one at a time.
                 let mut state: State = None;
@@ -257,9 +265,8 @@ impl Projection for TicketsProjection {
             }
         }
         conn.insert_rows_as(
-            "INSERT INTO ticket_search (ticket_id, head, public_comments, private_comments)",
-            "(?, strip(to_tsvector('simple', ?)), strip(to_tsvector('simple', ?)), \
-             strip(to_tsvector('simple', ?)))",
+            SEARCH_INSERT,
+            SEARCH_ROW,
             texts,
             "ON CONFLICT (ticket_id) DO UPDATE SET head = excluded.head, \
              public_comments = excluded.public_comments, \
@@ -283,6 +290,105 @@ impl Projection for TicketsProjection {
         }
         conn.insert_rows(CC_INSERT, members, CC_TAIL).await?;
         Ok(true)
+    }
+
+    fn bulk(&self) -> Option<Box<dyn Fold>> {
+        Some(Box::<TicketsFold>::default())
+    }
+}
+
+/// The bulk fold (PostgreSQL only, as is the bulk path): every ticket's state and the text its
+/// events carried, in memory; the rows at the end, each ticket's once.
+#[derive(Default)]
+struct TicketsFold {
+    held: HashMap<Uuid, Held>,
+    /// Tickets in the order they were opened, as the table gets them.
+    order: Vec<Uuid>,
+}
+
+struct Held {
+    t: Ticket,
+    /// Where its last event is in the log.
+    at: Position,
+    text: FreshText,
+}
+
+impl Fold for TicketsFold {
+    fn add(&mut self, event: &StoredEvent, recorded: &Recorded) -> Result<(), StoreError> {
+        // As the batched path folds: an event at or below the state's version changes nothing.
+        if self
+            .held
+            .get(&event.stream_id)
+            .is_some_and(|h| h.t.version >= event.version)
+        {
+            return Ok(());
+        }
+        let prev = self.held.remove(&event.stream_id);
+        let first = prev.is_none();
+        let (state, text) = match prev {
+            Some(h) => (Some(h.t), Some(h.text)),
+            None => (None, None),
+        };
+        let Some(t) = evolve(state, recorded) else {
+            return Ok(());
+        };
+        let mut text = text.unwrap_or_default();
+        text.add(&recorded.event);
+        let id = t.id;
+        let held = Held {
+            t,
+            at: event.position,
+            text,
+        };
+        if self.held.insert(id, held).is_none() && first {
+            self.order.push(id);
+        }
+        Ok(())
+    }
+
+    fn held(&self) -> usize {
+        self.held.len()
+    }
+
+    fn finish(self: Box<Self>) -> Result<Finished, StoreError> {
+        let (mut tickets, mut cc, mut texts) =
+            (CopyRows::default(), CopyRows::default(), Vec::new());
+        let mut replay = Vec::new();
+        for id in &self.order {
+            let Some(h) = self.held.get(id) else {
+                continue;
+            };
+            let Some(text) = search_binds(&h.t, &h.text) else {
+                // Its text may reach the budget: the batched path, comment by comment.
+                replay.push(*id);
+                continue;
+            };
+            texts.push(text);
+            tickets.push(&ticket_binds(&h.t, h.at)?);
+            // The batched path's conflict clause drops a member named twice.
+            let members: std::collections::BTreeSet<&String> = h.t.cc.iter().collect();
+            for m in members {
+                cc.push(&[Bind::Uuid(h.t.id), Bind::Text(m.clone())]);
+            }
+        }
+        Ok(Finished {
+            steps: vec![
+                Step::Copy {
+                    insert: TICKET_INSERT,
+                    rows: tickets,
+                },
+                Step::Copy {
+                    insert: CC_INSERT,
+                    rows: cc,
+                },
+                Step::Insert {
+                    head: SEARCH_INSERT,
+                    one: SEARCH_ROW,
+                    rows: texts,
+                },
+            ],
+            replay,
+        })
     }
 }
 
