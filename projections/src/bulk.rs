@@ -83,25 +83,52 @@ pub trait Fold: Send {
 
 enum Load {
     Step(Step),
-    Commit,
+    /// The last step was sent: commit, then build these indexes of the table.
+    Commit(Vec<String>),
 }
 
-/// One projection's loader: its own connection and transaction, fed steps in order.
+/// The table a statement (`INSERT INTO t (…)`) writes.
+fn table_of(statement: &str) -> Result<&str, StoreError> {
+    statement
+        .strip_prefix("INSERT INTO ")
+        .and_then(|rest| rest.split_whitespace().next())
+        .ok_or_else(|| StoreError::Unavailable(format!("not an insert: {statement}")))
+}
+
+/// One table's loader: a task with connections of its own, fed that table's steps in order.
+/// Each table loads at once with the others, and builds its indexes as soon as it is loaded,
+/// while the rest still load.
 struct Loader {
+    table: String,
     queue: mpsc::Sender<Load>,
     task: tokio::task::JoinHandle<Result<(), StoreError>>,
 }
 
 impl Loader {
-    async fn start(pool: &PgPool, tables: Vec<&'static str>) -> Result<Loader, StoreError> {
-        let conn = PgConnection::connect_with(&crate::writer_options(pool))
-            .await
-            .map_err(unavailable)?;
+    /// A loader for the table `first` writes, of its kind: `COPY` steps run in one
+    /// transaction that truncates the table first (so `FREEZE` applies); `Insert` steps, whose
+    /// SQL costs the server more than parsing, on two connections at once, each statement on
+    /// its own (a pass that stops short leaves rows the next one truncates).
+    async fn start(pool: &PgPool, first: &Step) -> Result<Loader, StoreError> {
+        let connect = || async {
+            PgConnection::connect_with(&crate::writer_options(pool))
+                .await
+                .map_err(unavailable)
+        };
         let (queue, rx) = mpsc::channel(QUEUE);
-        Ok(Loader {
-            queue,
-            task: tokio::spawn(load(conn, tables, rx)),
-        })
+        let (table, task) = match first {
+            Step::Copy { insert, .. } => {
+                let table = table_of(insert)?.to_owned();
+                let task = tokio::spawn(load_copies(connect().await?, table.clone(), rx));
+                (table, task)
+            }
+            Step::Insert { head, .. } => {
+                let table = table_of(head)?.to_owned();
+                let conns = [connect().await?, connect().await?];
+                (table.clone(), tokio::spawn(load_inserts(conns, table, rx)))
+            }
+        };
+        Ok(Loader { table, queue, task })
     }
 
     /// Queues `load`; when the loader has stopped, its error.
@@ -120,8 +147,9 @@ impl Loader {
         }
     }
 
-    async fn commit(mut self) -> Result<(), StoreError> {
-        self.send(Load::Commit).await?;
+    /// Commits and builds `indexes`.
+    async fn commit(mut self, indexes: Vec<String>) -> Result<(), StoreError> {
+        self.send(Load::Commit(indexes)).await?;
         match self.task.await {
             Ok(done) => done,
             Err(e) => Err(StoreError::Unavailable(format!(
@@ -131,25 +159,30 @@ impl Loader {
     }
 }
 
-/// The loader's task: truncates `tables`, runs each step, commits on [`Load::Commit`] (and
-/// only then: a pass that stops short rolls back).
-async fn load(
+fn stopped_short() -> StoreError {
+    StoreError::Unavailable("the bulk pass stopped before its end".into())
+}
+
+fn mixed(table: &str) -> StoreError {
+    StoreError::Unavailable(format!("bulk steps of both kinds for table {table}"))
+}
+
+/// A `COPY` loader's task: truncates the table, runs each step, commits on
+/// [`Load::Commit`] (and only then: a pass that stops short rolls back).
+async fn load_copies(
     mut conn: PgConnection,
-    tables: Vec<&'static str>,
+    table: String,
     mut queue: mpsc::Receiver<Load>,
 ) -> Result<(), StoreError> {
     let mut tx = conn.begin().await.map_err(unavailable)?;
-    let names: Vec<String> = tables.iter().map(|t| crate::rebuild::ident(t)).collect();
-    tx.execute(format!("TRUNCATE {}", names.join(", ")).as_str())
+    let name = crate::rebuild::ident(&table);
+    tx.execute(format!("TRUNCATE {name}").as_str())
         .await
         .map_err(unavailable)?;
-    while let Some(load) = queue.recv().await {
-        match load {
-            Load::Commit => return tx.commit().await.map_err(unavailable),
+    loop {
+        match queue.recv().await.ok_or_else(stopped_short)? {
             Load::Step(Step::Copy { insert, mut rows }) => {
-                let target = insert.strip_prefix("INSERT INTO ").ok_or_else(|| {
-                    StoreError::Unavailable(format!("not an insert to copy into: {insert}"))
-                })?;
+                let target = insert.strip_prefix("INSERT INTO ").unwrap_or(insert);
                 // FREEZE: the table was truncated in this transaction.
                 let mut copy = tx
                     .copy_in_raw(&format!("COPY {target} FROM STDIN (FREEZE)"))
@@ -158,27 +191,87 @@ async fn load(
                 copy.send(rows.take()).await.map_err(unavailable)?;
                 copy.finish().await.map_err(unavailable)?;
             }
-            Load::Step(Step::Insert { head, one, rows }) => {
-                Conn::Postgres(&mut tx)
-                    .insert_rows_as(head, one, rows, "")
-                    .await?;
+            Load::Step(Step::Insert { .. }) => return Err(mixed(&table)),
+            Load::Commit(indexes) => {
+                tx.commit().await.map_err(unavailable)?;
+                return crate::rebuild::build_indexes(&mut conn, &indexes).await;
             }
         }
     }
-    Err(StoreError::Unavailable(
-        "the bulk pass stopped before its end".into(),
-    ))
 }
 
-/// Folds the log from its start (up to `upto`, or as it is now) into the empty scratch tables
-/// of `projections`, each of which has a [`Fold`]; `tables` are the tables of each that the
-/// scratch holds. Returns where the pass stopped and the events it folded: the checkpoints
-/// are there, and the rebuild goes on from there.
+/// An `Insert` loader's task: truncates the table, runs each step's rows half on each
+/// connection, and builds the indexes half on each.
+async fn load_inserts(
+    mut conns: [PgConnection; 2],
+    table: String,
+    mut queue: mpsc::Receiver<Load>,
+) -> Result<(), StoreError> {
+    let name = crate::rebuild::ident(&table);
+    conns[0]
+        .execute(format!("TRUNCATE {name}").as_str())
+        .await
+        .map_err(unavailable)?;
+    let [a, b] = &mut conns;
+    loop {
+        match queue.recv().await.ok_or_else(stopped_short)? {
+            Load::Step(Step::Insert { head, one, rows }) => {
+                let mut rows = rows;
+                let second = rows.split_off(rows.len() / 2);
+                futures::future::try_join(
+                    Conn::Postgres(a).insert_rows_as(head, one, rows, ""),
+                    Conn::Postgres(b).insert_rows_as(head, one, second, ""),
+                )
+                .await?;
+            }
+            Load::Step(Step::Copy { .. }) => return Err(mixed(&table)),
+            Load::Commit(mut indexes) => {
+                let second = indexes.split_off(indexes.len() / 2);
+                futures::future::try_join(
+                    crate::rebuild::build_indexes(a, &indexes),
+                    crate::rebuild::build_indexes(b, &second),
+                )
+                .await?;
+                return Ok(());
+            }
+        }
+    }
+}
+
+/// The loaders of a pass, one per table, started as their tables' first steps come.
+struct Loaders<'p> {
+    pool: &'p PgPool,
+    started: Vec<Loader>,
+}
+
+impl Loaders<'_> {
+    async fn send(&mut self, step: Step) -> Result<(), StoreError> {
+        let table = match &step {
+            Step::Copy { insert, .. } => table_of(insert)?,
+            Step::Insert { head, .. } => table_of(head)?,
+        };
+        let i = match self.started.iter().position(|l| l.table == table) {
+            Some(i) => i,
+            None => {
+                self.started.push(Loader::start(self.pool, &step).await?);
+                self.started.len() - 1
+            }
+        };
+        self.started[i].send(Load::Step(step)).await
+    }
+}
+
+/// Folds the log from its start (up to `upto`, or as it is now) into the empty scratch
+/// `tables` of `projections`, each of which has a [`Fold`]. Unless the pass stops at `limit`
+/// tickets, each table's `deferred` indexes are built as soon as it is loaded (and taken out
+/// of `deferred`). Returns where the pass stopped and the events it folded: the checkpoints are
+/// there, and the rebuild goes on from there.
 pub(crate) async fn pass(
     pool: &PgPool,
     store: &dyn EventStore,
     projections: &[Arc<dyn Projection>],
-    tables: Vec<Vec<&'static str>>,
+    tables: &[&'static str],
+    deferred: &mut Vec<(String, String)>,
     upto: Option<Position>,
     limit: usize,
 ) -> Result<(Position, u64), StoreError> {
@@ -188,10 +281,10 @@ pub(crate) async fn pass(
             StoreError::Unavailable(format!("projection {} has no bulk fold", p.name()))
         })?);
     }
-    let mut loaders = Vec::with_capacity(projections.len());
-    for t in tables {
-        loaders.push(Loader::start(pool, t).await?);
-    }
+    let mut loaders = Loaders {
+        pool,
+        started: Vec::new(),
+    };
     let within = |mut page: Vec<StoredEvent>| {
         if let Some(u) = upto {
             page.retain(|e| e.position <= u);
@@ -226,9 +319,9 @@ pub(crate) async fn pass(
                     break;
                 }
             }
-            for (f, l) in folds.iter_mut().zip(loaders.iter_mut()) {
+            for f in folds.iter_mut() {
                 for step in f.ready(CHUNK_BYTES) {
-                    l.send(Load::Step(step)).await?;
+                    loaders.send(step).await?;
                 }
             }
             Ok::<(), StoreError>(())
@@ -240,22 +333,59 @@ pub(crate) async fn pass(
         }
         page = next?;
     }
-    let mut replays = Vec::with_capacity(folds.len());
-    for (f, l) in folds.into_iter().zip(loaders.iter_mut()) {
-        let finished = f.finish()?;
+    let started = std::time::Instant::now();
+    tracing::info!(events = folded, %at, full, "bulk pass: log folded");
+    // Each fold's last rows are made on a thread of its own, and sent as each is done.
+    let mut finishing: futures::stream::FuturesUnordered<_> = folds
+        .into_iter()
+        .enumerate()
+        .map(|(i, f)| async move {
+            match tokio::task::spawn_blocking(move || f.finish()).await {
+                Ok(finished) => finished.map(|f| (i, f)),
+                Err(e) => Err(StoreError::Unavailable(format!("a bulk fold failed: {e}"))),
+            }
+        })
+        .collect();
+    let mut replays = vec![Vec::new(); projections.len()];
+    while let Some(finished) = futures::StreamExt::next(&mut finishing).await {
+        let (i, finished) = finished?;
         for step in finished.steps {
-            l.send(Load::Step(step)).await?;
+            loaders.send(step).await?;
         }
-        replays.push(finished.replay);
+        replays[i] = finished.replay;
     }
-    for l in loaders {
-        l.commit().await?;
+    drop(finishing);
+    // Every table loaded commits and builds its indexes, all at once.
+    let mut committing = Vec::with_capacity(loaders.started.len());
+    for l in loaders.started {
+        let indexes = if full {
+            Vec::new()
+        } else {
+            let (mine, rest) = std::mem::take(deferred)
+                .into_iter()
+                .partition(|(t, _)| *t == l.table);
+            *deferred = rest;
+            mine.into_iter().map(|(_, d)| d).collect()
+        };
+        committing.push((l.table.clone(), l.commit(indexes)));
     }
-    // The streams left out, and every checkpoint, in one transaction.
+    let loaded: Vec<String> = committing.iter().map(|(t, _)| t.clone()).collect();
+    futures::future::try_join_all(committing.into_iter().map(|(_, c)| c)).await?;
+    tracing::info!(
+        secs = started.elapsed().as_secs_f64(),
+        "bulk pass: folded state loaded and indexed"
+    );
+    // The tables no step wrote, the streams left out, and every checkpoint, in one
+    // transaction.
     let mut conn = PgConnection::connect_with(&crate::writer_options(pool))
         .await
         .map_err(unavailable)?;
     let mut tx = conn.begin().await.map_err(unavailable)?;
+    for t in tables.iter().filter(|t| !loaded.iter().any(|l| l == *t)) {
+        tx.execute(format!("TRUNCATE {}", crate::rebuild::ident(t)).as_str())
+            .await
+            .map_err(unavailable)?;
+    }
     for (p, replay) in projections.iter().zip(replays) {
         for id in replay {
             let events: Vec<StoredEvent> = store

@@ -214,24 +214,33 @@ impl Scratch {
         }
         // A fresh PostgreSQL scratch gets its secondary indexes after the load: one sorted
         // build each instead of an insert per row (and, for GIN, per word).
-        let deferred = match (&self.db, &self.place) {
+        let mut deferred = match (&self.db, &self.place) {
             (Database::Postgres(pool), Place::Postgres { schema, .. }) if at == Position::START => {
                 defer_indexes(pool, schema, projections).await?
             }
             _ => Vec::new(),
         };
         let mut applied = 0;
-        // From the start of the log, on PostgreSQL: one pass in memory, rows loaded by COPY.
+        // From the start of the log, on PostgreSQL: one pass in memory, rows loaded by COPY
+        // (see `bulk`), each table indexed as soon as it is loaded.
         if let (Database::Postgres(pool), true) = (&self.db, at == Position::START) {
             let bulk = self.bulk_tickets > 0 && projections.iter().all(|p| p.bulk().is_some());
             if bulk && upto.is_none_or(|u| u > at) {
-                let mut tables = Vec::with_capacity(projections.len());
-                for p in projections {
-                    let held = live_tables(&self.db, std::slice::from_ref(p)).await?;
-                    tables.push(held.into_iter().map(|t| t.name).collect());
-                }
-                let (end, folded) =
-                    bulk::pass(pool, store, projections, tables, upto, self.bulk_tickets).await?;
+                let tables: Vec<&'static str> = live_tables(&self.db, projections)
+                    .await?
+                    .into_iter()
+                    .map(|t| t.name)
+                    .collect();
+                let (end, folded) = bulk::pass(
+                    pool,
+                    store,
+                    projections,
+                    &tables,
+                    &mut deferred,
+                    upto,
+                    self.bulk_tickets,
+                )
+                .await?;
                 at = end;
                 applied += folded;
             }
@@ -288,7 +297,13 @@ impl Scratch {
             batch = next?;
         }
         if let Database::Postgres(pool) = &self.db {
-            restore_indexes(pool, deferred).await?;
+            let started = std::time::Instant::now();
+            let left = deferred.into_iter().map(|(_, d)| d).collect();
+            restore_indexes(pool, left).await?;
+            tracing::info!(
+                secs = started.elapsed().as_secs_f64(),
+                "rebuild: secondary indexes built"
+            );
         }
         Ok(applied)
     }
@@ -750,19 +765,20 @@ pub(crate) async fn read_page(
 
 /// PostgreSQL: drops the secondary indexes (neither primary keys nor unique: upserts need
 /// those) of the scratch tables of `projections`, returning the statements that create them
-/// again — the migrations' own definitions, as the catalog holds them, with the statistics
-/// targets set on their columns (an expression's statistics live with its index).
+/// again, with their tables — the migrations' own definitions, as the catalog holds them, with
+/// the statistics targets set on their columns (an expression's statistics live with its
+/// index).
 async fn defer_indexes(
     pool: &PgPool,
     schema: &str,
     projections: &[Arc<dyn Projection>],
-) -> Result<Vec<String>, StoreError> {
+) -> Result<Vec<(String, String)>, StoreError> {
     let tables: Vec<String> = projections
         .iter()
         .flat_map(|p| p.tables().iter().map(|t| (*t).to_owned()))
         .collect();
-    let found: Vec<(String, String)> = sqlx::query_as(
-        "SELECT i.relname::text, pg_get_indexdef(x.indexrelid) || coalesce((\
+    let found: Vec<(String, String, String)> = sqlx::query_as(
+        "SELECT t.relname::text, i.relname::text, pg_get_indexdef(x.indexrelid) || coalesce((\
            SELECT string_agg(format('; ALTER INDEX %I.%I ALTER COLUMN %s SET STATISTICS %s', \
              n.nspname, i.relname, a.attnum, a.attstattarget), '' ORDER BY a.attnum) \
            FROM pg_attribute a WHERE a.attrelid = x.indexrelid AND a.attstattarget >= 0), '') \
@@ -777,11 +793,11 @@ async fn defer_indexes(
     .await
     .map_err(unavailable)?;
     let mut definitions = Vec::with_capacity(found.len());
-    for (name, definition) in found {
+    for (table, name, definition) in found {
         pool.execute(format!("DROP INDEX {}.{}", ident(schema), ident(&name)).as_str())
             .await
             .map_err(unavailable)?;
-        definitions.push(definition);
+        definitions.push((table, definition));
     }
     Ok(definitions)
 }
@@ -790,23 +806,37 @@ async fn defer_indexes(
 /// makes a GIN build over a million tickets spill).
 const INDEX_BUILD_MEMORY: &str = "256MB";
 
+/// Runs index `definitions` (of [`defer_indexes`]) on `conn`, one after the other.
+pub(crate) async fn build_indexes(
+    conn: &mut sqlx::PgConnection,
+    definitions: &[String],
+) -> Result<(), StoreError> {
+    if definitions.is_empty() {
+        return Ok(());
+    }
+    conn.execute(format!("SET maintenance_work_mem = '{INDEX_BUILD_MEMORY}'").as_str())
+        .await
+        .map_err(unavailable)?;
+    for definition in definitions {
+        conn.execute(definition.as_str())
+            .await
+            .map_err(unavailable)?;
+    }
+    conn.execute("RESET maintenance_work_mem")
+        .await
+        .map_err(unavailable)?;
+    Ok(())
+}
+
 /// Runs the `definitions` that [`defer_indexes`] returned, two at a time.
 async fn restore_indexes(pool: &PgPool, definitions: Vec<String>) -> Result<(), StoreError> {
     let queue = std::sync::Mutex::new(definitions);
     let next = || queue.lock().ok().and_then(|mut q| q.pop());
     let worker = || async {
         let mut conn = pool.acquire().await.map_err(unavailable)?;
-        conn.execute(format!("SET maintenance_work_mem = '{INDEX_BUILD_MEMORY}'").as_str())
-            .await
-            .map_err(unavailable)?;
         while let Some(definition) = next() {
-            conn.execute(definition.as_str())
-                .await
-                .map_err(unavailable)?;
+            build_indexes(&mut conn, &[definition]).await?;
         }
-        conn.execute("RESET maintenance_work_mem")
-            .await
-            .map_err(unavailable)?;
         Ok::<(), StoreError>(())
     };
     futures::future::try_join(worker(), worker()).await?;
