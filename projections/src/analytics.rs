@@ -471,12 +471,8 @@ impl Fold for AnalyticsFold {
         }
         vec![Step::Copy {
             insert: EVENT_INSERT,
-            rows: std::mem::take(&mut self.counted),
+            rows: self.counted.split(),
         }]
-    }
-
-    fn held(&self) -> usize {
-        self.facts.len()
     }
 
     fn finish(mut self: Box<Self>) -> Result<Finished, StoreError> {

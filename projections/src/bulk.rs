@@ -9,15 +9,24 @@
 //! comes from the same functions the batched path writes with, so both give identical tables;
 //! the rebuild equality tests compare the two on every run.
 //!
-//! Each projection loads on a connection of its own, in one transaction that starts by
-//! truncating its tables: `COPY … FREEZE` then writes its rows frozen and all-visible (no later
-//! `VACUUM` needs to visit them, and index-only scans work at once), and a load that fails or
-//! is started again never leaves rows twice. The checkpoints move last, in a transaction of
-//! their own; until then the scratch stays at the start of the log.
+//! Work runs in parallel wherever it can: each page of the log is decoded once, on a thread of
+//! its own, while each projection's fold takes the page before on a thread of its own too; and
+//! each table loads on connections of its own ([`Loader`]):
+//! - a table filled by `COPY`, in one transaction that starts by truncating it, so `COPY …
+//!   FREEZE` writes its rows frozen and all-visible (no later `VACUUM` needs to visit them,
+//!   and index-only scans work at once), and a load that fails or is started again never
+//!   leaves rows twice;
+//! - `ticket_search`, whose rows need SQL (`to_tsvector`), by inserts on two connections.
 //!
-//! Memory grows with the tickets folded: past [`BULK_TICKETS`] the fold stops at the end of a
-//! page, loads what it has, and the rebuild goes on from there by the batched path.
+//! Each table builds its secondary indexes (deferred by the rebuild) as soon as it is loaded,
+//! while others still load. The checkpoints move last, in a transaction of their own; until
+//! then the scratch stays at the start of the log.
+//!
+//! Memory grows with the tickets folded: once [`BULK_TICKETS`] streams have been seen, the pass
+//! stops at that event, loads what it has, and the rebuild goes on from there by the batched
+//! path, which builds the secondary indexes at its end.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 
 use sqlx::{Connection, Executor, PgConnection, PgPool};
@@ -73,9 +82,6 @@ pub trait Fold: Send {
     fn ready(&mut self, _min: usize) -> Vec<Step> {
         Vec::new()
     }
-
-    /// Tickets (or other keys) held in memory.
-    fn held(&self) -> usize;
 
     /// Everything else, at the end of the pass.
     fn finish(self: Box<Self>) -> Result<Finished, StoreError>;
@@ -261,6 +267,82 @@ impl Loaders<'_> {
     }
 }
 
+/// A fold's thread: folds each page as it comes, sends its rows as they become ready, and at
+/// the end of the pages (the pass closed its input) its last ones. Returns the streams it left
+/// for the batched path.
+fn run_fold(
+    mut fold: Box<dyn Fold>,
+    mut pages: mpsc::Receiver<Page>,
+    rows: mpsc::Sender<Step>,
+) -> Result<Vec<Uuid>, StoreError> {
+    let send = |step| rows.blocking_send(step).map_err(|_| stopped_short());
+    while let Some(page) = pages.blocking_recv() {
+        for (event, recorded) in page.iter() {
+            fold.add(event, recorded)?;
+        }
+        fold.ready(CHUNK_BYTES).into_iter().try_for_each(send)?;
+    }
+    let finished = fold.finish()?;
+    finished.steps.into_iter().try_for_each(send)?;
+    Ok(finished.replay)
+}
+
+/// A page of the log, each event with its decoding.
+type Page = Arc<Vec<(StoredEvent, Recorded)>>;
+
+/// The raw page after `after` (empty at the end of the log or past `upto`).
+async fn fetch(
+    store: &dyn EventStore,
+    upto: Option<Position>,
+    after: Position,
+) -> Result<Vec<StoredEvent>, StoreError> {
+    if upto.is_some_and(|u| after >= u) {
+        return Ok(Vec::new());
+    }
+    let mut raw = crate::rebuild::read_page(store, after).await?;
+    if let Some(u) = upto {
+        raw.retain(|e| e.position <= u);
+    }
+    Ok(raw)
+}
+
+/// The pass's decoder: pages cut at the event that brings the tickets (streams) seen to
+/// `limit`.
+struct Reader {
+    limit: usize,
+    /// The streams seen so far (`None` only while a page is being decoded).
+    streams: Option<HashSet<Uuid>>,
+    /// The pass stopped at the bound: the batched path goes on from its last event.
+    full: bool,
+}
+
+impl Reader {
+    /// `raw` decoded on a thread of its own, up to the event that reaches the bound.
+    async fn decode(&mut self, raw: Vec<StoredEvent>) -> Result<Page, StoreError> {
+        let (mut streams, limit) = (self.streams.take().unwrap_or_default(), self.limit);
+        let decoded = tokio::task::spawn_blocking(move || {
+            let mut page = Vec::with_capacity(raw.len());
+            let mut full = false;
+            for e in raw {
+                let recorded = decode(&e)?;
+                streams.insert(e.stream_id);
+                page.push((e, recorded));
+                if streams.len() >= limit {
+                    full = true;
+                    break;
+                }
+            }
+            Ok::<_, StoreError>((page, streams, full))
+        })
+        .await
+        .map_err(|e| StoreError::Unavailable(format!("decoding a page failed: {e}")))?;
+        let (page, streams, full) = decoded?;
+        self.streams = Some(streams);
+        self.full = full;
+        Ok(Arc::new(page))
+    }
+}
+
 /// Folds the log from its start (up to `upto`, or as it is now) into the empty scratch
 /// `tables` of `projections`, each of which has a [`Fold`]. Unless the pass stops at `limit`
 /// tickets, each table's `deferred` indexes are built as soon as it is loaded (and taken out
@@ -285,76 +367,74 @@ pub(crate) async fn pass(
         pool,
         started: Vec::new(),
     };
-    let within = |mut page: Vec<StoredEvent>| {
-        if let Some(u) = upto {
-            page.retain(|e| e.position <= u);
-        }
-        page
+    // Each page is decoded once, on a thread of its own, and handed to every fold, each on a
+    // thread of its own that takes pages at its own pace; their rows come back through one
+    // queue and go to the tables' loaders.
+    let mut reader = Reader {
+        limit,
+        streams: Some(HashSet::new()),
+        full: false,
     };
-    let mut at = Position::START;
-    let mut folded = 0u64;
-    let mut full = false;
-    let mut page = within(crate::rebuild::read_page(store, at).await?);
-    while let Some(last) = page.last().map(|e| e.position) {
-        // The next page is read while this one is folded and its rows sent.
-        let more = upto.is_none_or(|u| last < u);
-        let read_next = async {
-            if more {
-                crate::rebuild::read_page(store, last).await.map(within)
-            } else {
-                Ok(Vec::new())
-            }
-        };
-        let fold = async {
-            for event in &page {
-                let recorded = decode(event)?;
-                for f in folds.iter_mut() {
-                    f.add(event, &recorded)?;
-                }
-                folded += 1;
-                at = event.position;
-                // Stopped at an event: the batched path goes on from the next one.
-                if folds.iter().any(|f| f.held() >= limit) {
-                    full = true;
-                    break;
-                }
-            }
-            for f in folds.iter_mut() {
-                for step in f.ready(CHUNK_BYTES) {
-                    loaders.send(step).await?;
-                }
-            }
-            Ok::<(), StoreError>(())
-        };
-        let (next, done) = tokio::join!(read_next, fold);
-        done?;
-        if full {
-            break;
-        }
-        page = next?;
+    let (rows, mut from_folds) = mpsc::channel::<Step>(QUEUE * folds.len());
+    let mut inputs = Vec::with_capacity(folds.len());
+    let mut threads = Vec::with_capacity(folds.len());
+    for f in folds {
+        let (input, pages) = mpsc::channel::<Page>(QUEUE);
+        let rows = rows.clone();
+        threads.push(tokio::task::spawn_blocking(move || {
+            run_fold(f, pages, rows)
+        }));
+        inputs.push(input);
     }
-    let started = std::time::Instant::now();
-    tracing::info!(events = folded, %at, full, "bulk pass: log folded");
-    // Each fold's last rows are made on a thread of its own, and sent as each is done.
-    let mut finishing: futures::stream::FuturesUnordered<_> = folds
-        .into_iter()
-        .enumerate()
-        .map(|(i, f)| async move {
-            match tokio::task::spawn_blocking(move || f.finish()).await {
-                Ok(finished) => finished.map(|f| (i, f)),
-                Err(e) => Err(StoreError::Unavailable(format!("a bulk fold failed: {e}"))),
+    drop(rows);
+    let produce = async {
+        // Owned here: when this ends (the end of the log, or a failure), the inputs close
+        // and the folds finish.
+        let inputs = inputs;
+        let (mut at, mut folded) = (Position::START, 0u64);
+        let mut raw = fetch(store, upto, at).await?;
+        // The next page is read while this one is decoded.
+        while let Some(end) = raw.last().map(|e| e.position) {
+            let (page, next) = tokio::join!(reader.decode(raw), fetch(store, upto, end));
+            let page = page?;
+            for input in &inputs {
+                // A fold that stopped has failed: its thread tells why, below.
+                if input.send(page.clone()).await.is_err() {
+                    return Ok((at, folded));
+                }
             }
-        })
-        .collect();
-    let mut replays = vec![Vec::new(); projections.len()];
-    while let Some(finished) = futures::StreamExt::next(&mut finishing).await {
-        let (i, finished) = finished?;
-        for step in finished.steps {
+            folded += page.len() as u64;
+            at = page.last().map_or(at, |(e, _)| e.position);
+            if reader.full {
+                break;
+            }
+            raw = next?;
+        }
+        Ok::<_, StoreError>((at, folded))
+    };
+    // Owns the queue, so that a failure here drops it and stops the folds' threads.
+    let forward = async move {
+        while let Some(step) = from_folds.recv().await {
             loaders.send(step).await?;
         }
-        replays[i] = finished.replay;
+        Ok::<_, StoreError>(loaders)
+    };
+    let ((at, folded), loaders) = async {
+        let (produced, forwarded) = tokio::join!(produce, forward);
+        Ok::<_, StoreError>((produced?, forwarded?))
     }
-    drop(finishing);
+    .await?;
+    let started = std::time::Instant::now();
+    let full = reader.full;
+    tracing::info!(events = folded, %at, full, "bulk pass: log folded");
+    let mut replays = Vec::with_capacity(threads.len());
+    for thread in threads {
+        replays.push(
+            thread
+                .await
+                .map_err(|e| StoreError::Unavailable(format!("a bulk fold failed: {e}")))??,
+        );
+    }
     // Every table loaded commits and builds its indexes, all at once.
     let mut committing = Vec::with_capacity(loaders.started.len());
     for l in loaders.started {

@@ -186,12 +186,8 @@ impl Fold for FeedFold {
         }
         vec![Step::Copy {
             insert: FEED_INSERT,
-            rows: std::mem::take(&mut self.entries),
+            rows: self.entries.split(),
         }]
-    }
-
-    fn held(&self) -> usize {
-        self.reads.rows.len()
     }
 
     fn finish(mut self: Box<Self>) -> Result<Finished, StoreError> {

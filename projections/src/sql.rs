@@ -548,15 +548,17 @@ pub struct CopyRows {
 }
 
 impl CopyRows {
-    /// Appends one row: tab-separated values, `\N` for NULL, a newline at the end.
+    /// Appends one row: tab-separated values, `\\N` for NULL, a newline at the end.
     pub fn push(&mut self, row: &[Bind]) {
+        use std::io::Write as _;
         for (i, value) in row.iter().enumerate() {
             if i > 0 {
                 self.bytes.push(b'\t');
             }
             match value {
                 Bind::I64(v) | Bind::OptI64(Some(v)) => {
-                    self.bytes.extend_from_slice(v.to_string().as_bytes());
+                    // Writing to a Vec cannot fail.
+                    let _ = write!(self.bytes, "{v}");
                 }
                 Bind::Text(v) | Bind::OptText(Some(v)) => copy_text(&mut self.bytes, v),
                 Bind::OptText(None) | Bind::OptI64(None) => self.bytes.extend_from_slice(b"\\N"),
@@ -584,24 +586,42 @@ impl CopyRows {
         self.bytes.len()
     }
 
-    /// The rows' bytes, leaving this empty.
+    /// The rows so far, as rows of their own, leaving this empty with room for as many again.
+    pub fn split(&mut self) -> CopyRows {
+        let rows = self.rows;
+        CopyRows {
+            bytes: self.take(),
+            rows,
+        }
+    }
+
+    /// The rows' bytes, leaving this empty with room for as many again (chunks of a stream
+    /// are alike in size; growing from nothing each time copied every chunk several times).
     pub fn take(&mut self) -> Vec<u8> {
         self.rows = 0;
-        std::mem::take(&mut self.bytes)
+        let room = self.bytes.capacity();
+        std::mem::replace(&mut self.bytes, Vec::with_capacity(room))
     }
 }
 
-/// A text value with the four characters `COPY`'s text format gives meaning escaped.
+/// A text value with the four characters `COPY`'s text format gives meaning escaped; runs
+/// without them are copied whole.
 fn copy_text(out: &mut Vec<u8>, s: &str) {
-    for b in s.bytes() {
-        match b {
-            b'\\' => out.extend_from_slice(b"\\\\"),
-            b'\n' => out.extend_from_slice(b"\\n"),
-            b'\r' => out.extend_from_slice(b"\\r"),
-            b'\t' => out.extend_from_slice(b"\\t"),
-            _ => out.push(b),
-        }
+    let bytes = s.as_bytes();
+    let mut from = 0;
+    for (i, b) in bytes.iter().enumerate() {
+        let escaped: &[u8] = match b {
+            b'\\' => b"\\\\",
+            b'\n' => b"\\n",
+            b'\r' => b"\\r",
+            b'\t' => b"\\t",
+            _ => continue,
+        };
+        out.extend_from_slice(&bytes[from..i]);
+        out.extend_from_slice(escaped);
+        from = i + 1;
     }
+    out.extend_from_slice(&bytes[from..]);
 }
 
 #[cfg(test)]

@@ -346,10 +346,6 @@ impl Fold for TicketsFold {
         Ok(())
     }
 
-    fn held(&self) -> usize {
-        self.held.len()
-    }
-
     fn finish(self: Box<Self>) -> Result<Finished, StoreError> {
         let (mut tickets, mut cc, mut texts) =
             (CopyRows::default(), CopyRows::default(), Vec::new());
