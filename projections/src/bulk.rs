@@ -27,6 +27,7 @@
 //! path, which builds the secondary indexes at its end.
 
 use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use sqlx::{Connection, Executor, PgConnection, PgPool};
@@ -268,12 +269,14 @@ impl Loaders<'_> {
 }
 
 /// A fold's thread: folds each page as it comes, sends its rows as they become ready, and at
-/// the end of the pages (the pass closed its input) its last ones. Returns the streams it left
-/// for the batched path.
+/// the end of the pages (the pass closed its input) its last ones, if the pass read the log to
+/// its end (`complete`; otherwise the pass failed, and finishing would be wasted work). Returns
+/// the streams it left for the batched path.
 fn run_fold(
     mut fold: Box<dyn Fold>,
     mut pages: mpsc::Receiver<Page>,
     rows: mpsc::Sender<Step>,
+    complete: &AtomicBool,
 ) -> Result<Vec<Uuid>, StoreError> {
     let send = |step| rows.blocking_send(step).map_err(|_| stopped_short());
     while let Some(page) = pages.blocking_recv() {
@@ -281,6 +284,9 @@ fn run_fold(
             fold.add(event, recorded)?;
         }
         fold.ready(CHUNK_BYTES).into_iter().try_for_each(send)?;
+    }
+    if !complete.load(Ordering::Acquire) {
+        return Err(stopped_short());
     }
     let finished = fold.finish()?;
     finished.steps.into_iter().try_for_each(send)?;
@@ -376,13 +382,14 @@ pub(crate) async fn pass(
         full: false,
     };
     let (rows, mut from_folds) = mpsc::channel::<Step>(QUEUE * folds.len());
+    let complete = Arc::new(AtomicBool::new(false));
     let mut inputs = Vec::with_capacity(folds.len());
     let mut threads = Vec::with_capacity(folds.len());
     for f in folds {
         let (input, pages) = mpsc::channel::<Page>(QUEUE);
-        let rows = rows.clone();
+        let (rows, complete) = (rows.clone(), complete.clone());
         threads.push(tokio::task::spawn_blocking(move || {
-            run_fold(f, pages, rows)
+            run_fold(f, pages, rows, &complete)
         }));
         inputs.push(input);
     }
@@ -410,6 +417,7 @@ pub(crate) async fn pass(
             }
             raw = next?;
         }
+        complete.store(true, Ordering::Release);
         Ok::<_, StoreError>((at, folded))
     };
     // Owns the queue, so that a failure here drops it and stops the folds' threads.

@@ -10,11 +10,12 @@ use std::time::Duration;
 use async_trait::async_trait;
 use serde_json::json;
 
-use ticketd_commands::{CommandHandler, EventStore, Position, StoreError, StoredEvent};
-use ticketd_domain::SlaPolicy;
+use ticketd_commands::{CommandHandler, Database, EventStore, Position, StoreError, StoredEvent};
+use ticketd_domain::{Recorded, SlaPolicy};
+use ticketd_projections::bulk::{Finished, Fold, Step};
 use ticketd_projections::rebuild::{check_all, rebuild, Scratch};
 use ticketd_projections::sql::Conn;
-use ticketd_projections::{all, Projection, Projector};
+use ticketd_projections::{all, read_checkpoint, Projection, Projector};
 use ticketd_tests::both_backends;
 use ticketd_tests::history::{self, Rng};
 use ticketd_tests::http::TestServer;
@@ -320,6 +321,127 @@ async fn a_bulk_pass_cut_short_goes_on_batch_by_batch(store: Arc<dyn EventStore>
         }
         scratch.discard(&db).await;
     }
+}
+
+/// A real projection whose bulk fold fails at its `after`-th event.
+struct FailingBulk {
+    inner: Arc<dyn Projection>,
+    after: usize,
+}
+
+#[async_trait]
+impl Projection for FailingBulk {
+    fn name(&self) -> &'static str {
+        self.inner.name()
+    }
+
+    fn tables(&self) -> &'static [&'static str] {
+        self.inner.tables()
+    }
+
+    async fn apply_batch(
+        &self,
+        conn: &mut Conn<'_>,
+        events: &[StoredEvent],
+    ) -> Result<bool, StoreError> {
+        self.inner.apply_batch(conn, events).await
+    }
+
+    fn bulk(&self) -> Option<Box<dyn Fold>> {
+        Some(Box::new(FailAfter {
+            inner: self.inner.bulk()?,
+            left: self.after,
+        }))
+    }
+}
+
+struct FailAfter {
+    inner: Box<dyn Fold>,
+    left: usize,
+}
+
+impl Fold for FailAfter {
+    fn add(&mut self, event: &StoredEvent, recorded: &Recorded) -> Result<(), StoreError> {
+        if self.left == 0 {
+            return Err(StoreError::Corrupt("injected fold failure".into()));
+        }
+        self.left -= 1;
+        self.inner.add(event, recorded)
+    }
+
+    fn ready(&mut self, min: usize) -> Vec<Step> {
+        self.inner.ready(min)
+    }
+
+    fn finish(self: Box<Self>) -> Result<Finished, StoreError> {
+        self.inner.finish()
+    }
+}
+
+/// A bulk pass that fails returns the failure, leaves the scratch's checkpoints at the start,
+/// and the next pass starts from a clean slate: rows a failed pass committed (the search rows
+/// go in statement by statement) do not stay, since each table is truncated first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_bulk_pass_that_failed_starts_again_cleanly() {
+    let Some(t) = ticketd_tests::postgres_store(8).await else {
+        return;
+    };
+    let store = t.store.clone();
+    let h = CommandHandler::new(store.clone(), SlaPolicy::default(), 100);
+    let db = store.database().expect("database");
+    let mut rng = Rng::new(5);
+    let projector = Projector::start_with(store.clone(), db.clone(), all());
+    let last = history::run(&h, &mut rng, 4, 40).await;
+    wait_all(&projector, last).await;
+    drop(projector);
+
+    let scratch = Scratch::create(&db).await.expect("scratch");
+    let failing: Vec<Arc<dyn Projection>> = all()
+        .into_iter()
+        .map(|inner| Arc::new(FailingBulk { inner, after: 20 }) as Arc<dyn Projection>)
+        .collect();
+    let failed = scratch.build(store.as_ref(), &failing, None).await;
+    assert!(
+        matches!(&failed, Err(StoreError::Corrupt(m)) if m.contains("injected")),
+        "{failed:?}"
+    );
+    for p in all() {
+        assert_eq!(
+            read_checkpoint(scratch.database(), p.name())
+                .await
+                .expect("checkpoint"),
+            Position::START
+        );
+    }
+    // What a failed pass may leave behind.
+    let Database::Postgres(pool) = scratch.database() else {
+        panic!("a PostgreSQL scratch");
+    };
+    sqlx::query(
+        "INSERT INTO ticket_search (ticket_id, head, public_comments, private_comments) \
+         VALUES ($1, '', '', '')",
+    )
+    .bind(uuid::Uuid::now_v7())
+    .execute(pool)
+    .await
+    .expect("a leftover search row");
+    sqlx::query(
+        "INSERT INTO ticket_feed (ticket_id, version, kind, private, entry) \
+         VALUES ($1, 1, 'opened', 0, '{}')",
+    )
+    .bind(uuid::Uuid::now_v7())
+    .execute(pool)
+    .await
+    .expect("a leftover feed row");
+    for p in all() {
+        let (found, at) = scratch
+            .compare(store.as_ref(), &db, &p)
+            .await
+            .expect("compare");
+        assert!(found.is_empty(), "{}: {found:?}", p.name());
+        assert_eq!(at, last);
+    }
+    scratch.discard(&db).await;
 }
 
 /// A comment's worth of distinct words (about 19,000 characters), tagged so each comment's
