@@ -3,8 +3,10 @@
 //!
 //! This crate owns the projector runner (checkpoints, catch-up, following new commits, retry
 //! with backoff, one leader per projection on PostgreSQL), each projection's status for
-//! `/metrics`, waiting for `min_position` (CONTRACT §6), and the read models: [`tickets`]
-//! (§6.1, §6.2), [`feed`] (§6.3, §6.4) and [`analytics`] (§6.5). Every piece of DDL is in `migrations/`.
+//! `/metrics`, waiting for `min_position` (CONTRACT §6), the read models: [`tickets`]
+//! (§6.1, §6.2), [`feed`] (§6.3, §6.4) and [`analytics`] (§6.5), and their blue/green
+//! [`rebuild`]s (on PostgreSQL from a [`bulk`] pass loaded by `COPY`). Every piece of DDL is in
+//! `migrations/`.
 
 pub mod analytics;
 pub mod bulk;
