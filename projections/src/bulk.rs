@@ -41,12 +41,12 @@ use ticketd_domain::Recorded;
 use crate::sql::{unavailable, Bind, Conn, CopyRows};
 use crate::{micros, tx_i64, Projection};
 
-/// Most tickets a fold holds before it loads what it has (see the module's doc): about 1 kB
-/// of memory each across the three projections with a thread of ten events.
+/// Most tickets (streams) a pass holds in memory before it loads what it has (see the
+/// module's doc): about 1 kB each across the three folds with a thread of ten events.
 pub const BULK_TICKETS: usize = 2_000_000;
 /// Bytes of streamed rows gathered before they go to the database as one `COPY`.
 const CHUNK_BYTES: usize = 4 << 20;
-/// Loads queued per projection before the fold waits for its database.
+/// Pages queued per fold, and steps per table, before their sender waits.
 const QUEUE: usize = 2;
 
 /// Rows for the database, in the order given.
@@ -434,7 +434,7 @@ pub(crate) async fn pass(
     .await?;
     let started = std::time::Instant::now();
     let full = reader.full;
-    tracing::info!(events = folded, %at, full, "bulk pass: log folded");
+    tracing::info!(events = folded, %at, full, "bulk pass: log folded, rows sent");
     let mut replays = Vec::with_capacity(threads.len());
     for thread in threads {
         replays.push(
@@ -506,4 +506,20 @@ pub(crate) async fn pass(
     tx.commit().await.map_err(unavailable)?;
     let _ = conn.close().await;
     Ok((at, folded))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::table_of;
+
+    #[test]
+    fn a_step_names_its_table_by_its_insert() {
+        assert_eq!(
+            table_of("INSERT INTO ticket_feed (ticket_id, version)").expect("table"),
+            "ticket_feed"
+        );
+        assert_eq!(table_of("INSERT INTO t").expect("table"), "t");
+        assert!(table_of("SELECT 1").is_err());
+        assert!(table_of("INSERT INTO ").is_err());
+    }
 }
