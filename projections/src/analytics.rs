@@ -466,13 +466,9 @@ impl Fold for AnalyticsFold {
     }
 
     fn ready(&mut self, min: usize) -> Vec<Step> {
-        if self.counted.size() < min.max(1) {
-            return Vec::new();
-        }
-        vec![Step::Copy {
-            insert: EVENT_INSERT,
-            rows: self.counted.split(),
-        }]
+        Step::copy_when(EVENT_INSERT, &mut self.counted, min)
+            .into_iter()
+            .collect()
     }
 
     fn finish(mut self: Box<Self>) -> Result<Finished, StoreError> {

@@ -65,6 +65,17 @@ pub enum Step {
     },
 }
 
+impl Step {
+    /// A `COPY` of `rows` for `insert` once at least `min` bytes of them have gathered (any,
+    /// with 0), leaving `rows` empty: what a fold's [`Fold::ready`] gives for a streamed table.
+    pub fn copy_when(insert: &'static str, rows: &mut CopyRows, min: usize) -> Option<Step> {
+        (rows.size() >= min.max(1)).then(|| Step::Copy {
+            insert,
+            rows: rows.split(),
+        })
+    }
+}
+
 /// What a fold leaves when the pass ends.
 #[derive(Default)]
 pub struct Finished {

@@ -181,13 +181,9 @@ impl Fold for FeedFold {
     }
 
     fn ready(&mut self, min: usize) -> Vec<Step> {
-        if self.entries.size() < min.max(1) {
-            return Vec::new();
-        }
-        vec![Step::Copy {
-            insert: FEED_INSERT,
-            rows: self.entries.split(),
-        }]
+        Step::copy_when(FEED_INSERT, &mut self.entries, min)
+            .into_iter()
+            .collect()
     }
 
     fn finish(mut self: Box<Self>) -> Result<Finished, StoreError> {

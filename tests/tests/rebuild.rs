@@ -77,6 +77,25 @@ async fn wait_all(p: &Projector, at: Position) {
     }
 }
 
+/// Every projection, built in `scratch` up to its live checkpoint, equals the live one, and
+/// that checkpoint is `at`.
+async fn assert_scratch_equals_live(
+    scratch: &Scratch,
+    store: &Arc<dyn EventStore>,
+    at: Position,
+    context: &str,
+) {
+    let db = store.database().expect("database");
+    for p in all() {
+        let (found, compared_at) = scratch
+            .compare(store.as_ref(), &db, &p)
+            .await
+            .expect("compare");
+        assert!(found.is_empty(), "{context}, {}: {found:?}", p.name());
+        assert_eq!(compared_at, at, "{context}, {}", p.name());
+    }
+}
+
 async fn assert_equal_to_rebuild(store: &Arc<dyn EventStore>) {
     let findings = check_all(store.as_ref(), &all()).await.expect("compare");
     assert!(findings.is_empty(), "differs from a rebuild: {findings:?}");
@@ -284,14 +303,7 @@ async fn rebuild_while_serving(store: Arc<dyn EventStore>) {
 async fn an_empty_store_equals_its_rebuild(store: Arc<dyn EventStore>) {
     let db = store.database().expect("database");
     let scratch = Scratch::create(&db).await.expect("scratch");
-    for p in all() {
-        let (found, at) = scratch
-            .compare(store.as_ref(), &db, &p)
-            .await
-            .expect("compare");
-        assert!(found.is_empty(), "{found:?}");
-        assert_eq!(at, Position::START);
-    }
+    assert_scratch_equals_live(&scratch, &store, Position::START, "empty").await;
     scratch.discard(&db).await;
 }
 
@@ -311,14 +323,7 @@ async fn a_bulk_pass_cut_short_goes_on_batch_by_batch(store: Arc<dyn EventStore>
     for bound in [0, 1, 2, 3, usize::MAX] {
         let mut scratch = Scratch::create(&db).await.expect("scratch");
         scratch.set_bulk_tickets(bound);
-        for p in all() {
-            let (found, at) = scratch
-                .compare(store.as_ref(), &db, &p)
-                .await
-                .expect("compare");
-            assert!(found.is_empty(), "bound {bound}, {}: {found:?}", p.name());
-            assert_eq!(at, last);
-        }
+        assert_scratch_equals_live(&scratch, &store, last, &format!("bound {bound}")).await;
         scratch.discard(&db).await;
     }
 }
@@ -386,7 +391,7 @@ async fn postgres_bulk_pass_that_failed_starts_again_cleanly() {
     let Some(t) = ticketd_tests::postgres_store(8).await else {
         return;
     };
-    let store = t.store.clone();
+    let store: Arc<dyn EventStore> = t.store.clone();
     let h = CommandHandler::new(store.clone(), SlaPolicy::default(), 100);
     let db = store.database().expect("database");
     let mut rng = Rng::new(5);
@@ -433,14 +438,7 @@ async fn postgres_bulk_pass_that_failed_starts_again_cleanly() {
     .execute(pool)
     .await
     .expect("a leftover feed row");
-    for p in all() {
-        let (found, at) = scratch
-            .compare(store.as_ref(), &db, &p)
-            .await
-            .expect("compare");
-        assert!(found.is_empty(), "{}: {found:?}", p.name());
-        assert_eq!(at, last);
-    }
+    assert_scratch_equals_live(&scratch, &store, last, "after a failed pass").await;
     scratch.discard(&db).await;
 }
 
