@@ -42,8 +42,10 @@ use crate::sql::{unavailable, Bind, Conn, CopyRows};
 use crate::{micros, tx_i64, Projection};
 
 /// Most tickets (streams) a pass holds in memory before it loads what it has (see the
-/// module's doc): about 1 kB each across the three folds with a thread of ten events.
-pub const BULK_TICKETS: usize = 2_000_000;
+/// module's doc), by default: about 3.5 kB each across the three folds for a ticket of nine
+/// events (`ticketd rebuild` peaked at 3.5 GB resident over 1,000,000 such tickets), so about
+/// 5 GB at the bound. `ticketd rebuild --tickets-in-memory` sets it.
+pub const BULK_TICKETS: usize = 1_500_000;
 /// Bytes of streamed rows gathered before they go to the database as one `COPY`.
 const CHUNK_BYTES: usize = 4 << 20;
 /// Pages queued per fold, and steps per table, before their sender waits.

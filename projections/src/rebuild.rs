@@ -695,10 +695,21 @@ pub async fn rebuild(
     store: &dyn EventStore,
     projections: &[Arc<dyn Projection>],
 ) -> Result<Rebuilt, StoreError> {
+    rebuild_with(store, projections, BULK_TICKETS).await
+}
+
+/// [`rebuild`] with the bulk pass's bound on the tickets held in memory (see
+/// [`Scratch::set_bulk_tickets`]).
+pub async fn rebuild_with(
+    store: &dyn EventStore,
+    projections: &[Arc<dyn Projection>],
+    bulk_tickets: usize,
+) -> Result<Rebuilt, StoreError> {
     let live = store
         .database()
         .ok_or_else(|| StoreError::Unavailable("this store keeps no read models".into()))?;
-    let scratch = Scratch::create(&live).await?;
+    let mut scratch = Scratch::create(&live).await?;
+    scratch.set_bulk_tickets(bulk_tickets);
     let done = async {
         let events = scratch.build(store, projections, None).await?;
         scratch.switch(&live, projections).await?;
