@@ -45,7 +45,7 @@ pub struct RebuildArgs {
     pub store: StoreArgs,
     /// The projections to rebuild (tickets, feed, analytics); all when none is named.
     pub projections: Vec<String>,
-    /// PostgreSQL: most tickets a rebuild folds in memory (about 3.5 kB each) before it loads
+    /// PostgreSQL: most tickets a rebuild folds in memory (about 3 kB each) before it loads
     /// them and goes on batch by batch; 0 rebuilds batch by batch throughout.
     #[arg(long, env = "TICKETD_REBUILD_TICKETS_IN_MEMORY", default_value_t = ticketd_projections::bulk::BULK_TICKETS)]
     pub tickets_in_memory: usize,

@@ -18,7 +18,7 @@ use ticketd_commands::handler::decode;
 use ticketd_commands::{Database, StoreError, StoredEvent};
 use ticketd_domain::{Channel, Event, Priority, Recorded, Status, Visibility};
 
-use crate::bulk::{Finished, Fold, Step};
+use crate::bulk::{Fold, Sink, Step, CHUNK_BYTES};
 
 use crate::sql::{unavailable, Bind, Conn, CopyRows};
 use crate::{micros, Projection};
@@ -471,30 +471,22 @@ impl Fold for AnalyticsFold {
             .collect()
     }
 
-    fn finish(mut self: Box<Self>) -> Result<Finished, StoreError> {
-        let mut steps = self.ready(0);
+    fn finish(mut self: Box<Self>, out: &mut Sink<'_>) -> Result<Vec<Uuid>, StoreError> {
+        self.ready(0).into_iter().try_for_each(&mut *out)?;
         let mut facts = CopyRows::default();
         for id in &self.order {
             if let Some(f) = self.facts.get(id) {
                 facts.push(&fact_binds(f));
+                Step::copy_when(FACT_INSERT, &mut facts, CHUNK_BYTES).map_or(Ok(()), &mut *out)?;
             }
         }
-        steps.push(Step::Copy {
-            insert: FACT_INSERT,
-            rows: facts,
-        });
+        Step::copy_when(FACT_INSERT, &mut facts, 0).map_or(Ok(()), &mut *out)?;
         let mut days = CopyRows::default();
         for ((day, org), d) in &self.days {
             days.push(&daily_binds(day, &Some(org.clone()), d));
         }
-        steps.push(Step::Copy {
-            insert: DAILY_INSERT,
-            rows: days,
-        });
-        Ok(Finished {
-            steps,
-            replay: Vec::new(),
-        })
+        Step::copy_when(DAILY_INSERT, &mut days, 0).map_or(Ok(()), &mut *out)?;
+        Ok(Vec::new())
     }
 }
 

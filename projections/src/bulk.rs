@@ -42,12 +42,12 @@ use crate::sql::{unavailable, Bind, Conn, CopyRows};
 use crate::{micros, tx_i64, Projection};
 
 /// Most tickets (streams) a pass holds in memory before it loads what it has (see the
-/// module's doc), by default: about 3.5 kB each across the three folds for a ticket of nine
-/// events (`ticketd rebuild` peaked at 3.5 GB resident over 1,000,000 such tickets), so about
-/// 5 GB at the bound. `ticketd rebuild --tickets-in-memory` sets it.
+/// module's doc), by default: about 3 kB each across the three folds for a ticket of nine
+/// events (`ticketd rebuild` peaked at 2.8 GB resident over 1,000,000 such tickets), so about
+/// 4.5 GB at the bound. `ticketd rebuild --tickets-in-memory` sets it.
 pub const BULK_TICKETS: usize = 1_500_000;
-/// Bytes of streamed rows gathered before they go to the database as one `COPY`.
-const CHUNK_BYTES: usize = 4 << 20;
+/// Bytes of rows gathered before they go to the database as one `COPY`.
+pub const CHUNK_BYTES: usize = 4 << 20;
 /// Pages queued per fold, and steps per table, before their sender waits.
 const QUEUE: usize = 2;
 
@@ -78,14 +78,11 @@ impl Step {
     }
 }
 
-/// What a fold leaves when the pass ends.
-#[derive(Default)]
-pub struct Finished {
-    pub steps: Vec<Step>,
-    /// Streams the fold left out, to apply by the projection's own batched path after the
-    /// load (a ticket with more text than the one-statement search row can take).
-    pub replay: Vec<Uuid>,
-}
+/// Where a fold sends its last rows as it makes them, so its tables load while it goes on.
+pub type Sink<'a> = dyn FnMut(Step) -> Result<(), StoreError> + 'a;
+
+/// Rows of search text per `Insert` step a fold makes at its end.
+pub const INSERT_CHUNK: usize = 20_000;
 
 /// One projection's side of the pass.
 pub trait Fold: Send {
@@ -97,8 +94,11 @@ pub trait Fold: Send {
         Vec::new()
     }
 
-    /// Everything else, at the end of the pass.
-    fn finish(self: Box<Self>) -> Result<Finished, StoreError>;
+    /// Everything else, at the end of the pass, sent to `out` in chunks as it is made
+    /// ([`Step::copy_when`] with [`CHUNK_BYTES`], [`INSERT_CHUNK`]). Returns the streams it
+    /// left out, to apply by the projection's own batched path after the load (a ticket with
+    /// more text than the one-statement search row can take).
+    fn finish(self: Box<Self>, out: &mut Sink<'_>) -> Result<Vec<Uuid>, StoreError>;
 }
 
 enum Load {
@@ -301,9 +301,7 @@ fn run_fold(
     if !complete.load(Ordering::Acquire) {
         return Err(stopped_short());
     }
-    let finished = fold.finish()?;
-    finished.steps.into_iter().try_for_each(send)?;
-    Ok(finished.replay)
+    fold.finish(&mut |step| send(step))
 }
 
 /// A page of the log, each event with its decoding.

@@ -12,7 +12,7 @@ use ticketd_commands::handler::decode;
 use ticketd_commands::{Database, StoreError, StoredEvent};
 use ticketd_domain::{Event, Recorded, Visibility};
 
-use crate::bulk::{Finished, Fold, Step};
+use crate::bulk::{Fold, Sink, Step, CHUNK_BYTES};
 use crate::sql::{Bind, Conn, CopyRows};
 use crate::{micros, Pooled, Projection};
 
@@ -186,20 +186,15 @@ impl Fold for FeedFold {
             .collect()
     }
 
-    fn finish(mut self: Box<Self>) -> Result<Finished, StoreError> {
-        let mut steps = self.ready(0);
+    fn finish(mut self: Box<Self>, out: &mut Sink<'_>) -> Result<Vec<Uuid>, StoreError> {
+        self.ready(0).into_iter().try_for_each(&mut *out)?;
         let mut reads = CopyRows::default();
         for row in &self.reads.rows {
             reads.push(row);
+            Step::copy_when(READ_INSERT, &mut reads, CHUNK_BYTES).map_or(Ok(()), &mut *out)?;
         }
-        steps.push(Step::Copy {
-            insert: READ_INSERT,
-            rows: reads,
-        });
-        Ok(Finished {
-            steps,
-            replay: Vec::new(),
-        })
+        Step::copy_when(READ_INSERT, &mut reads, 0).map_or(Ok(()), &mut *out)?;
+        Ok(Vec::new())
     }
 }
 

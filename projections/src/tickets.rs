@@ -15,7 +15,7 @@ use ticketd_domain::{
     evolve, Actor, Channel, Event, Priority, Recorded, Role, State, Status, Ticket, Visibility,
 };
 
-use crate::bulk::{Finished, Fold, Step};
+use crate::bulk::{Fold, Sink, Step, CHUNK_BYTES, INSERT_CHUNK};
 use crate::sql::{Bind, Conn, CopyRows};
 use crate::{micros, tx_i64, Pooled, Projection};
 
@@ -346,7 +346,7 @@ impl Fold for TicketsFold {
         Ok(())
     }
 
-    fn finish(self: Box<Self>) -> Result<Finished, StoreError> {
+    fn finish(self: Box<Self>, out: &mut Sink<'_>) -> Result<Vec<Uuid>, StoreError> {
         let (mut tickets, mut cc, mut texts) =
             (CopyRows::default(), CopyRows::default(), Vec::new());
         let mut replay = Vec::new();
@@ -366,25 +366,28 @@ impl Fold for TicketsFold {
             for m in members {
                 cc.push(&[Bind::Uuid(h.t.id), Bind::Text(m.clone())]);
             }
+            // The search rows first: their vectors are the longest load.
+            if texts.len() >= INSERT_CHUNK {
+                out(search_step(std::mem::take(&mut texts)))?;
+            }
+            Step::copy_when(TICKET_INSERT, &mut tickets, CHUNK_BYTES).map_or(Ok(()), &mut *out)?;
+            Step::copy_when(CC_INSERT, &mut cc, CHUNK_BYTES).map_or(Ok(()), &mut *out)?;
         }
-        Ok(Finished {
-            steps: vec![
-                Step::Copy {
-                    insert: TICKET_INSERT,
-                    rows: tickets,
-                },
-                Step::Copy {
-                    insert: CC_INSERT,
-                    rows: cc,
-                },
-                Step::Insert {
-                    head: SEARCH_INSERT,
-                    one: SEARCH_ROW,
-                    rows: texts,
-                },
-            ],
-            replay,
-        })
+        if !texts.is_empty() {
+            out(search_step(texts))?;
+        }
+        Step::copy_when(TICKET_INSERT, &mut tickets, 0).map_or(Ok(()), &mut *out)?;
+        Step::copy_when(CC_INSERT, &mut cc, 0).map_or(Ok(()), &mut *out)?;
+        Ok(replay)
+    }
+}
+
+/// Search rows as a bulk step.
+fn search_step(rows: Vec<Vec<Bind>>) -> Step {
+    Step::Insert {
+        head: SEARCH_INSERT,
+        one: SEARCH_ROW,
+        rows,
     }
 }
 

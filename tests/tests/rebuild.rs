@@ -12,7 +12,7 @@ use serde_json::json;
 
 use ticketd_commands::{CommandHandler, Database, EventStore, Position, StoreError, StoredEvent};
 use ticketd_domain::{Recorded, SlaPolicy};
-use ticketd_projections::bulk::{Finished, Fold, Step};
+use ticketd_projections::bulk::{Fold, Sink, Step};
 use ticketd_projections::rebuild::{check_all, rebuild, Scratch};
 use ticketd_projections::sql::Conn;
 use ticketd_projections::{all, read_checkpoint, Projection, Projector};
@@ -378,8 +378,8 @@ impl Fold for FailAfter {
         self.inner.ready(min)
     }
 
-    fn finish(self: Box<Self>) -> Result<Finished, StoreError> {
-        self.inner.finish()
+    fn finish(self: Box<Self>, out: &mut Sink<'_>) -> Result<Vec<uuid::Uuid>, StoreError> {
+        self.inner.finish(out)
     }
 }
 
