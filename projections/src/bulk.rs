@@ -107,11 +107,19 @@ enum Load {
     Commit(Vec<String>),
 }
 
-/// The table a statement (`INSERT INTO t (…)`) writes.
-fn table_of(statement: &str) -> Result<&str, StoreError> {
+/// What a statement (`INSERT INTO t (a, …)`) inserts into: `t (a, …)`, as `COPY` names it.
+fn target_of(statement: &str) -> Result<&str, StoreError> {
     statement
         .strip_prefix("INSERT INTO ")
-        .and_then(|rest| rest.split_whitespace().next())
+        .filter(|rest| !rest.trim().is_empty())
+        .ok_or_else(|| StoreError::Unavailable(format!("not an insert: {statement}")))
+}
+
+/// The table a statement (`INSERT INTO t (…)`) writes.
+fn table_of(statement: &str) -> Result<&str, StoreError> {
+    target_of(statement)?
+        .split_whitespace()
+        .next()
         .ok_or_else(|| StoreError::Unavailable(format!("not an insert: {statement}")))
 }
 
@@ -202,7 +210,7 @@ async fn load_copies(
     loop {
         match queue.recv().await.ok_or_else(stopped_short)? {
             Load::Step(Step::Copy { insert, mut rows }) => {
-                let target = insert.strip_prefix("INSERT INTO ").unwrap_or(insert);
+                let target = target_of(insert)?;
                 // FREEZE: the table was truncated in this transaction.
                 let mut copy = tx
                     .copy_in_raw(&format!("COPY {target} FROM STDIN (FREEZE)"))
@@ -325,7 +333,7 @@ async fn fetch(
 
 /// The pass's decoder: pages cut at the event that brings the tickets (streams) seen to
 /// `limit`.
-struct Reader {
+struct Decoder {
     limit: usize,
     /// The streams seen so far (`None` only while a page is being decoded).
     streams: Option<HashSet<Uuid>>,
@@ -333,7 +341,7 @@ struct Reader {
     full: bool,
 }
 
-impl Reader {
+impl Decoder {
     /// `raw` decoded on a thread of its own, up to the event that reaches the bound.
     async fn decode(&mut self, raw: Vec<StoredEvent>) -> Result<Page, StoreError> {
         let (mut streams, limit) = (self.streams.take().unwrap_or_default(), self.limit);
@@ -361,25 +369,21 @@ impl Reader {
 }
 
 /// Folds the log from its start (up to `upto`, or as it is now) into the empty scratch
-/// `tables` of `projections`, each of which has a [`Fold`]. Unless the pass stops at `limit`
+/// `tables` of `projections`, through `folds` (theirs, in the same order). Unless the pass stops at `limit`
 /// tickets, each table's `deferred` indexes are built as soon as it is loaded (and taken out
 /// of `deferred`). Returns where the pass stopped and the events it folded: the checkpoints are
 /// there, and the rebuild goes on from there.
+#[allow(clippy::too_many_arguments)]
 pub(crate) async fn pass(
     pool: &PgPool,
     store: &dyn EventStore,
     projections: &[Arc<dyn Projection>],
+    folds: Vec<Box<dyn Fold>>,
     tables: &[&'static str],
     deferred: &mut Vec<(String, String)>,
     upto: Option<Position>,
     limit: usize,
 ) -> Result<(Position, u64), StoreError> {
-    let mut folds = Vec::with_capacity(projections.len());
-    for p in projections {
-        folds.push(p.bulk().ok_or_else(|| {
-            StoreError::Unavailable(format!("projection {} has no bulk fold", p.name()))
-        })?);
-    }
     let mut loaders = Loaders {
         pool,
         started: Vec::new(),
@@ -387,7 +391,7 @@ pub(crate) async fn pass(
     // Each page is decoded once, on a thread of its own, and handed to every fold, each on a
     // thread of its own that takes pages at its own pace; their rows come back through one
     // queue and go to the tables' loaders.
-    let mut reader = Reader {
+    let mut reader = Decoder {
         limit,
         streams: Some(HashSet::new()),
         full: false,
@@ -521,7 +525,7 @@ pub(crate) async fn pass(
 
 #[cfg(test)]
 mod tests {
-    use super::table_of;
+    use super::{table_of, target_of};
 
     #[test]
     fn a_step_names_its_table_by_its_insert() {
@@ -530,6 +534,10 @@ mod tests {
             "ticket_feed"
         );
         assert_eq!(table_of("INSERT INTO t").expect("table"), "t");
+        assert_eq!(
+            target_of("INSERT INTO t (a, b)").expect("target"),
+            "t (a, b)"
+        );
         assert!(table_of("SELECT 1").is_err());
         assert!(table_of("INSERT INTO ").is_err());
     }

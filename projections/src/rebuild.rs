@@ -224,8 +224,11 @@ impl Scratch {
         // From the start of the log, on PostgreSQL: one pass in memory, rows loaded by COPY
         // (see `bulk`), each table indexed as soon as it is loaded.
         if let (Database::Postgres(pool), true) = (&self.db, at == Position::START) {
-            let bulk = self.bulk_tickets > 0 && projections.iter().all(|p| p.bulk().is_some());
-            if bulk && upto.is_none_or(|u| u > at) {
+            // Every projection's fold, or none: one pass feeds them all.
+            let folds: Option<Vec<_>> = projections.iter().map(|p| p.bulk()).collect();
+            if let Some(folds) =
+                folds.filter(|_| self.bulk_tickets > 0 && upto.is_none_or(|u| u > at))
+            {
                 let tables: Vec<&'static str> = live_tables(&self.db, projections)
                     .await?
                     .into_iter()
@@ -235,6 +238,7 @@ impl Scratch {
                     pool,
                     store,
                     projections,
+                    folds,
                     &tables,
                     &mut deferred,
                     upto,
@@ -297,13 +301,15 @@ impl Scratch {
             batch = next?;
         }
         if let Database::Postgres(pool) = &self.db {
-            let started = std::time::Instant::now();
-            let left = deferred.into_iter().map(|(_, d)| d).collect();
-            restore_indexes(pool, left).await?;
-            tracing::info!(
-                secs = started.elapsed().as_secs_f64(),
-                "rebuild: secondary indexes built"
-            );
+            if !deferred.is_empty() {
+                let started = std::time::Instant::now();
+                let left = deferred.into_iter().map(|(_, d)| d).collect();
+                restore_indexes(pool, left).await?;
+                tracing::info!(
+                    secs = started.elapsed().as_secs_f64(),
+                    "rebuild: secondary indexes built"
+                );
+            }
         }
         Ok(applied)
     }
