@@ -576,7 +576,11 @@ impl Writer {
 /// 4 ms by sequential scan, the tickets projection fell seconds behind, and planning each
 /// statement afresh costs a fraction of a millisecond.
 fn writer_options(pool: &PgPool) -> sqlx::postgres::PgConnectOptions {
-    (*pool.connect_options()).clone().options([
+    runner_settings(&pool.connect_options())
+}
+
+fn runner_settings(base: &sqlx::postgres::PgConnectOptions) -> sqlx::postgres::PgConnectOptions {
+    base.clone().options([
         ("synchronous_commit", "off"),
         ("plan_cache_mode", "force_custom_plan"),
     ])
@@ -816,6 +820,30 @@ async fn follow(
                 }
                 pinged = Instant::now();
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::runner_settings;
+    use sqlx::postgres::PgConnectOptions;
+
+    /// What `writer_options` says of runner connections: commits without waiting for the
+    /// WAL, and every statement planned for its own values (the generic plans of a table
+    /// that was small scanned it whole; docs/PERFORMANCE.md, session 6). The connection's own
+    /// options (the scratch's `search_path`) are kept.
+    #[test]
+    fn runner_connections_commit_async_and_plan_each_statement() {
+        let base = PgConnectOptions::new().options([("search_path", "s1")]);
+        let options = runner_settings(&base);
+        let set = options.get_options().expect("options");
+        for setting in [
+            "search_path=s1",
+            "synchronous_commit=off",
+            "plan_cache_mode=force_custom_plan",
+        ] {
+            assert!(set.contains(setting), "{setting} in {set}");
         }
     }
 }
