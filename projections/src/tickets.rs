@@ -859,16 +859,23 @@ fn text_query(words: &[String], staff: bool, backend: Backend) -> TextQuery {
 }
 
 /// PostgreSQL: the condition on `ticket_search s` that each word is in the text the caller may
-/// see. The expression is exactly that of an index (migrations 0007), so every word is a key
-/// of one GIN scan that intersects the words' posting lists itself.
+/// see. The whole text's expression is exactly that of the index (migrations 0007, 0008), so
+/// every word is a key of one GIN scan that intersects the words' posting lists itself; for a
+/// customer (`all` false), each match is then checked against the text without the private
+/// comments.
 fn pg_text_condition(words: &[String], all: bool) -> (String, Vec<Bind>) {
-    let text = if all {
-        "(s.head || s.public_comments || s.private_comments)"
-    } else {
-        "(s.head || s.public_comments)"
-    };
-    let sql = vec![format!("{text} @@ plainto_tsquery('simple', ?)"); words.len()].join(" AND ");
-    (sql, words.iter().cloned().map(Bind::Text).collect())
+    const WHOLE: &str = "(s.head || s.public_comments || s.private_comments)";
+    const PUBLIC: &str = "(s.head || s.public_comments)";
+    let mut sql =
+        vec![format!("{WHOLE} @@ plainto_tsquery('simple', ?)"); words.len()].join(" AND ");
+    let mut binds: Vec<Bind> = words.iter().cloned().map(Bind::Text).collect();
+    if !all {
+        for w in words {
+            sql.push_str(&format!(" AND {PUBLIC} @@ plainto_tsquery('simple', ?)"));
+            binds.push(Bind::Text(w.clone()));
+        }
+    }
+    (sql, binds)
 }
 
 /// How a search finds its tickets.
@@ -1080,10 +1087,12 @@ fn staff(viewer: &Actor) -> bool {
     matches!(viewer.role, Role::Agent | Role::Admin | Role::Auditor)
 }
 
-/// The planner's estimate of how many tickets hold every word (the rows of the text condition
-/// alone), or `None` if `EXPLAIN` says something unexpected.
-async fn pg_estimate(conn: &mut Conn<'_>, words: &[String], all: bool) -> Option<f64> {
-    let (cond, binds) = pg_text_condition(words, all);
+/// The planner's estimate of how many tickets hold every word anywhere (the rows of the
+/// index's condition alone; a customer's matches are among them), or `None` if `EXPLAIN` says
+/// something unexpected. A customer's own check is left out: the planner has no statistics
+/// for its expression and would guess it at a fixed fraction.
+async fn pg_estimate(conn: &mut Conn<'_>, words: &[String]) -> Option<f64> {
+    let (cond, binds) = pg_text_condition(words, true);
     let sql = format!("EXPLAIN SELECT 1 FROM ticket_search s WHERE {cond}");
     let lines: Vec<String> = conn.fetch_column_unprepared(&sql, &binds).await.ok()?;
     plan_rows(lines.first()?)
@@ -1147,7 +1156,7 @@ pub async fn list_with(
     let (text, plan) = match (text, plan) {
         (TextQuery::Postgres { all, words }, TextPlan::Auto) => {
             // Without an estimate, the planner decides as it would anyway.
-            let plan = match pg_estimate(&mut conn, &words, all).await {
+            let plan = match pg_estimate(&mut conn, &words).await {
                 Some(rows) if rows <= FROM_INDEX_MAX as f64 => TextPlan::FromIndex,
                 _ => TextPlan::Walk,
             };
