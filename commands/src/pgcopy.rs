@@ -220,7 +220,8 @@ pub fn copy_in_trailer(out: &mut Vec<u8>) {
     out.extend_from_slice(&(-1i16).to_be_bytes());
 }
 
-fn put_field(out: &mut Vec<u8>, bytes: &[u8]) -> StoreResult<()> {
+/// One field of a binary `COPY` row: its length, then its bytes.
+pub fn put_field(out: &mut Vec<u8>, bytes: &[u8]) -> StoreResult<()> {
     let len = i32::try_from(bytes.len()).map_err(|_| corrupt("a field beyond 2 GiB"))?;
     out.extend_from_slice(&len.to_be_bytes());
     out.extend_from_slice(bytes);

@@ -450,7 +450,7 @@ impl Fold for AnalyticsFold {
         };
         let at = micros(recorded.recorded_at);
         for kind in kinds {
-            self.counted.push(&event_binds(&f, kind, at));
+            self.counted.push(&event_binds(&f, kind, at))?;
         }
         if !daily.is_zero() {
             let org = f.org.clone().unwrap_or_else(|| NO_ORG.to_owned());
@@ -476,14 +476,14 @@ impl Fold for AnalyticsFold {
         let mut facts = CopyRows::default();
         for id in &self.order {
             if let Some(f) = self.facts.get(id) {
-                facts.push(&fact_binds(f));
+                facts.push(&fact_binds(f))?;
                 Step::copy_when(FACT_INSERT, &mut facts, CHUNK_BYTES).map_or(Ok(()), &mut *out)?;
             }
         }
         Step::copy_when(FACT_INSERT, &mut facts, 0).map_or(Ok(()), &mut *out)?;
         let mut days = CopyRows::default();
         for ((day, org), d) in &self.days {
-            days.push(&daily_binds(day, &Some(org.clone()), d));
+            days.push(&daily_binds(day, &Some(org.clone()), d))?;
         }
         Step::copy_when(DAILY_INSERT, &mut days, 0).map_or(Ok(()), &mut *out)?;
         Ok(Vec::new())

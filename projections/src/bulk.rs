@@ -35,6 +35,7 @@ use tokio::sync::mpsc;
 use uuid::Uuid;
 
 use ticketd_commands::handler::decode;
+use ticketd_commands::pgcopy::{copy_in_header, copy_in_trailer};
 use ticketd_commands::{EventStore, Position, StoreError, StoredEvent};
 use ticketd_domain::Recorded;
 
@@ -213,10 +214,15 @@ async fn load_copies(
                 let target = target_of(insert)?;
                 // FREEZE: the table was truncated in this transaction.
                 let mut copy = tx
-                    .copy_in_raw(&format!("COPY {target} FROM STDIN (FREEZE)"))
+                    .copy_in_raw(&format!("COPY {target} FROM STDIN (FORMAT binary, FREEZE)"))
                     .await
                     .map_err(unavailable)?;
+                let (mut header, mut trailer) = (Vec::new(), Vec::new());
+                copy_in_header(&mut header);
+                copy_in_trailer(&mut trailer);
+                copy.send(header).await.map_err(unavailable)?;
                 copy.send(rows.take()).await.map_err(unavailable)?;
+                copy.send(trailer).await.map_err(unavailable)?;
                 copy.finish().await.map_err(unavailable)?;
             }
             Load::Step(Step::Insert { .. }) => return Err(mixed(&table)),

@@ -175,7 +175,7 @@ struct FeedFold {
 impl Fold for FeedFold {
     fn add(&mut self, event: &StoredEvent, recorded: &Recorded) -> Result<(), StoreError> {
         let (entry, read) = rows_of(event, recorded)?;
-        self.entries.push(&entry);
+        self.entries.push(&entry)?;
         self.reads.add(read);
         Ok(())
     }
@@ -190,7 +190,7 @@ impl Fold for FeedFold {
         self.ready(0).into_iter().try_for_each(&mut *out)?;
         let mut reads = CopyRows::default();
         for row in &self.reads.rows {
-            reads.push(row);
+            reads.push(row)?;
             Step::copy_when(READ_INSERT, &mut reads, CHUNK_BYTES).map_or(Ok(()), &mut *out)?;
         }
         Step::copy_when(READ_INSERT, &mut reads, 0).map_or(Ok(()), &mut *out)?;

@@ -5,6 +5,7 @@
 use sqlx::{PgConnection, Row, SqliteConnection};
 use uuid::Uuid;
 
+use ticketd_commands::pgcopy::put_field;
 use ticketd_commands::StoreError;
 
 /// A connection (usually inside a transaction) of either backend.
@@ -538,9 +539,11 @@ fn unnest_sql(head: &str, one: &str, first: &[Bind], tail: &str) -> Result<Strin
     ))
 }
 
-/// Rows in the text format of PostgreSQL's `COPY … FROM STDIN`, the bulk path's load (see
-/// `bulk`): PostgreSQL parses each value from text as it would a bound parameter of the same
-/// text, so a row written this way stores what the same [`Bind`]s inserted would.
+/// Rows in the binary format of PostgreSQL's `COPY … FROM STDIN (FORMAT binary)`, the bulk
+/// path's load (see `bulk`): each value as its type's binary form (`uuid`, `int8`, `text`:
+/// every column a [`Bind`] goes to is one of these), so PostgreSQL stores exactly what the same
+/// [`Bind`]s inserted would, and reads each field by its length instead of scanning text for
+/// delimiters and escapes and parsing numbers (which was 9 % of a rebuild's CPU).
 #[derive(Debug, Default)]
 pub struct CopyRows {
     bytes: Vec<u8>,
@@ -548,29 +551,26 @@ pub struct CopyRows {
 }
 
 impl CopyRows {
-    /// Appends one row: tab-separated values, `\\N` for NULL, a newline at the end.
-    pub fn push(&mut self, row: &[Bind]) {
-        use std::io::Write as _;
-        for (i, value) in row.iter().enumerate() {
-            if i > 0 {
-                self.bytes.push(b'\t');
-            }
+    /// Appends one row: its field count, then each field's length (-1 for NULL) and bytes.
+    pub fn push(&mut self, row: &[Bind]) -> Result<(), StoreError> {
+        let fields = i16::try_from(row.len())
+            .map_err(|_| StoreError::Unavailable(format!("a row of {} fields", row.len())))?;
+        self.bytes.extend_from_slice(&fields.to_be_bytes());
+        for value in row {
             match value {
                 Bind::I64(v) | Bind::OptI64(Some(v)) => {
-                    // Writing to a Vec cannot fail.
-                    let _ = write!(self.bytes, "{v}");
+                    put_field(&mut self.bytes, &v.to_be_bytes())
                 }
-                Bind::Text(v) | Bind::OptText(Some(v)) => copy_text(&mut self.bytes, v),
-                Bind::OptText(None) | Bind::OptI64(None) => self.bytes.extend_from_slice(b"\\N"),
-                Bind::Uuid(v) => self.bytes.extend_from_slice(
-                    v.hyphenated()
-                        .encode_lower(&mut Uuid::encode_buffer())
-                        .as_bytes(),
-                ),
-            }
+                Bind::Text(v) | Bind::OptText(Some(v)) => put_field(&mut self.bytes, v.as_bytes()),
+                Bind::Uuid(v) => put_field(&mut self.bytes, v.as_bytes()),
+                Bind::OptText(None) | Bind::OptI64(None) => {
+                    self.bytes.extend_from_slice(&(-1i32).to_be_bytes());
+                    Ok(())
+                }
+            }?;
         }
-        self.bytes.push(b'\n');
         self.rows += 1;
+        Ok(())
     }
 
     pub fn len(&self) -> usize {
@@ -595,33 +595,15 @@ impl CopyRows {
         }
     }
 
-    /// The rows' bytes, leaving this empty with room for as many again (chunks of a stream
-    /// are alike in size; growing from nothing each time copied every chunk several times).
+    /// The rows' bytes (without the stream's header and trailer:
+    /// [`ticketd_commands::pgcopy::copy_in_header`], `copy_in_trailer`), leaving this empty with room for as many again (chunks of a
+    /// stream are alike in size; growing from nothing each time copied every chunk several
+    /// times).
     pub fn take(&mut self) -> Vec<u8> {
         self.rows = 0;
         let room = self.bytes.capacity();
         std::mem::replace(&mut self.bytes, Vec::with_capacity(room))
     }
-}
-
-/// A text value with the four characters `COPY`'s text format gives meaning escaped; runs
-/// without them are copied whole.
-fn copy_text(out: &mut Vec<u8>, s: &str) {
-    let bytes = s.as_bytes();
-    let mut from = 0;
-    for (i, b) in bytes.iter().enumerate() {
-        let escaped: &[u8] = match b {
-            b'\\' => b"\\\\",
-            b'\n' => b"\\n",
-            b'\r' => b"\\r",
-            b'\t' => b"\\t",
-            _ => continue,
-        };
-        out.extend_from_slice(&bytes[from..i]);
-        out.extend_from_slice(escaped);
-        from = i + 1;
-    }
-    out.extend_from_slice(&bytes[from..]);
 }
 
 #[cfg(test)]
@@ -654,21 +636,31 @@ mod tests {
     }
 
     #[test]
-    fn copy_rows_escape_what_the_text_format_gives_meaning() {
+    fn copy_rows_are_binary_fields_by_type() {
         let mut rows = CopyRows::default();
+        let id = Uuid::from_u128(0x0102_0304_0506_0708_090a_0b0c_0d0e_0f10);
         rows.push(&[
-            Bind::Uuid(Uuid::nil()),
+            Bind::Uuid(id),
             Bind::I64(-7),
             Bind::OptI64(None),
-            Bind::Text("a\tb\nc\rd\\e \\N".into()),
+            Bind::Text("a\tb\n\\N ü".into()),
             Bind::OptText(None),
             Bind::OptText(Some(String::new())),
-        ]);
+            Bind::OptI64(Some(1 << 40)),
+        ])
+        .expect("row");
         assert_eq!(rows.len(), 1);
-        assert_eq!(
-            String::from_utf8(rows.take()).expect("utf-8"),
-            "00000000-0000-0000-0000-000000000000\t-7\t\\N\ta\\tb\\nc\\rd\\\\e \\\\N\t\\N\t\n"
-        );
+        let mut want = vec![0, 7];
+        want.extend_from_slice(&[0, 0, 0, 16]);
+        want.extend_from_slice(id.as_bytes());
+        want.extend_from_slice(&[0, 0, 0, 8, 255, 255, 255, 255, 255, 255, 255, 249]);
+        want.extend_from_slice(&[255, 255, 255, 255]);
+        want.extend_from_slice(&[0, 0, 0, 9]);
+        want.extend_from_slice("a\tb\n\\N ü".as_bytes());
+        want.extend_from_slice(&[255, 255, 255, 255]);
+        want.extend_from_slice(&[0, 0, 0, 0]);
+        want.extend_from_slice(&[0, 0, 0, 8, 0, 0, 1, 0, 0, 0, 0, 0]);
+        assert_eq!(rows.take(), want);
         assert!(rows.is_empty());
     }
 

@@ -360,11 +360,11 @@ impl Fold for TicketsFold {
                 continue;
             };
             texts.push(text);
-            tickets.push(&ticket_binds(&h.t, h.at)?);
+            tickets.push(&ticket_binds(&h.t, h.at)?)?;
             // The batched path's conflict clause drops a member named twice.
             let members: std::collections::BTreeSet<&String> = h.t.cc.iter().collect();
             for m in members {
-                cc.push(&[Bind::Uuid(h.t.id), Bind::Text(m.clone())]);
+                cc.push(&[Bind::Uuid(h.t.id), Bind::Text(m.clone())])?;
             }
             // The search rows first: their vectors are the longest load.
             if texts.len() >= INSERT_CHUNK {
