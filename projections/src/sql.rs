@@ -547,7 +547,6 @@ fn unnest_sql(head: &str, one: &str, first: &[Bind], tail: &str) -> Result<Strin
 #[derive(Debug, Default)]
 pub struct CopyRows {
     bytes: Vec<u8>,
-    rows: usize,
 }
 
 impl CopyRows {
@@ -569,16 +568,7 @@ impl CopyRows {
                 }
             }?;
         }
-        self.rows += 1;
         Ok(())
-    }
-
-    pub fn len(&self) -> usize {
-        self.rows
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.rows == 0
     }
 
     /// Bytes held so far.
@@ -588,19 +578,14 @@ impl CopyRows {
 
     /// The rows so far, as rows of their own, leaving this empty with room for as many again.
     pub fn split(&mut self) -> CopyRows {
-        let rows = self.rows;
-        CopyRows {
-            bytes: self.take(),
-            rows,
-        }
+        CopyRows { bytes: self.take() }
     }
 
-    /// The rows' bytes (without the stream's header and trailer:
-    /// [`ticketd_commands::pgcopy::copy_in_header`], `copy_in_trailer`), leaving this empty with room for as many again (chunks of a
-    /// stream are alike in size; growing from nothing each time copied every chunk several
-    /// times).
+    /// The rows' bytes, without the stream's header and trailer
+    /// ([`ticketd_commands::pgcopy::copy_in_header`], `copy_in_trailer`), leaving this empty
+    /// with room for as many again (chunks of a stream are alike in size; growing from nothing
+    /// each time copied every chunk several times).
     pub fn take(&mut self) -> Vec<u8> {
-        self.rows = 0;
         let room = self.bytes.capacity();
         std::mem::replace(&mut self.bytes, Vec::with_capacity(room))
     }
@@ -649,7 +634,6 @@ mod tests {
             Bind::OptI64(Some(1 << 40)),
         ])
         .expect("row");
-        assert_eq!(rows.len(), 1);
         let mut want = vec![0, 7];
         want.extend_from_slice(&[0, 0, 0, 16]);
         want.extend_from_slice(id.as_bytes());
@@ -660,8 +644,9 @@ mod tests {
         want.extend_from_slice(&[255, 255, 255, 255]);
         want.extend_from_slice(&[0, 0, 0, 0]);
         want.extend_from_slice(&[0, 0, 0, 8, 0, 0, 1, 0, 0, 0, 0, 0]);
+        assert_eq!(rows.size(), want.len());
         assert_eq!(rows.take(), want);
-        assert!(rows.is_empty());
+        assert_eq!(rows.size(), 0);
     }
 
     #[test]
