@@ -18,7 +18,7 @@ use ticketd_commands::handler::decode;
 use ticketd_commands::{Database, StoreError, StoredEvent};
 use ticketd_domain::{Channel, Event, Priority, Recorded, Status, Visibility};
 
-use crate::bulk::{Fold, Sink, Step, CHUNK_BYTES};
+use crate::bulk::{copy_all, Fold, Sink, Step};
 
 use crate::sql::{unavailable, Bind, Conn, CopyRows};
 use crate::{micros, Projection};
@@ -473,19 +473,14 @@ impl Fold for AnalyticsFold {
 
     fn finish(mut self: Box<Self>, out: &mut Sink<'_>) -> Result<Vec<Uuid>, StoreError> {
         self.ready(0).into_iter().try_for_each(&mut *out)?;
-        let mut facts = CopyRows::default();
-        for id in &self.order {
-            if let Some(f) = self.facts.get(id) {
-                facts.push(&fact_binds(f))?;
-                Step::copy_when(FACT_INSERT, &mut facts, CHUNK_BYTES).map_or(Ok(()), &mut *out)?;
-            }
-        }
-        Step::copy_when(FACT_INSERT, &mut facts, 0).map_or(Ok(()), &mut *out)?;
-        let mut days = CopyRows::default();
-        for ((day, org), d) in &self.days {
-            days.push(&daily_binds(day, &Some(org.clone()), d))?;
-        }
-        Step::copy_when(DAILY_INSERT, &mut days, 0).map_or(Ok(()), &mut *out)?;
+        let facts = self.order.iter().filter_map(|id| self.facts.get(id));
+        copy_all(FACT_INSERT, facts.map(fact_binds), out)?;
+        let days = self.days.iter();
+        copy_all(
+            DAILY_INSERT,
+            days.map(|((day, org), d)| daily_binds(day, &Some(org.clone()), d)),
+            out,
+        )?;
         Ok(Vec::new())
     }
 }

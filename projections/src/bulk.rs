@@ -82,6 +82,21 @@ impl Step {
 /// Where a fold sends its last rows as it makes them, so its tables load while it goes on.
 pub type Sink<'a> = dyn FnMut(Step) -> Result<(), StoreError> + 'a;
 
+/// Sends `rows` for `insert` to `out` as `COPY` steps of about [`CHUNK_BYTES`] each, as they
+/// are made: what a fold's [`Fold::finish`] does with a table of folded state.
+pub fn copy_all(
+    insert: &'static str,
+    rows: impl IntoIterator<Item = Vec<Bind>>,
+    out: &mut Sink<'_>,
+) -> Result<(), StoreError> {
+    let mut copy = CopyRows::default();
+    for row in rows {
+        copy.push(&row)?;
+        Step::copy_when(insert, &mut copy, CHUNK_BYTES).map_or(Ok(()), &mut *out)?;
+    }
+    Step::copy_when(insert, &mut copy, 0).map_or(Ok(()), &mut *out)
+}
+
 /// Rows of search text per `Insert` step a fold makes at its end.
 pub const INSERT_CHUNK: usize = 20_000;
 
@@ -96,9 +111,9 @@ pub trait Fold: Send {
     }
 
     /// Everything else, at the end of the pass, sent to `out` in chunks as it is made
-    /// ([`Step::copy_when`] with [`CHUNK_BYTES`], [`INSERT_CHUNK`]). Returns the streams it
-    /// left out, to apply by the projection's own batched path after the load (a ticket with
-    /// more text than the one-statement search row can take).
+    /// ([`copy_all`], or [`Step::copy_when`] with [`CHUNK_BYTES`], and [`INSERT_CHUNK`]).
+    /// Returns the streams it left out, to apply by the projection's own batched path after
+    /// the load (a ticket with more text than the one-statement search row can take).
     fn finish(self: Box<Self>, out: &mut Sink<'_>) -> Result<Vec<Uuid>, StoreError>;
 }
 

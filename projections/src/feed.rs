@@ -13,7 +13,7 @@ use ticketd_commands::handler::decode;
 use ticketd_commands::{Database, StoreError, StoredEvent};
 use ticketd_domain::{Event, Recorded, Visibility};
 
-use crate::bulk::{Fold, Sink, Step, CHUNK_BYTES};
+use crate::bulk::{copy_all, Fold, Sink, Step};
 use crate::sql::{Bind, Conn, CopyRows};
 use crate::{micros, Pooled, Projection};
 
@@ -253,12 +253,7 @@ impl Fold for FeedFold {
 
     fn finish(mut self: Box<Self>, out: &mut Sink<'_>) -> Result<Vec<Uuid>, StoreError> {
         self.ready(0).into_iter().try_for_each(&mut *out)?;
-        let mut reads = CopyRows::default();
-        for row in &self.reads.rows {
-            reads.push(row)?;
-            Step::copy_when(READ_INSERT, &mut reads, CHUNK_BYTES).map_or(Ok(()), &mut *out)?;
-        }
-        Step::copy_when(READ_INSERT, &mut reads, 0).map_or(Ok(()), &mut *out)?;
+        copy_all(READ_INSERT, self.reads.rows, out)?;
         Ok(Vec::new())
     }
 }
