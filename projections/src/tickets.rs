@@ -394,7 +394,7 @@ fn search_step(rows: Vec<Vec<Bind>>) -> Step {
 /// How much of a ticket's comments PostgreSQL indexes: bytes of the three vectors' text form
 /// (larger than the words a tsvector holds). Past it, further comments are not searchable: a
 /// vector over 1 MB would fail its event, and the projection with it, for good; and each
-/// comment re-enters all the ticket's words into the GIN indexes (the row is rewritten), so
+/// comment re-enters all the ticket's words into the GIN index (the row is rewritten), so
 /// this also bounds what one comment costs. ~30,000 distinct words, where a long thread in
 /// prose has a few thousand. The subject and description at their limits stay under 250 kB in
 /// any script, so an edit keeps every vector under 1 MB too.
