@@ -122,6 +122,16 @@ impl Auth {
                 "The token's org must be at most {ORG_MAX} characters."
             )));
         }
+        // They would name nobody, and reach read models whose text columns refuse U+0000.
+        let controls = |s: &str| s.chars().any(char::is_control);
+        if controls(&c.sub)
+            || c.name.as_deref().is_some_and(controls)
+            || c.org.as_deref().is_some_and(controls)
+        {
+            return Err(ApiError::unauthorized(
+                "The token's sub, name and org must not contain control characters.",
+            ));
+        }
         Ok(Actor {
             id: c.sub,
             name: c.name.filter(|n| !n.is_empty()),

@@ -137,6 +137,18 @@ fn names<T: Copy>(all: &[T], name: impl Fn(T) -> &'static str) -> Vec<&'static s
     all.iter().map(|v| name(*v)).collect()
 }
 
+/// `org=`: an organization id, never empty, with no control characters (an id has none, and
+/// PostgreSQL's text refuses U+0000).
+fn org_param(params: &QueryParams) -> Result<Option<String>, ApiError> {
+    match params.get("org") {
+        Some("") => Err(ApiError::malformed("org must not be empty.")),
+        Some(o) if o.chars().any(char::is_control) => Err(ApiError::malformed(
+            "org must not contain control characters.",
+        )),
+        other => Ok(other.map(str::to_owned)),
+    }
+}
+
 fn parse_list(actor: Actor, params: &QueryParams) -> Result<ListQuery, ApiError> {
     only(
         params,
@@ -197,10 +209,7 @@ fn parse_list(actor: Actor, params: &QueryParams) -> Result<ListQuery, ApiError>
             }
         },
     };
-    let org = match params.get("org") {
-        Some("") => return Err(ApiError::malformed("org must not be empty.")),
-        other => other.map(str::to_owned),
-    };
+    let org = org_param(params)?;
     let words = tickets::words(params.get("q").unwrap_or_default());
     if words.len() > MAX_WORDS || words.iter().any(|w| w.chars().count() > 100) {
         return Err(ApiError::malformed(format!(
@@ -476,10 +485,7 @@ pub async fn analytics_summary(
     if from > to {
         return Err(ApiError::malformed("from must not be after to."));
     }
-    let org = match params.get("org") {
-        Some("") => return Err(ApiError::malformed("org must not be empty.")),
-        other => other.map(str::to_owned),
-    };
+    let org = org_param(&params)?;
     let reads = projector(&app)?;
     // Every figure, the backlog included, comes from the `analytics` tables.
     consistent(reads, &params, analytics::NAME).await?;

@@ -365,12 +365,16 @@ impl Validator {
         self.length(field, value, limits::REASON_MAX);
     }
 
+    /// User and organization ids: no control characters, which would name nobody (and which
+    /// PostgreSQL's text columns refuse in the case of U+0000).
     fn id(&mut self, field: &str, value: &str) {
         if value.is_empty() || value.chars().count() > limits::ID_MAX {
             self.push(
                 field,
                 &format!("must be 1 to {} characters", limits::ID_MAX),
             );
+        } else if value.chars().any(char::is_control) {
+            self.push(field, "must not contain control characters");
         }
     }
 
@@ -379,7 +383,7 @@ impl Validator {
             && value.split_once('@').is_some_and(|(local, domain)| {
                 !local.is_empty() && domain.contains('.') && !domain.contains('@')
             })
-            && !value.chars().any(char::is_whitespace);
+            && !value.chars().any(|c| c.is_whitespace() || c.is_control());
         if !ok {
             self.push(field, "must be an email address");
         }

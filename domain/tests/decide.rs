@@ -933,6 +933,16 @@ fn cc_lists_user_ids_of_1_to_128_characters() {
             }),
         )
         .then_invalid(&["cc[1]", "cc[2]"]);
+    // Control characters name nobody (and PostgreSQL's text refuses U+0000).
+    nothing()
+        .when(
+            alice(),
+            open(OpenTicket {
+                cc: Some(vec!["b\u{0}ob".into(), "bob\n".into(), "b\u{85}".into()]),
+                ..open_cmd("S", "D")
+            }),
+        )
+        .then_invalid(&["cc[0]", "cc[1]", "cc[2]"]);
     ticket_in(Status::Open)
         .when(
             alice(),

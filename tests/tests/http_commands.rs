@@ -166,6 +166,12 @@ async fn tokens_are_checked(s: TestServer) {
     let public_role = signed(json!({"sub": "alice", "role": "public", "exp": exp}));
     let long_sub = signed(json!({"sub": "x".repeat(129), "role": "customer", "exp": exp}));
     let empty_sub = signed(json!({"sub": "", "role": "customer", "exp": exp}));
+    // Control characters name nobody, and PostgreSQL's text columns refuse U+0000.
+    let nul_sub = signed(json!({"sub": "ali\u{0}ce", "role": "customer", "exp": exp}));
+    let nul_org =
+        signed(json!({"sub": "alice", "role": "customer", "org": "ac\u{0}me", "exp": exp}));
+    let bell_name =
+        signed(json!({"sub": "alice", "name": "Al\u{7}ice", "role": "customer", "exp": exp}));
     parts.truncate(2);
     let truncated = parts.join(".");
     for token in [
@@ -179,6 +185,9 @@ async fn tokens_are_checked(s: TestServer) {
         public_role,
         long_sub,
         empty_sub,
+        nul_sub,
+        nul_org,
+        bell_name,
         truncated,
         "garbage".to_owned(),
         String::new(),
@@ -435,6 +444,91 @@ async fn bad_input_is_rejected_and_appends_nothing(s: TestServer) {
     assert_eq!(marker.body["version"], 2);
     let after = s.log_upto(&marker.body["position"]).await.len();
     assert_eq!(after, before + 1);
+}
+
+/// Text that PostgreSQL cannot hold in a `text` column (U+0000) never stops a projection: ids
+/// with control characters are refused, and free text is taken as given.
+async fn control_characters_never_stall_the_projections(s: TestServer) {
+    let alice = s.customer("alice");
+    let agent = s.agent("agent-1");
+    for (token, body, field) in [
+        (
+            &alice,
+            json!({"subject": "s", "description": "d", "cc": ["bo\u{0}b"]}),
+            "cc[0]",
+        ),
+        (
+            &agent,
+            json!({"subject": "s", "description": "d", "requester": "x\u{0}"}),
+            "requester",
+        ),
+        (
+            &agent,
+            json!({"subject": "s", "description": "d", "requester": "x", "org": "o\u{1}"}),
+            "org",
+        ),
+    ] {
+        let a = s.post("/v1/tickets", token, body).await;
+        a.assert_problem(422, "invalid_request");
+        assert_eq!(a.body["errors"][0]["field"], field, "{}", a.body);
+    }
+    let id = alice_ticket(&s).await;
+    let patch = s
+        .call(
+            Method::PATCH,
+            &format!("/v1/tickets/{id}"),
+            Some(&agent),
+            Some(json!({"assignee": "agent\u{0}"})),
+            &[],
+        )
+        .await;
+    patch.assert_problem(422, "invalid_request");
+    assert_eq!(version_of(&s, &id).await, 1, "nothing appended");
+
+    // Free text keeps its U+0000, and every projection goes past it.
+    let c = s
+        .post(
+            &format!("/v1/tickets/{id}/comments"),
+            &alice,
+            json!({"body": "a\u{0}b"}),
+        )
+        .await;
+    assert_eq!(c.status, StatusCode::CREATED, "{}", c.body);
+    let w = s
+        .post(
+            &format!("/v1/tickets/{id}/withdraw"),
+            &alice,
+            json!({"reason": "r\u{0}", "comment": "c\u{0}"}),
+        )
+        .await;
+    assert_eq!(w.status, StatusCode::OK, "{}", w.body);
+    let at = w.body["position"].as_str().expect("position").to_owned();
+    let feed = s
+        .get(&format!("/v1/tickets/{id}/feed?min_position={at}"), &agent)
+        .await;
+    assert_eq!(feed.status, StatusCode::OK, "{}", feed.body);
+    let items = feed.body["items"].as_array().expect("items");
+    assert_eq!(items[1]["body"], "a\u{0}b");
+    assert_eq!(items[2]["type"], "withdrawn");
+    assert_eq!(items[2]["reason"], "r\u{0}");
+    let one = s
+        .get(&format!("/v1/tickets/{id}?min_position={at}"), &alice)
+        .await;
+    assert_eq!(one.status, StatusCode::OK, "{}", one.body);
+    assert_eq!(one.body["status"], "withdrawn");
+    let summary = s
+        .get(&format!("/v1/analytics/summary?min_position={at}"), &agent)
+        .await;
+    assert_eq!(summary.status, StatusCode::OK, "{}", summary.body);
+    assert_eq!(summary.body["withdrawn"], 1, "{}", summary.body);
+    // A query parameter holding one is refused as an id, or ignored as a word.
+    for (query, status) in [("org=a%00b", 400), ("q=a%00b", 200), ("q=%00", 200)] {
+        let a = s.get(&format!("/v1/tickets?{query}"), &agent).await;
+        assert_eq!(a.status.as_u16(), status, "{query}: {}", a.body);
+    }
+    s.get("/v1/analytics/summary?org=a%00b", &agent)
+        .await
+        .assert_problem(400, "malformed_request");
 }
 
 async fn first_position(s: &TestServer, id: &str) -> String {
@@ -1024,4 +1118,5 @@ http_both_backends!(
     if_match_guards_versions,
     idempotency_keys_answer_repeats,
     concurrent_commands_on_one_ticket_all_land,
+    control_characters_never_stall_the_projections,
 );
