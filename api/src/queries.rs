@@ -150,6 +150,7 @@ fn org_param(params: &QueryParams) -> Result<Option<String>, ApiError> {
 }
 
 fn parse_list(actor: Actor, params: &QueryParams) -> Result<ListQuery, ApiError> {
+    let now = chrono::Utc::now();
     only(
         params,
         &[
@@ -196,6 +197,11 @@ fn parse_list(actor: Actor, params: &QueryParams) -> Result<ListQuery, ApiError>
     let after = match params.get("cursor") {
         None => None,
         Some(raw) => match Cursor::decode(raw) {
+            Some(c) if c.expired(now) => {
+                return Err(ApiError::malformed(
+                    "This cursor has expired (a cursor lasts an hour); start again from the first page.",
+                ))
+            }
             Some(c) if c.sort == sort => Some(c),
             Some(_) => {
                 return Err(ApiError::malformed(
@@ -229,7 +235,7 @@ fn parse_list(actor: Actor, params: &QueryParams) -> Result<ListQuery, ApiError>
         sort,
         limit,
         after,
-        now: chrono::Utc::now(),
+        now,
     })
 }
 
@@ -243,11 +249,13 @@ pub struct TicketPage {
 
 /// List the tickets the caller may see (§6.1), filtered and sorted, one page at a time.
 ///
-/// Paging is keyset: the cursor holds the last item's sort key and id, and each page continues
-/// strictly after it in a total order (sort key, then id), so no ticket appears twice and
-/// none is skipped while the sort keys of unseen tickets stay put. A ticket whose sort key
-/// changes while a client pages (new activity under `-last_activity`) moves in the order; sort
-/// by `created` for a walk that is stable under change. Unknown parameters answer 400.
+/// Paging keeps the order of its first page: every later page continues in the order of the
+/// sort keys as they stood when the first page was read, so a walk returns each matching
+/// ticket exactly once even while tickets change, their sort keys included (new activity
+/// under `-last_activity` does not move a ticket within a walk; each item shows the ticket as
+/// it is now). A ticket opened during a walk takes its place by the keys it was opened with,
+/// and comes if that place is still ahead. A cursor lasts an hour; an older one answers 400.
+/// Unknown parameters answer 400.
 #[utoipa::path(get, path = "/v1/tickets", tag = "tickets",
     params(
         ("view" = Option<String>, Query, description = "mine | cc | org | all (default)"),

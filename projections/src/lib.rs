@@ -11,6 +11,7 @@
 pub mod analytics;
 pub mod bulk;
 pub mod feed;
+pub mod keys;
 pub mod rebuild;
 pub mod sql;
 pub mod tickets;

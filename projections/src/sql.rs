@@ -206,6 +206,17 @@ impl Conn<'_> {
         sql: &str,
         binds: &[Bind],
     ) -> Result<Vec<R>, StoreError> {
+        self.fetch_rows_with(sql, binds, true).await
+    }
+
+    /// [`Self::fetch_rows`], or, with `persistent` false, planned for these very values as
+    /// [`Self::fetch_column_unprepared`] is.
+    pub async fn fetch_rows_with<R: Columns>(
+        &mut self,
+        sql: &str,
+        binds: &[Bind],
+        persistent: bool,
+    ) -> Result<Vec<R>, StoreError> {
         match self {
             Conn::Sqlite(c) => {
                 let rows = bind_all!(sqlx::query(sql), binds)
@@ -218,7 +229,7 @@ impl Conn<'_> {
             }
             Conn::Postgres(c) => {
                 let sql = numbered(sql);
-                let rows = bind_all!(sqlx::query(&sql), binds)
+                let rows = bind_all!(sqlx::query(&sql).persistent(persistent), binds)
                     .fetch_all(&mut **c)
                     .await
                     .map_err(unavailable)?;

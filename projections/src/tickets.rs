@@ -16,6 +16,7 @@ use ticketd_domain::{
 };
 
 use crate::bulk::{Fold, Sink, Step, CHUNK_BYTES, INSERT_CHUNK};
+use crate::keys::{keys, Keys, RecentKeys, Snapshot, CURSOR_TTL_MICROS};
 use crate::sql::{Bind, Conn, CopyRows};
 use crate::{micros, tx_i64, Pooled, Projection};
 
@@ -35,7 +36,7 @@ pub fn priority_rank(p: Priority) -> i64 {
 }
 
 /// `due_at` for sorting: a ticket without one sorts after every dated one.
-fn due_sort(t: &Ticket) -> i64 {
+pub(crate) fn due_sort(t: &Ticket) -> i64 {
     t.due_at.map_or(i64::MAX, micros)
 }
 
@@ -48,7 +49,7 @@ async fn load(conn: &mut Conn<'_>, id: Uuid) -> Result<Option<String>, StoreErro
 
 const TICKET_INSERT: &str = "INSERT INTO tickets (id, number, status, active, priority, \
      priority_rank, channel, requester, org, assignee, created_at, last_activity_at, due_sort, \
-     version, position_tx, position_seq, state)";
+     version, position_tx, position_seq, state, recent_keys)";
 const TICKET_UPSERT: &str = "ON CONFLICT (id) DO UPDATE SET number = excluded.number, \
      status = excluded.status, active = excluded.active, priority = excluded.priority, \
      priority_rank = excluded.priority_rank, channel = excluded.channel, \
@@ -56,7 +57,7 @@ const TICKET_UPSERT: &str = "ON CONFLICT (id) DO UPDATE SET number = excluded.nu
      created_at = excluded.created_at, last_activity_at = excluded.last_activity_at, \
      due_sort = excluded.due_sort, version = excluded.version, \
      position_tx = excluded.position_tx, position_seq = excluded.position_seq, \
-     state = excluded.state";
+     state = excluded.state, recent_keys = excluded.recent_keys";
 const CC_INSERT: &str = "INSERT INTO ticket_cc (ticket_id, member)";
 const CC_TAIL: &str = "ON CONFLICT DO NOTHING";
 
@@ -102,6 +103,22 @@ fn marks(n: usize) -> String {
     vec!["?"; n].join(", ")
 }
 
+/// Keeps `t`'s change of sort keys by `event` (none for the event that opened it).
+fn note_keys(
+    recent: &mut RecentKeys,
+    before: Option<Keys>,
+    t: &Ticket,
+    event: &StoredEvent,
+) -> Result<(), StoreError> {
+    let after = keys(t);
+    recent.note(
+        before.unwrap_or(after),
+        after,
+        event.position,
+        micros(event.recorded_at),
+    )
+}
+
 /// Whether the event sets the ticket's CC (all of it).
 fn cc_changed(event: &Event) -> bool {
     match event {
@@ -112,7 +129,7 @@ fn cc_changed(event: &Event) -> bool {
 }
 
 /// The `tickets` row of `t`, as of the log position of its last event.
-fn ticket_binds(t: &Ticket, at: Position) -> Result<Vec<Bind>, StoreError> {
+fn ticket_binds(t: &Ticket, at: Position, recent: &RecentKeys) -> Result<Vec<Bind>, StoreError> {
     let bad = |what: String| StoreError::Corrupt(format!("tickets row of {}: {what}", t.id));
     let json = serde_json::to_string(t).map_err(|e| bad(e.to_string()))?;
     let (tx, seq) = tx_i64(at)?;
@@ -135,6 +152,7 @@ fn ticket_binds(t: &Ticket, at: Position) -> Result<Vec<Bind>, StoreError> {
         Bind::I64(tx),
         Bind::I64(seq),
         Bind::Text(json),
+        Bind::Text(recent.to_json()?),
     ])
 }
 
@@ -177,13 +195,18 @@ impl Projection for TicketsProjection {
         ids.sort_unstable();
         ids.dedup();
         let mut states: HashMap<Uuid, Ticket> = HashMap::with_capacity(ids.len());
-        for (id, json) in conn
-            .fetch_rows_in::<(Uuid, String)>("SELECT id, state FROM tickets WHERE id IN (…)", &ids)
+        let mut recent: HashMap<Uuid, RecentKeys> = HashMap::with_capacity(ids.len());
+        for (id, json, keys) in conn
+            .fetch_rows_in::<(Uuid, String, String)>(
+                "SELECT id, state, recent_keys FROM tickets WHERE id IN (…)",
+                &ids,
+            )
             .await?
         {
             let t: Ticket = serde_json::from_str(&json)
                 .map_err(|e| StoreError::Corrupt(format!("ticket {id}'s row: {e}")))?;
             states.insert(id, t);
+            recent.insert(id, RecentKeys::parse(&keys)?);
         }
         // Fold in memory; the search text is written event by event, in order (each
         // statement depends on what the ticket's text holds so far); each ticket's row and CC
@@ -203,9 +226,11 @@ impl Projection for TicketsProjection {
                 }
                 continue;
             }
+            let before = state.as_ref().map(keys);
             let Some(t) = evolve(state, &recorded) else {
                 continue;
             };
+            note_keys(recent.entry(t.id).or_default(), before, &t, event)?;
             match fresh.get_mut(&t.id) {
                 // A ticket opened in this batch: its text is written once, below.
                 Some(f) => f.add(&recorded.event),
@@ -236,7 +261,12 @@ impl Projection for TicketsProjection {
             let (Some(t), Some(event)) = (states.get(id), last.get(id)) else {
                 continue;
             };
-            rows.push(ticket_binds(t, event.position)?);
+            let none = RecentKeys::default();
+            rows.push(ticket_binds(
+                t,
+                event.position,
+                recent.get(id).unwrap_or(&none),
+            )?);
             if cc.contains(id) {
                 members.extend(
                     t.cc.iter()
@@ -311,6 +341,7 @@ struct Held {
     /// Where its last event is in the log.
     at: Position,
     text: FreshText,
+    recent: RecentKeys,
 }
 
 impl Fold for TicketsFold {
@@ -325,13 +356,15 @@ impl Fold for TicketsFold {
         }
         let prev = self.held.remove(&event.stream_id);
         let first = prev.is_none();
-        let (state, text) = match prev {
-            Some(h) => (Some(h.t), Some(h.text)),
-            None => (None, None),
+        let (state, text, mut recent) = match prev {
+            Some(h) => (Some(h.t), Some(h.text), h.recent),
+            None => (None, None, RecentKeys::default()),
         };
+        let before = state.as_ref().map(keys);
         let Some(t) = evolve(state, recorded) else {
             return Ok(());
         };
+        note_keys(&mut recent, before, &t, event)?;
         let mut text = text.unwrap_or_default();
         text.add(&recorded.event);
         let id = t.id;
@@ -339,6 +372,7 @@ impl Fold for TicketsFold {
             t,
             at: event.position,
             text,
+            recent,
         };
         if self.held.insert(id, held).is_none() && first {
             self.order.push(id);
@@ -360,7 +394,7 @@ impl Fold for TicketsFold {
                 continue;
             };
             texts.push(text);
-            tickets.push(&ticket_binds(&h.t, h.at)?)?;
+            tickets.push(&ticket_binds(&h.t, h.at, &h.recent)?)?;
             // The batched path's conflict clause drops a member named twice.
             let members: std::collections::BTreeSet<&String> = h.t.cc.iter().collect();
             for m in members {
@@ -742,15 +776,28 @@ impl FromStr for Sort {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Cursor {
     pub sort: Sort,
+    /// The last item's sort key as it stood at the snapshot, and its id.
     pub key: i64,
     pub id: Uuid,
+    /// Where the paging session started (see [`crate::keys`]); `None` in cursors made before
+    /// sessions kept their order, which page by the keys of now.
+    pub from: Option<Snapshot>,
 }
 
 impl Cursor {
-    /// Opaque to clients: hex of `sort|key|id`.
+    /// Opaque to clients: hex of `sort|key|id|tx|seq|issued`.
     pub fn encode(&self) -> String {
-        let text = format!("{}|{}|{}", self.sort.as_str(), self.key, self.id);
+        let mut text = format!("{}|{}|{}", self.sort.as_str(), self.key, self.id);
+        if let Some(s) = &self.from {
+            text.push_str(&format!("|{}|{}|{}", s.tx, s.seq, s.issued));
+        }
         text.bytes().map(|b| format!("{b:02x}")).collect()
+    }
+
+    /// Past its lifetime, a cursor's session may no longer find the keys it started with.
+    pub fn expired(&self, now: DateTime<Utc>) -> bool {
+        self.from
+            .is_some_and(|s| micros(now).saturating_sub(s.issued) > CURSOR_TTL_MICROS)
     }
 
     pub fn decode(s: &str) -> Option<Cursor> {
@@ -766,10 +813,18 @@ impl Cursor {
         let sort = parts.next()?.parse().ok()?;
         let key = parts.next()?.parse().ok()?;
         let id = parts.next()?.parse().ok()?;
-        if parts.next().is_some() {
-            return None;
-        }
-        Some(Cursor { sort, key, id })
+        let rest: Vec<i64> = parts.map(|p| p.parse().ok()).collect::<Option<_>>()?;
+        let from = match rest[..] {
+            [] => None,
+            [tx, seq, issued] => Some(Snapshot { tx, seq, issued }),
+            _ => return None,
+        };
+        Some(Cursor {
+            sort,
+            key,
+            id,
+            from,
+        })
     }
 }
 
@@ -902,8 +957,28 @@ pub enum TextPlan {
 /// the text per ticket far cheaper than it is.
 pub const FROM_INDEX_MAX: i64 = 5_000;
 
+/// Which rows of a list a query reads, and what of them (see [`crate::keys`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Part {
+    /// A first page: each row's state, and the `tickets` checkpoint the page was read at.
+    First,
+    /// A page by the keys of now (a cursor without a snapshot): each row's state.
+    Plain,
+    /// The page among tickets whose row is at or before the snapshot `(tx, seq)`, whose keys
+    /// are still the snapshot's: each row's state.
+    Unchanged(i64, i64),
+    /// Every ticket changed since the snapshot, unordered: id, key now, and recent keys.
+    Changed(i64, i64),
+}
+
+/// The `tickets` checkpoint, as two columns of a list query's rows: one statement reads the
+/// rows and the checkpoint they are at, since a batch commits both together.
+const CHECKPOINT_COLUMNS: &str =
+    ", (SELECT c.position_tx FROM projection_checkpoints c WHERE c.name = 'tickets'), \
+     (SELECT c.position_seq FROM projection_checkpoints c WHERE c.name = 'tickets')";
+
 /// The SQL and binds of a list query; the first `limit + 1` rows tell whether a page follows.
-fn list_sql(q: &ListQuery, text: TextQuery, plan: TextPlan) -> (String, Vec<Bind>) {
+fn list_sql(q: &ListQuery, text: TextQuery, plan: TextPlan, part: Part) -> (String, Vec<Bind>) {
     // A common table expression comes first in the text, and so do its placeholders.
     let mut with = String::new();
     let mut with_binds = Vec::new();
@@ -1055,6 +1130,28 @@ fn list_sql(q: &ListQuery, text: TextQuery, plan: TextPlan) -> (String, Vec<Bind
         None => {}
     }
     let col = q.sort.column();
+    match part {
+        Part::Unchanged(tx, seq) => {
+            sql.push_str(" AND (position_tx, position_seq) <= (?, ?)");
+            binds.extend([Bind::I64(tx), Bind::I64(seq)]);
+        }
+        Part::Changed(tx, seq) => {
+            // Their keys of then are computed from `recent_keys`; the caller filters and sorts.
+            sql.push_str(" AND (position_tx, position_seq) > (?, ?)");
+            binds.extend([Bind::I64(tx), Bind::I64(seq)]);
+            with_binds.extend(binds);
+            return (
+                format!("{with}SELECT id, {col}, recent_keys{sql}"),
+                with_binds,
+            );
+        }
+        Part::First | Part::Plain => {}
+    }
+    let checkpoint = if part == Part::First {
+        CHECKPOINT_COLUMNS
+    } else {
+        ""
+    };
     let (cmp, dir) = if q.sort.descending() {
         ("<", "DESC")
     } else {
@@ -1073,11 +1170,11 @@ fn list_sql(q: &ListQuery, text: TextQuery, plan: TextPlan) -> (String, Vec<Bind
     let sql = if rank_first {
         format!(
             "{with}, page AS (SELECT id, {col}{sql}) \
-             SELECT tickets.state FROM page JOIN tickets USING (id){}",
+             SELECT tickets.state{checkpoint} FROM page JOIN tickets USING (id){}",
             order("page.")
         )
     } else {
-        format!("{with}SELECT state{sql}")
+        format!("{with}SELECT state{checkpoint}{sql}")
     };
     (sql, with_binds)
 }
@@ -1173,28 +1270,134 @@ pub async fn list_with(
         }
         other => other,
     };
-    let (sql, binds) = list_sql(q, text, plan);
-    let rows: Vec<String> = if q.words.is_empty() {
-        conn.fetch_column(&sql, &binds).await?
-    } else {
-        conn.fetch_column_unprepared(&sql, &binds).await?
+    // A search is planned for its very words (see `Conn::fetch_column_unprepared`).
+    let persistent = q.words.is_empty();
+    let (mut items, from) = match q.after {
+        None => {
+            let (sql, binds) = list_sql(q, text, plan, Part::First);
+            let rows: Vec<(String, Option<i64>, Option<i64>)> =
+                conn.fetch_rows_with(&sql, &binds, persistent).await?;
+            let from = rows.first().map(|r| Snapshot {
+                tx: r.1.unwrap_or(0),
+                seq: r.2.unwrap_or(0),
+                issued: micros(q.now),
+            });
+            let items = rows
+                .iter()
+                .map(|r| keyed(q.sort, &r.0))
+                .collect::<Result<_, _>>()?;
+            (items, from)
+        }
+        Some(Cursor { from: None, .. }) => {
+            let (sql, binds) = list_sql(q, text, plan, Part::Plain);
+            let rows: Vec<(String,)> = conn.fetch_rows_with(&sql, &binds, persistent).await?;
+            let items = rows
+                .iter()
+                .map(|r| keyed(q.sort, &r.0))
+                .collect::<Result<_, _>>()?;
+            (items, None)
+        }
+        Some(Cursor {
+            from: Some(snapshot),
+            key,
+            id,
+            ..
+        }) => {
+            let page = SessionPage {
+                snapshot,
+                after: (key, id),
+                persistent,
+            };
+            (page.read(&mut conn, q, text, plan).await?, Some(snapshot))
+        }
     };
-    let mut items = rows
-        .iter()
-        .map(|json| serde_json::from_str::<Ticket>(json))
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| StoreError::Corrupt(format!("a tickets row: {e}")))?;
     let next = if items.len() > q.limit {
         items.truncate(q.limit);
-        items.last().map(|t| Cursor {
+        items.last().map(|(key, t)| Cursor {
             sort: q.sort,
-            key: q.sort.key(t),
+            key: *key,
             id: t.id,
+            from,
         })
     } else {
         None
     };
-    Ok((items, next))
+    Ok((items.into_iter().map(|(_, t)| t).collect(), next))
+}
+
+/// A `tickets` row's state, with its sort key of now.
+fn keyed(sort: Sort, json: &str) -> Result<(i64, Ticket), StoreError> {
+    let t: Ticket = serde_json::from_str(json)
+        .map_err(|e| StoreError::Corrupt(format!("a tickets row: {e}")))?;
+    Ok((sort.key(&t), t))
+}
+
+/// A later page of a paging session (see [`crate::keys`]).
+struct SessionPage {
+    snapshot: Snapshot,
+    /// The cursor: the last item's key at the snapshot, and its id.
+    after: (i64, Uuid),
+    persistent: bool,
+}
+
+impl SessionPage {
+    /// The next `limit + 1` tickets after the cursor in the order of their keys at the
+    /// snapshot, each with that key. Tickets unchanged since are read in that order from the
+    /// indexes; then every ticket changed since, its key of then from `recent_keys`. In that
+    /// order, a ticket that changes between the two reads is in both (and kept once), never
+    /// in neither.
+    async fn read(
+        &self,
+        conn: &mut Conn<'_>,
+        q: &ListQuery,
+        text: TextQuery,
+        plan: TextPlan,
+    ) -> Result<Vec<(i64, Ticket)>, StoreError> {
+        let s = self.snapshot;
+        let (sql, binds) = list_sql(q, text.clone(), plan, Part::Unchanged(s.tx, s.seq));
+        let rows: Vec<(String,)> = conn.fetch_rows_with(&sql, &binds, self.persistent).await?;
+        let mut items = rows
+            .iter()
+            .map(|r| keyed(q.sort, &r.0))
+            .collect::<Result<Vec<_>, _>>()?;
+        // Few tickets change within a walk: each is checked for the words, rather than all of
+        // a search's matches read from the text index again.
+        let (sql, binds) = list_sql(q, text, TextPlan::Walk, Part::Changed(s.tx, s.seq));
+        let changed: Vec<(Uuid, i64, String)> =
+            conn.fetch_rows_with(&sql, &binds, self.persistent).await?;
+        let desc = q.sort.descending();
+        let order = |a: (i64, Uuid), b: (i64, Uuid)| {
+            if desc {
+                b.cmp(&a)
+            } else {
+                a.cmp(&b)
+            }
+        };
+        let listed: HashSet<Uuid> = items.iter().map(|(_, t)| t.id).collect();
+        let mut moved = Vec::new();
+        for (id, now, recent) in &changed {
+            let key = RecentKeys::parse(recent)?.key_at(q.sort, *now, &s);
+            if order(self.after, (key, *id)).is_lt() && !listed.contains(id) {
+                moved.push((key, *id));
+            }
+        }
+        moved.sort_by(|a, b| order(*a, *b));
+        moved.truncate(q.limit + 1);
+        let ids: Vec<Uuid> = moved.iter().map(|m| m.1).collect();
+        let states: HashMap<Uuid, String> = conn
+            .fetch_rows_in::<(Uuid, String)>("SELECT id, state FROM tickets WHERE id IN (…)", &ids)
+            .await?
+            .into_iter()
+            .collect();
+        for (key, id) in moved {
+            if let Some(json) = states.get(&id) {
+                items.push((key, keyed(q.sort, json)?.1));
+            }
+        }
+        items.sort_by(|a, b| order((a.0, a.1.id), (b.0, b.1.id)));
+        items.truncate(q.limit + 1);
+        Ok(items)
+    }
 }
 
 #[cfg(test)]
@@ -1257,12 +1460,32 @@ mod tests {
 
     #[test]
     fn cursors_round_trip_and_reject_garbage() {
-        let c = Cursor {
+        let mut c = Cursor {
             sort: Sort::Due,
             key: i64::MAX,
             id: Uuid::now_v7(),
+            from: None,
         };
         assert_eq!(Cursor::decode(&c.encode()), Some(c));
+        c.from = Some(Snapshot {
+            tx: 7,
+            seq: -1,
+            issued: 1_700_000_000_000_000,
+        });
+        assert_eq!(Cursor::decode(&c.encode()), Some(c));
+        let hex = |t: &str| t.bytes().map(|b| format!("{b:02x}")).collect::<String>();
+        let id = c.id;
+        for bad in [
+            format!("due|1|{id}|1"),
+            format!("due|1|{id}|1|2"),
+            format!("due|1|{id}|1|2|x"),
+            format!("due|1|{id}|1|2|3|4"),
+        ] {
+            assert_eq!(Cursor::decode(&hex(&bad)), None, "{bad}");
+        }
+        let issued = chrono::DateTime::from_timestamp_micros(1_700_000_000_000_000).expect("time");
+        assert!(!c.expired(issued + chrono::Duration::minutes(60)));
+        assert!(c.expired(issued + chrono::Duration::minutes(61)));
         for bad in ["", "zz", "abc", "7c7c7c", &"00".repeat(200)] {
             assert_eq!(Cursor::decode(bad), None, "{bad}");
         }

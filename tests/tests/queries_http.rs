@@ -280,6 +280,218 @@ async fn paging_returns_each_ticket_once(s: TestServer) {
     assert_eq!(ids(&s.get("/v1/tickets", &agent).await).len(), 8);
 }
 
+/// CONTRACT §6.1: paging returns every matching ticket exactly once even while tickets change,
+/// their sort keys included. Between pages, a ticket not yet listed moves to the part of the
+/// order already passed (it must still come), and one already listed moves to the part still
+/// ahead (it must not come again); a ticket opened meanwhile comes at most once.
+async fn paging_keeps_its_order_while_sort_keys_change(s: TestServer) {
+    let agent = s.agent("agent-1");
+    let priorities = ["low", "medium", "high", "low", "medium", "high", "none"];
+    let mut opened = Vec::new();
+    for (i, p) in priorities.iter().enumerate() {
+        let due = format!("2030-01-{:02}T00:00:00Z", i + 1);
+        opened.push(
+            s.open(
+                &agent,
+                json!({"subject": format!("t{i}"), "description": "d", "requester": "c",
+                       "priority": p, "due_at": due}),
+            )
+            .await,
+        );
+    }
+    // How each sort's key is moved toward the front or the back of the order, if it can be.
+    type Change = Option<(&'static str, Value)>;
+    let comment = || Some(("comments", json!({"body": "news"})));
+    let patch = |v: Value| Some(("", v));
+    let cases: Vec<(&str, Change, Change)> = vec![
+        ("-last_activity", comment(), None),
+        // The same through a search, which finds its tickets another way.
+        ("-last_activity&q=d", comment(), None),
+        ("last_activity", None, comment()),
+        (
+            "due",
+            patch(json!({"due_at": "2001-01-01T00:00:00Z"})),
+            patch(json!({"due_at": "2099-01-01T00:00:00Z"})),
+        ),
+        (
+            "-priority",
+            patch(json!({"priority": "urgent"})),
+            patch(json!({"priority": "none"})),
+        ),
+        ("-created", None, None),
+    ];
+    for (sort, to_front, to_back) in cases {
+        let mut seen: Vec<String> = Vec::new();
+        let mut cursor: Option<String> = None;
+        let mut at: Option<String> = None;
+        let mut late = Vec::new();
+        loop {
+            let mut path = format!("/v1/tickets?sort={sort}&limit=2");
+            if let Some(c) = &cursor {
+                path.push_str(&format!("&cursor={c}"));
+            }
+            if let Some(p) = &at {
+                path.push_str(&format!("&min_position={p}"));
+            }
+            let a = s.get(&path, &agent).await;
+            seen.extend(ids(&a));
+            let Some(c) = a.body["next_cursor"].as_str() else {
+                break;
+            };
+            cursor = Some(c.to_owned());
+            let unseen = opened.iter().find(|t| !seen.contains(t)).cloned();
+            let moves = [(unseen, &to_front), (seen.first().cloned(), &to_back)];
+            for (ticket, change) in moves {
+                let (Some(t), Some((path, body))) = (ticket, change) else {
+                    continue;
+                };
+                let a = if path.is_empty() {
+                    s.call(
+                        Method::PATCH,
+                        &format!("/v1/tickets/{t}"),
+                        Some(&agent),
+                        Some(body.clone()),
+                        &[],
+                    )
+                    .await
+                } else {
+                    s.post(&format!("/v1/tickets/{t}/{path}"), &agent, body.clone())
+                        .await
+                };
+                assert!(a.status.is_success(), "{sort}: {}", a.body);
+            }
+            let n = s
+                .post(
+                    "/v1/tickets",
+                    &agent,
+                    json!({"subject": "late", "description": "d", "requester": "c"}),
+                )
+                .await;
+            late.push(n.body["id"].as_str().expect("id").to_owned());
+            // Later than every change above: the next page waits for all of them.
+            at = n.body["position"].as_str().map(str::to_owned);
+        }
+        let unique: BTreeSet<_> = seen.iter().cloned().collect();
+        assert_eq!(
+            unique.len(),
+            seen.len(),
+            "{sort}: a ticket came twice: {seen:?}"
+        );
+        for t in &opened {
+            assert!(unique.contains(t), "{sort}: {t} never came: {seen:?}");
+        }
+        assert!(
+            unique
+                .iter()
+                .all(|t| opened.contains(t) || late.contains(t)),
+            "{sort}"
+        );
+        opened.extend(late);
+    }
+}
+
+/// The same while other clients keep changing tickets, sort keys included, as fast as they can:
+/// every walk, in every order, returns each ticket that existed when it started exactly once.
+async fn paging_is_exact_while_clients_write(s: TestServer) {
+    let agent = s.agent("agent-1");
+    let mut opened = Vec::new();
+    for i in 0..30 {
+        opened.push(
+            s.open(
+                &agent,
+                json!({"subject": format!("t{i}"), "description": "d", "requester": "c"}),
+            )
+            .await,
+        );
+    }
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let writer = |n: usize| {
+        let (agent, opened, done) = (&agent, &opened, &done);
+        let s = &s;
+        async move {
+            let priorities = ["none", "low", "medium", "high", "urgent"];
+            let mut i = n;
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                i = (i * 7 + 3) % 1_000_003;
+                let t = &opened[i % opened.len()];
+                let a = match i % 3 {
+                    0 => {
+                        s.post(
+                            &format!("/v1/tickets/{t}/comments"),
+                            agent,
+                            json!({"body": "x"}),
+                        )
+                        .await
+                    }
+                    1 => {
+                        let body = json!({"priority": priorities[i % 5]});
+                        s.call(
+                            Method::PATCH,
+                            &format!("/v1/tickets/{t}"),
+                            Some(agent),
+                            Some(body),
+                            &[],
+                        )
+                        .await
+                    }
+                    _ => {
+                        let due = format!("2030-{:02}-01T00:00:00Z", i % 12 + 1);
+                        let body = json!({"due_at": due});
+                        s.call(
+                            Method::PATCH,
+                            &format!("/v1/tickets/{t}"),
+                            Some(agent),
+                            Some(body),
+                            &[],
+                        )
+                        .await
+                    }
+                };
+                assert!(a.status.is_success(), "{}", a.body);
+            }
+        }
+    };
+    let reader = async {
+        for round in 0..3 {
+            for sort in [
+                "-last_activity",
+                "last_activity",
+                "due",
+                "-priority",
+                "-created",
+            ] {
+                let mut seen: Vec<String> = Vec::new();
+                let mut cursor: Option<String> = None;
+                loop {
+                    let mut path = format!("/v1/tickets?sort={sort}&limit=4");
+                    if let Some(c) = &cursor {
+                        path.push_str(&format!("&cursor={c}"));
+                    }
+                    let a = s.get(&path, &agent).await;
+                    seen.extend(ids(&a));
+                    match a.body["next_cursor"].as_str() {
+                        Some(c) => cursor = Some(c.to_owned()),
+                        None => break,
+                    }
+                }
+                let unique: BTreeSet<_> = seen.iter().cloned().collect();
+                assert_eq!(
+                    unique.len(),
+                    seen.len(),
+                    "round {round}, {sort}: twice: {seen:?}"
+                );
+                assert_eq!(
+                    unique,
+                    opened.iter().cloned().collect(),
+                    "round {round}, {sort}"
+                );
+            }
+        }
+        done.store(true, std::sync::atomic::Ordering::Relaxed);
+    };
+    tokio::join!(reader, writer(1), writer(2));
+}
+
 async fn bad_parameters_are_400(s: TestServer) {
     let agent = s.agent("agent-1");
     for _ in 0..2 {
@@ -1185,6 +1397,8 @@ http_both_backends!(
     list_visibility_by_role,
     list_filters_and_sorts,
     paging_returns_each_ticket_once,
+    paging_keeps_its_order_while_sort_keys_change,
+    paging_is_exact_while_clients_write,
     bad_parameters_are_400,
     one_ticket_with_etag_and_min_position,
 );

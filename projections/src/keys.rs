@@ -1,0 +1,179 @@
+//! What keeps a paging session's order while tickets change (CONTRACT §6.1: paging "returns
+//! every matching ticket exactly once even while tickets change").
+//!
+//! A first page is read at a position of the `tickets` projection, its *snapshot*, which the
+//! cursor carries on. Every later page orders tickets by their sort keys as they stood at the
+//! snapshot, a total order that no later change moves, so a walk through it meets each ticket
+//! once. A ticket whose row is still at or before the snapshot has those keys in its row. For
+//! one changed since, each `tickets` row keeps its recent changes of a sort key (`recent_keys`,
+//! migrations 0009/0007): the keys before its first change after the snapshot are the keys it
+//! had then. A ticket opened after the snapshot takes the keys it was opened with.
+
+use serde::{Deserialize, Serialize};
+
+use ticketd_commands::{Position, StoreError};
+use ticketd_domain::Ticket;
+
+use crate::tickets::{due_sort, priority_rank, Sort};
+use crate::{micros, tx_i64};
+
+/// How long a cursor keeps its first page's order; an older one is refused.
+pub const CURSOR_TTL_MICROS: i64 = 3_600 * 1_000_000;
+
+/// How far back from a ticket's latest event its changes are kept: a cursor's lifetime, and as
+/// long again for clocks and commit order (an event committed after a snapshot may have been
+/// recorded a little before it).
+const KEPT_MICROS: i64 = 2 * CURSOR_TTL_MICROS;
+
+/// At most this many changes are kept per ticket. Only a ticket changed more often than this
+/// within one paging session can leave its first page's order (and come twice or not at all).
+const KEPT_MAX: usize = 500;
+
+/// Where a paging session started: a position of the `tickets` projection, and when (for the
+/// cursor's lifetime).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Snapshot {
+    pub tx: i64,
+    pub seq: i64,
+    /// Microseconds since the Unix epoch.
+    pub issued: i64,
+}
+
+/// The sort keys that change: last activity, due, priority rank.
+pub(crate) type Keys = [i64; 3];
+
+pub(crate) fn keys(t: &Ticket) -> Keys {
+    [
+        micros(t.last_activity_at),
+        due_sort(t),
+        priority_rank(t.priority),
+    ]
+}
+
+/// One change of a ticket's sort keys: the position of its event, when that was recorded, and
+/// the keys before it. A JSON array `[tx, seq, recorded_at, last_activity_at, due_sort,
+/// priority_rank]`, as the migration documents.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct KeyChange(i64, i64, i64, i64, i64, i64);
+
+/// A ticket's recent changes of its sort keys, oldest first.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub(crate) struct RecentKeys(Vec<KeyChange>);
+
+impl RecentKeys {
+    pub(crate) fn parse(json: &str) -> Result<RecentKeys, StoreError> {
+        serde_json::from_str(json)
+            .map_err(|e| StoreError::Corrupt(format!("a tickets row's recent_keys: {e}")))
+    }
+
+    pub(crate) fn to_json(&self) -> Result<String, StoreError> {
+        serde_json::to_string(self)
+            .map_err(|e| StoreError::Corrupt(format!("recent_keys to JSON: {e}")))
+    }
+
+    /// The event at `at`, recorded at `recorded`, took the ticket's keys from `before` to
+    /// `after`. Changes no live cursor can need are forgotten, by the event's own time, so a
+    /// rebuild keeps exactly what the live projection keeps.
+    pub(crate) fn note(
+        &mut self,
+        before: Keys,
+        after: Keys,
+        at: Position,
+        recorded: i64,
+    ) -> Result<(), StoreError> {
+        if before != after {
+            let (tx, seq) = tx_i64(at)?;
+            self.0.push(KeyChange(
+                tx, seq, recorded, before[0], before[1], before[2],
+            ));
+        }
+        let horizon = recorded.saturating_sub(KEPT_MICROS);
+        self.0.retain(|c| c.2 >= horizon);
+        if self.0.len() > KEPT_MAX {
+            let extra = self.0.len() - KEPT_MAX;
+            self.0.drain(..extra);
+        }
+        Ok(())
+    }
+
+    /// `sort`'s key as it stood at `snapshot`, given the key now.
+    pub(crate) fn key_at(&self, sort: Sort, now: i64, snapshot: &Snapshot) -> i64 {
+        let first_after = self
+            .0
+            .iter()
+            .find(|c| (c.0, c.1) > (snapshot.tx, snapshot.seq));
+        match (first_after, sort) {
+            (None, _) | (_, Sort::Created | Sort::CreatedDesc) => now,
+            (Some(c), Sort::LastActivity | Sort::LastActivityDesc) => c.3,
+            (Some(c), Sort::Due) => c.4,
+            (Some(c), Sort::PriorityDesc) => c.5,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(seq: u64) -> Position {
+        Position { tx: seq, seq }
+    }
+
+    fn snap(seq: i64) -> Snapshot {
+        Snapshot {
+            tx: seq,
+            seq,
+            issued: 0,
+        }
+    }
+
+    #[test]
+    fn the_keys_at_a_snapshot_are_those_before_the_first_change_after_it() {
+        let mut r = RecentKeys::default();
+        r.note([10, 100, 1], [20, 100, 1], at(5), 20).expect("note");
+        r.note([20, 100, 1], [20, 100, 1], at(6), 21).expect("note");
+        r.note([20, 100, 1], [30, 50, 4], at(7), 30).expect("note");
+        assert_eq!(r.0.len(), 2, "a change that changes no key is not kept");
+        let now = [30, 50, 4];
+        let key = |sort: Sort, snapshot: i64| {
+            let current = match sort {
+                Sort::Due => now[1],
+                Sort::PriorityDesc => now[2],
+                Sort::Created | Sort::CreatedDesc => 1,
+                _ => now[0],
+            };
+            r.key_at(sort, current, &snap(snapshot))
+        };
+        assert_eq!(key(Sort::LastActivityDesc, 4), 10);
+        assert_eq!(key(Sort::LastActivityDesc, 5), 20);
+        assert_eq!(key(Sort::LastActivity, 6), 20);
+        assert_eq!(key(Sort::LastActivity, 7), 30);
+        assert_eq!(key(Sort::Due, 4), 100);
+        assert_eq!(key(Sort::PriorityDesc, 6), 1);
+        assert_eq!(key(Sort::PriorityDesc, 9), 4);
+        assert_eq!(key(Sort::Created, 4), 1);
+        let json = r.to_json().expect("json");
+        assert_eq!(json, "[[5,5,20,10,100,1],[7,7,30,20,100,1]]");
+        assert_eq!(RecentKeys::parse(&json).expect("parse"), r);
+        assert!(RecentKeys::parse("{").is_err());
+    }
+
+    #[test]
+    fn old_and_surplus_changes_are_forgotten() {
+        let mut r = RecentKeys::default();
+        r.note([1, 0, 0], [2, 0, 0], at(1), 0).expect("note");
+        r.note([2, 0, 0], [3, 0, 0], at(2), KEPT_MICROS)
+            .expect("note");
+        assert_eq!(r.0.len(), 2, "exactly at the horizon: kept");
+        r.note([3, 0, 0], [3, 0, 0], at(3), KEPT_MICROS + 1)
+            .expect("note");
+        assert_eq!(r.0, vec![KeyChange(2, 2, KEPT_MICROS, 2, 0, 0)]);
+        for i in 0..(KEPT_MAX as i64 + 10) {
+            r.note([i, 0, 0], [i + 1, 0, 0], at(10 + i as u64), KEPT_MICROS + 2)
+                .expect("note");
+        }
+        assert_eq!(r.0.len(), KEPT_MAX);
+        assert_eq!(r.0[KEPT_MAX - 1].3, KEPT_MAX as i64 + 9, "the newest kept");
+    }
+}
