@@ -965,9 +965,9 @@ enum Part {
     /// A page by the keys of now (a cursor without a snapshot): each row's state.
     Plain,
     /// The page among tickets whose row is at or before the snapshot `(tx, seq)`, whose keys
-    /// are still the snapshot's: each row's state.
+    /// are still the snapshot's: each row's state, and two NULLs (see `Part::Changed`).
     Unchanged(i64, i64),
-    /// Every ticket changed since the snapshot, unordered: id, key now, and recent keys.
+    /// Every ticket changed since the snapshot, unordered: state, key now, and recent keys.
     Changed(i64, i64),
 }
 
@@ -1141,16 +1141,16 @@ fn list_sql(q: &ListQuery, text: TextQuery, plan: TextPlan, part: Part) -> (Stri
             binds.extend([Bind::I64(tx), Bind::I64(seq)]);
             with_binds.extend(binds);
             return (
-                format!("{with}SELECT id, {col}, recent_keys{sql}"),
+                format!("{with}SELECT state, {col}, recent_keys{sql}"),
                 with_binds,
             );
         }
         Part::First | Part::Plain => {}
     }
-    let checkpoint = if part == Part::First {
-        CHECKPOINT_COLUMNS
-    } else {
-        ""
+    let checkpoint = match part {
+        Part::First => CHECKPOINT_COLUMNS,
+        Part::Unchanged(..) => ", CAST(NULL AS bigint), CAST(NULL AS text)",
+        _ => "",
     };
     let (cmp, dir) = if q.sort.descending() {
         ("<", "DESC")
@@ -1342,10 +1342,9 @@ struct SessionPage {
 
 impl SessionPage {
     /// The next `limit + 1` tickets after the cursor in the order of their keys at the
-    /// snapshot, each with that key. Tickets unchanged since are read in that order from the
-    /// indexes; then every ticket changed since, its key of then from `recent_keys`. In that
-    /// order, a ticket that changes between the two reads is in both (and kept once), never
-    /// in neither.
+    /// snapshot, each with that key: the page among tickets unchanged since, read in that order
+    /// from the indexes, merged with every ticket changed since, its key of then from
+    /// `recent_keys`.
     async fn read(
         &self,
         conn: &mut Conn<'_>,
@@ -1354,16 +1353,14 @@ impl SessionPage {
         plan: TextPlan,
     ) -> Result<Vec<(i64, Ticket)>, StoreError> {
         let s = self.snapshot;
-        let (sql, binds) = list_sql(q, text.clone(), plan, Part::Unchanged(s.tx, s.seq));
-        let rows: Vec<(String,)> = conn.fetch_rows_with(&sql, &binds, self.persistent).await?;
-        let mut items = rows
-            .iter()
-            .map(|r| keyed(q.sort, &r.0))
-            .collect::<Result<Vec<_>, _>>()?;
+        let (unchanged, mut binds) = list_sql(q, text.clone(), plan, Part::Unchanged(s.tx, s.seq));
         // Few tickets change within a walk: each is checked for the words, rather than all of
         // a search's matches read from the text index again.
-        let (sql, binds) = list_sql(q, text, TextPlan::Walk, Part::Changed(s.tx, s.seq));
-        let changed: Vec<(Uuid, i64, String)> =
+        let (changed, more) = list_sql(q, text, TextPlan::Walk, Part::Changed(s.tx, s.seq));
+        binds.extend(more);
+        // One statement, so one snapshot: every ticket is in exactly one of the two parts.
+        let sql = format!("SELECT * FROM ({unchanged}) a UNION ALL SELECT * FROM ({changed}) b");
+        let rows: Vec<(String, Option<i64>, Option<String>)> =
             conn.fetch_rows_with(&sql, &binds, self.persistent).await?;
         let desc = q.sort.descending();
         let order = |a: (i64, Uuid), b: (i64, Uuid)| {
@@ -1373,25 +1370,17 @@ impl SessionPage {
                 a.cmp(&b)
             }
         };
-        let listed: HashSet<Uuid> = items.iter().map(|(_, t)| t.id).collect();
-        let mut moved = Vec::new();
-        for (id, now, recent) in &changed {
-            let key = RecentKeys::parse(recent)?.key_at(q.sort, *now, &s);
-            if order(self.after, (key, *id)).is_lt() && !listed.contains(id) {
-                moved.push((key, *id));
-            }
-        }
-        moved.sort_by(|a, b| order(*a, *b));
-        moved.truncate(q.limit + 1);
-        let ids: Vec<Uuid> = moved.iter().map(|m| m.1).collect();
-        let states: HashMap<Uuid, String> = conn
-            .fetch_rows_in::<(Uuid, String)>("SELECT id, state FROM tickets WHERE id IN (…)", &ids)
-            .await?
-            .into_iter()
-            .collect();
-        for (key, id) in moved {
-            if let Some(json) = states.get(&id) {
-                items.push((key, keyed(q.sort, json)?.1));
+        let mut items = Vec::with_capacity(rows.len());
+        for (state, now, recent) in &rows {
+            let (key, t) = keyed(q.sort, state)?;
+            match (now, recent) {
+                (Some(now), Some(recent)) => {
+                    let key = RecentKeys::parse(recent)?.key_at(q.sort, *now, &s);
+                    if order(self.after, (key, t.id)).is_lt() {
+                        items.push((key, t));
+                    }
+                }
+                _ => items.push((key, t)),
             }
         }
         items.sort_by(|a, b| order((a.0, a.1.id), (b.0, b.1.id)));
