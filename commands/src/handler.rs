@@ -313,10 +313,14 @@ impl CommandHandler {
                 }
                 Err(StoreError::IdempotencyKeyTaken) => {
                     // A concurrent request with the same key won; answer as it did.
-                    return match self.replay(&actor, &options).await? {
-                        Some(outcome) => Ok(outcome),
-                        None => Err(CommandError::Contention),
-                    };
+                    if let Some(outcome) = self.replay(&actor, &options).await? {
+                        return Ok(outcome);
+                    }
+                    // The key's record is older than the window, which no longer counts it
+                    // (CONTRACT §4), and the hourly purge has not removed it yet: remove it
+                    // now, and this command runs as a new one.
+                    let since = Utc::now() - Duration::hours(IDEMPOTENCY_WINDOW_HOURS);
+                    self.store.purge_idempotency(since).await?;
                 }
                 Err(e) => return Err(e.into()),
             }

@@ -5,6 +5,7 @@
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 
+use ticketd_commands::Database;
 use ticketd_domain::Role;
 use ticketd_tests::http::TestServer;
 use ticketd_tests::http_both_backends;
@@ -1028,6 +1029,49 @@ async fn idempotency_keys_answer_repeats(s: TestServer) {
         )
         .await;
     bad.assert_problem(400, "malformed_request");
+
+    // Past 24 h a key no longer counts (§4), even while its record waits for the hourly purge.
+    let day = 25 * 3600 * 1_000_000_i64;
+    match s.store.database().expect("a SQL store") {
+        Database::Sqlite(pool) => sqlx::query("UPDATE idempotency SET created_at = created_at - ?")
+            .bind(day)
+            .execute(&pool)
+            .await
+            .map(|_| ()),
+        Database::Postgres(pool) => sqlx::query(
+            "UPDATE idempotency SET created_at = created_at - $1 * interval '1 microsecond'",
+        )
+        .bind(day)
+        .execute(&pool)
+        .await
+        .map(|_| ()),
+    }
+    .expect("age the records");
+    let c3 = s
+        .call(
+            Method::POST,
+            &format!("/v1/tickets/{id}/comments"),
+            Some(&alice),
+            Some(json!({"body": "hi"})),
+            &ckey,
+        )
+        .await;
+    assert_eq!(c3.status, StatusCode::CREATED, "{}", c3.body);
+    assert_ne!(
+        c3.body["comment_id"], c1.body["comment_id"],
+        "a new comment"
+    );
+    assert_eq!(version_of(&s, id).await, 4);
+    let c4 = s
+        .call(
+            Method::POST,
+            &format!("/v1/tickets/{id}/comments"),
+            Some(&alice),
+            Some(json!({"body": "hi"})),
+            &ckey,
+        )
+        .await;
+    assert_eq!(c4.body, c3.body, "and the key counts again from then");
 }
 
 async fn concurrent_commands_on_one_ticket_all_land(s: TestServer) {
