@@ -435,8 +435,8 @@ pub struct Summary {
     pub closed: i64,
     pub withdrawn: i64,
     pub escalated: i64,
-    /// Reopens: moves from `resolved` or `closed` back to an active status (a customer's reply
-    /// reopens to `open`).
+    /// Reopens: moves from `resolved` or `closed` back to `open` (by a customer's reply, or by
+    /// staff setting `open`), as recorded in the status-change event's `reopen` flag.
     pub reopened: i64,
     /// Each active status: its count of tickets now.
     #[schema(value_type = Object)]

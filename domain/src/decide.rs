@@ -198,15 +198,17 @@ fn decide_status(t: &Ticket, actor: &Actor, c: &ChangeStatus) -> Result<Vec<Even
         v.reason("reason", r);
     }
     v.finish()?;
-    if !actor.is_staff() && c.status != Status::Closed {
-        return Err(forbidden("customers may only close a ticket"));
-    }
+    // The current status is a no-op for anyone who may see the ticket (CONTRACT §3).
     if c.status == t.status {
         return Ok(vec![]);
     }
-    // Staff work active tickets and may reopen resolved or closed ones; customers may close a
-    // ticket in any status but withdrawn.
-    let reopen = !t.status.is_active() && c.status.is_active();
+    if !actor.is_staff() && c.status != Status::Closed {
+        return Err(forbidden("customers may only close a ticket"));
+    }
+    // Staff work active tickets and may move resolved or closed ones on; customers may close a
+    // ticket in any status but withdrawn. A reopen is a move from resolved or closed back to
+    // open (CONTRACT §6.5); to another active status it is a status change like any other.
+    let reopen = matches!(t.status, Status::Resolved | Status::Closed) && c.status == Status::Open;
     Ok(vec![Event::StatusChanged(event::StatusChanged {
         from: t.status,
         to: c.status,

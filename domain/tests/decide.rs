@@ -1101,6 +1101,10 @@ fn setting_the_current_status_is_a_no_op() {
     ticket_in(Status::Closed)
         .when(alice(), set_status(Status::Closed))
         .then_nothing();
+    // Even a status a customer may not set: nothing changes, so nothing is refused.
+    ticket_in(Status::Open)
+        .when(alice(), set_status(Status::Open))
+        .then_nothing();
 }
 
 #[test]
@@ -1118,6 +1122,11 @@ fn staff_reopening_a_resolved_ticket_counts_a_reopen() {
     ticket_in(Status::Resolved)
         .when(agent(), set_status(Status::Closed))
         .then(vec![status_changed(Status::Resolved, Status::Closed)]);
+    // Back to another active status is not a reopen (CONTRACT §6.5: "back to open").
+    let then = ticket_in(Status::Closed)
+        .when(agent(), set_status(Status::InProgress))
+        .then(vec![status_changed(Status::Closed, Status::InProgress)]);
+    assert_eq!(then.ticket_after().reopens, 0);
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -626,6 +626,10 @@ async fn status_rules_by_role(s: TestServer) {
     s.post(&path, &alice, json!({"status": "resolved"}))
         .await
         .assert_problem(403, "forbidden");
+    // The current status is a no-op for anyone who sees the ticket (§3).
+    let same = s.post(&path, &alice, json!({"status": "open"})).await;
+    assert_eq!(same.status, StatusCode::OK, "{}", same.body);
+    assert_eq!(same.body["version"], 1);
     s.post(&path, &s.agent("a"), json!({"status": "withdrawn"}))
         .await
         .assert_problem(422, "invalid_request");
