@@ -59,6 +59,17 @@ async fn visible_ticket(
     }
 }
 
+/// 404 unless `actor` may see ticket `id` now, by its own stream (through the command
+/// handler's cache, which reads the stream's tail). The feed and read-by come from the `feed`
+/// projection, which may be ahead of `tickets`: a visibility taken from `tickets` could still
+/// show a customer removed from the CC what was said after. The stream is never behind.
+async fn visible_now(app: &AppState, id: uuid::Uuid, actor: &Actor) -> Result<(), ApiError> {
+    match app.handler.load_fresh(id).await?.state {
+        Some(t) if t.visible_to(actor) => Ok(()),
+        _ => Err(DomainError::NotFound.into()),
+    }
+}
+
 fn projector(app: &AppState) -> Result<&Projector, ApiError> {
     app.projector
         .as_deref()
@@ -365,7 +376,7 @@ pub async fn feed(
     };
     let reads = projector(&app)?;
     consistent(reads, &params, feed::NAME).await?;
-    visible_ticket(&app, reads, id, &actor).await?;
+    visible_now(&app, id, &actor).await?;
     let include_private = actor.role != Role::Customer;
     let items = feed::feed(reads.database(), id, &types, include_private).await?;
     Ok(axum::Json(FeedPage { items }).into_response())
@@ -403,7 +414,7 @@ pub async fn read_by(
     only(&params, &["min_position"])?;
     let reads = projector(&app)?;
     consistent(reads, &params, feed::NAME).await?;
-    visible_ticket(&app, reads, id, &actor).await?;
+    visible_now(&app, id, &actor).await?;
     let items = feed::read_by(reads.database(), id)
         .await?
         .into_iter()

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 
+use ticketd_commands::Database;
 use ticketd_domain::Role;
 use ticketd_tests::http::TestServer;
 use ticketd_tests::http_both_backends;
@@ -490,6 +491,79 @@ async fn paging_is_exact_while_clients_write(s: TestServer) {
         done.store(true, std::sync::atomic::Ordering::Relaxed);
     };
     tokio::join!(reader, writer(1), writer(2));
+}
+
+/// The feed and read-by come from the `feed` projection; who may see them is the ticket's as
+/// of now, not as of the `tickets` read model, which may lag the feed. A customer removed from
+/// the CC reads neither, even while `tickets` still lists them (simulated by writing the old
+/// CC back into its row).
+async fn feed_visibility_does_not_wait_on_the_tickets_model(s: TestServer) {
+    let alice = s.customer("alice");
+    let bob = s.customer("bob");
+    let agent = s.agent("agent-1");
+    let id = s
+        .open(
+            &alice,
+            json!({"subject": "s", "description": "d", "cc": ["bob"]}),
+        )
+        .await;
+    assert_eq!(
+        s.get(&format!("/v1/tickets/{id}/feed"), &bob).await.status,
+        StatusCode::OK
+    );
+    let removed = s
+        .call(
+            Method::PATCH,
+            &format!("/v1/tickets/{id}"),
+            Some(&agent),
+            Some(json!({"cc": []})),
+            &[],
+        )
+        .await;
+    assert_eq!(removed.status, StatusCode::OK, "{}", removed.body);
+    let c = s
+        .post(
+            &format!("/v1/tickets/{id}/comments"),
+            &agent,
+            json!({"body": "after bob left"}),
+        )
+        .await;
+    let at = c.body["position"].as_str().expect("position").to_owned();
+    let one = s
+        .get(&format!("/v1/tickets/{id}?min_position={at}"), &agent)
+        .await;
+    assert_eq!(one.body["cc"], json!([]));
+    let db = s.store.database().expect("a SQL store");
+    let stale = "UPDATE tickets SET state = replace(state, '\"cc\":[]', '\"cc\":[\"bob\"]')";
+    let changed = match db {
+        Database::Sqlite(pool) => sqlx::query(stale)
+            .execute(&pool)
+            .await
+            .map(|r| r.rows_affected()),
+        Database::Postgres(pool) => sqlx::query(stale)
+            .execute(&pool)
+            .await
+            .map(|r| r.rows_affected()),
+    }
+    .expect("make tickets stale");
+    assert_eq!(changed, 1);
+    assert_eq!(
+        s.get(&format!("/v1/tickets/{id}"), &bob).await.status,
+        StatusCode::OK,
+        "stale"
+    );
+    for tail in ["feed", "read-by"] {
+        s.get(&format!("/v1/tickets/{id}/{tail}?min_position={at}"), &bob)
+            .await
+            .assert_problem(404, "not_found");
+        let a = s
+            .get(
+                &format!("/v1/tickets/{id}/{tail}?min_position={at}"),
+                &alice,
+            )
+            .await;
+        assert_eq!(a.status, StatusCode::OK, "{tail}: {}", a.body);
+    }
 }
 
 async fn bad_parameters_are_400(s: TestServer) {
@@ -1399,6 +1473,7 @@ http_both_backends!(
     paging_returns_each_ticket_once,
     paging_keeps_its_order_while_sort_keys_change,
     paging_is_exact_while_clients_write,
+    feed_visibility_does_not_wait_on_the_tickets_model,
     bad_parameters_are_400,
     one_ticket_with_etag_and_min_position,
 );
