@@ -100,21 +100,17 @@ impl QueryParams {
         }
     }
 
-    /// `limit`: 400 unless a whole number, 422 outside 1..=max.
+    /// `limit`: 400 unless a whole number from 1 to `max` (as `/v1/tickets` answers).
     fn limit(&self, default: usize, max: usize) -> Result<usize, ApiError> {
         let Some(raw) = self.get("limit") else {
             return Ok(default);
         };
-        let n: u64 = raw
-            .parse()
-            .map_err(|_| ApiError::malformed(format!("limit={raw:?} is not a whole number.")))?;
-        if n == 0 || n > max as u64 {
-            return Err(ApiError::invalid_field(
-                "limit",
-                format!("must be between 1 and {max}"),
-            ));
+        match raw.parse::<u64>() {
+            Ok(n) if (1..=max as u64).contains(&n) => Ok(n as usize),
+            _ => Err(ApiError::malformed(format!(
+                "limit={raw:?} must be a whole number from 1 to {max}."
+            ))),
         }
-        Ok(n as usize)
     }
 }
 
@@ -173,7 +169,7 @@ fn wants_ndjson(headers: &HeaderMap) -> bool {
         (status = 200, description = "A page; with Accept: application/x-ndjson, a stream of one AuditEvent a line",
             content((EventPage = "application/json"), (AuditEvent = "application/x-ndjson"))),
         (status = 400, body = Problem), (status = 401, body = Problem), (status = 403, body = Problem),
-        (status = 422, body = Problem), (status = 503, body = Problem)),
+        (status = 503, body = Problem)),
     security(("bearer" = [])))]
 pub async fn log(
     State(app): State<AppState>,

@@ -234,15 +234,13 @@ async fn query_parameters_are_checked(s: TestServer) {
         "limit=-1",
         "limit=1&limit=2",
         "limit=%ZZ",
+        // Out of range: 400, as on /v1/tickets (a query parameter, not a JSON body).
+        "limit=0",
+        "limit=1001",
     ] {
         s.get(&format!("/v1/audit/events?{bad}"), &token)
             .await
             .assert_problem(400, "malformed_request");
-    }
-    for bad in ["limit=0", "limit=1001"] {
-        let a = s.get(&format!("/v1/audit/events?{bad}"), &token).await;
-        a.assert_problem(422, "invalid_request");
-        assert_eq!(a.body["errors"][0]["field"], "limit");
     }
     let ok = s.get("/v1/audit/events?limit=1000&after=0-0", &token).await;
     assert_eq!(ok.status, StatusCode::OK);
