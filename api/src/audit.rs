@@ -299,7 +299,8 @@ pub async fn ticket_events(
     Ok(axum::Json(EventList { items }).into_response())
 }
 
-fn parse_time(raw: &str) -> Option<DateTime<Utc>> {
+/// An RFC 3339 time from a query parameter.
+pub(crate) fn parse_time(raw: &str) -> Option<DateTime<Utc>> {
     DateTime::parse_from_rfc3339(raw)
         .ok()
         // An unescaped `+` in a query string arrives as a space.

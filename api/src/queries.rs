@@ -466,13 +466,11 @@ fn instant(
     params
         .get(name)
         .map(|raw| {
-            chrono::DateTime::parse_from_rfc3339(raw)
-                .map(|t| t.with_timezone(&chrono::Utc))
-                .map_err(|_| {
-                    ApiError::malformed(format!(
-                        "{name}={raw:?} is not an RFC 3339 time (e.g. 2026-01-31T00:00:00Z)."
-                    ))
-                })
+            crate::audit::parse_time(raw).ok_or_else(|| {
+                ApiError::malformed(format!(
+                    "{name}={raw:?} is not an RFC 3339 time (e.g. 2026-01-31T00:00:00Z)."
+                ))
+            })
         })
         .transpose()
 }

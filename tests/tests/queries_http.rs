@@ -1441,6 +1441,15 @@ async fn analytics_summary(s: TestServer) {
         .await;
     assert_eq!(a.body["opened"], 0, "{}", a.body);
     assert_eq!(a.body["backlog"]["escalated"], 1, "the backlog is now");
+    // An offset's `+` left unescaped arrives as a space; it is read as the `+` it was.
+    let a = s
+        .get(
+            "/v1/analytics/summary?from=2999-01-01T01:00:00+01:00&to=3000-01-01T00:00:00%2B00:00",
+            &agent,
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.body);
+    assert_eq!(a.body["from"], "2999-01-01T00:00:00Z", "{}", a.body);
 
     s.get("/v1/analytics/summary", &alice)
         .await
