@@ -47,7 +47,9 @@ pub struct RebuildArgs {
     pub projections: Vec<String>,
     /// PostgreSQL: most tickets a rebuild folds in memory (about 3 kB each) before it loads
     /// them and goes on batch by batch; 0 rebuilds batch by batch throughout.
-    #[arg(long, env = "TICKETD_REBUILD_TICKETS_IN_MEMORY", default_value_t = ticketd_projections::bulk::BULK_TICKETS)]
+    /// (The flag is named as its variable, CONTRACT §8; `--tickets-in-memory` still works.)
+    #[arg(long = "rebuild-tickets-in-memory", alias = "tickets-in-memory",
+        env = "TICKETD_REBUILD_TICKETS_IN_MEMORY", default_value_t = ticketd_projections::bulk::BULK_TICKETS)]
     pub tickets_in_memory: usize,
 }
 
@@ -291,6 +293,27 @@ mod tests {
             Some(chrono::Duration::hours(1))
         );
         assert!(Cli::try_parse_from(["ticketd", "serve", "--sla", "urgent=soon"]).is_err());
+    }
+
+    /// CONTRACT §8: every setting is a variable `TICKETD_…` and a flag of the same name.
+    #[test]
+    fn every_variable_is_also_a_flag_of_its_name() {
+        let cli = Cli::command();
+        let mut seen = 0;
+        for sub in cli.get_subcommands() {
+            for arg in sub.get_arguments() {
+                let Some(env) = arg.get_env().and_then(|e| e.to_str()) else {
+                    continue;
+                };
+                let Some(name) = env.strip_prefix("TICKETD_") else {
+                    continue;
+                };
+                let flag = name.to_lowercase().replace('_', "-");
+                assert_eq!(arg.get_long(), Some(flag.as_str()), "{env}");
+                seen += 1;
+            }
+        }
+        assert!(seen >= 10, "{seen} settings");
     }
 
     #[test]

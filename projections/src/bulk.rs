@@ -45,7 +45,7 @@ use crate::{micros, tx_i64, Projection};
 /// Most tickets (streams) a pass holds in memory before it loads what it has (see the
 /// module's doc), by default: about 3 kB each across the three folds for a ticket of nine
 /// events (`ticketd rebuild` peaked at 2.8 GB resident over 1,000,000 such tickets), so about
-/// 4.5 GB at the bound. `ticketd rebuild --tickets-in-memory` sets it.
+/// 4.5 GB at the bound. `ticketd rebuild --rebuild-tickets-in-memory` sets it.
 pub const BULK_TICKETS: usize = 1_500_000;
 /// Bytes of rows gathered before they go to the database as one `COPY`.
 pub const CHUNK_BYTES: usize = 4 << 20;
