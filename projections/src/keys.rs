@@ -25,9 +25,10 @@ pub const CURSOR_TTL_MICROS: i64 = 3_600 * 1_000_000;
 /// recorded a little before it).
 const KEPT_MICROS: i64 = 2 * CURSOR_TTL_MICROS;
 
-/// At most this many changes are kept per ticket. Only a ticket changed more often than this
-/// within one paging session can leave its first page's order (and come twice or not at all).
-const KEPT_MAX: usize = 500;
+/// At most this many changes are kept per ticket (about 70 bytes each in the row). Only a
+/// ticket changed more often than this within one paging session can leave its first page's
+/// order (and come twice or not at all).
+const KEPT_MAX: usize = 100;
 
 /// Where a paging session started: a position of the `tickets` projection, and when (for the
 /// cursor's lifetime).
