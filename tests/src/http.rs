@@ -198,6 +198,11 @@ impl TestServer {
             .await
     }
 
+    pub async fn patch(&self, path: &str, token: &str, body: Value) -> Answer {
+        self.call(Method::PATCH, path, Some(token), Some(body), &[])
+            .await
+    }
+
     /// GET as a careful client does: queries are served from projections, which may lag, so
     /// unless the path names `min_position` this passes the last command position it saw
     /// (read-your-writes, CONTRACT §6). Use `call` to read without it.

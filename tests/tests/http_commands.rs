@@ -475,12 +475,10 @@ async fn control_characters_never_stall_the_projections(s: TestServer) {
     }
     let id = alice_ticket(&s).await;
     let patch = s
-        .call(
-            Method::PATCH,
+        .patch(
             &format!("/v1/tickets/{id}"),
-            Some(&agent),
-            Some(json!({"assignee": "agent\u{0}"})),
-            &[],
+            &agent,
+            json!({"assignee": "agent\u{0}"}),
         )
         .await;
     patch.assert_problem(422, "invalid_request");

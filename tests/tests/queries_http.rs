@@ -217,19 +217,20 @@ async fn list_filters_and_sorts(s: TestServer) {
     assert_eq!(due[3], none);
 }
 
+/// `n` tickets `t0…`, opened by staff for requester `c`, in order.
+async fn open_tickets(s: &TestServer, agent: &str, n: usize) -> Vec<String> {
+    let mut opened = Vec::with_capacity(n);
+    for i in 0..n {
+        let body = json!({"subject": format!("t{i}"), "description": "d", "requester": "c"});
+        opened.push(s.open(agent, body).await);
+    }
+    opened
+}
+
 /// Keyset paging returns every ticket once, also while tickets change between pages.
 async fn paging_returns_each_ticket_once(s: TestServer) {
     let agent = s.agent("agent-1");
-    let mut opened = Vec::new();
-    for i in 0..7 {
-        opened.push(
-            s.open(
-                &agent,
-                json!({"subject": format!("t{i}"), "description": "d", "requester": "c"}),
-            )
-            .await,
-        );
-    }
+    let mut opened = open_tickets(&s, &agent, 7).await;
     for sort in ["created", "-created", "-last_activity", "due", "-priority"] {
         let mut seen = Vec::new();
         let mut cursor: Option<String> = None;
@@ -347,14 +348,8 @@ async fn paging_keeps_its_order_while_sort_keys_change(s: TestServer) {
                     continue;
                 };
                 let a = if path.is_empty() {
-                    s.call(
-                        Method::PATCH,
-                        &format!("/v1/tickets/{t}"),
-                        Some(&agent),
-                        Some(body.clone()),
-                        &[],
-                    )
-                    .await
+                    s.patch(&format!("/v1/tickets/{t}"), &agent, body.clone())
+                        .await
                 } else {
                     s.post(&format!("/v1/tickets/{t}/{path}"), &agent, body.clone())
                         .await
@@ -395,16 +390,7 @@ async fn paging_keeps_its_order_while_sort_keys_change(s: TestServer) {
 /// every walk, in every order, returns each ticket that existed when it started exactly once.
 async fn paging_is_exact_while_clients_write(s: TestServer) {
     let agent = s.agent("agent-1");
-    let mut opened = Vec::new();
-    for i in 0..30 {
-        opened.push(
-            s.open(
-                &agent,
-                json!({"subject": format!("t{i}"), "description": "d", "requester": "c"}),
-            )
-            .await,
-        );
-    }
+    let opened = open_tickets(&s, &agent, 30).await;
     let done = std::sync::atomic::AtomicBool::new(false);
     let writer = |n: usize| {
         let (agent, opened, done) = (&agent, &opened, &done);
@@ -426,26 +412,12 @@ async fn paging_is_exact_while_clients_write(s: TestServer) {
                     }
                     1 => {
                         let body = json!({"priority": priorities[i % 5]});
-                        s.call(
-                            Method::PATCH,
-                            &format!("/v1/tickets/{t}"),
-                            Some(agent),
-                            Some(body),
-                            &[],
-                        )
-                        .await
+                        s.patch(&format!("/v1/tickets/{t}"), agent, body).await
                     }
                     _ => {
                         let due = format!("2030-{:02}-01T00:00:00Z", i % 12 + 1);
-                        let body = json!({"due_at": due});
-                        s.call(
-                            Method::PATCH,
-                            &format!("/v1/tickets/{t}"),
-                            Some(agent),
-                            Some(body),
-                            &[],
-                        )
-                        .await
+                        s.patch(&format!("/v1/tickets/{t}"), agent, json!({"due_at": due}))
+                            .await
                     }
                 };
                 assert!(a.status.is_success(), "{}", a.body);
@@ -512,13 +484,7 @@ async fn feed_visibility_does_not_wait_on_the_tickets_model(s: TestServer) {
         StatusCode::OK
     );
     let removed = s
-        .call(
-            Method::PATCH,
-            &format!("/v1/tickets/{id}"),
-            Some(&agent),
-            Some(json!({"cc": []})),
-            &[],
-        )
+        .patch(&format!("/v1/tickets/{id}"), &agent, json!({"cc": []}))
         .await;
     assert_eq!(removed.status, StatusCode::OK, "{}", removed.body);
     let c = s
