@@ -19,7 +19,7 @@ use crate::extract::double_option;
 pub struct OpenTicketBody {
     /// 1–200 characters after trimming; stored trimmed.
     pub subject: String,
-    /// 1–20 000 characters.
+    /// 1–20 000 characters, not all whitespace.
     pub description: String,
     pub priority: Option<Priority>,
     /// Defaults to `web`.
@@ -62,7 +62,7 @@ impl From<OpenTicketBody> for OpenTicket {
 #[derive(Debug, Clone, Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CommentBody {
-    /// 1–20 000 characters.
+    /// 1–20 000 characters, not all whitespace.
     pub body: String,
     /// `public` (default) or `private` (staff only).
     pub visibility: Option<Visibility>,
