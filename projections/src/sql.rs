@@ -161,43 +161,7 @@ impl Conn<'_> {
         sql: &str,
         binds: &[Bind],
     ) -> Result<Vec<Four<A, B, C, D>>, StoreError> {
-        match self {
-            Conn::Sqlite(c) => {
-                let rows = bind_all!(sqlx::query(sql), binds)
-                    .fetch_all(&mut **c)
-                    .await
-                    .map_err(unavailable)?;
-                rows.iter()
-                    .map(|r| {
-                        Ok((
-                            A::sqlite(r, 0)?,
-                            B::sqlite(r, 1)?,
-                            C::sqlite(r, 2)?,
-                            D::sqlite(r, 3)?,
-                        ))
-                    })
-                    .collect::<Result<_, sqlx::Error>>()
-                    .map_err(unavailable)
-            }
-            Conn::Postgres(c) => {
-                let sql = numbered(sql);
-                let rows = bind_all!(sqlx::query(&sql), binds)
-                    .fetch_all(&mut **c)
-                    .await
-                    .map_err(unavailable)?;
-                rows.iter()
-                    .map(|r| {
-                        Ok((
-                            A::postgres(r, 0)?,
-                            B::postgres(r, 1)?,
-                            C::postgres(r, 2)?,
-                            D::postgres(r, 3)?,
-                        ))
-                    })
-                    .collect::<Result<_, sqlx::Error>>()
-                    .map_err(unavailable)
-            }
-        }
+        self.fetch_rows(sql, binds).await
     }
 
     /// Every row, as a tuple of its columns (see [`Columns`]).
@@ -285,27 +249,8 @@ impl Conn<'_> {
         binds: &[Bind],
         persistent: bool,
     ) -> Result<Vec<T>, StoreError> {
-        match self {
-            Conn::Sqlite(c) => {
-                let rows = bind_all!(sqlx::query(sql), binds)
-                    .fetch_all(&mut **c)
-                    .await
-                    .map_err(unavailable)?;
-                rows.iter()
-                    .map(|r| T::sqlite(r, 0).map_err(unavailable))
-                    .collect()
-            }
-            Conn::Postgres(c) => {
-                let sql = numbered(sql);
-                let rows = bind_all!(sqlx::query(&sql).persistent(persistent), binds)
-                    .fetch_all(&mut **c)
-                    .await
-                    .map_err(unavailable)?;
-                rows.iter()
-                    .map(|r| T::postgres(r, 0).map_err(unavailable))
-                    .collect()
-            }
-        }
+        let rows: Vec<(T,)> = self.fetch_rows_with(sql, binds, persistent).await?;
+        Ok(rows.into_iter().map(|(v,)| v).collect())
     }
 
     /// The first two columns of every row.
@@ -314,29 +259,7 @@ impl Conn<'_> {
         sql: &str,
         binds: &[Bind],
     ) -> Result<Vec<(A, B)>, StoreError> {
-        match self {
-            Conn::Sqlite(c) => {
-                let rows = bind_all!(sqlx::query(sql), binds)
-                    .fetch_all(&mut **c)
-                    .await
-                    .map_err(unavailable)?;
-                rows.iter()
-                    .map(|r| Ok((A::sqlite(r, 0)?, B::sqlite(r, 1)?)))
-                    .collect::<Result<_, sqlx::Error>>()
-                    .map_err(unavailable)
-            }
-            Conn::Postgres(c) => {
-                let sql = numbered(sql);
-                let rows = bind_all!(sqlx::query(&sql), binds)
-                    .fetch_all(&mut **c)
-                    .await
-                    .map_err(unavailable)?;
-                rows.iter()
-                    .map(|r| Ok((A::postgres(r, 0)?, B::postgres(r, 1)?)))
-                    .collect::<Result<_, sqlx::Error>>()
-                    .map_err(unavailable)
-            }
-        }
+        self.fetch_rows(sql, binds).await
     }
 }
 
