@@ -212,8 +212,7 @@ pub fn fold(prev: Option<Facts>, id: Uuid, r: &Recorded) -> Option<Applied> {
                 Event::Withdrawn(w) => {
                     f.status = Status::Withdrawn;
                     f.withdrawn_at = Some(at);
-                    // PostgreSQL's text refuses U+0000; the event keeps the reason as given.
-                    f.withdrawn_reason = Some(w.reason.replace('\0', "\u{FFFD}"));
+                    f.withdrawn_reason = Some(w.reason.clone());
                     kinds.push("withdrawn");
                     daily.withdrawn = 1;
                 }

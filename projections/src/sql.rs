@@ -2,6 +2,8 @@
 //! renumbered to `$n` for PostgreSQL, with values bound from a small enum. Read models use
 //! only types both backends share (integers, text, UUIDs), so their SQL need not diverge.
 
+use std::borrow::Cow;
+
 use sqlx::{PgConnection, Row, SqliteConnection};
 use uuid::Uuid;
 
@@ -44,14 +46,43 @@ pub fn unavailable(e: sqlx::Error) -> StoreError {
     StoreError::Unavailable(e.to_string())
 }
 
+/// Text as PostgreSQL can hold it: its `text` refuses U+0000, which becomes U+FFFD. Every text
+/// value sent to PostgreSQL from here goes through this (binds, multi-row arrays, `COPY`), so
+/// no event's text, however it reached the log (an older build, `ticketd import`), can fail a
+/// projection for good.
+pub fn pg_text(s: &str) -> Cow<'_, str> {
+    if s.contains('\0') {
+        Cow::Owned(s.replace('\0', "\u{FFFD}"))
+    } else {
+        Cow::Borrowed(s)
+    }
+}
+
+/// [`pg_text`] of an owned string, without a copy when there is nothing to replace.
+fn pg_text_owned(s: String) -> String {
+    match pg_text(&s) {
+        Cow::Owned(replaced) => replaced,
+        Cow::Borrowed(_) => s,
+    }
+}
+
+/// Binds every value; `text` maps each text value (identity for SQLite, [`pg_text`] for
+/// PostgreSQL).
 macro_rules! bind_all {
-    ($q:expr, $binds:expr) => {{
+    ($q:expr, $binds:expr) => {
+        bind_all!($q, $binds, |v: &str| v.to_owned())
+    };
+    ($q:expr, $binds:expr, pg) => {
+        bind_all!($q, $binds, |v: &str| pg_text(v).into_owned())
+    };
+    ($q:expr, $binds:expr, $text:expr) => {{
+        let text = $text;
         let mut q = $q;
         for b in $binds {
             q = match b {
                 Bind::I64(v) => q.bind(*v),
-                Bind::Text(v) => q.bind(v.clone()),
-                Bind::OptText(v) => q.bind(v.clone()),
+                Bind::Text(v) => q.bind(text(v)),
+                Bind::OptText(v) => q.bind(v.as_deref().map(text)),
                 Bind::OptI64(v) => q.bind(*v),
                 Bind::Uuid(v) => q.bind(*v),
             };
@@ -193,7 +224,7 @@ impl Conn<'_> {
             }
             Conn::Postgres(c) => {
                 let sql = numbered(sql);
-                let rows = bind_all!(sqlx::query(&sql).persistent(persistent), binds)
+                let rows = bind_all!(sqlx::query(&sql).persistent(persistent), binds, pg)
                     .fetch_all(&mut **c)
                     .await
                     .map_err(unavailable)?;
@@ -214,7 +245,7 @@ impl Conn<'_> {
                 .map_err(unavailable),
             Conn::Postgres(c) => {
                 let sql = numbered(sql);
-                bind_all!(sqlx::query(&sql), binds)
+                bind_all!(sqlx::query(&sql), binds, pg)
                     .execute(&mut **c)
                     .await
                     .map(|r| r.rows_affected())
@@ -411,8 +442,8 @@ fn columns(rows: Vec<Vec<Bind>>, width: usize) -> Result<Vec<ColumnValues>, Stor
             match (column, value) {
                 (ColumnValues::I64(c), Bind::I64(v)) => c.push(Some(v)),
                 (ColumnValues::I64(c), Bind::OptI64(v)) => c.push(v),
-                (ColumnValues::Text(c), Bind::Text(v)) => c.push(Some(v)),
-                (ColumnValues::Text(c), Bind::OptText(v)) => c.push(v),
+                (ColumnValues::Text(c), Bind::Text(v)) => c.push(Some(pg_text_owned(v))),
+                (ColumnValues::Text(c), Bind::OptText(v)) => c.push(v.map(pg_text_owned)),
                 (ColumnValues::Uuid(c), Bind::Uuid(v)) => c.push(v),
                 (_, value) => {
                     return Err(StoreError::Unavailable(format!(
@@ -494,7 +525,9 @@ impl CopyRows {
                 Bind::I64(v) | Bind::OptI64(Some(v)) => {
                     put_field(&mut self.bytes, &v.to_be_bytes())
                 }
-                Bind::Text(v) | Bind::OptText(Some(v)) => put_field(&mut self.bytes, v.as_bytes()),
+                Bind::Text(v) | Bind::OptText(Some(v)) => {
+                    put_field(&mut self.bytes, pg_text(v).as_bytes())
+                }
                 Bind::Uuid(v) => put_field(&mut self.bytes, v.as_bytes()),
                 Bind::OptText(None) | Bind::OptI64(None) => {
                     self.bytes.extend_from_slice(&(-1i32).to_be_bytes());
@@ -527,7 +560,7 @@ impl CopyRows {
 
 #[cfg(test)]
 mod tests {
-    use super::{columns, numbered, unnest_sql, Bind, ColumnValues, CopyRows};
+    use super::{columns, numbered, pg_text, unnest_sql, Bind, ColumnValues, CopyRows};
     use uuid::Uuid;
 
     #[test]
@@ -552,6 +585,34 @@ mod tests {
         let mixed = vec![vec![Bind::I64(1)], vec![Bind::Text("x".into())]];
         assert!(columns(mixed, 1).is_err());
         assert!(columns(vec![vec![Bind::I64(1)], vec![]], 1).is_err());
+    }
+
+    /// Every way text reaches PostgreSQL replaces U+0000 (which its `text` refuses), and only
+    /// that: binds (through `pg_text`), multi-row arrays and `COPY` rows.
+    #[test]
+    fn text_for_postgresql_has_no_nul() {
+        assert_eq!(pg_text("a\0b\0"), "a\u{FFFD}b\u{FFFD}");
+        assert!(matches!(
+            pg_text("a\tb"),
+            std::borrow::Cow::Borrowed("a\tb")
+        ));
+        let rows = vec![vec![
+            Bind::Text("x\0".into()),
+            Bind::OptText(Some("\0".into())),
+        ]];
+        let cols = columns(rows, 2).expect("columns");
+        match &cols[..] {
+            [ColumnValues::Text(a), ColumnValues::Text(b)] => {
+                assert_eq!(a, &vec![Some("x\u{FFFD}".to_owned())]);
+                assert_eq!(b, &vec![Some("\u{FFFD}".to_owned())]);
+            }
+            _ => panic!("two text columns"),
+        }
+        let mut copy = CopyRows::default();
+        copy.push(&[Bind::Text("a\0".into())]).expect("row");
+        let mut want = vec![0, 1, 0, 0, 0, 4];
+        want.extend_from_slice("a\u{FFFD}".as_bytes());
+        assert_eq!(copy.take(), want);
     }
 
     #[test]

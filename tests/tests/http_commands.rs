@@ -5,8 +5,9 @@
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 
-use ticketd_commands::Database;
-use ticketd_domain::Role;
+use ticketd_commands::{AppendRequest, Database, NewEvent};
+use ticketd_domain::event;
+use ticketd_domain::{Actor, Channel, Event, Metadata, Priority, Role, ZERO_HASH};
 use ticketd_tests::http::TestServer;
 use ticketd_tests::http_both_backends;
 
@@ -528,6 +529,79 @@ async fn control_characters_never_stall_the_projections(s: TestServer) {
     s.get("/v1/analytics/summary?org=a%00b", &agent)
         .await
         .assert_problem(400, "malformed_request");
+}
+
+/// History the edges now refuse (written by an older build, or brought in by `ticketd import`)
+/// never stops a projection either: PostgreSQL's text gets U+FFFD for U+0000, in every column.
+async fn logged_control_characters_never_stall_the_projections(s: TestServer) {
+    let id = uuid::Uuid::now_v7();
+    let actor = Actor {
+        id: "ag\u{0}ent".into(),
+        name: Some("N\u{0}ame".into()),
+        role: Role::Agent,
+        org: None,
+        org_wide: false,
+    };
+    let metadata = Metadata {
+        actor,
+        correlation_id: None,
+        causation_id: None,
+        idempotency_key: None,
+    }
+    .encode()
+    .expect("metadata");
+    let opened = Event::Opened(event::Opened {
+        ticket_id: id,
+        number: s.store.next_ticket_number().await.expect("number"),
+        subject: "s".into(),
+        description: "d".into(),
+        priority: Priority::None,
+        channel: Channel::Web,
+        requester: "re\u{0}q".into(),
+        requester_name: None,
+        org: Some("o\u{0}rg".into()),
+        cc: vec!["c\u{0}c".into()],
+        fields: Default::default(),
+        due_at: None,
+        contact_email: None,
+    });
+    let read = Event::Read(event::Read {});
+    let events = [opened, read]
+        .iter()
+        .map(|e| NewEvent {
+            event_id: uuid::Uuid::now_v7(),
+            event_type: e.type_name().to_owned(),
+            schema_version: e.schema_version(),
+            recorded_at: chrono::Utc::now(),
+            metadata: metadata.clone(),
+            payload: e.encode().expect("encode"),
+        })
+        .collect();
+    let appended = s
+        .store
+        .append(AppendRequest {
+            stream_id: id,
+            expected_version: 0,
+            prev_hash: ZERO_HASH,
+            events,
+            idempotency: None,
+        })
+        .await
+        .expect("append");
+    let at = appended.events.last().expect("events").position;
+    let agent = s.agent("agent-1");
+    for path in [
+        format!("/v1/tickets/{id}?min_position={at}"),
+        format!("/v1/tickets/{id}/feed?types=read&min_position={at}"),
+        format!("/v1/tickets/{id}/read-by?min_position={at}"),
+        format!("/v1/analytics/summary?min_position={at}"),
+    ] {
+        let a = s.get(&path, &agent).await;
+        assert_eq!(a.status, StatusCode::OK, "{path}: {}", a.body);
+    }
+    // The ticket as the read model holds it: its JSON keeps the U+0000, escaped.
+    let one = s.get(&format!("/v1/tickets/{id}"), &agent).await;
+    assert_eq!(one.body["requester"], "re\u{0}q");
 }
 
 async fn first_position(s: &TestServer, id: &str) -> String {
@@ -1165,4 +1239,5 @@ http_both_backends!(
     idempotency_keys_answer_repeats,
     concurrent_commands_on_one_ticket_all_land,
     control_characters_never_stall_the_projections,
+    logged_control_characters_never_stall_the_projections,
 );
