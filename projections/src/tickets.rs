@@ -258,15 +258,13 @@ impl Projection for TicketsProjection {
         let mut rows = Vec::with_capacity(order.len());
         let mut members = Vec::new();
         for id in &order {
-            let (Some(t), Some(event)) = (states.get(id), last.get(id)) else {
+            // Every ticket in `order` was folded, so it has all three.
+            let (Some(t), Some(event), Some(recent)) =
+                (states.get(id), last.get(id), recent.get(id))
+            else {
                 continue;
             };
-            let none = RecentKeys::default();
-            rows.push(ticket_binds(
-                t,
-                event.position,
-                recent.get(id).unwrap_or(&none),
-            )?);
+            rows.push(ticket_binds(t, event.position, recent)?);
             if cc.contains(id) {
                 members.extend(
                     t.cc.iter()
