@@ -576,6 +576,23 @@ async fn bad_parameters_are_400(s: TestServer) {
         let a = s.get(&format!("/v1/tickets?{q}"), &agent).await;
         a.assert_problem(400, "malformed_request");
     }
+    // A cursor lasts an hour: one issued at the epoch has expired.
+    let hex = |t: &str| t.bytes().map(|b| format!("{b:02x}")).collect::<String>();
+    let nil = uuid::Uuid::nil();
+    let expired = hex(&format!("-last_activity|0|{nil}|1|1|0"));
+    s.get(&format!("/v1/tickets?cursor={expired}"), &agent)
+        .await
+        .assert_problem(400, "malformed_request");
+    // A cursor from before walks kept their order (no snapshot) still pages, by the keys of now.
+    let old = hex(&format!("created|0|{nil}"));
+    let a = s
+        .get(
+            &format!("/v1/tickets?sort=created&limit=1&cursor={old}"),
+            &agent,
+        )
+        .await;
+    assert_eq!(ids(&a).len(), 1, "{}", a.body);
+    assert!(a.body["next_cursor"].is_string());
     let a = s.call(Method::GET, "/v1/tickets", None, None, &[]).await;
     a.assert_problem(401, "unauthorized");
     let ticket = created.body["items"][0]["id"].as_str().expect("id");
