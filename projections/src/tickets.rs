@@ -1445,6 +1445,12 @@ mod tests {
         assert_eq!(fts_rowid(1, 1 << 31, false), None);
     }
 
+    /// The first page's snapshot is this projection's own checkpoint.
+    #[test]
+    fn a_first_page_reads_the_tickets_checkpoint() {
+        assert_eq!(CHECKPOINT_COLUMNS.matches(&format!("c.name = '{NAME}'")).count(), 2);
+    }
+
     #[test]
     fn cursors_round_trip_and_reject_garbage() {
         let mut c = Cursor {
