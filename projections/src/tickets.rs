@@ -1448,7 +1448,12 @@ mod tests {
     /// The first page's snapshot is this projection's own checkpoint.
     #[test]
     fn a_first_page_reads_the_tickets_checkpoint() {
-        assert_eq!(CHECKPOINT_COLUMNS.matches(&format!("c.name = '{NAME}'")).count(), 2);
+        assert_eq!(
+            CHECKPOINT_COLUMNS
+                .matches(&format!("c.name = '{NAME}'"))
+                .count(),
+            2
+        );
     }
 
     #[test]
