@@ -5,7 +5,7 @@
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 
-use ticketd_commands::{AppendRequest, Database, NewEvent};
+use ticketd_commands::{Database, NewEvent};
 use ticketd_domain::event;
 use ticketd_domain::{Actor, Channel, Event, Metadata, Priority, Role, ZERO_HASH};
 use ticketd_tests::http::TestServer;
@@ -579,13 +579,7 @@ async fn logged_control_characters_never_stall_the_projections(s: TestServer) {
         .collect();
     let appended = s
         .store
-        .append(AppendRequest {
-            stream_id: id,
-            expected_version: 0,
-            prev_hash: ZERO_HASH,
-            events,
-            idempotency: None,
-        })
+        .append(ticketd_tests::request(id, 0, ZERO_HASH, events))
         .await
         .expect("append");
     let at = appended.events.last().expect("events").position;
