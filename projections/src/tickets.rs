@@ -152,7 +152,7 @@ fn ticket_binds(t: &Ticket, at: Position, recent: &RecentKeys) -> Result<Vec<Bin
         Bind::I64(tx),
         Bind::I64(seq),
         Bind::Text(json),
-        Bind::Text(recent.to_json()?),
+        Bind::Text(recent.encode()),
     ])
 }
 
