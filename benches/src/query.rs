@@ -46,7 +46,8 @@ struct Args {
     customers: u64,
     #[arg(long, default_value_t = 200)]
     orgs: u64,
-    /// Run only this kind of query (overdue, list, page2, search, search_customer).
+    /// Run only this kind of query (overdue, list, page2, search, search_customer, or
+    /// search_page2: an agent search's second page, which the mix leaves out).
     #[arg(long)]
     only: Option<String>,
 }
@@ -92,6 +93,34 @@ struct Kind {
     errors: u64,
 }
 
+/// A search for two common words, as an agent types it.
+fn two_words(rng: &mut Rng) -> String {
+    format!(
+        "{}%20{}",
+        THINGS[rng.below(THINGS.len() as u64) as usize],
+        TROUBLES[rng.below(TROUBLES.len() as u64) as usize]
+    )
+}
+
+/// The path of the page after the first of `query` (read now, not timed), if there is one.
+async fn next_page(
+    http: &reqwest::Client,
+    base: &str,
+    query: &str,
+    who: &str,
+) -> anyhow::Result<Option<String>> {
+    let first = http
+        .get(format!("{base}/v1/tickets?{query}"))
+        .bearer_auth(who)
+        .send()
+        .await?
+        .json::<Value>()
+        .await?;
+    Ok(first["next_cursor"]
+        .as_str()
+        .map(|c| format!("/v1/tickets?{query}&cursor={c}")))
+}
+
 async fn client(
     id: usize,
     args: Args,
@@ -115,6 +144,7 @@ async fn client(
             Some("list") => 1,
             Some("page2") => 2,
             Some("search") => 3,
+            Some("search_page2") => 5,
             Some(_) => 4,
         };
         let (kind, path, who) = match pick {
@@ -134,34 +164,23 @@ async fn client(
             }
             2 => {
                 let q = LISTS[rng.below(LISTS.len() as u64) as usize];
-                let first = http
-                    .get(format!("{base}/v1/tickets?{q}&limit=50"))
-                    .bearer_auth(&agent)
-                    .send()
-                    .await?
-                    .json::<Value>()
-                    .await?;
-                match first["next_cursor"].as_str() {
-                    Some(c) => (
-                        "page2",
-                        format!("/v1/tickets?{q}&limit=50&cursor={c}"),
-                        agent.clone(),
-                    ),
+                match next_page(&http, base, &format!("{q}&limit=50"), &agent).await? {
+                    Some(path) => ("page2", path, agent.clone()),
                     None => continue,
                 }
             }
-            3 => {
-                let q = format!(
-                    "{}%20{}",
-                    THINGS[rng.below(THINGS.len() as u64) as usize],
-                    TROUBLES[rng.below(TROUBLES.len() as u64) as usize]
-                );
-                (
-                    "search",
-                    format!("/v1/tickets?q={q}&limit=50"),
-                    agent.clone(),
-                )
+            5 => {
+                let q = format!("q={}&limit=50", two_words(&mut rng));
+                match next_page(&http, base, &q, &agent).await? {
+                    Some(path) => ("search_page2", path, agent.clone()),
+                    None => continue,
+                }
             }
+            3 => (
+                "search",
+                format!("/v1/tickets?q={}&limit=50", two_words(&mut rng)),
+                agent.clone(),
+            ),
             _ => {
                 let c = rng.below(args.customers);
                 let org = format!("org-{}", c % args.orgs);
@@ -201,8 +220,16 @@ async fn main() -> anyhow::Result<()> {
         bail!("--clients must be at least 1");
     }
     if let Some(k) = &args.only {
-        if !["overdue", "list", "page2", "search", "search_customer"].contains(&k.as_str()) {
-            bail!("--only takes overdue, list, page2, search or search_customer, not {k:?}");
+        let kinds = [
+            "overdue",
+            "list",
+            "page2",
+            "search",
+            "search_customer",
+            "search_page2",
+        ];
+        if !kinds.contains(&k.as_str()) {
+            bail!("--only takes one of {kinds:?}, not {k:?}");
         }
     }
     let secret = secret(args.jwt_secret.as_deref(), &args.secret_file)?;
