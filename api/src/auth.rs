@@ -34,7 +34,8 @@ struct Claims {
     org: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     org_wide: Option<bool>,
-    exp: u64,
+    /// Any JSON number (CONTRACT §1; RFC 7519 allows fractions); `Validation` checks it.
+    exp: serde_json::Number,
 }
 
 /// Verifies and mints tokens with one HS256 secret.
@@ -161,7 +162,7 @@ impl Auth {
             role: role.as_str().to_owned(),
             org: org.map(str::to_owned),
             org_wide: org_wide.then_some(true),
-            exp: (now + ttl).as_secs(),
+            exp: (now + ttl).as_secs().into(),
         };
         jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
             .context("signing the token")
@@ -307,6 +308,27 @@ mod tests {
         assert_eq!(actor.role, Role::Customer);
         assert_eq!(actor.org.as_deref(), Some("acme"));
         assert!(actor.org_wide);
+    }
+
+    #[test]
+    fn exp_may_be_any_json_number() {
+        // CONTRACT §1 types `exp` as a number, and RFC 7519 allows fractions: portals often
+        // send `Date.now() / 1000 + 3600`.
+        let a = auth();
+        let later = exp() as f64 + 0.5;
+        for exp in [serde_json::json!(later), serde_json::json!(exp() as f64)] {
+            let t = sign(
+                serde_json::json!({"sub": "a", "role": "agent", "exp": exp}),
+                Algorithm::HS256,
+            );
+            assert_eq!(a.verify(&t).expect("a fractional exp").id, "a");
+        }
+        let past = sign(
+            serde_json::json!({"sub": "a", "role": "agent", "exp": 1.5}),
+            Algorithm::HS256,
+        );
+        let e = a.verify(&past).expect_err("expired");
+        assert!(e.to_string().contains("expired"), "{e}");
     }
 
     #[test]
