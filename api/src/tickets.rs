@@ -1,6 +1,7 @@
 //! The ticket commands of CONTRACT §4 (reads are in crate::queries).
 
-use axum::extract::State;
+use axum::extract::{FromRequestParts, State};
+use axum::http::request::Parts;
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{patch, post};
@@ -81,6 +82,23 @@ fn ticket_answer(out: &Outcome) -> TicketWithPosition {
     }
 }
 
+/// Who opens a ticket: the token's user or, with public submission on, the public form (`None`).
+/// Without either it is a 401 before the body is read, as on every other command (§1).
+pub struct Opener(Option<Actor>);
+
+impl FromRequestParts<AppState> for Opener {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, app: &AppState) -> Result<Self, ApiError> {
+        match OptionalCaller::from_request_parts(parts, app).await?.0 {
+            None if !app.public_submission => Err(ApiError::unauthorized(
+                "This request needs Authorization: Bearer <token>.",
+            )),
+            actor => Ok(Opener(actor)),
+        }
+    }
+}
+
 /// Open a ticket (§4.1). With `TICKETD_PUBLIC_SUBMISSION=true`, a request with no token may
 /// open one by giving `contact_email`.
 #[utoipa::path(post, path = "/v1/tickets", tag = "tickets",
@@ -94,13 +112,13 @@ fn ticket_answer(out: &Outcome) -> TicketWithPosition {
     security((), ("bearer" = [])))]
 pub async fn open(
     State(app): State<AppState>,
-    caller: OptionalCaller,
+    opener: Opener,
     key: IdempotencyKey,
     Json(body): Json<OpenTicketBody>,
 ) -> Result<Response, ApiError> {
-    let (actor, public) = match caller.0 {
+    let (actor, public) = match opener.0 {
         Some(actor) => (actor, false),
-        None if app.public_submission => {
+        None => {
             // The anonymous form's submitter is known only by the address they gave; keys are
             // scoped to it so one submitter cannot replay another's answer.
             let email = body.contact_email.clone().unwrap_or_default();
@@ -113,7 +131,6 @@ pub async fn open(
             };
             (actor, true)
         }
-        None => return Err(ApiError::unauthorized("this request needs a bearer token")),
     };
     let options = options("open", None, &body, IfMatch(None), key);
     let out = app.handler.open(actor, body.into(), options).await?;

@@ -253,16 +253,24 @@ async fn answer(r: reqwest::Response) -> Answer {
     }
 }
 
-/// Runs each named `async fn case(server: TestServer)` as two tests, one per backend.
+/// Runs each named `async fn case(server: TestServer)` as two tests, one per backend; with
+/// `public_submission:` first, on servers that take tickets from the public form.
 #[macro_export]
 macro_rules! http_both_backends {
+    (public_submission: $($case:ident),+ $(,)?) => {
+        $crate::http_both_backends!(@servers true; $($case),+);
+    };
     ($($case:ident),+ $(,)?) => {
+        $crate::http_both_backends!(@servers false; $($case),+);
+    };
+    (@servers $public:expr; $($case:ident),+) => {
         mod sqlite {
             $(
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $case() {
                     let t = $crate::sqlite_store().await;
-                    let server = $crate::http::TestServer::start(t.store.clone()).await;
+                    let server =
+                        $crate::http::TestServer::start_with(t.store.clone(), $public).await;
                     super::$case(server).await;
                 }
             )+
@@ -272,7 +280,8 @@ macro_rules! http_both_backends {
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $case() {
                     if let Some(t) = $crate::postgres_store(8).await {
-                        let server = $crate::http::TestServer::start(t.store.clone()).await;
+                        let server =
+                            $crate::http::TestServer::start_with(t.store.clone(), $public).await;
                         super::$case(server).await;
                     }
                 }

@@ -218,6 +218,35 @@ async fn tokens_are_checked(s: TestServer) {
         .await;
     basic.assert_problem(401, "unauthorized");
     assert_eq!(version_of(&s, &id).await, 1, "nothing appended");
+    // CONTRACT §1 types `exp` as a number; a fraction is one (RFC 7519 allows it).
+    let fractional =
+        signed(json!({"sub": "alice", "role": "customer", "org": "acme", "exp": exp as f64 + 0.5}));
+    let a = s
+        .call(Method::GET, &path, Some(&fractional), None, &[])
+        .await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.body);
+    // Without a token, and no public form, opening is a 401 whatever the body and headers: the
+    // token is checked first, as on every other command.
+    let json_ct = Some("application/json");
+    for (ct, body) in [
+        (Some("text/plain"), b"x".to_vec()),
+        (json_ct, b"{".to_vec()),
+        (json_ct, b"{}".to_vec()),
+        (None, Vec::new()),
+    ] {
+        s.raw(Method::POST, "/v1/tickets", None, ct, body)
+            .await
+            .assert_problem(401, "unauthorized");
+    }
+    s.call(
+        Method::POST,
+        "/v1/tickets",
+        None,
+        Some(ticket_body()),
+        &[("idempotency-key", "")],
+    )
+    .await
+    .assert_problem(401, "unauthorized");
 }
 
 /// Base64url without padding, enough to forge token parts.
