@@ -278,6 +278,10 @@ impl CommandHandler {
                         refreshed = true;
                         continue;
                     }
+                    // A command that fails on the ticket as it is answers that failure, not
+                    // 412 (RFC 9110 §13.2.1; CONTRACT §3: on a withdrawn ticket every command
+                    // answers 409): a client re-reading for a new version would fail anyway.
+                    decide(&loaded.state, &cmd, &self.sla)?;
                     return Err(CommandError::VersionMismatch {
                         expected,
                         current: loaded.version,

@@ -1021,6 +1021,61 @@ async fn if_match_guards_versions(s: TestServer) {
         .await;
     garbage.assert_problem(400, "malformed_request");
     assert_eq!(version_of(&s, &id).await, 2);
+    // A command that would fail on the ticket as it is answers that, not 412 (RFC 9110
+    // §13.2.1): re-reading for the new version would not help the client.
+    let stale = [("if-match", "\"1\"")];
+    let status = format!("/v1/tickets/{id}/status");
+    s.call(
+        Method::POST,
+        &status,
+        Some(&alice),
+        Some(json!({"status": "resolved"})),
+        &stale,
+    )
+    .await
+    .assert_problem(403, "forbidden");
+    let auditor = s.token("audrey", Role::Auditor, None, false);
+    s.call(
+        Method::POST,
+        &path,
+        Some(&auditor),
+        Some(json!({"body": "x"})),
+        &stale,
+    )
+    .await
+    .assert_problem(403, "forbidden");
+    // One that would succeed, even as a no-op, is held to its precondition.
+    let agent = s.agent("agent-1");
+    s.call(
+        Method::POST,
+        &status,
+        Some(&agent),
+        Some(json!({"status": "open"})),
+        &stale,
+    )
+    .await
+    .assert_problem(412, "version_mismatch");
+    let withdrawn = s
+        .call(
+            Method::POST,
+            &format!("/v1/tickets/{id}/withdraw"),
+            Some(&alice),
+            Some(json!({"reason": "sorted"})),
+            &[("if-match", "\"2\"")],
+        )
+        .await;
+    assert_eq!(withdrawn.status, StatusCode::OK, "{}", withdrawn.body);
+    // CONTRACT §3: on a withdrawn ticket every command but a read answers 409.
+    s.call(
+        Method::POST,
+        &path,
+        Some(&agent),
+        Some(json!({"body": "late"})),
+        &stale,
+    )
+    .await
+    .assert_problem(409, "invalid_transition");
+    assert_eq!(version_of(&s, &id).await, 3);
 }
 
 async fn idempotency_keys_answer_repeats(s: TestServer) {
