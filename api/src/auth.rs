@@ -20,9 +20,11 @@ use crate::error::ApiError;
 pub const SECRET_MIN: usize = 32;
 /// The file under the data directory that holds the generated secret.
 pub const SECRET_FILE: &str = "jwt-secret";
-const SUB_MAX: usize = 128;
-const NAME_MAX: usize = 200;
-const ORG_MAX: usize = 128;
+pub(crate) const SUB_MAX: usize = 128;
+/// Not in the contract: `name` and `org` are copied into events, so they are bounded as the
+/// ticket's own fields are (documented in the OpenAPI document's security scheme).
+pub(crate) const NAME_MAX: usize = 200;
+pub(crate) const ORG_MAX: usize = 128;
 
 #[derive(Debug, Serialize, Deserialize)]
 struct Claims {

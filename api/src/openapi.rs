@@ -3,6 +3,7 @@
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
+use crate::auth::{NAME_MAX, ORG_MAX, SUB_MAX};
 use crate::dto;
 
 #[derive(OpenApi)]
@@ -66,7 +67,13 @@ impl Modify for BearerAuth {
                     HttpBuilder::new()
                         .scheme(HttpAuthScheme::Bearer)
                         .bearer_format("JWT")
-                        .description(Some("HS256 JWT with sub, role, exp (CONTRACT §1)"))
+                        .description(Some(format!(
+                            "HS256 JWT (CONTRACT §1): `sub` of 1–{SUB_MAX} characters, `role`, \
+                             `exp` (seconds since the epoch, any JSON number); optional `name` \
+                             of at most {NAME_MAX} characters, `org` of at most {ORG_MAX}, \
+                             `org_wide`. A longer `name` or `org`, or a control character in \
+                             `sub`, `name` or `org`, is a 401: they are copied into events."
+                        )))
                         .build(),
                 ),
             );
