@@ -7,7 +7,7 @@ use std::collections::BTreeSet;
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 
-use ticketd_tests::http::TestServer;
+use ticketd_tests::http::{Answer, TestServer};
 use ticketd_tests::http_both_backends;
 
 fn form(extra: Value) -> Value {
@@ -19,16 +19,14 @@ fn form(extra: Value) -> Value {
     body
 }
 
+/// `POST /v1/tickets` without a token, as the public form sends it.
+async fn submit(s: &TestServer, body: Value, headers: &[(&str, &str)]) -> Answer {
+    s.call(Method::POST, "/v1/tickets", None, Some(body), headers)
+        .await
+}
+
 async fn the_public_form_opens_tickets(s: TestServer) {
-    let a = s
-        .call(
-            Method::POST,
-            "/v1/tickets",
-            None,
-            Some(form(json!({}))),
-            &[],
-        )
-        .await;
+    let a = submit(&s, form(json!({})), &[]).await;
     assert_eq!(a.status, StatusCode::CREATED, "{}", a.body);
     let fields: BTreeSet<&str> = a
         .body
@@ -74,9 +72,7 @@ async fn the_public_form_opens_tickets(s: TestServer) {
         ),
     ];
     for (body, status, code) in refused {
-        s.call(Method::POST, "/v1/tickets", None, Some(body), &[])
-            .await
-            .assert_problem(status, code);
+        submit(&s, body, &[]).await.assert_problem(status, code);
     }
     // A bad token is a 401, never the public form.
     s.call(
@@ -95,31 +91,13 @@ async fn the_public_form_opens_tickets(s: TestServer) {
 
     // Repeats under one key answer alike, per address.
     let key = [("idempotency-key", "form-1")];
-    let first = s
-        .call(
-            Method::POST,
-            "/v1/tickets",
-            None,
-            Some(form(json!({}))),
-            &key,
-        )
-        .await;
+    let first = submit(&s, form(json!({})), &key).await;
     assert_eq!(first.status, StatusCode::CREATED, "{}", first.body);
-    let again = s
-        .call(
-            Method::POST,
-            "/v1/tickets",
-            None,
-            Some(form(json!({}))),
-            &key,
-        )
-        .await;
+    let again = submit(&s, form(json!({})), &key).await;
     assert_eq!(again.status, StatusCode::CREATED, "{}", again.body);
     assert_eq!(again.body, first.body);
     let other = form(json!({"contact_email": "sam@example.com"}));
-    let sam = s
-        .call(Method::POST, "/v1/tickets", None, Some(other), &key)
-        .await;
+    let sam = submit(&s, other, &key).await;
     assert_eq!(sam.status, StatusCode::CREATED, "{}", sam.body);
     assert_ne!(sam.body["id"], first.body["id"], "keys are per address");
     let after = s.log_upto(&sam.body["position"]).await.len();
