@@ -142,6 +142,29 @@ impl TestServer {
         body: Option<Value>,
         headers: &[(&str, &str)],
     ) -> Answer {
+        let mut all = headers.to_vec();
+        let bytes = body.map(|b| {
+            // As reqwest's `json` does: a content type the caller gave wins.
+            if !headers
+                .iter()
+                .any(|(k, _)| k.eq_ignore_ascii_case("content-type"))
+            {
+                all.push(("content-type", "application/json"));
+            }
+            serde_json::to_vec(&b).expect("JSON body")
+        });
+        self.send(method, path, token, &all, bytes).await
+    }
+
+    /// Sends a request with exactly these headers and body bytes.
+    pub async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        headers: &[(&str, &str)],
+        body: Option<Vec<u8>>,
+    ) -> Answer {
         let mut req = self.http.request(method, format!("{}{}", self.base, path));
         if let Some(t) = token {
             req = req.bearer_auth(t);
@@ -150,7 +173,7 @@ impl TestServer {
             req = req.header(*k, *v);
         }
         if let Some(b) = body {
-            req = req.json(&b);
+            req = req.body(b);
         }
         let a = answer(req.send().await.expect("request")).await;
         self.saw(&a);
@@ -178,19 +201,11 @@ impl TestServer {
         content_type: Option<&str>,
         body: Vec<u8>,
     ) -> Answer {
-        let mut req = self
-            .http
-            .request(method, format!("{}{}", self.base, path))
-            .body(body);
-        if let Some(t) = token {
-            req = req.bearer_auth(t);
-        }
-        if let Some(ct) = content_type {
-            req = req.header("content-type", ct);
-        }
-        let a = answer(req.send().await.expect("request")).await;
-        self.saw(&a);
-        a
+        let headers: Vec<(&str, &str)> = content_type
+            .map(|ct| ("content-type", ct))
+            .into_iter()
+            .collect();
+        self.send(method, path, token, &headers, Some(body)).await
     }
 
     pub async fn post(&self, path: &str, token: &str, body: Value) -> Answer {
