@@ -17,7 +17,7 @@ use uuid::Uuid;
 
 use ticketd_commands::handler::decode;
 use ticketd_commands::verify::{verify_store, Report};
-use ticketd_commands::{EventStore, Position, StoreError};
+use ticketd_commands::{log_reaches, EventStore, Position, StoreError};
 use ticketd_domain::{evolve, Actor, DomainError, Role};
 
 use crate::app::AppState;
@@ -26,6 +26,7 @@ use crate::dto::TicketView;
 use crate::error::{ApiError, Problem};
 use crate::extract::IdPath;
 use crate::ndjson::LineWriter;
+use crate::queries::MIN_POSITION_WAIT;
 use crate::record::{timestamp, AuditEvent};
 
 /// `limit` when none is given, and the largest accepted.
@@ -86,6 +87,31 @@ impl QueryParams {
             .iter()
             .find(|(n, _)| n == name)
             .map(|(_, v)| v.as_str())
+    }
+
+    /// 400 for a parameter the endpoint does not take: a typo should not silently change the
+    /// answer (an `afetr=` would page from the start).
+    pub fn only(&self, allowed: &[&str]) -> Result<(), ApiError> {
+        match self.names().find(|name| !allowed.contains(name)) {
+            None => Ok(()),
+            Some(name) => Err(ApiError::malformed(format!(
+                "Unknown query parameter {name:?}; this endpoint takes: {}.",
+                allowed.join(", ")
+            ))),
+        }
+    }
+
+    /// `min_position`, if given: 400 unless it is a log position.
+    pub fn min_position(&self) -> Result<Option<Position>, ApiError> {
+        self.get("min_position")
+            .map(|raw| {
+                raw.parse().map_err(|_| {
+                    ApiError::malformed(format!(
+                        "min_position={raw:?} is not a log position; pass the `position` of a command's answer."
+                    ))
+                })
+            })
+            .transpose()
     }
 
     /// `after`: a position from an earlier answer; 400 if it is not one.
@@ -164,6 +190,7 @@ fn wants_ndjson(headers: &HeaderMap) -> bool {
     params(
         ("after" = Option<String>, Query, description = "A position from an earlier answer; default: the start of the log"),
         ("limit" = Option<u32>, Query, description = "1–1000, default 100; no default limit for NDJSON"),
+        ("min_position" = Option<String>, Query, description = "wait (up to 5 s, else 503) until the log shows this position"),
         ("Accept" = Option<String>, Header, description = "application/x-ndjson for a stream")),
     responses(
         (status = 200, description = "A page; with Accept: application/x-ndjson, a stream of one AuditEvent a line",
@@ -178,7 +205,17 @@ pub async fn log(
     query: QueryParams,
 ) -> Result<Response, ApiError> {
     require_auditor(&actor)?;
+    query.only(&["after", "limit", "min_position"])?;
     let after = query.position("after")?;
+    if let Some(wanted) = query.min_position()? {
+        // The log shows an event only once every event before it is visible (on PostgreSQL a
+        // just-acknowledged one can wait a moment behind an older transaction).
+        if !log_reaches(app.store.as_ref(), wanted, MIN_POSITION_WAIT).await? {
+            return Err(ApiError::unavailable(format!(
+                "The log does not show position {wanted} yet; retry shortly."
+            )));
+        }
+    }
     if wants_ndjson(&headers) {
         let limit = match query.get("limit") {
             None => None,
@@ -280,7 +317,8 @@ async fn fail(lines: &tokio::sync::mpsc::Sender<Chunk>, after: Position, e: Stri
 
 /// Every event of one ticket, in version order (§7.2). 404 if the ticket has none.
 #[utoipa::path(get, path = "/v1/audit/tickets/{id}/events", tag = "audit",
-    params(("id" = Uuid, Path)),
+    params(("id" = Uuid, Path),
+        ("min_position" = Option<String>, Query, description = "accepted for symmetry with every query; a stream is never behind")),
     responses((status = 200, body = EventList),
         (status = 400, body = Problem), (status = 401, body = Problem), (status = 403, body = Problem),
         (status = 404, body = Problem), (status = 503, body = Problem)),
@@ -289,8 +327,13 @@ pub async fn ticket_events(
     State(app): State<AppState>,
     Caller(actor): Caller,
     IdPath(id): IdPath,
+    query: QueryParams,
 ) -> Result<Response, ApiError> {
     require_auditor(&actor)?;
+    query.only(&["min_position"])?;
+    // Checked, but nothing to wait for: a stream is read directly, so it holds every event
+    // that was acknowledged.
+    query.min_position()?;
     let events = app.store.read_stream(id, 0).await?;
     if events.is_empty() {
         return Err(DomainError::NotFound.into());
@@ -313,7 +356,8 @@ pub(crate) fn parse_time(raw: &str) -> Option<DateTime<Utc>> {
 /// 404 if the ticket did not exist yet.
 #[utoipa::path(get, path = "/v1/audit/tickets/{id}/state", tag = "audit",
     params(("id" = Uuid, Path),
-        ("as_of" = String, Query, description = "RFC 3339 instant, e.g. 2026-01-31T12:00:00Z")),
+        ("as_of" = String, Query, description = "RFC 3339 instant, e.g. 2026-01-31T12:00:00Z"),
+        ("min_position" = Option<String>, Query, description = "accepted for symmetry with every query; a stream is never behind")),
     responses((status = 200, body = TicketView),
         (status = 400, body = Problem), (status = 401, body = Problem), (status = 403, body = Problem),
         (status = 404, body = Problem), (status = 503, body = Problem)),
@@ -325,6 +369,9 @@ pub async fn ticket_state(
     query: QueryParams,
 ) -> Result<Response, ApiError> {
     require_auditor(&actor)?;
+    query.only(&["as_of", "min_position"])?;
+    // As for a ticket's events: its stream is never behind.
+    query.min_position()?;
     let raw = query.get("as_of").ok_or_else(|| {
         ApiError::malformed("as_of is required: an RFC 3339 instant, e.g. 2026-01-31T12:00:00Z.")
     })?;
@@ -418,7 +465,7 @@ impl From<Report> for VerifyReport {
 #[utoipa::path(post, path = "/v1/audit/verify", tag = "audit",
     params(("projections" = Option<bool>, Query, description = "also compare every projection with a rebuild from the log; default true")),
     responses((status = 200, body = VerifyReport),
-        (status = 401, body = Problem), (status = 403, body = Problem), (status = 503, body = Problem)),
+        (status = 400, body = Problem), (status = 401, body = Problem), (status = 403, body = Problem), (status = 503, body = Problem)),
     security(("bearer" = [])))]
 pub async fn verify(
     State(app): State<AppState>,
@@ -426,11 +473,7 @@ pub async fn verify(
     params: QueryParams,
 ) -> Result<Response, ApiError> {
     require_auditor(&actor)?;
-    if let Some(name) = params.names().find(|n| *n != "projections") {
-        return Err(ApiError::malformed(format!(
-            "Unknown query parameter {name:?}; the only one is projections."
-        )));
-    }
+    params.only(&["projections"])?;
     let projections = match params.get("projections") {
         None | Some("true") => true,
         Some("false") => false,

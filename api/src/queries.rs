@@ -12,7 +12,6 @@ use axum::Router;
 use serde::Serialize;
 use utoipa::ToSchema;
 
-use ticketd_commands::Position;
 use ticketd_domain::{Actor, Channel, DomainError, Priority, Role, Status, Ticket};
 use ticketd_projections::tickets::{self, Cursor, ListQuery, Sort, View};
 use ticketd_projections::{analytics, feed};
@@ -82,14 +81,9 @@ async fn consistent(
     params: &QueryParams,
     projection: &str,
 ) -> Result<(), ApiError> {
-    let Some(raw) = params.get("min_position") else {
+    let Some(wanted) = params.min_position()? else {
         return Ok(());
     };
-    let wanted: Position = raw.parse().map_err(|_| {
-        ApiError::malformed(format!(
-            "min_position={raw:?} is not a log position; pass the `position` of a command's answer."
-        ))
-    })?;
     match reads.wait_for(projection, wanted, MIN_POSITION_WAIT).await {
         Ok(()) => Ok(()),
         Err(WaitError::Timeout { .. }) => Err(ApiError::unavailable(format!(
@@ -97,19 +91,6 @@ async fn consistent(
         ))),
         Err(e @ WaitError::UnknownProjection(_)) => Err(ApiError::internal(&e)),
     }
-}
-
-/// 400 for a parameter this endpoint does not take: a typo should not silently list everything.
-fn only(params: &QueryParams, allowed: &[&str]) -> Result<(), ApiError> {
-    for name in params.names() {
-        if !allowed.contains(&name) {
-            return Err(ApiError::malformed(format!(
-                "Unknown query parameter {name:?}; this endpoint takes: {}.",
-                allowed.join(", ")
-            )));
-        }
-    }
-    Ok(())
 }
 
 /// A comma-separated list of enumeration values; empty means no filter.
@@ -162,23 +143,20 @@ fn org_param(params: &QueryParams) -> Result<Option<String>, ApiError> {
 
 fn parse_list(actor: Actor, params: &QueryParams) -> Result<ListQuery, ApiError> {
     let now = chrono::Utc::now();
-    only(
-        params,
-        &[
-            "view",
-            "status",
-            "active",
-            "overdue",
-            "priority",
-            "channel",
-            "org",
-            "q",
-            "sort",
-            "limit",
-            "cursor",
-            "min_position",
-        ],
-    )?;
+    params.only(&[
+        "view",
+        "status",
+        "active",
+        "overdue",
+        "priority",
+        "channel",
+        "org",
+        "q",
+        "sort",
+        "limit",
+        "cursor",
+        "min_position",
+    ])?;
     let view: View = match params.get("view") {
         None => View::All,
         Some(raw) => raw.parse().map_err(|()| {
@@ -321,7 +299,7 @@ pub async fn get_ticket(
     IdPath(id): IdPath,
     params: QueryParams,
 ) -> Result<Response, ApiError> {
-    only(&params, &["min_position"])?;
+    params.only(&["min_position"])?;
     let reads = projector(&app)?;
     consistent(reads, &params, tickets::NAME).await?;
     let t = visible_ticket(&app, reads, id, &actor).await?;
@@ -356,7 +334,7 @@ pub async fn feed(
     IdPath(id): IdPath,
     params: QueryParams,
 ) -> Result<Response, ApiError> {
-    only(&params, &["types", "min_position"])?;
+    params.only(&["types", "min_position"])?;
     let types: Vec<String> = match params.get("types") {
         None => Vec::new(),
         Some(raw) => raw
@@ -411,7 +389,7 @@ pub async fn read_by(
     IdPath(id): IdPath,
     params: QueryParams,
 ) -> Result<Response, ApiError> {
-    only(&params, &["min_position"])?;
+    params.only(&["min_position"])?;
     let reads = projector(&app)?;
     consistent(reads, &params, feed::NAME).await?;
     visible_now(&app, id, &actor).await?;
@@ -495,7 +473,7 @@ pub async fn analytics_summary(
     if !matches!(actor.role, Role::Agent | Role::Admin | Role::Auditor) {
         return Err(ApiError::forbidden("Analytics are for staff and auditors."));
     }
-    only(&params, &["from", "to", "org", "min_position"])?;
+    params.only(&["from", "to", "org", "min_position"])?;
     let now = chrono::Utc::now();
     let to = instant(&params, "to")?.unwrap_or(now);
     let from = instant(&params, "from")?.unwrap_or(to - chrono::Duration::days(30));

@@ -18,7 +18,7 @@ pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
 
 pub use store::{
-    AppendRequest, Appended, BadPosition, Database, EventBatch, EventRef, EventStore,
+    log_reaches, AppendRequest, Appended, BadPosition, Database, EventBatch, EventRef, EventStore,
     IdempotencyHit, IdempotencyRecord, NewEvent, Position, StoreError, StoreResult, StoredEvent,
     WriteTurns,
 };

@@ -343,3 +343,42 @@ pub trait EventStore: Send + Sync + 'static {
         None
     }
 }
+
+/// Waits until `read_all` shows the log up to `position`, that is until some event ordered at
+/// or after it is visible (a log reader only ever sees a prefix of the log), or until
+/// `timeout` passes. Returns whether it got there. It checks again on every tick of
+/// [`EventStore::subscribe`], and at least every [`RECHECK`] in case a tick came from
+/// elsewhere before the subscription began.
+pub async fn log_reaches(
+    store: &dyn EventStore,
+    position: Position,
+    timeout: std::time::Duration,
+) -> StoreResult<bool> {
+    if position == Position::START {
+        return Ok(true);
+    }
+    // Just before `position`, so that an event at `position` itself counts.
+    let before = match position.seq.checked_sub(1) {
+        Some(seq) => Position { seq, ..position },
+        None => position,
+    };
+    let mut ticks = store.subscribe();
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        ticks.borrow_and_update();
+        if !store.read_all(before, 1).await?.is_empty() {
+            return Ok(true);
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Ok(false);
+        }
+        let wake = deadline.min(tokio::time::Instant::now() + RECHECK);
+        if let Ok(Err(_closed)) = tokio::time::timeout_at(wake, ticks.changed()).await {
+            // A store shutting down ticks no more: only the periodic re-check is left.
+            tokio::time::sleep_until(wake).await;
+        }
+    }
+}
+
+/// How often [`log_reaches`] looks again without a tick.
+pub const RECHECK: std::time::Duration = std::time::Duration::from_millis(50);

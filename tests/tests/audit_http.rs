@@ -237,6 +237,9 @@ async fn query_parameters_are_checked(s: TestServer) {
         // Out of range: 400, as on /v1/tickets (a query parameter, not a JSON body).
         "limit=0",
         "limit=1001",
+        // A typo must not silently page from the start.
+        "afetr=1-1",
+        "min_position=soon",
     ] {
         s.get(&format!("/v1/audit/events?{bad}"), &token)
             .await
@@ -252,8 +255,19 @@ async fn query_parameters_are_checked(s: TestServer) {
         )
         .await;
     let path = format!("/v1/audit/tickets/{id}/state");
-    for bad in ["", "?as_of=yesterday", "?as_of=2026-13-01T00:00:00Z"] {
+    for bad in [
+        "",
+        "?as_of=yesterday",
+        "?as_of=2026-13-01T00:00:00Z",
+        "?as_of=2026-01-01T00:00:00Z&asof=2026-01-01T00:00:00Z",
+        "?as_of=2026-01-01T00:00:00Z&min_position=1",
+    ] {
         s.get(&format!("{path}{bad}"), &token)
+            .await
+            .assert_problem(400, "malformed_request");
+    }
+    for bad in ["?after=0-0", "?min_position=x"] {
+        s.get(&format!("/v1/audit/tickets/{id}/events{bad}"), &token)
             .await
             .assert_problem(400, "malformed_request");
     }
@@ -265,6 +279,57 @@ async fn query_parameters_are_checked(s: TestServer) {
             .await
             .assert_problem(400, "malformed_request");
     }
+}
+
+/// §6's `min_position` on the audit endpoints: the log answers with the command's own event at
+/// once (on PostgreSQL it may otherwise wait a moment behind an older transaction), and a
+/// position the log has not reached is 503 with `Retry-After` after about 5 s.
+async fn min_position_reads_your_writes_in_the_log(s: TestServer) {
+    let token = auditor(&s);
+    for round in 0..20 {
+        let (ids, last) = some_history(&s, 1).await;
+        let last = last.as_str().expect("position");
+        let a = s
+            .get(
+                &format!("/v1/audit/events?min_position={last}&after={last}"),
+                &token,
+            )
+            .await;
+        assert_eq!(a.status, StatusCode::OK, "{}", a.body);
+        assert_eq!(a.body["items"], json!([]), "round {round}");
+        assert_eq!(a.body["next"], last);
+        // The event at `last` is the stream's last: the page just before it ends with it.
+        let events = s
+            .get(
+                &format!("/v1/audit/tickets/{}/events?min_position={last}", ids[0]),
+                &token,
+            )
+            .await;
+        assert_eq!(events.status, StatusCode::OK, "{}", events.body);
+        let items = events.body["items"].as_array().expect("items");
+        let before = items[items.len() - 2]["position"].as_str().expect("before");
+        let a = s
+            .get(
+                &format!("/v1/audit/events?min_position={last}&after={before}"),
+                &token,
+            )
+            .await;
+        assert_eq!(a.status, StatusCode::OK, "{}", a.body);
+        assert_eq!(a.body["items"][0]["position"], last, "round {round}");
+    }
+
+    let started = std::time::Instant::now();
+    let a = s
+        .get("/v1/audit/events?min_position=99999999999-1", &token)
+        .await;
+    a.assert_problem(503, "unavailable");
+    assert!(a.header("retry-after").is_some());
+    let waited = started.elapsed();
+    assert!(
+        waited >= std::time::Duration::from_millis(4900)
+            && waited < std::time::Duration::from_secs(8),
+        "{waited:?}"
+    );
 }
 
 async fn only_auditors_and_admins(s: TestServer) {
@@ -644,4 +709,5 @@ http_both_backends!(
     a_tickets_own_events,
     a_ticket_as_of_any_instant,
     verify_passes_an_untouched_store,
+    min_position_reads_your_writes_in_the_log,
 );

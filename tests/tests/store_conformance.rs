@@ -7,7 +7,7 @@ use std::time::Duration;
 use chrono::{DateTime, TimeDelta, Utc};
 use uuid::Uuid;
 
-use ticketd_commands::{EventStore, Position, SqliteStore, StoreError, StoredEvent};
+use ticketd_commands::{log_reaches, EventStore, Position, SqliteStore, StoreError, StoredEvent};
 use ticketd_domain::ZERO_HASH;
 use ticketd_tests::{
     both_backends, head, idempotency_record, micros_time, new_event, new_events, new_stream,
@@ -34,6 +34,7 @@ both_backends!(
     ticket_numbers_unique_and_increasing,
     subscribe_ticks_after_append,
     position_round_trips,
+    log_reaches_appended_positions,
 );
 
 fn assert_conflict(
@@ -765,6 +766,32 @@ async fn subscribe_ticks_after_append(store: Arc<dyn EventStore>) {
     assert_eq!(log.len(), 3);
 }
 
+/// `log_reaches` answers at once for what is visible and waits out its timeout for a
+/// position no event has reached.
+async fn log_reaches_appended_positions(store: Arc<dyn EventStore>) {
+    let wait = Duration::from_secs(5);
+    assert!(log_reaches(&*store, Position::START, wait)
+        .await
+        .expect("start"));
+    let (_, appended) = new_stream(&*store, 3).await;
+    for e in &appended.events {
+        assert!(
+            log_reaches(&*store, e.position, wait).await.expect("reach"),
+            "{}",
+            e.position
+        );
+    }
+    let last = appended.events[2].position;
+    let future = Position {
+        tx: last.tx.saturating_mul(2),
+        seq: last.seq + 1_000_000,
+    };
+    let started = std::time::Instant::now();
+    let short = Duration::from_millis(150);
+    assert!(!log_reaches(&*store, future, short).await.expect("future"));
+    assert!(started.elapsed() >= short, "it waited for the timeout");
+}
+
 async fn position_round_trips(store: Arc<dyn EventStore>) {
     let (_, appended) = new_stream(&*store, 3).await;
     let samples = appended.events.iter().map(|e| e.position).chain([
@@ -933,9 +960,29 @@ async fn postgres_read_all_waits_for_older_transactions() {
         "from the bulk read too"
     );
 
+    assert!(
+        !log_reaches(
+            &*store,
+            newer.events[0].position,
+            Duration::from_millis(200)
+        )
+        .await
+        .expect("gate"),
+        "log_reaches waits behind the gate too"
+    );
+
     let mut ticks = store.subscribe();
     ticks.borrow_and_update();
+    let waiter = tokio::spawn({
+        let store = store.clone();
+        let position = newer.events[0].position;
+        async move { log_reaches(&*store, position, Duration::from_secs(5)).await }
+    });
     older.commit().await.expect("commit");
+    assert!(
+        waiter.await.expect("join").expect("reach"),
+        "reached once the gate opened"
+    );
     let log = tick_until_visible(&*store, &mut ticks, newer.events[0].position).await;
     let ids: Vec<Uuid> = log.iter().map(|e| e.event_id).collect();
     assert_eq!(
