@@ -11,7 +11,6 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 use tokio::net::TcpListener;
-use utoipa::OpenApi;
 
 use ticketd_commands::postgres::PostgresStore;
 use ticketd_commands::sqlite::SqliteStore;
@@ -22,7 +21,6 @@ use ticketd_projections::Projector;
 use crate::auth::Auth;
 use crate::config::{ServeArgs, StoreArgs};
 use crate::error::ApiError;
-use crate::openapi::ApiDoc;
 
 /// Recent ticket states kept for command handling.
 const STATE_CACHE_CAPACITY: usize = 50_000;
@@ -106,8 +104,11 @@ pub async fn readyz(State(app): State<AppState>) -> Result<Response, ApiError> {
 }
 
 /// This document (OpenAPI 3.1), generated from the code.
-pub async fn openapi() -> impl IntoResponse {
-    axum::Json(ApiDoc::openapi())
+pub async fn openapi() -> Response {
+    match crate::openapi::document() {
+        Ok(doc) => axum::Json(doc).into_response(),
+        Err(e) => ApiError::internal(&e).into_response(),
+    }
 }
 
 async fn unknown_route() -> ApiError {

@@ -139,7 +139,7 @@ impl<S: Send + Sync> FromRequestParts<S> for IdPath {
 /// no precondition. Anything else is a 400.
 pub struct IfMatch(pub Option<u64>);
 
-fn parse_if_match(raw: &str) -> Option<Option<u64>> {
+pub(crate) fn parse_if_match(raw: &str) -> Option<Option<u64>> {
     let raw = raw.trim();
     if raw == "*" {
         return Some(None);

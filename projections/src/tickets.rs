@@ -682,6 +682,11 @@ pub enum View {
     All,
 }
 
+impl View {
+    /// The names `view=` takes, as `FromStr` reads them.
+    pub const NAMES: &'static [&'static str] = &["mine", "cc", "org", "all"];
+}
+
 impl FromStr for View {
     type Err = ();
     fn from_str(s: &str) -> Result<Self, ()> {
