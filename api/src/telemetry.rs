@@ -1,11 +1,13 @@
 //! Logging: `tracing` to stdout, one line per request.
 
 use std::io::{BufWriter, IsTerminal};
+use std::time::Duration;
 
 use axum::body::Body;
 use axum::http::Request;
-use tower_http::classify::{ServerErrorsAsFailures, SharedClassifier};
-use tower_http::trace::{DefaultOnResponse, MakeSpan, TraceLayer};
+use axum::http::StatusCode;
+use tower_http::classify::{ServerErrorsAsFailures, ServerErrorsFailureClass, SharedClassifier};
+use tower_http::trace::{DefaultOnResponse, MakeSpan, OnFailure, TraceLayer};
 use tracing::{Level, Span};
 use tracing_appender::non_blocking::{NonBlockingBuilder, WorkerGuard};
 use tracing_subscriber::EnvFilter;
@@ -44,11 +46,39 @@ impl MakeSpan<Body> for RequestSpan {
     }
 }
 
+/// How a failed response is logged: a 503 (the store unreachable, or a `min_position` the
+/// read models did not reach in time) is a warning the client is told to retry; anything
+/// else is an error. (tower-http's default logs every 5xx as an error.)
+#[derive(Clone, Copy)]
+pub struct LogFailure;
+
+impl OnFailure<ServerErrorsFailureClass> for LogFailure {
+    fn on_failure(&mut self, class: ServerErrorsFailureClass, latency: Duration, _span: &Span) {
+        let latency_ms = latency.as_millis();
+        match class {
+            ServerErrorsFailureClass::StatusCode(StatusCode::SERVICE_UNAVAILABLE) => {
+                tracing::warn!(status = 503, latency_ms, "service unavailable")
+            }
+            other => tracing::error!(failure = %other, latency_ms, "response failed"),
+        }
+    }
+}
+
 /// Logs each request's status and latency when it completes.
-pub fn trace_layer(
-) -> TraceLayer<SharedClassifier<ServerErrorsAsFailures>, RequestSpan, (), DefaultOnResponse> {
+pub fn trace_layer() -> TraceLayer<
+    SharedClassifier<ServerErrorsAsFailures>,
+    RequestSpan,
+    (),
+    DefaultOnResponse,
+    (),
+    (),
+    LogFailure,
+> {
     TraceLayer::new_for_http()
         .make_span_with(RequestSpan)
         .on_request(())
         .on_response(DefaultOnResponse::new().level(Level::INFO))
+        .on_body_chunk(())
+        .on_eos(())
+        .on_failure(LogFailure)
 }
