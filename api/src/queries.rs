@@ -28,6 +28,21 @@ use crate::extract::IdPath;
 pub const MIN_POSITION_WAIT: Duration = Duration::from_secs(5);
 pub const DEFAULT_LIMIT: usize = 50;
 pub const MAX_LIMIT: usize = 200;
+/// The parameters `GET /v1/tickets` takes (§6.1).
+pub const LIST_PARAMS: &[&str] = &[
+    "view",
+    "status",
+    "active",
+    "overdue",
+    "priority",
+    "channel",
+    "org",
+    "q",
+    "sort",
+    "limit",
+    "cursor",
+    "min_position",
+];
 /// Words of `q` one search may name.
 pub const MAX_WORDS: usize = 16;
 
@@ -143,20 +158,7 @@ fn org_param(params: &QueryParams) -> Result<Option<String>, ApiError> {
 
 fn parse_list(actor: Actor, params: &QueryParams) -> Result<ListQuery, ApiError> {
     let now = chrono::Utc::now();
-    params.only(&[
-        "view",
-        "status",
-        "active",
-        "overdue",
-        "priority",
-        "channel",
-        "org",
-        "q",
-        "sort",
-        "limit",
-        "cursor",
-        "min_position",
-    ])?;
+    params.only(LIST_PARAMS)?;
     let view: View = match params.get("view") {
         None => View::All,
         Some(raw) => raw.parse().map_err(|()| {

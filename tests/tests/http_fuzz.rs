@@ -158,28 +158,15 @@ fn id_segment(rng: &mut Rng, known: &[Uuid]) -> (String, Option<Uuid>) {
     }
 }
 
-const PARAMS: [&str; 20] = [
-    "view",
-    "status",
-    "active",
-    "overdue",
-    "priority",
-    "channel",
-    "org",
-    "q",
-    "sort",
-    "limit",
-    "cursor",
-    "min_position",
-    "types",
-    "from",
-    "to",
-    "after",
-    "as_of",
-    "x",
-    "",
-    "limit[]",
-];
+/// Every endpoint's parameters (the list's from the service itself), and some no endpoint takes.
+fn params() -> Vec<&'static str> {
+    let others = ["types", "from", "to", "after", "as_of", "x", "", "limit[]"];
+    ticketd_api::queries::LIST_PARAMS
+        .iter()
+        .copied()
+        .chain(others)
+        .collect()
+}
 
 /// A query value, already in URL form.
 fn param_value(rng: &mut Rng, cursor: &str, position: &str) -> String {
@@ -233,7 +220,7 @@ fn query(rng: &mut Rng, cursor: &str, position: &str) -> String {
     let n = rng.below(4);
     let parts: Vec<String> = (0..n)
         .map(|_| {
-            let name = *rng.pick(&PARAMS);
+            let name = *rng.pick(&params());
             format!("{name}={}", param_value(rng, cursor, position))
         })
         .collect();
