@@ -4,7 +4,8 @@
 # Usage: tests/readme_walkthrough.sh path/to/ticketd
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
-bin=$(cd "$(dirname "$1")" && pwd)/$(basename "$1")
+[ -x "${1:-}" ] || { echo "usage: $0 path/to/ticketd (not found: ${1:-})" >&2; exit 2; }
+bin=$(realpath "$1")
 work=$(mktemp -d)
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 cleanup() { kill "$server" 2>/dev/null || true; wait "$server" 2>/dev/null || true; rm -rf "$work"; }
