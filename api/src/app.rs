@@ -103,11 +103,24 @@ pub async fn readyz(State(app): State<AppState>) -> Result<Response, ApiError> {
         .into_response())
 }
 
-/// This document (OpenAPI 3.1), generated from the code.
+/// This document (OpenAPI 3.1), generated from the code once per process: it cannot change
+/// while the process runs.
 pub async fn openapi() -> Response {
-    match crate::openapi::document() {
-        Ok(doc) => axum::Json(doc).into_response(),
-        Err(e) => ApiError::internal(&e).into_response(),
+    static DOCUMENT: std::sync::OnceLock<Result<axum::body::Bytes, String>> =
+        std::sync::OnceLock::new();
+    let document = DOCUMENT.get_or_init(|| {
+        crate::openapi::document()
+            .and_then(|doc| serde_json::to_vec(&doc))
+            .map(axum::body::Bytes::from)
+            .map_err(|e| e.to_string())
+    });
+    match document {
+        Ok(bytes) => (
+            [(axum::http::header::CONTENT_TYPE, "application/json")],
+            bytes.clone(),
+        )
+            .into_response(),
+        Err(e) => ApiError::internal(e).into_response(),
     }
 }
 

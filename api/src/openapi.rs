@@ -89,83 +89,79 @@ impl Modify for BearerAuth {
 /// or a schema-driven fuzzer knows exactly which requests the service accepts.
 pub fn document() -> Result<Value, serde_json::Error> {
     let mut doc = serde_json::to_value(ApiDoc::openapi())?;
-    common_refusals(&mut doc);
-    problem_json(&mut doc);
-    refine_parameters(&mut doc);
+    if let Some(paths) = doc.get_mut("paths").and_then(Value::as_object_mut) {
+        for (path, item) in paths.iter_mut() {
+            for operation in item
+                .as_object_mut()
+                .into_iter()
+                .flat_map(|i| i.values_mut())
+            {
+                refine_operation(path, operation);
+            }
+        }
+    }
     refine_bodies(&mut doc);
     Ok(doc)
 }
 
 const PROBLEM_REF: &str = "#/components/schemas/Problem";
+const PROBLEM_JSON: &str = "application/problem+json";
 
-/// Errors are sent as `application/problem+json` (RFC 9457); the annotations name only the
-/// schema.
-fn problem_json(doc: &mut Value) {
-    for operation in operations(doc) {
-        let Some(responses) = operation
-            .get_mut("responses")
-            .and_then(Value::as_object_mut)
-        else {
-            continue;
-        };
-        for response in responses.values_mut() {
-            let Some(content) = response.get_mut("content").and_then(Value::as_object_mut) else {
+/// One operation: its parameters' constraints; the refusals every operation of its kind can
+/// answer, which the annotations leave out (a JSON body can be too large, 413, or of another
+/// type, 415; an `Idempotency-Key` reused for a different request is 422); and error bodies
+/// as `application/problem+json` (RFC 9457), where the annotations name only the schema.
+fn refine_operation(path: &str, operation: &mut Value) {
+    let has_body = operation.get("requestBody").is_some();
+    let mut has_key = false;
+    if let Some(parameters) = operation
+        .get_mut("parameters")
+        .and_then(Value::as_array_mut)
+    {
+        for parameter in parameters {
+            let (Some(location), Some(name)) =
+                (parameter["in"].as_str(), parameter["name"].as_str())
+            else {
                 continue;
             };
-            let is_problem = content
-                .get("application/json")
-                .is_some_and(|m| m["schema"]["$ref"] == PROBLEM_REF);
-            if is_problem {
-                if let Some(media) = content.remove("application/json") {
-                    content.insert("application/problem+json".into(), media);
-                }
+            has_key |= name == "Idempotency-Key";
+            if let Some(schema) = parameter_constraints(path, location, name) {
+                parameter["schema"] = schema;
             }
         }
     }
-}
-
-/// Refusals every operation of a kind can answer, which the annotations leave out: a JSON
-/// body can be too large (413) or of another type (415), and an `Idempotency-Key` reused for
-/// a different request is 422.
-fn common_refusals(doc: &mut Value) {
+    let Some(responses) = operation
+        .get_mut("responses")
+        .and_then(Value::as_object_mut)
+    else {
+        return;
+    };
     let problem = json!({"description": "A problem (RFC 9457)",
-        "content": {"application/json": {"schema": {"$ref": PROBLEM_REF}}}});
-    for operation in operations(doc) {
-        let has_body = operation.get("requestBody").is_some();
-        let has_key = operation["parameters"]
-            .as_array()
-            .is_some_and(|ps| ps.iter().any(|p| p["name"] == "Idempotency-Key"));
-        let Some(responses) = operation
-            .get_mut("responses")
-            .and_then(Value::as_object_mut)
-        else {
+        "content": {PROBLEM_JSON: {"schema": {"$ref": PROBLEM_REF}}}});
+    let refusals = [("413", has_body), ("415", has_body), ("422", has_key)];
+    for (status, _) in refusals.iter().filter(|(_, applies)| *applies) {
+        responses.entry(*status).or_insert_with(|| problem.clone());
+    }
+    for response in responses.values_mut() {
+        let Some(content) = response.get_mut("content").and_then(Value::as_object_mut) else {
             continue;
         };
-        let mut add = |status: &str| {
-            responses.entry(status).or_insert_with(|| problem.clone());
-        };
-        if has_body {
-            add("413");
-            add("415");
-        }
-        if has_key {
-            add("422");
+        let is_problem = content
+            .get("application/json")
+            .is_some_and(|m| m["schema"]["$ref"] == PROBLEM_REF);
+        if let Some(media) = is_problem
+            .then(|| content.remove("application/json"))
+            .flatten()
+        {
+            content.insert(PROBLEM_JSON.into(), media);
         }
     }
-}
-
-/// Every operation object of the document.
-fn operations(doc: &mut Value) -> impl Iterator<Item = &mut Value> {
-    doc.get_mut("paths")
-        .and_then(Value::as_object_mut)
-        .into_iter()
-        .flat_map(|paths| paths.values_mut())
-        .filter_map(Value::as_object_mut)
-        .flat_map(|item| item.values_mut())
 }
 
 /// A position as `Position` prints it (19 digits always fit a u64).
 const POSITION: &str = "^[0-9]{1,19}-[0-9]{1,19}$";
+/// `after`: a position, or empty for the start of the log.
+const POSITION_OR_EMPTY: &str = "^([0-9]{1,19}-[0-9]{1,19})?$";
 /// `If-Match` as `extract::IfMatch` reads it.
 const IF_MATCH: &str = r#"^(\*|(W/)?"[0-9]{1,19}"|[0-9]{1,19})$"#;
 /// No control character (C0, DEL or C1), as `char::is_control`.
@@ -179,16 +175,15 @@ fn comma_list(names: &[&str]) -> String {
 
 /// What a parameter accepts beyond its type, by where it is and its name.
 fn parameter_constraints(path: &str, location: &str, name: &str) -> Option<Value> {
+    use crate::queries::names;
     use ticketd_domain::{Channel, Priority, Status};
     use ticketd_projections::{feed, tickets};
-    let names = |all: Vec<&'static str>| comma_list(&all);
     Some(match (location, name) {
         ("header", "If-Match") => json!({"type": "string", "pattern": IF_MATCH}),
         ("header", "Idempotency-Key") => json!({"type": "string",
             "pattern": format!("^[!-~]{{1,{}}}$", crate::extract::IDEMPOTENCY_KEY_MAX)}),
         ("query", "min_position") => json!({"type": "string", "pattern": POSITION}),
-        ("query", "after") => json!({"type": "string", "pattern": format!("^({})?$",
-            POSITION.trim_start_matches('^').trim_end_matches('$'))}),
+        ("query", "after") => json!({"type": "string", "pattern": POSITION_OR_EMPTY}),
         ("query", "limit") => {
             let max = if path.starts_with("/v1/audit/") {
                 crate::audit::MAX_LIMIT
@@ -201,45 +196,16 @@ fn parameter_constraints(path: &str, location: &str, name: &str) -> Option<Value
         ("query", "view") => json!({"type": "string", "enum": tickets::View::NAMES}),
         ("query", "sort") => json!({"type": "string", "enum": tickets::Sort::NAMES}),
         ("query", "status") => json!({"type": "string",
-            "pattern": names(Status::ALL.iter().map(|s| s.as_str()).collect())}),
+            "pattern": comma_list(&names(Status::ALL, Status::as_str))}),
         ("query", "priority") => json!({"type": "string",
-            "pattern": names(Priority::ALL.iter().map(|s| s.as_str()).collect())}),
+            "pattern": comma_list(&names(Priority::ALL, Priority::as_str))}),
         ("query", "channel") => json!({"type": "string",
-            "pattern": names(Channel::ALL.iter().map(|s| s.as_str()).collect())}),
+            "pattern": comma_list(&names(Channel::ALL, Channel::as_str))}),
         ("query", "types") => json!({"type": "string", "pattern": comma_list(feed::TYPES)}),
         ("query", "org") => json!({"type": "string", "minLength": 1, "pattern": NO_CONTROL}),
         ("query", "active" | "overdue" | "projections") => json!({"type": "boolean"}),
         _ => return None,
     })
-}
-
-fn refine_parameters(doc: &mut Value) {
-    let Some(paths) = doc.get_mut("paths").and_then(Value::as_object_mut) else {
-        return;
-    };
-    for (path, item) in paths.iter_mut() {
-        let Some(item) = item.as_object_mut() else {
-            continue;
-        };
-        for operation in item.values_mut() {
-            let Some(parameters) = operation
-                .get_mut("parameters")
-                .and_then(Value::as_array_mut)
-            else {
-                continue;
-            };
-            for parameter in parameters {
-                let (Some(location), Some(name)) =
-                    (parameter["in"].as_str(), parameter["name"].as_str())
-                else {
-                    continue;
-                };
-                if let Some(schema) = parameter_constraints(path, location, name) {
-                    parameter["schema"] = schema;
-                }
-            }
-        }
-    }
 }
 
 /// Text a field takes: not blank, at most `max` characters (the domain's `Validator`).
@@ -461,6 +427,8 @@ mod tests {
             assert!(!matches(POSITION, bad), "{bad}");
             assert!(bad.parse::<ticketd_commands::Position>().is_err(), "{bad}");
         }
+        assert!(matches(POSITION_OR_EMPTY, "") && matches(POSITION_OR_EMPTY, "0-1"));
+        assert!(!matches(POSITION_OR_EMPTY, "1") && !matches(POSITION_OR_EMPTY, "0-1-"));
         assert!(matches(NO_CONTROL, "acme"));
         for bad in ["a\u{0}", "a\u{1f}", "\u{7f}", "\u{85}"] {
             assert!(!matches(NO_CONTROL, bad), "{bad:?}");

@@ -140,7 +140,8 @@ fn boolean(params: &QueryParams, name: &str) -> Result<Option<bool>, ApiError> {
     }
 }
 
-fn names<T: Copy>(all: &[T], name: impl Fn(T) -> &'static str) -> Vec<&'static str> {
+/// The names of every value of an enumeration, as its `as_str` spells them.
+pub(crate) fn names<T: Copy>(all: &[T], name: impl Fn(T) -> &'static str) -> Vec<&'static str> {
     all.iter().map(|v| name(*v)).collect()
 }
 
