@@ -7,7 +7,9 @@ use axum::body::Body;
 use axum::http::Request;
 use axum::http::StatusCode;
 use tower_http::classify::{ServerErrorsAsFailures, ServerErrorsFailureClass, SharedClassifier};
-use tower_http::trace::{DefaultOnResponse, MakeSpan, OnFailure, TraceLayer};
+use tower_http::trace::{
+    DefaultOnBodyChunk, DefaultOnEos, DefaultOnResponse, MakeSpan, OnFailure, TraceLayer,
+};
 use tracing::{Level, Span};
 use tracing_appender::non_blocking::{NonBlockingBuilder, WorkerGuard};
 use tracing_subscriber::EnvFilter;
@@ -70,15 +72,67 @@ pub fn trace_layer() -> TraceLayer<
     RequestSpan,
     (),
     DefaultOnResponse,
-    (),
-    (),
+    DefaultOnBodyChunk,
+    DefaultOnEos,
     LogFailure,
 > {
     TraceLayer::new_for_http()
         .make_span_with(RequestSpan)
         .on_request(())
         .on_response(DefaultOnResponse::new().level(Level::INFO))
-        .on_body_chunk(())
-        .on_eos(())
         .on_failure(LogFailure)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+    use std::sync::{Arc, Mutex};
+
+    use super::*;
+
+    #[derive(Clone, Default)]
+    struct Lines(Arc<Mutex<Vec<u8>>>);
+
+    impl Write for Lines {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().expect("lock").extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// What `LogFailure` writes for `class`.
+    fn logged(class: ServerErrorsFailureClass) -> String {
+        let lines = Lines::default();
+        let writer = lines.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_ansi(false)
+            .with_writer(move || writer.clone())
+            .finish();
+        tracing::subscriber::with_default(subscriber, || {
+            LogFailure.on_failure(class, Duration::from_millis(5), &Span::none());
+        });
+        let text = lines.0.lock().expect("lock").clone();
+        String::from_utf8(text).expect("utf-8")
+    }
+
+    #[test]
+    fn a_503_is_a_warning_and_other_failures_are_errors() {
+        let unavailable = logged(ServerErrorsFailureClass::StatusCode(
+            StatusCode::SERVICE_UNAVAILABLE,
+        ));
+        assert!(unavailable.contains(" WARN "), "{unavailable}");
+        assert!(unavailable.contains("latency_ms=5"), "{unavailable}");
+        let internal = logged(ServerErrorsFailureClass::StatusCode(
+            StatusCode::INTERNAL_SERVER_ERROR,
+        ));
+        assert!(internal.contains(" ERROR "), "{internal}");
+        let broken = logged(ServerErrorsFailureClass::Error("stream reset".into()));
+        assert!(
+            broken.contains(" ERROR ") && broken.contains("stream reset"),
+            "{broken}"
+        );
+    }
 }
