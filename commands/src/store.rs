@@ -381,4 +381,4 @@ pub async fn log_reaches(
 }
 
 /// How often [`log_reaches`] looks again without a tick.
-pub const RECHECK: std::time::Duration = std::time::Duration::from_millis(50);
+const RECHECK: std::time::Duration = std::time::Duration::from_millis(50);

@@ -218,6 +218,20 @@ impl TestServer {
             .await
     }
 
+    /// GETs `path`, whose `min_position` nothing has reached, and checks CONTRACT §6's answer:
+    /// 503 `unavailable` with `Retry-After`, once the 5 s bound has passed.
+    pub async fn assert_waits_out(&self, path: &str, token: &str) {
+        let started = std::time::Instant::now();
+        let a = self.call(Method::GET, path, Some(token), None, &[]).await;
+        a.assert_problem(503, "unavailable");
+        assert!(a.header("retry-after").is_some(), "{path}");
+        let waited = started.elapsed();
+        assert!(
+            waited >= Duration::from_millis(4900) && waited < Duration::from_secs(8),
+            "{path}: {waited:?}"
+        );
+    }
+
     /// GET as a careful client does: queries are served from projections, which may lag, so
     /// unless the path names `min_position` this passes the last command position it saw
     /// (read-your-writes, CONTRACT §6). Use `call` to read without it.

@@ -318,18 +318,8 @@ async fn min_position_reads_your_writes_in_the_log(s: TestServer) {
         assert_eq!(a.body["items"][0]["position"], last, "round {round}");
     }
 
-    let started = std::time::Instant::now();
-    let a = s
-        .get("/v1/audit/events?min_position=99999999999-1", &token)
+    s.assert_waits_out("/v1/audit/events?min_position=99999999999-1", &token)
         .await;
-    a.assert_problem(503, "unavailable");
-    assert!(a.header("retry-after").is_some());
-    let waited = started.elapsed();
-    assert!(
-        waited >= std::time::Duration::from_millis(4900)
-            && waited < std::time::Duration::from_secs(8),
-        "{waited:?}"
-    );
 }
 
 async fn only_auditors_and_admins(s: TestServer) {
