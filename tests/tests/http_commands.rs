@@ -281,7 +281,7 @@ async fn bad_input_is_rejected_and_appends_nothing(s: TestServer) {
         .len();
 
     let json_ct = Some("application/json");
-    let cases: Vec<BadCase> = vec![
+    let mut cases: Vec<BadCase> = vec![
         (
             Method::POST,
             "/v1/tickets".into(),
@@ -451,6 +451,33 @@ async fn bad_input_is_rejected_and_appends_nothing(s: TestServer) {
             "invalid_request",
         ),
     ];
+    // Every command with a body refuses another media type (415) and an oversize body (413),
+    // as /openapi.json says of each.
+    for (method, tail) in [
+        (Method::POST, "/comments"),
+        (Method::POST, "/status"),
+        (Method::POST, "/withdraw"),
+        (Method::POST, "/escalate"),
+        (Method::PATCH, ""),
+    ] {
+        let path = format!("/v1/tickets/{id}{tail}");
+        cases.push((
+            method.clone(),
+            path.clone(),
+            Some("text/plain"),
+            br#"{"body":"x"}"#.to_vec(),
+            415,
+            "unsupported_media_type",
+        ));
+        cases.push((
+            method,
+            path,
+            json_ct,
+            vec![b' '; 1024 * 1024 + 10],
+            413,
+            "payload_too_large",
+        ));
+    }
     for (method, path, ct, body, status, code) in cases {
         let a = s.raw(method.clone(), &path, Some(&alice), ct, body).await;
         assert_eq!(a.status.as_u16(), status, "{method} {path}: {}", a.body);
