@@ -217,6 +217,8 @@ impl Projection for TicketsProjection {
         let mut last: HashMap<Uuid, &StoredEvent> = HashMap::new();
         let mut order: Vec<Uuid> = Vec::new();
         let mut cc: HashSet<Uuid> = HashSet::new();
+        // SQLite: the search rows the batch writes, in order, written together below.
+        let mut parts: Vec<(i64, String)> = Vec::new();
         for event in events {
             let recorded = decode(event)?;
             let state = states.remove(&event.stream_id);
@@ -245,7 +247,7 @@ impl Projection for TicketsProjection {
                         pending.entry(t.id).or_default().push(op);
                     }
                 }
-                None => index_text(conn, &t, &recorded.event, event.version).await?,
+                None => parts.extend(sqlite_part(&t, &recorded.event, event.version)),
             }
             if cc_changed(&recorded.event) {
                 cc.insert(t.id);
@@ -273,6 +275,7 @@ impl Projection for TicketsProjection {
             }
         }
         conn.insert_rows(TICKET_INSERT, rows, TICKET_UPSERT).await?;
+        put_parts(conn, parts).await?;
         let mut texts = Vec::new();
         for id in &order {
             let (Some(f), Some(t)) = (fresh.get(id), states.get(id)) else {
@@ -596,22 +599,24 @@ async fn index_text(
     event: &Event,
     version: u64,
 ) -> Result<(), StoreError> {
-    let Some(op) = text_op(t, event) else {
-        return Ok(());
-    };
     if matches!(conn, Conn::Postgres(_)) {
-        return pg_text(conn, t.id, &op).await;
+        return match text_op(t, event) {
+            Some(op) => pg_text(conn, t.id, &op).await,
+            None => Ok(()),
+        };
     }
-    // SQLite: a row per part under a rowid made of the ticket and the event, so replaying an
-    // event writes the same row again, and an edit replaces the head in place.
-    match op {
-        TextOp::Start(head) | TextOp::Head(head) => {
-            put_part(conn, fts_rowid(t.number, 0, false), head).await
-        }
-        TextOp::Comment { private, text } => {
-            put_part(conn, fts_rowid(t.number, version, private), text).await
-        }
-    }
+    put_parts(conn, sqlite_part(t, event, version).into_iter().collect()).await
+}
+
+/// SQLite: the search row an event writes, `(rowid, text)`: a row per part under a rowid made
+/// of the ticket and the event, so replaying an event writes the same row again, and an edit
+/// replaces the head in place.
+fn sqlite_part(t: &Ticket, event: &Event, version: u64) -> Option<(i64, String)> {
+    let (rowid, body) = match text_op(t, event)? {
+        TextOp::Start(head) | TextOp::Head(head) => (fts_rowid(t.number, 0, false), head),
+        TextOp::Comment { private, text } => (fts_rowid(t.number, version, private), text),
+    };
+    Some((rowid?, body))
 }
 
 /// The FTS5 rowid of a part (see `migrations/sqlite/0004_search.sql`): `None` past 2^31
@@ -625,16 +630,21 @@ fn fts_rowid(number: u64, version: u64, private: bool) -> Option<i64> {
     i64::try_from((number << 32) | (version << 1) | u64::from(private)).ok()
 }
 
-async fn put_part(conn: &mut Conn<'_>, rowid: Option<i64>, body: String) -> Result<(), StoreError> {
-    let Some(rowid) = rowid else {
-        return Ok(());
-    };
-    conn.execute(
-        "INSERT OR REPLACE INTO ticket_fts (rowid, body) VALUES (?, ?)",
-        &[Bind::I64(rowid), Bind::Text(body)],
-    )
-    .await?;
-    Ok(())
+/// SQLite: writes search rows in few statements. Each replaces the row under its rowid, so of
+/// several for one rowid (a head edited twice in a batch) only the last one counts.
+async fn put_parts(conn: &mut Conn<'_>, parts: Vec<(i64, String)>) -> Result<(), StoreError> {
+    let mut last: HashMap<i64, usize> = HashMap::with_capacity(parts.len());
+    for (i, (rowid, _)) in parts.iter().enumerate() {
+        last.insert(*rowid, i);
+    }
+    let rows: Vec<Vec<Bind>> = parts
+        .into_iter()
+        .enumerate()
+        .filter(|(i, (rowid, _))| last.get(rowid) == Some(i))
+        .map(|(_, (rowid, body))| vec![Bind::I64(rowid), Bind::Text(body)])
+        .collect();
+    conn.insert_rows("INSERT OR REPLACE INTO ticket_fts (rowid, body)", rows, "")
+        .await
 }
 
 fn head_text(t: &Ticket) -> String {
