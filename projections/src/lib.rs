@@ -15,6 +15,7 @@ pub mod keys;
 pub mod rebuild;
 pub mod sql;
 pub mod tickets;
+mod together;
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -197,7 +198,7 @@ impl Projector {
         projections: Vec<Arc<dyn Projection>>,
     ) -> Projector {
         let mut entries = Vec::new();
-        let mut tasks = Vec::new();
+        let mut members = Vec::new();
         for p in projections {
             let shared = Arc::new(Shared {
                 status: Mutex::new(ProjectionStatus {
@@ -213,8 +214,20 @@ impl Projector {
                 checkpoint: watch::channel(Position::START).0,
             });
             entries.push(shared.clone());
-            tasks.push(tokio::spawn(run(store.clone(), db.clone(), p, shared)));
+            members.push((p, shared));
         }
+        let tasks = match &db {
+            // One write lock: every projection's batch in one turn (see `together`).
+            Database::Sqlite(_) => vec![tokio::spawn(together::run(
+                store.clone(),
+                db.clone(),
+                members,
+            ))],
+            Database::Postgres(_) => members
+                .into_iter()
+                .map(|(p, shared)| tokio::spawn(run(store.clone(), db.clone(), p, shared)))
+                .collect(),
+        };
         Projector {
             db,
             entries,
@@ -686,6 +699,21 @@ async fn run(
     }
 }
 
+/// Announces a committed batch of `applied` events ending at `at`; `past_it`: no event of it
+/// failed, so the projection is no longer stopped by one.
+fn advanced(shared: &Shared, at: Position, applied: usize, past_it: bool) {
+    let now = Utc::now();
+    // Before the checkpoint is announced, so a waiter woken by it sees the status that goes
+    // with it.
+    shared.update(|s| {
+        s.position = at;
+        s.last_applied_at = Some(now);
+        s.events_applied += applied as u64;
+        s.failing &= !past_it;
+    });
+    shared.checkpoint.send_replace(at);
+}
+
 fn fail(shared: &Shared, name: &str, error: &str) {
     tracing::error!(projection = name, error, "projection failed; retrying");
     shared.update(|s| {
@@ -787,17 +815,7 @@ async fn follow(
             };
             if applied > 0 {
                 at = batch[applied - 1].position;
-                let now = Utc::now();
-                let past_it = failure.is_none();
-                // Before the checkpoint is announced, so a waiter woken by it sees the status
-                // that goes with it.
-                shared.update(|s| {
-                    s.position = at;
-                    s.last_applied_at = Some(now);
-                    s.events_applied += applied as u64;
-                    s.failing &= !past_it;
-                });
-                shared.checkpoint.send_replace(at);
+                advanced(shared, at, applied, failure.is_none());
                 *backoff = FIRST_BACKOFF;
             }
             if let Some(msg) = failure {

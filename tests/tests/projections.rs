@@ -461,6 +461,110 @@ async fn a_failing_event_stops_the_projection_until_it_applies(store: Arc<dyn Ev
     assert_eq!(got, want, "every event exactly once");
 }
 
+/// Records every event it applies, keyed by position, like `Flaky` but never failing.
+struct Steady;
+
+#[async_trait]
+impl Projection for Steady {
+    fn name(&self) -> &'static str {
+        "steady"
+    }
+
+    fn tables(&self) -> &'static [&'static str] {
+        &["probe_steady"]
+    }
+
+    async fn apply(&self, conn: &mut Conn<'_>, event: &StoredEvent) -> Result<(), StoreError> {
+        conn.execute(
+            "INSERT INTO probe_steady (position) VALUES (?)",
+            &[Bind::Text(event.position.to_string())],
+        )
+        .await?;
+        Ok(())
+    }
+}
+
+async fn positions(db: &Database, table: &str) -> Vec<String> {
+    let mut pooled = Pooled::acquire(db).await.expect("connection");
+    let mut got: Vec<String> = pooled
+        .conn()
+        .fetch_column(&format!("SELECT position FROM {table}"), &[])
+        .await
+        .expect("probe rows");
+    got.sort();
+    got
+}
+
+/// A projection stuck on an event holds the others back from nothing: they apply the whole
+/// log while it keeps what precedes the event and reports failing (on SQLite all projections
+/// share one runner and one transaction per turn, so this is not a given there).
+async fn a_stuck_projection_holds_no_other_back(store: Arc<dyn EventStore>) {
+    let db = store.database().expect("database");
+    for table in ["probe_applied", "probe_steady"] {
+        run(
+            &db,
+            &format!("CREATE TABLE {table} (position TEXT PRIMARY KEY)"),
+        )
+        .await;
+    }
+    let h = CommandHandler::new(store.clone(), SlaPolicy::default(), 100);
+    let mut last = Position::START;
+    for i in 0..4 {
+        let (id, _) = open(&h, &format!("t{i}")).await;
+        last = comment(&h, id).await;
+    }
+    let log = read_until(store.as_ref(), last).await;
+    let last = log.last().expect("events").position;
+    let flaky = Arc::new(Flaky {
+        poison: log[3].position,
+        failures: AtomicU32::new(u32::MAX),
+    });
+    let p = Projector::start_with(store.clone(), db.clone(), vec![flaky, Arc::new(Steady)]);
+    p.wait_for("steady", last, WAIT)
+        .await
+        .expect("the steady projection reaches the end");
+    // More events while the flaky one is stuck: the steady one follows them too.
+    let (id, _) = open(&h, "later").await;
+    let later = comment(&h, id).await;
+    let log = read_until(store.as_ref(), later).await;
+    p.wait_for("steady", log.last().expect("events").position, WAIT)
+        .await
+        .expect("the steady projection follows new events");
+    // Its own runner (PostgreSQL) may not have reached the poison yet.
+    let deadline = std::time::Instant::now() + WAIT;
+    let stuck = loop {
+        let status = p.status();
+        let stuck = status
+            .iter()
+            .find(|s| s.name == "flaky")
+            .expect("flaky's status")
+            .clone();
+        if stuck.errors > 0 || std::time::Instant::now() > deadline {
+            break stuck;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(stuck.failing && stuck.errors >= 1, "{stuck:?}");
+    assert_eq!(stuck.position, log[2].position, "{stuck:?}");
+    let all: Vec<String> = log.iter().map(|e| e.position.to_string()).collect();
+    let mut want = all.clone();
+    want.sort();
+    assert_eq!(positions(&db, "probe_steady").await, want);
+    let mut kept = all[..3].to_vec();
+    kept.sort();
+    assert_eq!(
+        positions(&db, "probe_applied").await,
+        kept,
+        "only what precedes the poison"
+    );
+    let status = p.status();
+    let steady = status
+        .iter()
+        .find(|s| s.name == "steady")
+        .expect("steady's status");
+    assert!(!steady.failing && steady.errors == 0, "{steady:?}");
+}
+
 /// `/metrics`' lag of a projection at a position: the events after it, and the age of the
 /// oldest of them; nothing after the last event.
 async fn lag_counts_the_events_after_a_position(store: Arc<dyn EventStore>) {
@@ -568,6 +672,7 @@ both_backends!(
     a_projection_that_applies_nothing_fails,
     catches_up_follows_and_resumes,
     a_failing_event_stops_the_projection_until_it_applies,
+    a_stuck_projection_holds_no_other_back,
     search_index_rebuilds_identically,
     search_plans_agree_with_the_rule,
 );
