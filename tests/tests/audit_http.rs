@@ -506,7 +506,15 @@ async fn a_ticket_as_of_any_instant(s: TestServer) {
 
 async fn verify_passes_an_untouched_store(s: TestServer) {
     let (_, last) = some_history(&s, 3).await;
-    s.log_upto(&last).await;
+    let log = s.log_upto(&last).await;
+    // The tampering below must find the feed's rows: wait until they are written.
+    let at = log.last().expect("events").position;
+    s.projector
+        .as_ref()
+        .expect("projector")
+        .wait_for("feed", at, std::time::Duration::from_secs(5))
+        .await
+        .expect("the feed caught up");
     let a = s
         .call(
             Method::POST,
@@ -532,11 +540,12 @@ async fn verify_passes_an_untouched_store(s: TestServer) {
     let mut pooled = ticketd_projections::Pooled::acquire(&db)
         .await
         .expect("conn");
-    pooled
+    let changed = pooled
         .conn()
         .execute("UPDATE ticket_feed SET entry = '{}' WHERE version = 1", &[])
         .await
         .expect("tamper");
+    assert_eq!(changed, 3, "one feed row per ticket changed");
     drop(pooled);
     let a = s
         .call(
