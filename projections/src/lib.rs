@@ -39,6 +39,12 @@ pub const BATCH: usize = 500;
 const POLL: Duration = Duration::from_secs(1);
 /// SQLite: the least time between a caught-up runner's turns at the database (see `turn`).
 const TURN_GAP: Duration = Duration::from_millis(35);
+/// PostgreSQL: the least time between the starts of a caught-up runner's batches (see `turn`).
+/// Under load a runner that read every commit at once took batches of about 7 events, and
+/// their fixed cost (a log read, the state reads, a commit each) was PostgreSQL's largest
+/// consumer of CPU; at 20 ms a batch holds about 80 events and the commands get that CPU back
+/// (docs/PERFORMANCE.md, session 12). An event after a quiet spell waits for nothing.
+const BATCH_GAP: Duration = Duration::from_millis(20);
 /// How often a PostgreSQL projector that is not the leader tries to become it.
 const LOCK_RETRY: Duration = Duration::from_secs(2);
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
@@ -549,25 +555,33 @@ impl Writer {
         })
     }
 
-    /// SQLite: this process's turn at the database (see [`WriteTurns`]), for a whole read,
-    /// apply and commit: the page read once the turn comes holds every event committed while
-    /// the runner waited. A runner that is caught up (`paced`: its last page was not full)
-    /// waits [`TURN_GAP`] after its last turn first: turns taken after every append would
-    /// leave the appends one turn in four, each with a handful of requests.
+    /// Waits until the runner may read and apply its next batch. A runner that is caught up
+    /// (`paced`: its last page was not full) starts it no sooner than a gap after its last
+    /// one, so that the events committed meanwhile share one batch.
+    /// - SQLite: then takes this process's turn at the database (see [`WriteTurns`]) for the
+    ///   whole read, apply and commit; the page read once the turn comes holds every event
+    ///   committed while the runner waited. Without [`TURN_GAP`], turns taken after every
+    ///   append would leave the appends one turn in four, each with a handful of requests.
+    /// - PostgreSQL: [`BATCH_GAP`]; no turn to take.
     async fn turn(
         &self,
         last: &mut Option<Instant>,
         paced: bool,
     ) -> Option<tokio::sync::OwnedMutexGuard<()>> {
-        let Writer::Sqlite(_, Some(turns)) = self else {
-            return None;
+        let (gap, turns) = match self {
+            Writer::Sqlite(_, Some(turns)) => (TURN_GAP, Some(turns)),
+            Writer::Sqlite(_, None) => return None,
+            Writer::Postgres(_) => (BATCH_GAP, None),
         };
         if let (true, Some(at)) = (paced, *last) {
-            tokio::time::sleep_until(at + TURN_GAP).await;
+            tokio::time::sleep_until(at + gap).await;
         }
-        let turn = turns.clone().lock_owned().await;
+        let turn = match turns {
+            Some(turns) => Some(turns.clone().lock_owned().await),
+            None => None,
+        };
         *last = Some(Instant::now());
-        Some(turn)
+        turn
     }
 
     fn conn(&mut self) -> Conn<'_> {
