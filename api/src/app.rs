@@ -24,6 +24,8 @@ use crate::error::ApiError;
 
 /// Recent ticket states kept for command handling.
 const STATE_CACHE_CAPACITY: usize = 50_000;
+/// How long the projections get, after the requests, to finish their batch at shutdown.
+const PROJECTIONS_STOP: Duration = Duration::from_secs(5);
 
 /// What every request handler shares.
 #[derive(Clone)]
@@ -182,6 +184,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let database = redact(&args.store.database_url());
     tracing::info!(%addr, %database, "ticketd listening");
     let purge = tokio::spawn(purge_idempotency(store));
+    let projector = state.projector.clone();
     let (stopping, stop) = tokio::sync::oneshot::channel::<()>();
     let server = axum::serve(listener, router(state)).with_graceful_shutdown(async move {
         crate::shutdown::signal().await;
@@ -201,6 +204,16 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         } => tracing::warn!(?timeout, "requests still in flight at the shutdown deadline; exiting"),
     }
     purge.abort();
+    // The projections finish the batch they are in and close their connections; they lose
+    // nothing if cut short, so this waits briefly.
+    if let Some(projector) = projector {
+        if !projector.shutdown(PROJECTIONS_STOP).await {
+            tracing::warn!(
+                ?PROJECTIONS_STOP,
+                "a projection was still busy at shutdown; its batch rolls back and is applied again on the next start"
+            );
+        }
+    }
     tracing::info!("ticketd stopped");
     Ok(())
 }

@@ -179,7 +179,8 @@ pub struct ServeArgs {
     /// Log lines as text or JSON. Levels come from RUST_LOG (default `info`).
     #[arg(long = "log-format", env = "TICKETD_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
-    /// Seconds to let in-flight requests finish after SIGTERM or SIGINT.
+    /// Seconds to let in-flight requests finish after SIGTERM or SIGINT (the projections then
+    /// get up to 5 s more to commit the batch in hand).
     #[arg(
         long = "shutdown-timeout",
         env = "TICKETD_SHUTDOWN_TIMEOUT",

@@ -131,6 +131,34 @@ impl Shared {
     }
 }
 
+/// A runner's view of [`Projector::shutdown`]. Runners look at it between batches, never
+/// inside one, so a shutdown neither cuts a batch short nor leaves a transaction open.
+#[derive(Clone)]
+pub(crate) struct Stop(watch::Receiver<bool>);
+
+impl Stop {
+    pub(crate) fn asked(&self) -> bool {
+        *self.0.borrow()
+    }
+
+    /// Completes once a stop is asked; never if the projector is gone (its drop aborts the
+    /// runners).
+    pub(crate) async fn wait(&mut self) {
+        if self.0.wait_for(|asked| *asked).await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+
+    /// Sleeps for `d`, less if a stop is asked meanwhile; whether one was.
+    pub(crate) async fn sleep(&mut self, d: Duration) -> bool {
+        tokio::select! {
+            () = tokio::time::sleep(d) => {}
+            () = self.wait() => {}
+        }
+        self.asked()
+    }
+}
+
 /// Why a `min_position` wait ended without the position.
 #[derive(Debug, thiserror::Error)]
 pub enum WaitError {
@@ -144,7 +172,9 @@ pub enum WaitError {
 pub struct Projector {
     db: Database,
     entries: Vec<Arc<Shared>>,
-    tasks: Vec<JoinHandle<()>>,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
+    /// Set by [`Projector::shutdown`]; the runners see it through their [`Stop`].
+    stopping: watch::Sender<bool>,
     /// The runners' own thread, when [`Projector::start`] made one.
     runtime: Option<tokio::runtime::Runtime>,
 }
@@ -222,31 +252,58 @@ impl Projector {
             entries.push(shared.clone());
             members.push((p, shared));
         }
+        let (stopping, asked) = watch::channel(false);
+        let stop = Stop(asked);
         let tasks = match &db {
             // One write lock: every projection's batch in one turn (see `together`).
             Database::Sqlite(_) => vec![tokio::spawn(together::run(
                 store.clone(),
                 db.clone(),
                 members,
+                stop,
             ))],
             Database::Postgres(_) => members
                 .into_iter()
-                .map(|(p, shared)| tokio::spawn(run(store.clone(), db.clone(), p, shared)))
+                .map(|(p, shared)| {
+                    tokio::spawn(run(store.clone(), db.clone(), p, shared, stop.clone()))
+                })
                 .collect(),
         };
         Projector {
             db,
             entries,
-            tasks,
+            tasks: Mutex::new(tasks),
+            stopping,
             runtime: None,
         }
     }
 
-    /// Stops every projection (also done on drop). A batch cut short rolls back.
+    /// Stops every projection at once (also done on drop). A batch cut short rolls back.
     pub fn stop(&self) {
-        for t in &self.tasks {
+        for t in self.tasks.lock().unwrap_or_else(|p| p.into_inner()).iter() {
             t.abort();
         }
+    }
+
+    /// Stops every runner between its batches: each finishes the batch it is in, commits it
+    /// and closes its connection (on PostgreSQL releasing its advisory lock at once, for
+    /// another process to take). What has not stopped `within` is aborted, its batch rolled
+    /// back. Returns whether every runner stopped by itself.
+    pub async fn shutdown(&self, within: Duration) -> bool {
+        self.stopping.send_replace(true);
+        let mut tasks = std::mem::take(&mut *self.tasks.lock().unwrap_or_else(|p| p.into_inner()));
+        let deadline = Instant::now() + within;
+        let mut clean = true;
+        for task in &mut tasks {
+            if !matches!(
+                tokio::time::timeout_at(deadline, &mut *task).await,
+                Ok(Ok(()))
+            ) {
+                clean = false;
+                task.abort();
+            }
+        }
+        clean
     }
 
     /// The database the read models are in.
@@ -590,6 +647,17 @@ impl Writer {
             Writer::Postgres(c) => Conn::Postgres(c),
         }
     }
+
+    /// Closes the connection the way the database expects, so it logs no dropped client.
+    async fn close(self) {
+        let closed = match self {
+            Writer::Sqlite(c, _) => c.close().await,
+            Writer::Postgres(c) => c.close().await,
+        };
+        if let Err(e) = closed {
+            tracing::debug!(error = %e, "closing a runner's connection");
+        }
+    }
 }
 
 /// PostgreSQL: a runner's connection commits without waiting for its WAL to reach the disk.
@@ -680,35 +748,40 @@ async fn take_lock(pool: &PgPool, name: &str) -> Result<Option<PgConnection>, St
 
 /// A projection's life: become its runner, follow the log, and on any failure log it, back
 /// off and start again from the stored checkpoint.
+/// Ends when a stop is asked (see [`Projector::shutdown`]).
 async fn run(
     store: Arc<dyn EventStore>,
     db: Database,
     p: Arc<dyn Projection>,
     shared: Arc<Shared>,
+    mut stop: Stop,
 ) {
     let name = p.name();
     let mut backoff = FIRST_BACKOFF;
-    loop {
+    while !stop.asked() {
         let lock = match &db {
             Database::Sqlite(_) => None,
             Database::Postgres(pool) => match take_lock(pool, name).await {
                 Ok(Some(conn)) => Some(conn),
                 Ok(None) => {
-                    tokio::time::sleep(LOCK_RETRY).await;
+                    stop.sleep(LOCK_RETRY).await;
                     continue;
                 }
                 Err(e) => {
                     fail(&shared, name, &e.to_string());
-                    tokio::time::sleep(LOCK_RETRY).await;
+                    stop.sleep(LOCK_RETRY).await;
                     continue;
                 }
             },
         };
         shared.update(|s| s.leader = true);
-        let error = follow(&*store, &db, &*p, &shared, lock, &mut backoff).await;
+        let followed = follow(&*store, &db, &*p, &shared, lock, &mut backoff, &mut stop).await;
         shared.update(|s| s.leader = false);
+        let Err(error) = followed else {
+            return;
+        };
         fail(&shared, name, &error);
-        tokio::time::sleep(backoff).await;
+        stop.sleep(backoff).await;
         backoff = (backoff * 2).min(MAX_BACKOFF);
     }
 }
@@ -737,8 +810,9 @@ fn fail(shared: &Shared, name: &str, error: &str) {
     });
 }
 
-/// Catches up from the checkpoint, then applies new events as they commit. Returns only on
-/// failure, with what went wrong.
+/// Catches up from the checkpoint, then applies new events as they commit. Returns when a
+/// stop is asked, between batches, with its connection closed; or on failure, with what went
+/// wrong.
 async fn follow(
     store: &dyn EventStore,
     db: &Database,
@@ -746,21 +820,22 @@ async fn follow(
     shared: &Shared,
     lock: Option<PgConnection>,
     backoff: &mut Duration,
-) -> String {
+    stop: &mut Stop,
+) -> Result<(), String> {
     // On PostgreSQL the connection holding the advisory lock writes the batches too, so a
     // leader that lost its lock's connection cannot commit another batch.
     let mut writer = match lock {
         Some(conn) => Writer::Postgres(conn),
         None => match Writer::connect(db, store.write_turns()).await {
             Ok(w) => w,
-            Err(e) => return format!("connecting: {e}"),
+            Err(e) => return Err(format!("connecting: {e}")),
         },
     };
     let mut ticks = store.subscribe();
     // The runner's own connection throughout (see the log read below).
     let mut at = match ensure_checkpoint_on(&mut writer.conn(), p.name()).await {
         Ok(at) => at,
-        Err(e) => return format!("reading the checkpoint: {e}"),
+        Err(e) => return Err(format!("reading the checkpoint: {e}")),
     };
     shared.update(|s| s.position = at);
     shared.checkpoint.send_replace(at);
@@ -768,6 +843,10 @@ async fn follow(
     let (mut turned, mut paced) = (None, false);
     loop {
         loop {
+            if stop.asked() {
+                writer.close().await;
+                return Ok(());
+            }
             let _turn = writer.turn(&mut turned, paced).await;
             let started = Instant::now();
             // PostgreSQL: on the runner's own connection, made on the runner's runtime, so no
@@ -780,7 +859,7 @@ async fn follow(
             };
             let batch = match read {
                 Ok(b) => b,
-                Err(e) => return format!("reading the log after {at}: {e}"),
+                Err(e) => return Err(format!("reading the log after {at}: {e}")),
             };
             paced = batch.len() < BATCH;
             if batch.is_empty() {
@@ -800,7 +879,7 @@ async fn follow(
                 Err(BatchError { moved: true, .. }) => {
                     at = match checkpoint_on(&mut writer.conn(), p.name()).await {
                         Ok(stored) => stored,
-                        Err(e) => return format!("re-reading the checkpoint: {e}"),
+                        Err(e) => return Err(format!("re-reading the checkpoint: {e}")),
                     };
                     tracing::info!(projection = p.name(), %at, "checkpoint moved (a rebuild switched in?); following from it");
                     shared.update(|s| s.position = at);
@@ -833,7 +912,7 @@ async fn follow(
                 *backoff = FIRST_BACKOFF;
             }
             if let Some(msg) = failure {
-                return msg;
+                return Err(msg);
             }
         }
         tokio::select! {
@@ -843,13 +922,14 @@ async fn follow(
                 }
             }
             () = tokio::time::sleep(POLL) => {}
+            () = stop.wait() => {}
         }
         // A leader whose lock connection died has lost the lock: step down. Checked about once
         // per poll interval, not per commit.
         if let Writer::Postgres(conn) = &mut writer {
             if pinged.elapsed() >= POLL {
                 if let Err(e) = conn.ping().await {
-                    return format!("lost the advisory lock's connection: {e}");
+                    return Err(format!("lost the advisory lock's connection: {e}"));
                 }
                 pinged = Instant::now();
             }

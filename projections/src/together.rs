@@ -21,7 +21,7 @@ use ticketd_commands::{Database, EventStore, Position, StoreError, StoredEvent};
 use crate::sql::{unavailable, Conn};
 use crate::{
     advanced, apply_in, checkpoint_on, describe, ensure_checkpoint_on, fail, BatchError,
-    Projection, Shared, Writer, BATCH, FIRST_BACKOFF, MAX_BACKOFF, POLL,
+    Projection, Shared, Stop, Writer, BATCH, FIRST_BACKOFF, MAX_BACKOFF, POLL,
 };
 
 /// One projection of the shared runner.
@@ -56,11 +56,12 @@ enum Outcome {
 
 /// The runner's life: follow the log for every projection; on a failure of the turn itself
 /// (the connection, a read, the commit) log it against each projection, back off and start
-/// again from the stored checkpoints.
+/// again from the stored checkpoints. Ends when a stop is asked.
 pub(crate) async fn run(
     store: Arc<dyn EventStore>,
     db: Database,
     projections: Vec<(Arc<dyn Projection>, Arc<Shared>)>,
+    mut stop: Stop,
 ) {
     let mut members: Vec<Member> = projections
         .into_iter()
@@ -73,38 +74,45 @@ pub(crate) async fn run(
         })
         .collect();
     let mut backoff = FIRST_BACKOFF;
-    loop {
+    while !stop.asked() {
         for m in &members {
             m.shared.update(|s| s.leader = true);
         }
-        let error = follow(&*store, &db, &mut members, &mut backoff).await;
+        let followed = follow(&*store, &db, &mut members, &mut backoff, &mut stop).await;
         for m in &mut members {
             m.shared.update(|s| s.leader = false);
+        }
+        let Err(error) = followed else {
+            return;
+        };
+        for m in &mut members {
             fail(&m.shared, m.p.name(), &error);
             m.resume = None;
         }
-        tokio::time::sleep(backoff).await;
+        stop.sleep(backoff).await;
         backoff = (backoff * 2).min(MAX_BACKOFF);
     }
 }
 
 /// Catches every projection up from its checkpoint, then applies new events as they commit.
-/// Returns only when the turn itself fails, with what went wrong.
+/// Returns when a stop is asked, between turns, with its connection closed; or when the turn
+/// itself fails, with what went wrong.
 async fn follow(
     store: &dyn EventStore,
     db: &Database,
     members: &mut [Member],
     backoff: &mut Duration,
-) -> String {
+    stop: &mut Stop,
+) -> Result<(), String> {
     let mut writer = match Writer::connect(db, store.write_turns()).await {
         Ok(w) => w,
-        Err(e) => return format!("connecting: {e}"),
+        Err(e) => return Err(format!("connecting: {e}")),
     };
     let mut ticks = store.subscribe();
     for m in members.iter_mut() {
         m.at = match ensure_checkpoint_on(&mut writer.conn(), m.p.name()).await {
             Ok(at) => at,
-            Err(e) => return format!("reading the checkpoint of {}: {e}", m.p.name()),
+            Err(e) => return Err(format!("reading the checkpoint of {}: {e}", m.p.name())),
         };
         m.shared.update(|s| s.position = m.at);
         m.shared.checkpoint.send_replace(m.at);
@@ -112,6 +120,10 @@ async fn follow(
     let (mut turned, mut paced) = (None, false);
     loop {
         loop {
+            if stop.asked() {
+                writer.close().await;
+                return Ok(());
+            }
             let _turn = writer.turn(&mut turned, paced).await;
             let started = Instant::now();
             let mut pages: Vec<(Position, Vec<StoredEvent>)> = Vec::new();
@@ -119,7 +131,7 @@ async fn follow(
                 if pages.iter().all(|(at, _)| *at != m.at) {
                     match store.read_all(m.at, BATCH).await {
                         Ok(page) => pages.push((m.at, page)),
-                        Err(e) => return format!("reading the log after {}: {e}", m.at),
+                        Err(e) => return Err(format!("reading the log after {}: {e}", m.at)),
                     }
                 }
             }
@@ -129,11 +141,11 @@ async fn follow(
             }
             let read = started.elapsed();
             let Writer::Sqlite(conn, _) = &mut writer else {
-                return "the shared runner writes only to SQLite".to_owned();
+                return Err("the shared runner writes only to SQLite".to_owned());
             };
             let mut tx = match conn.begin_with("BEGIN IMMEDIATE").await {
                 Ok(tx) => tx,
-                Err(e) => return format!("beginning a batch: {e}"),
+                Err(e) => return Err(format!("beginning a batch: {e}")),
             };
             let mut outcomes = Vec::new();
             for (i, m) in members.iter().enumerate() {
@@ -154,11 +166,11 @@ async fn follow(
                         );
                         outcomes.push((i, page, outcome))
                     }
-                    Err(e) => return format!("applying a batch of {}: {e}", m.p.name()),
+                    Err(e) => return Err(format!("applying a batch of {}: {e}", m.p.name())),
                 }
             }
             if let Err(e) = tx.commit().await {
-                return format!("committing a batch: {e}");
+                return Err(format!("committing a batch: {e}"));
             }
             tracing::debug!(
                 projections = outcomes.len(),
@@ -179,7 +191,7 @@ async fn follow(
                     Outcome::Moved => {
                         m.at = match checkpoint_on(&mut writer.conn(), m.p.name()).await {
                             Ok(stored) => stored,
-                            Err(e) => return format!("re-reading the checkpoint: {e}"),
+                            Err(e) => return Err(format!("re-reading the checkpoint: {e}")),
                         };
                         tracing::info!(projection = m.p.name(), at = %m.at, "checkpoint moved (a rebuild switched in?); following from it");
                         m.shared.update(|s| s.position = m.at);
@@ -211,6 +223,7 @@ async fn follow(
                 }
             }
             () = tokio::time::sleep_until(wake) => {}
+            () = stop.wait() => {}
         }
     }
 }

@@ -17,7 +17,7 @@ use ticketd_domain::{
 };
 use ticketd_projections::sql::{Bind, Conn};
 use ticketd_projections::tickets::{ListQuery, Sort, TextPlan, View};
-use ticketd_projections::{lag, tickets, Pooled, Projection, Projector};
+use ticketd_projections::{lag, read_checkpoint, tickets, Pooled, Projection, Projector};
 use ticketd_tests::{both_backends, read_everything, read_until};
 
 const WAIT: Duration = Duration::from_secs(10);
@@ -565,6 +565,72 @@ async fn a_stuck_projection_holds_no_other_back(store: Arc<dyn EventStore>) {
     assert!(!steady.failing && steady.errors == 0, "{steady:?}");
 }
 
+/// Records every event like `Steady`, taking its time over each, and says when it has begun.
+struct Slow {
+    begun: tokio::sync::Notify,
+}
+
+#[async_trait]
+impl Projection for Slow {
+    fn name(&self) -> &'static str {
+        "slow"
+    }
+
+    fn tables(&self) -> &'static [&'static str] {
+        &["probe_slow"]
+    }
+
+    async fn apply(&self, conn: &mut Conn<'_>, event: &StoredEvent) -> Result<(), StoreError> {
+        conn.execute(
+            "INSERT INTO probe_slow (position) VALUES (?)",
+            &[Bind::Text(event.position.to_string())],
+        )
+        .await?;
+        self.begun.notify_one();
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        Ok(())
+    }
+}
+
+/// A shutdown asked in the middle of a batch lets the runner finish and commit it, then stop
+/// following the log; the next start goes on from there.
+async fn shutdown_finishes_the_batch_in_hand(store: Arc<dyn EventStore>) {
+    let db = store.database().expect("database");
+    run(&db, "CREATE TABLE probe_slow (position TEXT PRIMARY KEY)").await;
+    let h = CommandHandler::new(store.clone(), SlaPolicy::default(), 100);
+    let (id, _) = open(&h, "slow").await;
+    comment(&h, id).await;
+    let last = comment(&h, id).await;
+    let log = read_until(store.as_ref(), last).await;
+    let slow = Arc::new(Slow {
+        begun: tokio::sync::Notify::new(),
+    });
+    let p = Projector::start_with(store.clone(), db.clone(), vec![slow.clone()]);
+    tokio::time::timeout(WAIT, slow.begun.notified())
+        .await
+        .expect("the batch begins");
+    assert!(p.shutdown(WAIT).await, "every runner stopped by itself");
+    let mut all: Vec<String> = log.iter().map(|e| e.position.to_string()).collect();
+    all.sort();
+    assert_eq!(positions(&db, "probe_slow").await, all, "the whole batch");
+    assert_eq!(
+        read_checkpoint(&db, "slow").await.expect("checkpoint"),
+        last
+    );
+    let status = &p.status()[0];
+    assert_eq!(status.events_applied, log.len() as u64, "{status:?}");
+    // Stopped: a new event waits for the next start.
+    let later = comment(&h, id).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(positions(&db, "probe_slow").await.len(), log.len());
+    drop(p);
+    let p = Projector::start_with(store.clone(), db.clone(), vec![slow]);
+    p.wait_for("slow", later, WAIT)
+        .await
+        .expect("the next start goes on");
+    assert_eq!(positions(&db, "probe_slow").await.len(), log.len() + 1);
+}
+
 /// `/metrics`' lag of a projection at a position: the events after it, and the age of the
 /// oldest of them; nothing after the last event.
 async fn lag_counts_the_events_after_a_position(store: Arc<dyn EventStore>) {
@@ -673,6 +739,7 @@ both_backends!(
     catches_up_follows_and_resumes,
     a_failing_event_stops_the_projection_until_it_applies,
     a_stuck_projection_holds_no_other_back,
+    shutdown_finishes_the_batch_in_hand,
     search_index_rebuilds_identically,
     search_plans_agree_with_the_rule,
 );
