@@ -31,7 +31,7 @@ use sqlx::postgres::{
     PgArguments, PgConnectOptions, PgListener, PgPool, PgPoolCopyExt, PgPoolOptions, PgRow,
 };
 use sqlx::query::Query;
-use sqlx::{PgConnection, Postgres, Row};
+use sqlx::{Connection, PgConnection, Postgres, Row};
 use tokio::sync::{mpsc, oneshot, watch, Notify};
 use tokio::task::JoinHandle;
 use uuid::Uuid;
@@ -465,14 +465,47 @@ impl Core {
     }
 }
 
+impl PostgresStore {
+    /// [`draw_numbers`] on the numbers' own connection, made anew (once) when there is none
+    /// or the one there fails: a server restart costs no open an error.
+    async fn draw(&self, slot: &mut Option<PgConnection>, n: usize) -> StoreResult<Vec<u64>> {
+        if let Some(conn) = slot.as_mut() {
+            match draw_numbers(conn, n).await {
+                Ok(numbers) => return Ok(numbers),
+                Err(e) => {
+                    tracing::debug!(error = %e, "the ticket-number connection failed; reconnecting");
+                    *slot = None;
+                }
+            }
+        }
+        let options = self.pool.connect_options();
+        let conn = match tokio::time::timeout(ACQUIRE_TIMEOUT, PgConnection::connect_with(&options))
+            .await
+        {
+            Ok(Ok(conn)) => slot.insert(conn),
+            Ok(Err(e)) => return Err(unavailable(e)),
+            Err(_) => {
+                return Err(StoreError::Unavailable(
+                    "connecting for ticket numbers timed out".into(),
+                ))
+            }
+        };
+        let drawn = draw_numbers(conn, n).await;
+        if drawn.is_err() {
+            *slot = None;
+        }
+        drawn
+    }
+}
+
 /// Draws `n` ticket numbers in one statement, ascending. Concurrent opens have no order among
 /// themselves, so any of them may take any of the numbers; every later open gets a larger one.
-async fn draw_numbers(pool: &PgPool, n: usize) -> StoreResult<Vec<u64>> {
+async fn draw_numbers(conn: &mut PgConnection, n: usize) -> StoreResult<Vec<u64>> {
     let count = i64::try_from(n).map_err(corrupt)?;
     let mut numbers: Vec<i64> =
         sqlx::query_scalar("SELECT nextval('ticket_numbers') FROM generate_series(1, $1)")
             .bind(count)
-            .fetch_all(pool)
+            .fetch_all(conn)
             .await
             .map_err(unavailable)?;
     numbers.sort_unstable();
@@ -491,7 +524,10 @@ async fn draw_numbers(pool: &PgPool, n: usize) -> StoreResult<Vec<u64>> {
 #[derive(Default)]
 struct Numbers {
     waiting: std::sync::Mutex<Vec<oneshot::Sender<StoreResult<u64>>>>,
-    leader: tokio::sync::Mutex<()>,
+    /// Held by whoever draws, with the connection the draws go through (made on first use,
+    /// and again after a failure). It is not the pool's: from the pool an open waited for a
+    /// connection twice, for its number and for its append, behind every other request.
+    leader: tokio::sync::Mutex<Option<PgConnection>>,
 }
 
 /// Batch writers. Each takes every append waiting (up to [`MAX_BATCH`], one per stream) and
@@ -960,7 +996,7 @@ impl EventStore for PostgresStore {
             // Whoever holds the leader lock draws numbers for everyone waiting at that moment,
             // in one statement. A request whose number an earlier leader drew finds the queue
             // empty here and its answer ready.
-            let _leader = self.numbers.leader.lock().await;
+            let mut leader = self.numbers.leader.lock().await;
             let waiting = self
                 .numbers
                 .waiting
@@ -968,7 +1004,7 @@ impl EventStore for PostgresStore {
                 .map(|mut w| std::mem::take(&mut *w))
                 .unwrap_or_default();
             if !waiting.is_empty() {
-                let drawn = draw_numbers(&self.pool, waiting.len()).await;
+                let drawn = self.draw(&mut leader, waiting.len()).await;
                 match drawn {
                     Ok(numbers) => {
                         for (done, n) in waiting.into_iter().zip(numbers) {

@@ -1014,3 +1014,38 @@ async fn postgres_other_process_appends_tick_subscribers() {
     let log = tick_until_visible(&other, &mut ticks, appended.events[1].position).await;
     assert_eq!(log, appended.events);
 }
+
+/// PostgreSQL: ticket numbers come through a connection of their own; when it breaks (a server
+/// restart, a terminated backend), the next draw makes a new one instead of failing its opens.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_ticket_numbers_survive_a_broken_connection() {
+    let Some(t) = ticketd_tests::postgres_store(2).await else {
+        return;
+    };
+    // Its own application name, so the query below finds this store's connections only.
+    let app = format!("numbers-{}", Uuid::new_v4().simple());
+    let store = ticketd_commands::PostgresStore::connect_with(
+        t.schema.options.clone().application_name(&app),
+        2,
+    )
+    .await
+    .expect("store");
+    let first = store.next_ticket_number().await.expect("number");
+    let admin = sqlx::PgPool::connect_with(t.schema.options.clone())
+        .await
+        .expect("admin");
+    let ended: Vec<bool> = sqlx::query_scalar(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+         WHERE application_name = $1 AND query LIKE '%nextval%'",
+    )
+    .bind(&app)
+    .fetch_all(&admin)
+    .await
+    .expect("terminate");
+    assert_eq!(ended, [true], "the numbers' connection, and only it");
+    let next = store
+        .next_ticket_number()
+        .await
+        .expect("a number after the break");
+    assert!(next > first, "{next} > {first}");
+}
