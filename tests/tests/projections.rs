@@ -63,6 +63,22 @@ async fn comment(h: &CommandHandler, id: Uuid) -> Position {
 }
 
 /// Every read-model row equals the command side's fold of the same stream.
+/// `n` tickets opened and commented on, and the whole log once it shows them (PostgreSQL
+/// shows a commit in the log a moment later).
+async fn opened_and_commented(
+    store: &Arc<dyn EventStore>,
+    n: usize,
+) -> (CommandHandler, Vec<StoredEvent>) {
+    let h = CommandHandler::new(store.clone(), SlaPolicy::default(), 100);
+    let mut last = Position::START;
+    for i in 0..n {
+        let (id, _) = open(&h, &format!("t{i}")).await;
+        last = comment(&h, id).await;
+    }
+    let log = read_until(store.as_ref(), last).await;
+    (h, log)
+}
+
 async fn assert_rows_match(store: &Arc<dyn EventStore>, p: &Projector, h: &CommandHandler) {
     for id in ids(store).await {
         let row = tickets::get(p.database(), id).await.expect("read model");
@@ -398,11 +414,7 @@ impl Projection for Flaky {
         {
             return Err(StoreError::Corrupt("flaky says no".into()));
         }
-        conn.execute(
-            "INSERT INTO probe_applied (position) VALUES (?)",
-            &[Bind::Text(event.position.to_string())],
-        )
-        .await?;
+        record(conn, "probe_applied", event).await?;
         Ok(())
     }
 }
@@ -419,14 +431,7 @@ async fn a_failing_event_stops_the_projection_until_it_applies(store: Arc<dyn Ev
         .await
         .expect("probe table");
     drop(pooled);
-    let h = CommandHandler::new(store.clone(), SlaPolicy::default(), 100);
-    let mut last = Position::START;
-    for i in 0..3 {
-        let (id, _) = open(&h, &format!("t{i}")).await;
-        last = comment(&h, id).await;
-    }
-    // PostgreSQL shows a commit in the log a moment later: wait for all of it.
-    let log = read_until(store.as_ref(), last).await;
+    let (_, log) = opened_and_commented(&store, 3).await;
     let last = log.last().expect("events").position;
     let flaky = Arc::new(Flaky {
         poison: log[3].position,
@@ -461,25 +466,50 @@ async fn a_failing_event_stops_the_projection_until_it_applies(store: Arc<dyn Ev
     assert_eq!(got, want, "every event exactly once");
 }
 
-/// Records every event it applies, keyed by position, like `Flaky` but never failing.
-struct Steady;
+/// Records `event` in a probe table, keyed by its position.
+async fn record(conn: &mut Conn<'_>, table: &str, event: &StoredEvent) -> Result<(), StoreError> {
+    conn.execute(
+        &format!("INSERT INTO {table} (position) VALUES (?)"),
+        &[Bind::Text(event.position.to_string())],
+    )
+    .await?;
+    Ok(())
+}
+
+/// Records every event it applies in its table, keyed by position, like `Flaky` but never
+/// failing. It pauses `pause` after each, so that a batch lasts, and `begun` says when one has.
+struct Probe {
+    name: &'static str,
+    tables: &'static [&'static str],
+    pause: Duration,
+    begun: tokio::sync::Notify,
+}
+
+impl Probe {
+    fn new(name: &'static str, tables: &'static [&'static str], pause: Duration) -> Arc<Probe> {
+        Arc::new(Probe {
+            name,
+            tables,
+            pause,
+            begun: tokio::sync::Notify::new(),
+        })
+    }
+}
 
 #[async_trait]
-impl Projection for Steady {
+impl Projection for Probe {
     fn name(&self) -> &'static str {
-        "steady"
+        self.name
     }
 
     fn tables(&self) -> &'static [&'static str] {
-        &["probe_steady"]
+        self.tables
     }
 
     async fn apply(&self, conn: &mut Conn<'_>, event: &StoredEvent) -> Result<(), StoreError> {
-        conn.execute(
-            "INSERT INTO probe_steady (position) VALUES (?)",
-            &[Bind::Text(event.position.to_string())],
-        )
-        .await?;
+        record(conn, self.tables[0], event).await?;
+        self.begun.notify_one();
+        tokio::time::sleep(self.pause).await;
         Ok(())
     }
 }
@@ -507,19 +537,20 @@ async fn a_stuck_projection_holds_no_other_back(store: Arc<dyn EventStore>) {
         )
         .await;
     }
-    let h = CommandHandler::new(store.clone(), SlaPolicy::default(), 100);
-    let mut last = Position::START;
-    for i in 0..4 {
-        let (id, _) = open(&h, &format!("t{i}")).await;
-        last = comment(&h, id).await;
-    }
-    let log = read_until(store.as_ref(), last).await;
+    let (h, log) = opened_and_commented(&store, 4).await;
     let last = log.last().expect("events").position;
     let flaky = Arc::new(Flaky {
         poison: log[3].position,
         failures: AtomicU32::new(u32::MAX),
     });
-    let p = Projector::start_with(store.clone(), db.clone(), vec![flaky, Arc::new(Steady)]);
+    let p = Projector::start_with(
+        store.clone(),
+        db.clone(),
+        vec![
+            flaky,
+            Probe::new("steady", &["probe_steady"], Duration::ZERO),
+        ],
+    );
     p.wait_for("steady", last, WAIT)
         .await
         .expect("the steady projection reaches the end");
@@ -565,33 +596,6 @@ async fn a_stuck_projection_holds_no_other_back(store: Arc<dyn EventStore>) {
     assert!(!steady.failing && steady.errors == 0, "{steady:?}");
 }
 
-/// Records every event like `Steady`, taking its time over each, and says when it has begun.
-struct Slow {
-    begun: tokio::sync::Notify,
-}
-
-#[async_trait]
-impl Projection for Slow {
-    fn name(&self) -> &'static str {
-        "slow"
-    }
-
-    fn tables(&self) -> &'static [&'static str] {
-        &["probe_slow"]
-    }
-
-    async fn apply(&self, conn: &mut Conn<'_>, event: &StoredEvent) -> Result<(), StoreError> {
-        conn.execute(
-            "INSERT INTO probe_slow (position) VALUES (?)",
-            &[Bind::Text(event.position.to_string())],
-        )
-        .await?;
-        self.begun.notify_one();
-        tokio::time::sleep(Duration::from_millis(150)).await;
-        Ok(())
-    }
-}
-
 /// A shutdown asked in the middle of a batch lets the runner finish and commit it, then stop
 /// following the log; the next start goes on from there.
 async fn shutdown_finishes_the_batch_in_hand(store: Arc<dyn EventStore>) {
@@ -602,9 +606,7 @@ async fn shutdown_finishes_the_batch_in_hand(store: Arc<dyn EventStore>) {
     comment(&h, id).await;
     let last = comment(&h, id).await;
     let log = read_until(store.as_ref(), last).await;
-    let slow = Arc::new(Slow {
-        begun: tokio::sync::Notify::new(),
-    });
+    let slow = Probe::new("slow", &["probe_slow"], Duration::from_millis(150));
     let p = Projector::start_with(store.clone(), db.clone(), vec![slow.clone()]);
     tokio::time::timeout(WAIT, slow.begun.notified())
         .await
