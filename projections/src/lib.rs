@@ -149,13 +149,12 @@ impl Stop {
         }
     }
 
-    /// Sleeps for `d`, less if a stop is asked meanwhile; whether one was.
-    pub(crate) async fn sleep(&mut self, d: Duration) -> bool {
+    /// Sleeps for `d`, less if a stop is asked meanwhile.
+    pub(crate) async fn sleep(&mut self, d: Duration) {
         tokio::select! {
             () = tokio::time::sleep(d) => {}
             () = self.wait() => {}
         }
-        self.asked()
     }
 }
 
@@ -262,10 +261,10 @@ impl Projector {
                 members,
                 stop,
             ))],
-            Database::Postgres(_) => members
+            Database::Postgres(pool) => members
                 .into_iter()
                 .map(|(p, shared)| {
-                    tokio::spawn(run(store.clone(), db.clone(), p, shared, stop.clone()))
+                    tokio::spawn(run(store.clone(), pool.clone(), p, shared, stop.clone()))
                 })
                 .collect(),
         };
@@ -286,7 +285,7 @@ impl Projector {
     }
 
     /// Stops every runner between its batches: each finishes the batch it is in, commits it
-    /// and closes its connection (on PostgreSQL releasing its advisory lock at once, for
+    /// and closes its connection (on PostgreSQL releasing its advisory lock with it, for
     /// another process to take). What has not stopped `within` is aborted, its batch rolled
     /// back. Returns whether every runner stopped by itself.
     pub async fn shutdown(&self, within: Duration) -> bool {
@@ -746,12 +745,13 @@ async fn take_lock(pool: &PgPool, name: &str) -> Result<Option<PgConnection>, St
     }
 }
 
-/// A projection's life: become its runner, follow the log, and on any failure log it, back
-/// off and start again from the stored checkpoint.
-/// Ends when a stop is asked (see [`Projector::shutdown`]).
+/// PostgreSQL: a projection's life: become its runner (the holder of its advisory lock),
+/// follow the log, and on any failure log it, back off and start again from the stored
+/// checkpoint. Ends when a stop is asked (see [`Projector::shutdown`]). SQLite runs every
+/// projection in one runner instead (see `together`).
 async fn run(
     store: Arc<dyn EventStore>,
-    db: Database,
+    pool: PgPool,
     p: Arc<dyn Projection>,
     shared: Arc<Shared>,
     mut stop: Stop,
@@ -759,23 +759,20 @@ async fn run(
     let name = p.name();
     let mut backoff = FIRST_BACKOFF;
     while !stop.asked() {
-        let lock = match &db {
-            Database::Sqlite(_) => None,
-            Database::Postgres(pool) => match take_lock(pool, name).await {
-                Ok(Some(conn)) => Some(conn),
-                Ok(None) => {
-                    stop.sleep(LOCK_RETRY).await;
-                    continue;
-                }
-                Err(e) => {
-                    fail(&shared, name, &e.to_string());
-                    stop.sleep(LOCK_RETRY).await;
-                    continue;
-                }
-            },
+        let lock = match take_lock(&pool, name).await {
+            Ok(Some(conn)) => conn,
+            Ok(None) => {
+                stop.sleep(LOCK_RETRY).await;
+                continue;
+            }
+            Err(e) => {
+                fail(&shared, name, &e.to_string());
+                stop.sleep(LOCK_RETRY).await;
+                continue;
+            }
         };
         shared.update(|s| s.leader = true);
-        let followed = follow(&*store, &db, &*p, &shared, lock, &mut backoff, &mut stop).await;
+        let followed = follow(&*store, &*p, &shared, lock, &mut backoff, &mut stop).await;
         shared.update(|s| s.leader = false);
         let Err(error) = followed else {
             return;
@@ -815,22 +812,15 @@ fn fail(shared: &Shared, name: &str, error: &str) {
 /// wrong.
 async fn follow(
     store: &dyn EventStore,
-    db: &Database,
     p: &dyn Projection,
     shared: &Shared,
-    lock: Option<PgConnection>,
+    lock: PgConnection,
     backoff: &mut Duration,
     stop: &mut Stop,
 ) -> Result<(), String> {
-    // On PostgreSQL the connection holding the advisory lock writes the batches too, so a
-    // leader that lost its lock's connection cannot commit another batch.
-    let mut writer = match lock {
-        Some(conn) => Writer::Postgres(conn),
-        None => match Writer::connect(db, store.write_turns()).await {
-            Ok(w) => w,
-            Err(e) => return Err(format!("connecting: {e}")),
-        },
-    };
+    // The connection holding the advisory lock writes the batches too, so a leader that lost
+    // its lock's connection cannot commit another batch.
+    let mut writer = Writer::Postgres(lock);
     let mut ticks = store.subscribe();
     // The runner's own connection throughout (see the log read below).
     let mut at = match ensure_checkpoint_on(&mut writer.conn(), p.name()).await {
@@ -849,14 +839,12 @@ async fn follow(
             }
             let _turn = writer.turn(&mut turned, paced).await;
             let started = Instant::now();
-            // PostgreSQL: on the runner's own connection, made on the runner's runtime, so no
-            // pooled connection of the server's ends up driven by the runner's thread.
-            let read = match &mut writer {
-                Writer::Postgres(conn) => {
-                    ticketd_commands::postgres::read_all_on(conn, at, BATCH).await
-                }
-                Writer::Sqlite(..) => store.read_all(at, BATCH).await,
+            // On the runner's own connection, made on the runner's runtime, so no pooled
+            // connection of the server's ends up driven by the runner's thread.
+            let Writer::Postgres(conn) = &mut writer else {
+                return Err("this runner writes only to PostgreSQL".to_owned());
             };
+            let read = ticketd_commands::postgres::read_all_on(conn, at, BATCH).await;
             let batch = match read {
                 Ok(b) => b,
                 Err(e) => return Err(format!("reading the log after {at}: {e}")),

@@ -289,8 +289,8 @@ impl Projection for TicketsProjection {
                 for event in events.iter().filter(|e| e.stream_id == *id) {
                     let recorded = decode(event)?;
                     state = evolve(state, &recorded);
-                    if let Some(t) = &state {
-                        index_text(conn, t, &recorded.event, event.version).await?;
+                    if let Some(op) = state.as_ref().and_then(|t| text_op(t, &recorded.event)) {
+                        pg_text(conn, *id, &op).await?;
                     }
                 }
             }
@@ -589,23 +589,6 @@ async fn pg_text_batch(
         }
     }
     Ok(())
-}
-
-/// Keeps the search index (for `q`) of the ticket's subject and description and its comments,
-/// from the event's own text, so a rebuild from the log gives the same rows.
-async fn index_text(
-    conn: &mut Conn<'_>,
-    t: &Ticket,
-    event: &Event,
-    version: u64,
-) -> Result<(), StoreError> {
-    if matches!(conn, Conn::Postgres(_)) {
-        return match text_op(t, event) {
-            Some(op) => pg_text(conn, t.id, &op).await,
-            None => Ok(()),
-        };
-    }
-    put_parts(conn, sqlite_part(t, event, version).into_iter().collect()).await
 }
 
 /// SQLite: the search row an event writes, `(rowid, text)`: a row per part under a rowid made
