@@ -62,7 +62,6 @@ async fn comment(h: &CommandHandler, id: Uuid) -> Position {
         .position
 }
 
-/// Every read-model row equals the command side's fold of the same stream.
 /// `n` tickets opened and commented on, and the whole log once it shows them (PostgreSQL
 /// shows a commit in the log a moment later).
 async fn opened_and_commented(
@@ -79,6 +78,7 @@ async fn opened_and_commented(
     (h, log)
 }
 
+/// Every read-model row equals the command side's fold of the same stream.
 async fn assert_rows_match(store: &Arc<dyn EventStore>, p: &Projector, h: &CommandHandler) {
     for id in ids(store).await {
         let row = tickets::get(p.database(), id).await.expect("read model");
@@ -750,6 +750,19 @@ both_backends!(
 /// the leader goes away, and queries in either see the leader's progress.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_one_leader_and_takeover() {
+    one_leader_and_takeover(false).await;
+}
+
+/// PostgreSQL: as above, the leader going away by `Projector::shutdown` (its runners close
+/// their connections, and with them their advisory locks).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_a_leader_shut_down_hands_over() {
+    one_leader_and_takeover(true).await;
+}
+
+/// Two projectors, one leader; the leader is dropped (after a `shutdown` if `graceful`) and the
+/// other takes over.
+async fn one_leader_and_takeover(graceful: bool) {
     let Some(t) = ticketd_tests::postgres_store(8).await else {
         return;
     };
@@ -768,6 +781,9 @@ async fn postgres_one_leader_and_takeover() {
     assert_eq!(leaders, 1);
     let (leader, follower) = if a.status()[0].leader { (a, b) } else { (b, a) };
     assert_eq!(follower.status()[0].events_applied, 0);
+    if graceful {
+        assert!(leader.shutdown(WAIT).await, "the leader stopped by itself");
+    }
     drop(leader);
     let (_, at) = open(&h, "two").await;
     follower
