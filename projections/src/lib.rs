@@ -798,6 +798,40 @@ fn advanced(shared: &Shared, at: Position, applied: usize, past_it: bool) {
     shared.checkpoint.send_replace(at);
 }
 
+/// Announces `at` as the projection's position when no batch brought it there.
+fn announce(shared: &Shared, at: Position) {
+    shared.update(|s| s.position = at);
+    shared.checkpoint.send_replace(at);
+}
+
+/// Where a runner starts: the projection's stored checkpoint (made if missing), announced.
+async fn start_at(
+    writer: &mut Writer,
+    p: &dyn Projection,
+    shared: &Shared,
+) -> Result<Position, String> {
+    let at = ensure_checkpoint_on(&mut writer.conn(), p.name())
+        .await
+        .map_err(|e| format!("reading the checkpoint of {}: {e}", p.name()))?;
+    announce(shared, at);
+    Ok(at)
+}
+
+/// After a batch found the stored checkpoint no longer its own (a rebuild switched in): the
+/// stored one, announced, to follow from.
+async fn moved_to(
+    writer: &mut Writer,
+    p: &dyn Projection,
+    shared: &Shared,
+) -> Result<Position, String> {
+    let at = checkpoint_on(&mut writer.conn(), p.name())
+        .await
+        .map_err(|e| format!("re-reading the checkpoint of {}: {e}", p.name()))?;
+    tracing::info!(projection = p.name(), %at, "checkpoint moved (a rebuild switched in?); following from it");
+    announce(shared, at);
+    Ok(at)
+}
+
 fn fail(shared: &Shared, name: &str, error: &str) {
     tracing::error!(projection = name, error, "projection failed; retrying");
     shared.update(|s| {
@@ -823,12 +857,7 @@ async fn follow(
     let mut writer = Writer::Postgres(lock);
     let mut ticks = store.subscribe();
     // The runner's own connection throughout (see the log read below).
-    let mut at = match ensure_checkpoint_on(&mut writer.conn(), p.name()).await {
-        Ok(at) => at,
-        Err(e) => return Err(format!("reading the checkpoint: {e}")),
-    };
-    shared.update(|s| s.position = at);
-    shared.checkpoint.send_replace(at);
+    let mut at = start_at(&mut writer, p, shared).await?;
     let mut pinged = Instant::now();
     let (mut turned, mut paced) = (None, false);
     loop {
@@ -865,13 +894,7 @@ async fn follow(
             let (applied, failure) = match committed {
                 Ok(()) => (batch.len(), None),
                 Err(BatchError { moved: true, .. }) => {
-                    at = match checkpoint_on(&mut writer.conn(), p.name()).await {
-                        Ok(stored) => stored,
-                        Err(e) => return Err(format!("re-reading the checkpoint: {e}")),
-                    };
-                    tracing::info!(projection = p.name(), %at, "checkpoint moved (a rebuild switched in?); following from it");
-                    shared.update(|s| s.position = at);
-                    shared.checkpoint.send_replace(at);
+                    at = moved_to(&mut writer, p, shared).await?;
                     continue;
                 }
                 Err(BatchError {

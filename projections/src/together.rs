@@ -20,8 +20,8 @@ use ticketd_commands::{Database, EventStore, Position, StoreError, StoredEvent};
 
 use crate::sql::{unavailable, Conn};
 use crate::{
-    advanced, apply_in, checkpoint_on, describe, ensure_checkpoint_on, fail, BatchError,
-    Projection, Shared, Stop, Writer, BATCH, FIRST_BACKOFF, MAX_BACKOFF, POLL,
+    advanced, apply_in, describe, fail, moved_to, start_at, BatchError, Projection, Shared, Stop,
+    Writer, BATCH, FIRST_BACKOFF, MAX_BACKOFF, POLL,
 };
 
 /// One projection of the shared runner.
@@ -110,12 +110,7 @@ async fn follow(
     };
     let mut ticks = store.subscribe();
     for m in members.iter_mut() {
-        m.at = match ensure_checkpoint_on(&mut writer.conn(), m.p.name()).await {
-            Ok(at) => at,
-            Err(e) => return Err(format!("reading the checkpoint of {}: {e}", m.p.name())),
-        };
-        m.shared.update(|s| s.position = m.at);
-        m.shared.checkpoint.send_replace(m.at);
+        m.at = start_at(&mut writer, &*m.p, &m.shared).await?;
     }
     let (mut turned, mut paced) = (None, false);
     loop {
@@ -188,15 +183,7 @@ async fn follow(
                         m.backoff = FIRST_BACKOFF;
                         *backoff = FIRST_BACKOFF;
                     }
-                    Outcome::Moved => {
-                        m.at = match checkpoint_on(&mut writer.conn(), m.p.name()).await {
-                            Ok(stored) => stored,
-                            Err(e) => return Err(format!("re-reading the checkpoint: {e}")),
-                        };
-                        tracing::info!(projection = m.p.name(), at = %m.at, "checkpoint moved (a rebuild switched in?); following from it");
-                        m.shared.update(|s| s.position = m.at);
-                        m.shared.checkpoint.send_replace(m.at);
-                    }
+                    Outcome::Moved => m.at = moved_to(&mut writer, &*m.p, &m.shared).await?,
                     Outcome::Failed { kept, error } => {
                         if kept > 0 {
                             // Progress: the next wait starts short again, as in `run`.
