@@ -7,20 +7,22 @@
 //! streams never wait for each other. The statement is specialised to the request's shape
 //! (new or existing stream, with or without idempotency record, zero, one or many events).
 //!
-//! The whole-log order is `(tx_id, seq)`. `read_all` only returns rows of transactions older
-//! than its snapshot's xmin: every transaction below xmin has ended, so no event can later
-//! commit before the returned ones, and paging never skips an event (no timeouts, no gaps).
-//! The price: an append shows in `read_all` only once every older transaction on the server
-//! has ended, usually within milliseconds.
+//! The whole-log order is `(tx_id, seq)`. `read_all` only returns rows of transactions below
+//! the snapshot gate: its snapshot's oldest running transaction, leaving out this process's
+//! [`Bystanders`] (transactions known never to append). Every transaction below the gate that
+//! could append has ended, so no event can later commit before the returned ones, and paging
+//! never skips an event (no timeouts, no gaps). The price: an append shows in `read_all` only
+//! once every older transaction on the server that is not a bystander has ended, usually
+//! within milliseconds.
 //!
-//! `subscribe` ticks once appends are visible to `read_all`: a watcher task learns the server's
-//! xmin from append results (or asks for it) and compares it with the newest committed
-//! transaction id. Other processes learn of our appends by NOTIFY on [`NOTIFY_CHANNEL`], sent
+//! `subscribe` ticks once appends are visible to `read_all`: a watcher task learns a gate from
+//! append results (their snapshot's xmin, which never passes the gate) or asks for the gate
+//! itself, and compares it with the newest committed transaction id. Other processes learn of our appends by NOTIFY on [`NOTIFY_CHANNEL`], sent
 //! outside the append (inside, it would serialize all commits behind the notify lock).
 
 use std::str::FromStr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, LazyLock};
+use std::sync::{Arc, LazyLock, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -54,6 +56,86 @@ pub async fn migrate_pool(pool: &sqlx::PgPool) -> StoreResult<()> {
         .run(pool)
         .await
         .map_err(|e| StoreError::Unavailable(format!("migration failed: {e}")))
+}
+
+/// Transactions of this process that never append events: the projection runners' batches.
+/// The snapshot gate looks past them ([`gate_sql`]). Without that, every event appended while
+/// a runner's batch is open stays hidden from every log reader, the other runners included,
+/// until that batch commits: one slow batch held every projection back.
+///
+/// Safe because an event's position is its appending transaction's id: leaving out of the
+/// gate a transaction that inserts no event cannot let a reader pass an event that commits
+/// later. A transaction registered here must therefore never insert into `events`.
+#[derive(Clone, Default)]
+pub struct Bystanders(Arc<Mutex<Vec<i64>>>);
+
+impl Bystanders {
+    /// Registers the transaction open on `conn` (giving it a transaction id now, if it has
+    /// none yet) until the returned guard drops. The caller promises it appends no event.
+    pub async fn enter(&self, conn: &mut PgConnection) -> StoreResult<Bystander> {
+        let xid: i64 = sqlx::query_scalar("SELECT pg_current_xact_id()::text::bigint")
+            .fetch_one(conn)
+            .await
+            .map_err(unavailable)?;
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).push(xid);
+        Ok(Bystander {
+            list: self.clone(),
+            xid,
+        })
+    }
+
+    /// The registered transaction ids, for a gate's `ALL (...)` list.
+    pub fn current(&self) -> Vec<i64> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
+/// A registration in [`Bystanders`]; dropping it (after the transaction ends, or when its
+/// task is cancelled) removes it. Removing it early only makes the gate wait for it again.
+pub struct Bystander {
+    list: Bystanders,
+    xid: i64,
+}
+
+impl Drop for Bystander {
+    fn drop(&mut self) {
+        let mut list = self.list.0.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(i) = list.iter().position(|x| *x == self.xid) {
+            list.swap_remove(i);
+        }
+    }
+}
+
+/// The snapshot gate as SQL, for a statement's own snapshot: the oldest transaction running
+/// when it began, other than the bystanders in `skip` (an SQL `bigint[]` expression); if
+/// none, the first transaction id not yet assigned. Every transaction below it that is not a
+/// bystander has ended.
+fn gate_sql(skip: &str) -> String {
+    format!(
+        "COALESCE((SELECT min(x) FROM pg_snapshot_xip(pg_current_snapshot()) AS x \
+         WHERE x::text::bigint <> ALL ({skip})), pg_snapshot_xmax(pg_current_snapshot()))"
+    )
+}
+
+/// The whole log's next page: `$1`, `$2` the position after which, `$3` the most rows, `$4`
+/// the bystanders.
+static READ_ALL_SQL: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "SELECT {EVENT_COLUMNS} FROM events \
+         WHERE (tx_id, seq) > ($1::text::xid8, $2) AND tx_id < {} \
+         ORDER BY tx_id, seq LIMIT $3",
+        gate_sql("$4::bigint[]")
+    )
+});
+
+/// The gate alone, `$1` the bystanders.
+static GATE_SQL: LazyLock<String> =
+    LazyLock::new(|| format!("SELECT ({})::text::bigint", gate_sql("$1::bigint[]")));
+
+/// `ids` as an SQL `bigint[]` literal, for statements that take no parameters (`COPY`).
+fn bigint_array(ids: &[i64]) -> String {
+    let list: Vec<String> = ids.iter().map(i64::to_string).collect();
+    format!("'{{{}}}'::bigint[]", list.join(","))
 }
 
 /// The LISTEN/NOTIFY channel on which appends announce their transaction id.
@@ -186,8 +268,11 @@ struct Shared {
     pending: AtomicU64,
     /// The largest transaction id already announced by a tick once visible.
     announced: AtomicU64,
-    /// The largest snapshot xmin seen: every transaction below it has ended.
+    /// The largest gate seen (a snapshot's xmin, or [`gate_sql`]'s): every transaction below
+    /// it that could append has ended.
     xmin: AtomicU64,
+    /// This process's transactions that never append, which the gate looks past.
+    bystanders: Bystanders,
     /// The largest transaction id of our own appends, and the largest announced (visible) one.
     local: AtomicU64,
     local_visible: AtomicU64,
@@ -202,6 +287,7 @@ impl Shared {
             pending: AtomicU64::new(0),
             announced: AtomicU64::new(0),
             xmin: AtomicU64::new(0),
+            bystanders: Bystanders::default(),
             local: AtomicU64::new(0),
             local_visible: AtomicU64::new(0),
             wake: Notify::new(),
@@ -894,6 +980,10 @@ impl EventStore for PostgresStore {
         Some(crate::store::Database::Postgres(self.pool.clone()))
     }
 
+    fn bystanders(&self) -> Option<Bystanders> {
+        Some(self.shared.bystanders.clone())
+    }
+
     async fn append(&self, request: AppendRequest) -> StoreResult<Appended> {
         if request.events.is_empty() {
             return self.core.append_one(request).await;
@@ -928,7 +1018,7 @@ impl EventStore for PostgresStore {
 
     async fn read_all(&self, after: Position, limit: usize) -> StoreResult<Vec<StoredEvent>> {
         let mut conn = self.pool.acquire().await.map_err(unavailable)?;
-        read_all_on(&mut conn, after, limit).await
+        read_all_on(&mut conn, after, limit, &self.shared.bystanders.current()).await
     }
 
     async fn read_batch(&self, after: Position, limit: usize) -> StoreResult<EventBatch> {
@@ -939,10 +1029,10 @@ impl EventStore for PostgresStore {
         // parameters: the values are plain integers, formatted here.
         let after_seq = i64::try_from(after.seq).unwrap_or(i64::MAX);
         let rows = i64::try_from(limit).unwrap_or(i64::MAX);
+        let gate = gate_sql(&bigint_array(&self.shared.bystanders.current()));
         let sql = format!(
             "COPY (SELECT {PAGE_COLUMNS} FROM events \
-             WHERE (tx_id, seq) > ('{}'::xid8, {after_seq}) \
-               AND tx_id < pg_snapshot_xmin(pg_current_snapshot()) \
+             WHERE (tx_id, seq) > ('{}'::xid8, {after_seq}) AND tx_id < {gate} \
              ORDER BY tx_id, seq LIMIT {rows}) TO STDOUT (FORMAT binary)",
             after.tx
         );
@@ -1039,11 +1129,13 @@ impl EventStore for PostgresStore {
 }
 
 /// [`EventStore::read_all`] on a connection of the caller's, into the store's database and
-/// schema: a projection runner reads the log on the connection it writes with.
+/// schema: a projection runner reads the log on the connection it writes with. The gate looks
+/// past the transactions in `bystanders` ([`Bystanders::current`]).
 pub async fn read_all_on(
     conn: &mut PgConnection,
     after: Position,
     limit: usize,
+    bystanders: &[i64],
 ) -> StoreResult<Vec<StoredEvent>> {
     if limit == 0 {
         return Ok(Vec::new());
@@ -1051,18 +1143,14 @@ pub async fn read_all_on(
     // seq never exceeds i64::MAX, so clamping keeps "(tx, seq) > after" exact.
     let after_seq = i64::try_from(after.seq).unwrap_or(i64::MAX);
     let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-    let rows = sqlx::query(&format!(
-        "SELECT {EVENT_COLUMNS} FROM events \
-         WHERE (tx_id, seq) > ($1::text::xid8, $2) \
-           AND tx_id < pg_snapshot_xmin(pg_current_snapshot()) \
-         ORDER BY tx_id, seq LIMIT $3"
-    ))
-    .bind(after.tx.to_string())
-    .bind(after_seq)
-    .bind(limit)
-    .fetch_all(conn)
-    .await
-    .map_err(unavailable)?;
+    let rows = sqlx::query(&READ_ALL_SQL)
+        .bind(after.tx.to_string())
+        .bind(after_seq)
+        .bind(limit)
+        .bind(bystanders)
+        .fetch_all(conn)
+        .await
+        .map_err(unavailable)?;
     rows.iter().map(event_from_row).collect()
 }
 
@@ -1120,11 +1208,10 @@ async fn watch_visibility(pool: PgPool, shared: Arc<Shared>) {
             }
             tokio::time::sleep(pause).await;
             if shared.xmin.load(Ordering::Acquire) <= target {
-                match sqlx::query_scalar::<_, i64>(
-                    "SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint",
-                )
-                .fetch_one(&pool)
-                .await
+                match sqlx::query_scalar::<_, i64>(&GATE_SQL)
+                    .bind(shared.bystanders.current())
+                    .fetch_one(&pool)
+                    .await
                 {
                     Ok(xmin) => {
                         shared

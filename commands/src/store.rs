@@ -337,6 +337,12 @@ pub trait EventStore: Send + Sync + 'static {
         None
     }
 
+    /// PostgreSQL: where this process registers its transactions that never append events
+    /// (projection batches), so that log readers do not wait for them; `None` elsewhere.
+    fn bystanders(&self) -> Option<crate::postgres::Bystanders> {
+        None
+    }
+
     /// The turns every writer of this process takes at the database, where writers exclude
     /// each other (SQLite); `None` elsewhere.
     fn write_turns(&self) -> Option<WriteTurns> {

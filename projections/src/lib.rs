@@ -29,6 +29,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
+use ticketd_commands::postgres::Bystanders;
 use ticketd_commands::{Database, EventStore, Position, StoreError, StoredEvent, WriteTurns};
 
 use crate::sql::{unavailable, Bind, Conn};
@@ -583,13 +584,16 @@ async fn apply_in(
 pub(crate) enum Writer {
     /// With the store's write turns when it shares the database file with this writer.
     Sqlite(SqliteConnection, Option<WriteTurns>),
-    Postgres(PgConnection),
+    /// With the store's register of transactions that never append, which each batch joins
+    /// (see [`Bystanders`]).
+    Postgres(PgConnection, Option<Bystanders>),
 }
 
 impl Writer {
     pub(crate) async fn connect(
         db: &Database,
         turns: Option<WriteTurns>,
+        bystanders: Option<Bystanders>,
     ) -> Result<Writer, StoreError> {
         Ok(match db {
             Database::Sqlite(pool) => Writer::Sqlite(
@@ -607,6 +611,7 @@ impl Writer {
                 PgConnection::connect_with(&writer_options(pool))
                     .await
                     .map_err(unavailable)?,
+                bystanders,
             ),
         })
     }
@@ -627,7 +632,7 @@ impl Writer {
         let (gap, turns) = match self {
             Writer::Sqlite(_, Some(turns)) => (TURN_GAP, Some(turns)),
             Writer::Sqlite(_, None) => return None,
-            Writer::Postgres(_) => (BATCH_GAP, None),
+            Writer::Postgres(..) => (BATCH_GAP, None),
         };
         if let (true, Some(at)) = (paced, *last) {
             tokio::time::sleep_until(at + gap).await;
@@ -643,7 +648,7 @@ impl Writer {
     fn conn(&mut self) -> Conn<'_> {
         match self {
             Writer::Sqlite(c, _) => Conn::Sqlite(c),
-            Writer::Postgres(c) => Conn::Postgres(c),
+            Writer::Postgres(c, _) => Conn::Postgres(c),
         }
     }
 
@@ -651,7 +656,7 @@ impl Writer {
     async fn close(self) {
         let closed = match self {
             Writer::Sqlite(c, _) => c.close().await,
-            Writer::Postgres(c) => c.close().await,
+            Writer::Postgres(c, _) => c.close().await,
         };
         if let Err(e) = closed {
             tracing::debug!(error = %e, "closing a runner's connection");
@@ -714,8 +719,13 @@ async fn commit_batch_as(
             apply_in(&mut Conn::Sqlite(&mut tx), p, from, events, batched).await?;
             tx.commit().await.map_err(unavailable)?;
         }
-        Writer::Postgres(conn) => {
+        Writer::Postgres(conn, bystanders) => {
             let mut tx = conn.begin().await.map_err(unavailable)?;
+            // Registered before its first write gives it an id that would hold the gate.
+            let _looked_past = match bystanders {
+                Some(b) => Some(b.enter(&mut tx).await?),
+                None => None,
+            };
             apply_in(&mut Conn::Postgres(&mut tx), p, from, events, batched).await?;
             tx.commit().await.map_err(unavailable)?;
         }
@@ -854,7 +864,7 @@ async fn follow(
 ) -> Result<(), String> {
     // The connection holding the advisory lock writes the batches too, so a leader that lost
     // its lock's connection cannot commit another batch.
-    let mut writer = Writer::Postgres(lock);
+    let mut writer = Writer::Postgres(lock, store.bystanders());
     let mut ticks = store.subscribe();
     // The runner's own connection throughout (see the log read below).
     let mut at = start_at(&mut writer, p, shared).await?;
@@ -870,10 +880,17 @@ async fn follow(
             let started = Instant::now();
             // On the runner's own connection, made on the runner's runtime, so no pooled
             // connection of the server's ends up driven by the runner's thread.
-            let Writer::Postgres(conn) = &mut writer else {
+            let Writer::Postgres(conn, bystanders) = &mut writer else {
                 return Err("this runner writes only to PostgreSQL".to_owned());
             };
-            let read = ticketd_commands::postgres::read_all_on(conn, at, BATCH).await;
+            let past = bystanders.as_ref().map(Bystanders::current);
+            let read = ticketd_commands::postgres::read_all_on(
+                conn,
+                at,
+                BATCH,
+                past.as_deref().unwrap_or_default(),
+            )
+            .await;
             let batch = match read {
                 Ok(b) => b,
                 Err(e) => return Err(format!("reading the log after {at}: {e}")),
@@ -937,7 +954,7 @@ async fn follow(
         }
         // A leader whose lock connection died has lost the lock: step down. Checked about once
         // per poll interval, not per commit.
-        if let Writer::Postgres(conn) = &mut writer {
+        if let Writer::Postgres(conn, _) = &mut writer {
             if pinged.elapsed() >= POLL {
                 if let Err(e) = conn.ping().await {
                     return Err(format!("lost the advisory lock's connection: {e}"));

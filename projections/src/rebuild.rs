@@ -254,7 +254,7 @@ impl Scratch {
         let mut writers = Vec::with_capacity(projections.len());
         for _ in projections {
             // The scratch is a file of its own (SQLite): no turns to share.
-            writers.push(Writer::connect(&self.db, None).await?);
+            writers.push(Writer::connect(&self.db, None, store.bystanders()).await?);
         }
         let parallel = matches!(self.db, Database::Postgres(_));
         let limit = |mut batch: Vec<StoredEvent>| {

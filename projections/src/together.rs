@@ -104,7 +104,7 @@ async fn follow(
     backoff: &mut Duration,
     stop: &mut Stop,
 ) -> Result<(), String> {
-    let mut writer = match Writer::connect(db, store.write_turns()).await {
+    let mut writer = match Writer::connect(db, store.write_turns(), None).await {
         Ok(w) => w,
         Err(e) => return Err(format!("connecting: {e}")),
     };

@@ -2,11 +2,15 @@
 //! acknowledged event exactly once, in an order that never changes (CONTRACT §7.1).
 
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use sqlx::postgres::PgConnectOptions;
+use sqlx::{ConnectOptions, Connection};
 use uuid::Uuid;
 
+use ticketd_commands::postgres::Bystanders;
 use ticketd_commands::{EventStore, Position, StoreError, StoredEvent};
 use ticketd_domain::{HASH_LEN, ZERO_HASH};
 use ticketd_tests::{head, new_events, postgres_store, read_everything, request, sqlite_store};
@@ -17,12 +21,58 @@ const EVENTS_PER_WRITER: usize = 200;
 const HOT_STREAMS: usize = 4;
 const OWN_STREAMS: usize = 3;
 const DEADLINE: Duration = Duration::from_secs(60);
+/// Transactions registered as never appending, open at once while the writers run.
+const BYSTANDERS: u64 = 3;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_writers_and_a_reader() {
     if let Some(t) = postgres_store(16).await {
+        // Meanwhile transactions that never append come and go, registered as bystanders
+        // the way projection batches are: the gate looks past them and must still pass no
+        // appending transaction.
+        let bystanders = t
+            .store
+            .bystanders()
+            .expect("a PostgreSQL store has bystanders");
+        let done = Arc::new(AtomicBool::new(false));
+        let standing: Vec<_> = (0..BYSTANDERS)
+            .map(|i| {
+                tokio::spawn(stand_by(
+                    t.schema.options.clone(),
+                    bystanders.clone(),
+                    done.clone(),
+                    i,
+                ))
+            })
+            .collect();
         stress("postgres", t.store.clone()).await;
+        done.store(true, Ordering::Relaxed);
+        for s in standing {
+            assert!(s.await.expect("bystander") > 0, "a bystander stood by");
+        }
     }
+}
+
+/// Opens, registers, holds (0 to 19 ms) and commits one bystander transaction after another
+/// until `done`; returns how many.
+async fn stand_by(
+    options: PgConnectOptions,
+    bystanders: Bystanders,
+    done: Arc<AtomicBool>,
+    seed: u64,
+) -> usize {
+    let mut conn = options.connect().await.expect("connect");
+    let (mut held, mut pause) = (0, seed);
+    while !done.load(Ordering::Relaxed) {
+        let mut tx = conn.begin().await.expect("begin");
+        let registered = bystanders.enter(&mut tx).await.expect("register");
+        pause = (pause * 7 + 3) % 20;
+        tokio::time::sleep(Duration::from_millis(pause)).await;
+        tx.commit().await.expect("commit");
+        drop(registered);
+        held += 1;
+    }
+    held
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -760,6 +760,46 @@ async fn postgres_a_leader_shut_down_hands_over() {
     one_leader_and_takeover(true).await;
 }
 
+/// PostgreSQL: a projection's long batch holds the others back from nothing. Its transaction
+/// is a bystander the log's gate looks past, so the others apply events appended while it is
+/// open (before, they waited for its commit).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_a_long_batch_holds_no_other_back() {
+    let Some(t) = ticketd_tests::postgres_store(8).await else {
+        return;
+    };
+    let store: Arc<dyn EventStore> = t.store.clone();
+    let db = store.database().expect("database");
+    for table in ["probe_slow", "probe_quick"] {
+        run(
+            &db,
+            &format!("CREATE TABLE {table} (position TEXT PRIMARY KEY)"),
+        )
+        .await;
+    }
+    let h = CommandHandler::new(store.clone(), SlaPolicy::default(), 100);
+    let slow = Probe::new("slow", &["probe_slow"], Duration::from_secs(5));
+    let p = Projector::start_with(
+        store.clone(),
+        db.clone(),
+        vec![
+            slow.clone(),
+            Probe::new("quick", &["probe_quick"], Duration::ZERO),
+        ],
+    );
+    let (id, _) = open(&h, "long").await;
+    // The slow batch has written its first row and is open for seconds.
+    slow.begun.notified().await;
+    let later = comment(&h, id).await;
+    p.wait_for("quick", later, Duration::from_secs(2))
+        .await
+        .expect("the quick projection passes the open batch");
+    assert!(
+        positions(&db, "probe_slow").await.is_empty(),
+        "the slow batch is still open"
+    );
+}
+
 /// Two projectors, one leader; the leader is dropped (after a `shutdown` if `graceful`) and the
 /// other takes over.
 async fn one_leader_and_takeover(graceful: bool) {

@@ -933,18 +933,7 @@ async fn postgres_read_all_waits_for_older_transactions() {
     // An older transaction writes an event but does not commit yet.
     let mut conn = t.schema.options.connect().await.expect("connect");
     let mut older = conn.begin().await.expect("begin");
-    let older_event = Uuid::now_v7();
-    let older_tx: i64 = sqlx::query_scalar(
-        "INSERT INTO events (stream_id, version, event_id, event_type, schema_version, \
-         recorded_at, metadata, payload, prev_hash, hash) \
-         VALUES ($1, 1, $2, 'older', 1, now(), '', '', $3, $3) RETURNING tx_id::text::bigint",
-    )
-    .bind(Uuid::now_v7())
-    .bind(older_event)
-    .bind(&ZERO_HASH[..])
-    .fetch_one(&mut *older)
-    .await
-    .expect("insert in the older transaction");
+    let (older_event, older_tx) = insert_event(&mut older).await;
 
     let (_, newer) = new_stream(&*store, 1).await;
     assert!(newer.events[0].position.tx > older_tx as u64);
@@ -994,6 +983,87 @@ async fn postgres_read_all_waits_for_older_transactions() {
         ],
         "the older transaction's event comes first"
     );
+}
+
+/// Inserts one event of a new stream by hand, in the caller's (open) transaction: its id and
+/// the transaction's.
+async fn insert_event(conn: &mut sqlx::PgConnection) -> (Uuid, i64) {
+    let event = Uuid::now_v7();
+    let tx: i64 = sqlx::query_scalar(
+        "INSERT INTO events (stream_id, version, event_id, event_type, schema_version, \
+         recorded_at, metadata, payload, prev_hash, hash) \
+         VALUES ($1, 1, $2, 'older', 1, now(), '', '', $3, $3) RETURNING tx_id::text::bigint",
+    )
+    .bind(Uuid::now_v7())
+    .bind(event)
+    .bind(&ZERO_HASH[..])
+    .fetch_one(conn)
+    .await
+    .expect("insert in the open transaction");
+    (event, tx)
+}
+
+/// The gate looks past bystanders, transactions registered as never appending (projection
+/// batches): a newer commit shows while one is open. An appending transaction older than the
+/// bystander still holds the newer commit back until it commits itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_read_all_looks_past_bystanders() {
+    use sqlx::{ConnectOptions, Connection};
+
+    let Some(t) = ticketd_tests::postgres_store(4).await else {
+        return;
+    };
+    let store: Arc<dyn EventStore> = t.store.clone();
+    let bystanders = store
+        .bystanders()
+        .expect("a PostgreSQL store has bystanders");
+
+    let mut appending = t.schema.options.connect().await.expect("connect");
+    let mut older = appending.begin().await.expect("begin");
+    let (older_event, older_tx) = insert_event(&mut older).await;
+    // Registering gives the bystander a transaction id, newer than the appending one's.
+    let mut standing = t.schema.options.connect().await.expect("connect");
+    let mut bystander = standing.begin().await.expect("begin");
+    let registered = bystanders.enter(&mut bystander).await.expect("register");
+
+    let (_, newer) = new_stream(&*store, 1).await;
+    let newer_at = newer.events[0].position;
+    assert!(newer_at.tx > older_tx as u64);
+    assert!(
+        !log_reaches(&*store, newer_at, Duration::from_millis(300))
+            .await
+            .expect("gate"),
+        "the older appending transaction still holds the gate"
+    );
+    assert!(read_everything(&*store, 100).await.is_empty());
+
+    let mut ticks = store.subscribe();
+    ticks.borrow_and_update();
+    older.commit().await.expect("commit");
+    let log = tick_until_visible(&*store, &mut ticks, newer_at).await;
+    let ids: Vec<Uuid> = log.iter().map(|e| e.event_id).collect();
+    assert_eq!(
+        ids,
+        [older_event, newer.events[0].event_id],
+        "both show, in log order, while the bystander is still open"
+    );
+    assert_eq!(
+        batch(&*store, Position::START, 100).await,
+        log,
+        "bulk read too"
+    );
+
+    // The same transaction unregistered holds the gate like any other.
+    drop(registered);
+    let (_, last) = new_stream(&*store, 1).await;
+    assert!(
+        !log_reaches(&*store, last.events[0].position, Duration::from_millis(300))
+            .await
+            .expect("gate"),
+        "an open transaction no longer registered holds the gate"
+    );
+    bystander.rollback().await.expect("rollback");
+    read_until(&*store, last.events[0].position).await;
 }
 
 /// Another process's append (here: another store on the same schema) ticks subscribers too,
