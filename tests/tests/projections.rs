@@ -421,16 +421,7 @@ impl Projection for Flaky {
 
 async fn a_failing_event_stops_the_projection_until_it_applies(store: Arc<dyn EventStore>) {
     let db = store.database().expect("database");
-    let mut pooled = Pooled::acquire(&db).await.expect("connection");
-    pooled
-        .conn()
-        .execute(
-            "CREATE TABLE probe_applied (position TEXT PRIMARY KEY)",
-            &[],
-        )
-        .await
-        .expect("probe table");
-    drop(pooled);
+    probe_tables(&db, &["probe_applied"]).await;
     let (_, log) = opened_and_commented(&store, 3).await;
     let last = log.last().expect("events").position;
     let flaky = Arc::new(Flaky {
@@ -514,6 +505,17 @@ impl Projection for Probe {
     }
 }
 
+/// Creates the tables the probe projections record applied positions in.
+async fn probe_tables(db: &Database, tables: &[&str]) {
+    for table in tables {
+        run(
+            db,
+            &format!("CREATE TABLE {table} (position TEXT PRIMARY KEY)"),
+        )
+        .await;
+    }
+}
+
 async fn positions(db: &Database, table: &str) -> Vec<String> {
     let mut pooled = Pooled::acquire(db).await.expect("connection");
     let mut got: Vec<String> = pooled
@@ -530,13 +532,7 @@ async fn positions(db: &Database, table: &str) -> Vec<String> {
 /// share one runner and one transaction per turn, so this is not a given there).
 async fn a_stuck_projection_holds_no_other_back(store: Arc<dyn EventStore>) {
     let db = store.database().expect("database");
-    for table in ["probe_applied", "probe_steady"] {
-        run(
-            &db,
-            &format!("CREATE TABLE {table} (position TEXT PRIMARY KEY)"),
-        )
-        .await;
-    }
+    probe_tables(&db, &["probe_applied", "probe_steady"]).await;
     let (h, log) = opened_and_commented(&store, 4).await;
     let last = log.last().expect("events").position;
     let flaky = Arc::new(Flaky {
@@ -600,7 +596,7 @@ async fn a_stuck_projection_holds_no_other_back(store: Arc<dyn EventStore>) {
 /// following the log; the next start goes on from there.
 async fn shutdown_finishes_the_batch_in_hand(store: Arc<dyn EventStore>) {
     let db = store.database().expect("database");
-    run(&db, "CREATE TABLE probe_slow (position TEXT PRIMARY KEY)").await;
+    probe_tables(&db, &["probe_slow"]).await;
     let h = CommandHandler::new(store.clone(), SlaPolicy::default(), 100);
     let (id, _) = open(&h, "slow").await;
     comment(&h, id).await;
@@ -770,13 +766,7 @@ async fn postgres_a_long_batch_holds_no_other_back() {
     };
     let store: Arc<dyn EventStore> = t.store.clone();
     let db = store.database().expect("database");
-    for table in ["probe_slow", "probe_quick"] {
-        run(
-            &db,
-            &format!("CREATE TABLE {table} (position TEXT PRIMARY KEY)"),
-        )
-        .await;
-    }
+    probe_tables(&db, &["probe_slow", "probe_quick"]).await;
     let h = CommandHandler::new(store.clone(), SlaPolicy::default(), 100);
     let slow = Probe::new("slow", &["probe_slow"], Duration::from_secs(5));
     let p = Projector::start_with(
