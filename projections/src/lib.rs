@@ -721,7 +721,7 @@ async fn commit_batch_as(
         }
         Writer::Postgres(conn, bystanders) => {
             let mut tx = conn.begin().await.map_err(unavailable)?;
-            // Registered before its first write gives it an id that would hold the gate.
+            // Registered before its first write, which would give it an id that holds the gate.
             let _looked_past = match bystanders {
                 Some(b) => Some(b.enter(&mut tx).await?),
                 None => None,
