@@ -768,7 +768,7 @@ async fn postgres_a_long_batch_holds_no_other_back() {
     let db = store.database().expect("database");
     probe_tables(&db, &["probe_slow", "probe_quick"]).await;
     let h = CommandHandler::new(store.clone(), SlaPolicy::default(), 100);
-    let slow = Probe::new("slow", &["probe_slow"], Duration::from_secs(5));
+    let slow = Probe::new("slow", &["probe_slow"], Duration::from_secs(10));
     let p = Projector::start_with(
         store.clone(),
         db.clone(),
@@ -781,7 +781,8 @@ async fn postgres_a_long_batch_holds_no_other_back() {
     // The slow batch has written its first row and is open for seconds.
     slow.begun.notified().await;
     let later = comment(&h, id).await;
-    p.wait_for("quick", later, Duration::from_secs(2))
+    // Half the slow batch's pause: room for a loaded machine, none for waiting on its commit.
+    p.wait_for("quick", later, Duration::from_secs(5))
         .await
         .expect("the quick projection passes the open batch");
     assert!(
