@@ -152,6 +152,8 @@ const MAX_POLL: Duration = Duration::from_millis(100);
 const MIN_TICK: Duration = Duration::from_millis(1);
 const NOTIFY_INTERVAL: Duration = Duration::from_millis(10);
 const RECONNECT: Duration = Duration::from_secs(1);
+/// A pooled connection idle longer than this is pinged before use (see `connect_with`).
+const PING_IF_IDLE: Duration = Duration::from_secs(1);
 
 const EVENT_COLUMNS: &str = "tx_id::text::bigint AS tx, seq, stream_id, version, event_id, \
                              event_type, schema_version, recorded_at, metadata, payload, prev_hash, hash";
@@ -341,6 +343,16 @@ impl PostgresStore {
         let pool = PgPoolOptions::new()
             .max_connections(max_connections.max(1))
             .acquire_timeout(ACQUIRE_TIMEOUT)
+            // sqlx pings every connection as it goes back to the pool; by default it pings it
+            // again as it comes out, a second round trip for every pooled statement. Only a
+            // connection idle for a while (which the server may have closed meanwhile: a
+            // restart, an idle timeout) is pinged again; a dead one is replaced.
+            .test_before_acquire(false)
+            .before_acquire(|conn, meta| {
+                Box::pin(
+                    async move { Ok(meta.idle_for < PING_IF_IDLE || conn.ping().await.is_ok()) },
+                )
+            })
             .connect_with(options)
             .await
             .map_err(unavailable)?;

@@ -985,6 +985,48 @@ async fn postgres_read_all_waits_for_older_transactions() {
     );
 }
 
+/// PostgreSQL: the pool pings a connection before use only once it has been idle a while
+/// (every use would be a round trip more). One the server closed while it sat idle, past that
+/// while, is replaced unseen: the next append and read succeed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_pool_replaces_connections_closed_while_idle() {
+    let Some(t) = ticketd_tests::postgres_store(2).await else {
+        return;
+    };
+    // Its own application name, so the query below finds this store's connections only.
+    let app = format!("idle-{}", Uuid::new_v4().simple());
+    let store = ticketd_commands::PostgresStore::connect_with(
+        t.schema.options.clone().application_name(&app),
+        2,
+    )
+    .await
+    .expect("store");
+    let (stream, first) = new_stream(&store, 1).await;
+    let admin = sqlx::PgPool::connect_with(t.schema.options.clone())
+        .await
+        .expect("admin");
+    let ended: Vec<bool> = sqlx::query_scalar(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = $1",
+    )
+    .bind(&app)
+    .fetch_all(&admin)
+    .await
+    .expect("terminate");
+    assert!(!ended.is_empty(), "the store's connections were ended");
+    // Idle past the point where the pool pings before use.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let events = store
+        .read_stream(stream, 0)
+        .await
+        .expect("a read after the break");
+    assert_eq!(events.len(), 1);
+    let more = store
+        .append(request(stream, 1, first.events[0].hash, new_events(1)))
+        .await
+        .expect("an append after the break");
+    assert_eq!(more.version, 2);
+}
+
 /// Inserts one event of a new stream by hand, in the caller's (open) transaction: its id and
 /// the transaction's.
 async fn insert_event(conn: &mut sqlx::PgConnection) -> (Uuid, i64) {
