@@ -985,6 +985,26 @@ async fn postgres_read_all_waits_for_older_transactions() {
     );
 }
 
+/// A second store on `t`'s schema under an application name of its own, so that
+/// `pg_stat_activity` finds this store's connections only; the name; and a pool to end them
+/// from.
+async fn named_store(
+    t: &ticketd_tests::PostgresTestStore,
+    prefix: &str,
+) -> (ticketd_commands::PostgresStore, String, sqlx::PgPool) {
+    let app = format!("{prefix}-{}", Uuid::new_v4().simple());
+    let store = ticketd_commands::PostgresStore::connect_with(
+        t.schema.options.clone().application_name(&app),
+        2,
+    )
+    .await
+    .expect("store");
+    let admin = sqlx::PgPool::connect_with(t.schema.options.clone())
+        .await
+        .expect("admin");
+    (store, app, admin)
+}
+
 /// PostgreSQL: the pool pings a connection before use only once it has been idle a while
 /// (every use would be a round trip more). One the server closed while it sat idle, past that
 /// while, is replaced unseen: the next append and read succeed.
@@ -993,18 +1013,8 @@ async fn postgres_pool_replaces_connections_closed_while_idle() {
     let Some(t) = ticketd_tests::postgres_store(2).await else {
         return;
     };
-    // Its own application name, so the query below finds this store's connections only.
-    let app = format!("idle-{}", Uuid::new_v4().simple());
-    let store = ticketd_commands::PostgresStore::connect_with(
-        t.schema.options.clone().application_name(&app),
-        2,
-    )
-    .await
-    .expect("store");
+    let (store, app, admin) = named_store(&t, "idle").await;
     let (stream, first) = new_stream(&store, 1).await;
-    let admin = sqlx::PgPool::connect_with(t.schema.options.clone())
-        .await
-        .expect("admin");
     let ended: Vec<bool> = sqlx::query_scalar(
         "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = $1",
     )
@@ -1134,18 +1144,8 @@ async fn postgres_ticket_numbers_survive_a_broken_connection() {
     let Some(t) = ticketd_tests::postgres_store(2).await else {
         return;
     };
-    // Its own application name, so the query below finds this store's connections only.
-    let app = format!("numbers-{}", Uuid::new_v4().simple());
-    let store = ticketd_commands::PostgresStore::connect_with(
-        t.schema.options.clone().application_name(&app),
-        2,
-    )
-    .await
-    .expect("store");
+    let (store, app, admin) = named_store(&t, "numbers").await;
     let first = store.next_ticket_number().await.expect("number");
-    let admin = sqlx::PgPool::connect_with(t.schema.options.clone())
-        .await
-        .expect("admin");
     let ended: Vec<bool> = sqlx::query_scalar(
         "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
          WHERE application_name = $1 AND query LIKE '%nextval%'",
