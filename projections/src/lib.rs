@@ -157,6 +157,20 @@ impl Stop {
             () = self.wait() => {}
         }
     }
+
+    /// A caught-up runner's wait: until the store's next commit tick, `until` (the poll that
+    /// guards against a missed tick), or a stop.
+    pub(crate) async fn idle(&mut self, ticks: &mut watch::Receiver<u64>, until: Instant) {
+        tokio::select! {
+            changed = ticks.changed() => {
+                if changed.is_err() {
+                    tokio::time::sleep_until(until).await;
+                }
+            }
+            () = tokio::time::sleep_until(until) => {}
+            () = self.wait() => {}
+        }
+    }
 }
 
 /// Why a `min_position` wait ended without the position.
@@ -883,14 +897,10 @@ async fn follow(
             let Writer::Postgres(conn, bystanders) = &mut writer else {
                 return Err("this runner writes only to PostgreSQL".to_owned());
             };
-            let past = bystanders.as_ref().map(Bystanders::current);
-            let read = ticketd_commands::postgres::read_all_on(
-                conn,
-                at,
-                BATCH,
-                past.as_deref().unwrap_or_default(),
-            )
-            .await;
+            let past = bystanders
+                .as_ref()
+                .map_or_else(Vec::new, Bystanders::current);
+            let read = ticketd_commands::postgres::read_all_on(conn, at, BATCH, &past).await;
             let batch = match read {
                 Ok(b) => b,
                 Err(e) => return Err(format!("reading the log after {at}: {e}")),
@@ -943,15 +953,7 @@ async fn follow(
                 return Err(msg);
             }
         }
-        tokio::select! {
-            changed = ticks.changed() => {
-                if changed.is_err() {
-                    tokio::time::sleep(POLL).await;
-                }
-            }
-            () = tokio::time::sleep(POLL) => {}
-            () = stop.wait() => {}
-        }
+        stop.idle(&mut ticks, Instant::now() + POLL).await;
         // A leader whose lock connection died has lost the lock: step down. Checked about once
         // per poll interval, not per commit.
         if let Writer::Postgres(conn, _) = &mut writer {

@@ -203,15 +203,7 @@ async fn follow(
             .iter()
             .filter_map(|m| m.resume)
             .fold(Instant::now() + POLL, Instant::min);
-        tokio::select! {
-            changed = ticks.changed() => {
-                if changed.is_err() {
-                    tokio::time::sleep_until(wake).await;
-                }
-            }
-            () = tokio::time::sleep_until(wake) => {}
-            () = stop.wait() => {}
-        }
+        stop.idle(&mut ticks, wake).await;
     }
 }
 
