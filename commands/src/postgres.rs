@@ -144,8 +144,8 @@ pub const NOTIFY_CHANNEL: &str = "ticketd_events";
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Deadlocks and serialization failures roll back everything; the append is simply retried.
 const ATTEMPTS: usize = 3;
-/// First pause before the visibility watcher asks the server itself: later appends usually
-/// report a newer xmin in the meantime, for free.
+/// First pause before the visibility watcher asks the server for the gate: later appends
+/// usually report a newer xmin (a lower bound of it) in the meantime, for free.
 const FIRST_POLL: Duration = Duration::from_millis(2);
 const MAX_POLL: Duration = Duration::from_millis(100);
 /// Least time between two ticks, and between two notifications to other processes.
@@ -270,9 +270,9 @@ struct Shared {
     pending: AtomicU64,
     /// The largest transaction id already announced by a tick once visible.
     announced: AtomicU64,
-    /// The largest gate seen (a snapshot's xmin, or [`gate_sql`]'s): every transaction below
-    /// it that could append has ended.
-    xmin: AtomicU64,
+    /// The largest gate seen (an append's snapshot xmin, or [`gate_sql`]'s): every
+    /// transaction below it that could append has ended.
+    gate: AtomicU64,
     /// This process's transactions that never append, which the gate looks past.
     bystanders: Bystanders,
     /// The largest transaction id of our own appends, and the largest announced (visible) one.
@@ -288,7 +288,7 @@ impl Shared {
             ticks: watch::channel(0).0,
             pending: AtomicU64::new(0),
             announced: AtomicU64::new(0),
-            xmin: AtomicU64::new(0),
+            gate: AtomicU64::new(0),
             bystanders: Bystanders::default(),
             local: AtomicU64::new(0),
             local_visible: AtomicU64::new(0),
@@ -540,7 +540,7 @@ impl Core {
             let xmin: i64 = row.try_get("xmin").map_err(corrupt)?;
             tx = u64::try_from(row_tx).map_err(corrupt)?;
             self.shared
-                .xmin
+                .gate
                 .fetch_max(u64::try_from(xmin).map_err(corrupt)?, Ordering::AcqRel);
             // RETURNING order is unspecified: place each row by its version.
             let index = u64::try_from(version)
@@ -875,7 +875,7 @@ impl Core {
             else {
                 return Err(bad());
             };
-            self.shared.xmin.fetch_max(xmin, Ordering::AcqRel);
+            self.shared.gate.fetch_max(xmin, Ordering::AcqRel);
             max_tx = max_tx.max(tx);
             let i = *index.get(&stream_id).ok_or_else(bad)?;
             let part = &mut parts[i];
@@ -1195,7 +1195,7 @@ fn is_transient(e: &sqlx::Error) -> bool {
 }
 
 /// Turns commits (ours and, via NOTIFY, other processes') into ticks once `read_all` can see
-/// them: when some snapshot's xmin has passed the committed transaction id.
+/// them: when the gate has passed the committed transaction id.
 async fn watch_visibility(pool: PgPool, shared: Arc<Shared>) {
     loop {
         shared.wake.notified().await;
@@ -1205,30 +1205,30 @@ async fn watch_visibility(pool: PgPool, shared: Arc<Shared>) {
             if target <= shared.announced.load(Ordering::Acquire) {
                 break;
             }
-            let xmin = shared.xmin.load(Ordering::Acquire);
-            if xmin > target {
+            let gate = shared.gate.load(Ordering::Acquire);
+            if gate > target {
                 shared.announce(target);
                 // Coalesces ticks under load; appends meanwhile leave a wake-up behind.
                 tokio::time::sleep(MIN_TICK).await;
                 break;
             }
             // Under steady load the newest append is always still in flight: announce what
-            // is visible already (everything older than xmin) rather than wait for a lull.
-            if xmin > 0 && xmin - 1 > shared.announced.load(Ordering::Acquire) {
-                shared.announce(xmin - 1);
+            // is visible already (everything below the gate) rather than wait for a lull.
+            if gate > 0 && gate - 1 > shared.announced.load(Ordering::Acquire) {
+                shared.announce(gate - 1);
                 pause = FIRST_POLL;
             }
             tokio::time::sleep(pause).await;
-            if shared.xmin.load(Ordering::Acquire) <= target {
+            if shared.gate.load(Ordering::Acquire) <= target {
                 match sqlx::query_scalar::<_, i64>(&GATE_SQL)
                     .bind(shared.bystanders.current())
                     .fetch_one(&pool)
                     .await
                 {
-                    Ok(xmin) => {
+                    Ok(gate) => {
                         shared
-                            .xmin
-                            .fetch_max(u64::try_from(xmin).unwrap_or(0), Ordering::AcqRel);
+                            .gate
+                            .fetch_max(u64::try_from(gate).unwrap_or(0), Ordering::AcqRel);
                     }
                     Err(_) => tokio::time::sleep(RECONNECT).await,
                 }
