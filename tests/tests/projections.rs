@@ -791,6 +791,31 @@ async fn postgres_a_long_batch_holds_no_other_back() {
     );
 }
 
+/// PostgreSQL: a projector that leads nothing stops at once when shut down: its runners'
+/// waits to retry the lock (2 s) end with the stop.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_a_follower_stops_without_waiting_out_its_retry() {
+    let Some(t) = ticketd_tests::postgres_store(8).await else {
+        return;
+    };
+    let store: Arc<dyn EventStore> = t.store.clone();
+    let h = CommandHandler::new(store.clone(), SlaPolicy::default(), 100);
+    let (_, at) = open(&h, "one").await;
+    let leader = Projector::start(store.clone()).expect("database");
+    leader
+        .wait_for(tickets::NAME, at, WAIT)
+        .await
+        .expect("the leader applies it");
+    let follower = Projector::start(store.clone()).expect("database");
+    // Long enough for every runner to have found its lock taken and begun waiting to retry.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(follower.status().iter().all(|s| !s.leader));
+    assert!(
+        follower.shutdown(Duration::from_secs(1)).await,
+        "every runner stopped by itself, within half a retry wait"
+    );
+}
+
 /// Two projectors, one leader; the leader is dropped (after a `shutdown` if `graceful`) and the
 /// other takes over.
 async fn one_leader_and_takeover(graceful: bool) {
