@@ -916,6 +916,48 @@ async fn append_until_killed(url: &str) {
     }
 }
 
+/// Appends reach the database file itself, not only its WAL, without any commit crossing
+/// SQLite's automatic checkpoint threshold: the store's own checkpointer copies them. A
+/// connection opened `immutable` reads the file alone and ignores the WAL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_checkpointer_copies_appends_into_the_database_file() {
+    use sqlx::sqlite::SqliteConnectOptions;
+    use sqlx::ConnectOptions;
+    use std::str::FromStr;
+
+    let t = ticketd_tests::sqlite_store().await;
+    let mut ids = HashSet::new();
+    for _ in 0..20 {
+        let (_, appended) = new_stream(&*t.store, 3).await;
+        ids.extend(appended.events.iter().map(|e| e.event_id));
+    }
+    // Far fewer WAL pages than even SQLite's default threshold of 1,000.
+    let file_only = SqliteConnectOptions::from_str(&t.url)
+        .expect("url")
+        .immutable(true);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let mut in_file = 0;
+    while tokio::time::Instant::now() < deadline {
+        // Each try on a fresh connection: an immutable one caches what it read.
+        if let Ok(mut conn) = file_only.connect().await {
+            let found: Result<Vec<Uuid>, _> = sqlx::query_scalar("SELECT event_id FROM events")
+                .fetch_all(&mut conn)
+                .await;
+            if let Ok(found) = found {
+                in_file = found.iter().filter(|id| ids.contains(*id)).count();
+                if in_file == ids.len() {
+                    return;
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!(
+        "{in_file} of {} events reached the database file",
+        ids.len()
+    );
+}
+
 /// The snapshot gate: an event committed by a newer transaction stays out of `read_all` while
 /// an older one is open, and the older one's events come first once it commits (log order is
 /// transaction order, not commit order). Subscribers get a tick when both become visible.
