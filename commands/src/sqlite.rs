@@ -1,9 +1,11 @@
 //! The SQLite event store: the embedded default.
 //!
 //! Every write (appends, ticket numbers, purges) goes through one writer task that owns the
-//! only writing connection. It drains up to [`MAX_BATCH`] pending requests, applies each
+//! only writing connection. It drains up to [`MAX_BATCH`] pending requests, applies them
 //! inside one transaction (a failing request is undone on its own, by a savepoint or by
 //! statement atomicity, without touching the others), commits once, and only then answers.
+//! Plain appends to distinct streams share their statements: one reads all their heads, one
+//! inserts all their events.
 //! With WAL and `synchronous=FULL`, an acknowledged append survives a SIGKILL or power loss.
 //! Each batch takes the process's write turn ([`WriteTurns`]) first: the projection runners
 //! write their read models into the same file through connections of their own.
@@ -12,6 +14,7 @@
 //! Reads use a separate pool and see only committed batches; because one writer commits in
 //! order, the row id is the log order and `read_all` can never skip an event.
 
+use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::str::FromStr;
 use std::sync::Arc;
@@ -52,6 +55,8 @@ const MAX_BATCH: usize = 256;
 const QUEUE: usize = 4096;
 /// Events per INSERT statement, well under SQLite's limit of bound parameters.
 const INSERT_CHUNK: usize = 64;
+/// Streams per head lookup of [`append_together`].
+const HEADS_CHUNK: usize = 64;
 const READERS: u32 = 4;
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 /// How often, at most, the checkpointer copies the WAL into the database while appends come.
@@ -351,9 +356,19 @@ async fn write_batch(
         fail_all(ops, &format!("cannot begin: {e}"));
         return false;
     }
-    let mut outcomes = Vec::with_capacity(ops.len());
-    let mut wrote_events = false;
-    for op in ops.iter() {
+    let mut outcomes: Vec<Option<Outcome>> = ops.iter().map(|_| None).collect();
+    if let Err(e) = append_together(conn, sql, ops, &mut outcomes).await {
+        let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
+        fail_all(ops, &format!("write failed: {e}"));
+        return false;
+    }
+    let mut wrote_events = outcomes
+        .iter()
+        .any(|o| matches!(o, Some(Outcome::Append(Ok(a))) if !a.events.is_empty()));
+    for (op, slot) in ops.iter().zip(outcomes.iter_mut()) {
+        if slot.is_some() {
+            continue;
+        }
         let applied = match op {
             WriteOp::Append(prepared, _) => apply_append(conn, sql, prepared).await.map(|r| {
                 wrote_events |= r.as_ref().is_ok_and(|a| !a.events.is_empty());
@@ -369,7 +384,7 @@ async fn write_batch(
             }
         };
         match applied {
-            Ok(outcome) => outcomes.push(outcome),
+            Ok(outcome) => *slot = Some(outcome),
             Err(e) => {
                 // Not a request's own conflict but the database failing: nothing is safe to keep.
                 let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
@@ -384,9 +399,190 @@ async fn write_batch(
         return false;
     }
     for (op, outcome) in ops.drain(..).zip(outcomes) {
-        op.answer(outcome);
+        match outcome {
+            Some(outcome) => op.answer(outcome),
+            None => op.fail("internal error: a write was left out of its batch"),
+        }
     }
     wrote_events
+}
+
+/// Writes a batch's plain appends (no idempotency key, the only append to its stream in the
+/// batch) in shared statements: one reads their streams' heads, one inserts the events of every
+/// append that still matches its head. That is two statements for the batch instead of two for
+/// each append, and each statement is a round trip to SQLite's connection thread. The slots of
+/// the appends it decided are filled in; the rest are left to [`apply_append`], one by one.
+async fn append_together(
+    conn: &mut SqliteConnection,
+    sql: &mut SqlCache,
+    ops: &[WriteOp],
+    outcomes: &mut [Option<Outcome>],
+) -> Result<(), sqlx::Error> {
+    let mut picked: Vec<(usize, &Prepared)> = Vec::new();
+    let mut streams: HashMap<Uuid, usize> = HashMap::new();
+    for (i, op) in ops.iter().enumerate() {
+        let WriteOp::Append(prepared, _) = op else {
+            continue;
+        };
+        *streams.entry(prepared.request.stream_id).or_default() += 1;
+        // Past i64::MAX a version cannot match; `apply_append` answers that conflict.
+        let fits = prepared
+            .events
+            .iter()
+            .all(|e| i64::try_from(e.version).is_ok());
+        if prepared.request.idempotency.is_none() && !prepared.events.is_empty() && fits {
+            picked.push((i, prepared));
+        }
+    }
+    // A stream's second append must see its first one's head: those go one by one.
+    picked.retain(|(_, p)| streams.get(&p.request.stream_id) == Some(&1));
+    if picked.len() < 2 {
+        return Ok(());
+    }
+
+    let mut heads: HashMap<Uuid, (i64, Vec<u8>)> = HashMap::with_capacity(picked.len());
+    for chunk in picked.chunks(HEADS_CHUNK) {
+        let mut query = sqlx::query_as::<_, (Uuid, i64, Vec<u8>)>(sql.heads(chunk.len()));
+        for (_, p) in chunk {
+            query = query.bind(p.request.stream_id);
+        }
+        for (stream, version, hash) in query.fetch_all(&mut *conn).await? {
+            heads.insert(stream, (version, hash));
+        }
+    }
+
+    let mut accepted: Vec<(usize, &Prepared)> = Vec::with_capacity(picked.len());
+    for (i, p) in picked {
+        let head = heads.get(&p.request.stream_id);
+        match check_head(&p.request, head.map(|(v, h)| (*v, &h[..]))) {
+            Ok(_) => accepted.push((i, p)),
+            Err(e) => outcomes[i] = Some(Outcome::Append(Err(e))),
+        }
+    }
+
+    let rows: Vec<&StoredEvent> = accepted.iter().flat_map(|(_, p)| &p.events).collect();
+    // One statement undoes itself when it fails; several need a savepoint to go together.
+    let savepoint = rows.len() > INSERT_CHUNK;
+    if savepoint {
+        sqlx::query("SAVEPOINT together")
+            .execute(&mut *conn)
+            .await?;
+    }
+    let Some(seqs) = insert_events(conn, sql, &rows).await? else {
+        // A reused event id (the heads rule out a taken version). Undone, the appends go one
+        // by one, where the clash is pinned on its own request.
+        if savepoint {
+            sqlx::query("ROLLBACK TO together")
+                .execute(&mut *conn)
+                .await?;
+            sqlx::query("RELEASE together").execute(&mut *conn).await?;
+        }
+        return Ok(());
+    };
+    if savepoint {
+        sqlx::query("RELEASE together").execute(&mut *conn).await?;
+    }
+    for (i, p) in accepted {
+        outcomes[i] = Some(Outcome::Append(positioned(p, &seqs)));
+    }
+    Ok(())
+}
+
+/// Checks a stream's head as read (version and hash of its last event; `None` for an empty
+/// stream) against what the request expects, and gives the stream's version.
+fn check_head(request: &AppendRequest, head: Option<(i64, &[u8])>) -> StoreResult<u64> {
+    let (actual, last_hash) = match head {
+        None => (0, ZERO_HASH),
+        Some((version, hash)) => match (u64::try_from(version), <[u8; HASH_LEN]>::try_from(hash)) {
+            (Ok(v), Ok(h)) => (v, h),
+            _ => {
+                return Err(StoreError::Corrupt(format!(
+                    "bad head of stream {}",
+                    request.stream_id
+                )))
+            }
+        },
+    };
+    if actual != request.expected_version || last_hash != request.prev_hash {
+        return Err(StoreError::Conflict {
+            stream_id: request.stream_id,
+            expected: request.expected_version,
+            actual,
+        });
+    }
+    Ok(actual)
+}
+
+/// Log positions by (stream, version), as the inserts returned them.
+type Seqs = HashMap<(Uuid, i64), i64>;
+
+/// Inserts `rows` in statements of [`INSERT_CHUNK`] events; `None` when a unique key clashed
+/// (that statement undid itself; earlier ones are the caller's to undo).
+async fn insert_events(
+    conn: &mut SqliteConnection,
+    sql: &mut SqlCache,
+    rows: &[&StoredEvent],
+) -> Result<Option<Seqs>, sqlx::Error> {
+    let mut seqs = Seqs::with_capacity(rows.len());
+    for chunk in rows.chunks(INSERT_CHUNK) {
+        let mut query = sqlx::query(sql.insert_events(chunk.len()));
+        for event in chunk {
+            query = bind_event(query, event);
+        }
+        match query.fetch_all(&mut *conn).await {
+            Ok(returned) => {
+                for row in returned {
+                    let seq: i64 = row.try_get(0)?;
+                    let version: i64 = row.try_get(1)?;
+                    let stream: Uuid = row.try_get(2)?;
+                    seqs.insert((stream, version), seq);
+                }
+            }
+            Err(e) if is_unique_violation(&e) => return Ok(None),
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(Some(seqs))
+}
+
+/// The request's events with the positions their insert returned (RETURNING order is
+/// unspecified, so each is matched by stream and version).
+fn positioned(prepared: &Prepared, seqs: &Seqs) -> StoreResult<Appended> {
+    let mut events = prepared.events.clone();
+    for event in &mut events {
+        let seq = i64::try_from(event.version)
+            .ok()
+            .and_then(|v| seqs.get(&(event.stream_id, v)))
+            .and_then(|seq| u64::try_from(*seq).ok())
+            .ok_or_else(|| StoreError::Corrupt("inserted rows do not match the request".into()))?;
+        event.position = Position { tx: 0, seq };
+    }
+    Ok(Appended {
+        version: events
+            .last()
+            .map_or(prepared.request.expected_version, |e| e.version),
+        events,
+    })
+}
+
+/// Binds one event's columns, in the order of [`SqlCache::insert_events`].
+fn bind_event<'q>(
+    query: sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments<'q>>,
+    event: &'q StoredEvent,
+) -> sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments<'q>> {
+    // Versions were checked to fit before any event was bound.
+    let version = i64::try_from(event.version).unwrap_or(i64::MAX);
+    query
+        .bind(event.stream_id)
+        .bind(version)
+        .bind(event.event_id)
+        .bind(event.event_type.as_str())
+        .bind(i64::from(event.schema_version))
+        .bind(event.recorded_at.timestamp_micros())
+        .bind(event.metadata.as_slice())
+        .bind(event.payload.as_slice())
+        .bind(event.prev_hash.as_slice())
+        .bind(event.hash.as_slice())
 }
 
 fn fail_all(ops: &mut Vec<WriteOp>, message: &str) {
@@ -418,17 +614,9 @@ async fn apply_append(
     .bind(request.stream_id)
     .fetch_optional(&mut *conn)
     .await?;
-    let (actual, last_hash) = match head {
-        None => (0, ZERO_HASH),
-        Some((version, hash)) => match (u64::try_from(version), <[u8; HASH_LEN]>::try_from(hash)) {
-            (Ok(v), Ok(h)) => (v, h),
-            _ => {
-                return Ok(Err(StoreError::Corrupt(format!(
-                    "bad head of stream {}",
-                    request.stream_id
-                ))))
-            }
-        },
+    let actual = match check_head(request, head.as_ref().map(|(v, h)| (*v, &h[..]))) {
+        Ok(actual) => actual,
+        Err(e) => return Ok(Err(e)),
     };
     let conflict = || {
         Ok(Err(StoreError::Conflict {
@@ -437,17 +625,15 @@ async fn apply_append(
             actual,
         }))
     };
-    if actual != request.expected_version || last_hash != request.prev_hash {
+    // Past i64::MAX the stream cannot really be at the expected version.
+    if prepared
+        .events
+        .iter()
+        .any(|e| i64::try_from(e.version).is_err())
+    {
         return conflict();
     }
-    let mut rows = Vec::with_capacity(prepared.events.len());
-    for event in &prepared.events {
-        // Past i64::MAX the stream cannot really be at the expected version.
-        let Ok(version) = i64::try_from(event.version) else {
-            return conflict();
-        };
-        rows.push((version, i64::from(event.schema_version), event));
-    }
+    let rows: Vec<&StoredEvent> = prepared.events.iter().collect();
 
     let chunks = rows.chunks(INSERT_CHUNK).len();
     let statements = usize::from(request.idempotency.is_some()) + chunks;
@@ -468,66 +654,15 @@ async fn apply_append(
         }
     }
 
-    let mut seqs = Vec::with_capacity(rows.len());
-    for chunk in rows.chunks(INSERT_CHUNK) {
-        let mut query = sqlx::query(sql.insert_events(chunk.len()));
-        for (version, schema_version, event) in chunk {
-            query = query
-                .bind(event.stream_id)
-                .bind(*version)
-                .bind(event.event_id)
-                .bind(event.event_type.as_str())
-                .bind(*schema_version)
-                .bind(event.recorded_at.timestamp_micros())
-                .bind(event.metadata.as_slice())
-                .bind(event.payload.as_slice())
-                .bind(event.prev_hash.as_slice())
-                .bind(event.hash.as_slice());
-        }
-        match query.fetch_all(&mut *conn).await {
-            Ok(returned) => {
-                for row in returned {
-                    let seq: i64 = row.try_get(0)?;
-                    let version: i64 = row.try_get(1)?;
-                    seqs.push((version, seq));
-                }
-            }
-            // Only a reused event id can collide: the head check rules out a taken version.
-            Err(e) if is_unique_violation(&e) => {
-                undo(conn, savepoint).await?;
-                return conflict();
-            }
-            Err(e) => return Err(e),
-        }
-    }
+    // Only a reused event id can collide: the head check rules out a taken version.
+    let Some(seqs) = insert_events(conn, sql, &rows).await? else {
+        undo(conn, savepoint).await?;
+        return conflict();
+    };
     if savepoint {
         sqlx::query("RELEASE append").execute(&mut *conn).await?;
     }
-
-    // RETURNING order is unspecified, so match rows back by version.
-    seqs.sort_unstable();
-    let mut events = prepared.events.clone();
-    for (event, (version, seq)) in events.iter_mut().zip(&seqs) {
-        match (i64::try_from(event.version), u64::try_from(*seq)) {
-            (Ok(v), Ok(seq)) if v == *version => event.position = Position { tx: 0, seq },
-            _ => {
-                return Ok(Err(StoreError::Corrupt(
-                    "inserted rows do not match the request".into(),
-                )))
-            }
-        }
-    }
-    if seqs.len() != events.len() {
-        return Ok(Err(StoreError::Corrupt(
-            "inserted rows do not match the request".into(),
-        )));
-    }
-    Ok(Ok(Appended {
-        version: events
-            .last()
-            .map_or(request.expected_version, |e| e.version),
-        events,
-    }))
+    Ok(positioned(prepared, &seqs))
 }
 
 /// Undoes a failed request's earlier statements (a failed statement undoes itself).
@@ -562,6 +697,7 @@ async fn insert_idempotency(
 #[derive(Default)]
 struct SqlCache {
     insert: Vec<String>,
+    heads: Vec<String>,
 }
 
 impl SqlCache {
@@ -576,10 +712,31 @@ impl SqlCache {
                 let sep = if i == 0 { "" } else { ", " };
                 let _ = write!(sql, "{sep}(?, ?, ?, ?, ?, ?, ?, ?, ?, ?)");
             }
-            sql.push_str(" RETURNING seq, version");
+            sql.push_str(" RETURNING seq, version, stream_id");
             self.insert.push(sql);
         }
         self.insert
+            .get(n.saturating_sub(1))
+            .map_or("", String::as_str)
+    }
+
+    /// The head (version and hash of the last event) of each of `n` streams. Each stream's
+    /// head is one seek to the end of its `(stream_id, version)` index, then one row by id.
+    fn heads(&mut self, n: usize) -> &str {
+        while self.heads.len() < n {
+            let count = self.heads.len() + 1;
+            let mut sql = String::from("WITH s(id) AS (VALUES ");
+            for i in 0..count {
+                let sep = if i == 0 { "" } else { ", " };
+                let _ = write!(sql, "{sep}(?)");
+            }
+            sql.push_str(
+                ") SELECT e.stream_id, e.version, e.hash FROM s JOIN events e ON e.seq = \
+                 (SELECT seq FROM events WHERE stream_id = s.id ORDER BY version DESC LIMIT 1)",
+            );
+            self.heads.push(sql);
+        }
+        self.heads
             .get(n.saturating_sub(1))
             .map_or("", String::as_str)
     }

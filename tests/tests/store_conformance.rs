@@ -22,6 +22,7 @@ both_backends!(
     multi_event_append_is_atomic,
     concurrent_appends_to_one_stream_let_exactly_one_win,
     concurrent_appends_to_many_streams_each_decide_alone,
+    plain_appends_sharing_a_batch_each_decide_alone,
     read_stream_order_and_after_version,
     read_all_log_order_and_paging,
     read_batch_is_read_all,
@@ -325,6 +326,96 @@ async fn concurrent_appends_to_many_streams_each_decide_alone(store: Arc<dyn Eve
     ids.sort();
     ids.dedup();
     assert_eq!(ids.len(), log.len(), "each event once in the log");
+}
+
+/// Plain appends (no idempotency key) to distinct streams, sent at once so that they share
+/// batches and statements (both stores write such a batch in a few shared statements): each
+/// right one is written, and each stale one (by version or by hash) fails alone and leaves
+/// nothing behind. A second round adds an append reusing a stored event id, which fails the
+/// shared statement: that one must fail alone too.
+async fn plain_appends_sharing_a_batch_each_decide_alone(store: Arc<dyn EventStore>) {
+    for reuse in [false, true] {
+        plain_appends_round(&store, reuse).await;
+    }
+}
+
+async fn plain_appends_round(store: &Arc<dyn EventStore>, reuse: bool) {
+    const STREAMS: usize = 45;
+    let mut heads = Vec::new();
+    for _ in 0..STREAMS {
+        let (stream, first) = new_stream(&**store, 1).await;
+        heads.push((stream, first));
+    }
+    let reused = heads[0].1.events[0].event_id;
+    // What each stream's append is: right, stale, or (second round) reusing an event id.
+    let kind = |i: usize| match i % 5 {
+        4 if !reuse => 0,
+        k => k,
+    };
+    // SQLite: the write turn held while the appends queue makes its writer take them together.
+    let turns = store.write_turns();
+    let turn = match &turns {
+        Some(turns) => Some(turns.lock().await),
+        None => None,
+    };
+    let mut tasks = Vec::new();
+    for (i, (stream, first)) in heads.iter().enumerate() {
+        let (version, hash) = head(first);
+        let req = match kind(i) {
+            2 => request(*stream, version + 1, hash, new_events(1)),
+            3 => request(*stream, version, [7; 32], new_events(2)),
+            4 => {
+                let mut events = new_events(2);
+                events[1].event_id = reused;
+                request(*stream, version, hash, events)
+            }
+            _ => request(*stream, version, hash, new_events(1 + (i % 3) as u32)),
+        };
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move { (i, store.append(req).await) }));
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    drop(turn);
+    let mut last = Position::START;
+    let mut written = Vec::new();
+    for task in tasks {
+        let (i, result) = task.await.expect("task");
+        match (kind(i), result) {
+            (0 | 1, Ok(appended)) => {
+                assert_eq!(appended.version, 2 + (i % 3) as u64, "stream {i}");
+                for e in &appended.events {
+                    assert!(e.position > Position::START, "stream {i}: a position");
+                    last = last.max(e.position);
+                }
+                written.extend(appended.events);
+            }
+            (2 | 3, Err(StoreError::Conflict { stream_id, .. })) => {
+                assert_eq!(stream_id, heads[i].0)
+            }
+            (4, Err(_)) => {}
+            (kind, other) => panic!("stream {i} (kind {kind}, reuse {reuse}): {other:?}"),
+        }
+    }
+    for (i, (stream, _)) in heads.iter().enumerate() {
+        let stored = store.read_stream(*stream, 0).await.expect("read");
+        let expected = if kind(i) < 2 { 2 + i % 3 } else { 1 };
+        assert_eq!(stored.len(), expected, "stream {i}");
+        let mut prev = ZERO_HASH;
+        for (k, e) in stored.iter().enumerate() {
+            assert_eq!(e.version, k as u64 + 1);
+            assert_eq!(e.prev_hash, prev);
+            prev = e.hash;
+        }
+    }
+    // Each written event is in the log once, as its append reported it (position included).
+    let log = read_until(&**store, last).await;
+    let mut ids: Vec<Uuid> = log.iter().map(|e| e.event_id).collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), log.len(), "each event once in the log");
+    for e in &written {
+        assert!(log.contains(e), "event {} as reported", e.event_id);
+    }
 }
 
 async fn read_stream_order_and_after_version(store: Arc<dyn EventStore>) {
