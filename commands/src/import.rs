@@ -135,32 +135,21 @@ impl Importer {
                 }
             }
         }
-        let out_of_range = || StoreError::Corrupt("a version is beyond 2^63".into());
-        let mut versions = Vec::with_capacity(events.len());
-        for e in events {
-            versions.push(i64::try_from(e.version).map_err(|_| out_of_range())?);
+        if events.iter().any(|e| i64::try_from(e.version).is_err()) {
+            return Err(StoreError::Corrupt("a version is beyond 2^63".into()));
         }
         match &mut self.tx {
             Tx::Sqlite(tx) => {
-                for (e, version) in events.iter().zip(versions) {
-                    sqlx::query(
+                for e in events {
+                    let insert = sqlx::query(
                         "INSERT INTO events (stream_id, version, event_id, event_type, \
                          schema_version, recorded_at, metadata, payload, prev_hash, hash) \
                          VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    )
-                    .bind(e.stream_id)
-                    .bind(version)
-                    .bind(e.event_id)
-                    .bind(e.event_type.as_str())
-                    .bind(i64::from(e.schema_version))
-                    .bind(e.recorded_at.timestamp_micros())
-                    .bind(e.metadata.as_slice())
-                    .bind(e.payload.as_slice())
-                    .bind(e.prev_hash.as_slice())
-                    .bind(e.hash.as_slice())
-                    .execute(&mut **tx)
-                    .await
-                    .map_err(unavailable)?;
+                    );
+                    crate::sqlite::bind_event(insert, e)
+                        .execute(&mut **tx)
+                        .await
+                        .map_err(unavailable)?;
                 }
             }
             Tx::Postgres(writer) => {

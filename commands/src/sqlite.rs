@@ -565,12 +565,12 @@ fn positioned(prepared: &Prepared, seqs: &Seqs) -> StoreResult<Appended> {
     })
 }
 
-/// Binds one event's columns, in the order of [`SqlCache::insert_events`].
-fn bind_event<'q>(
+/// Binds one event's columns, in the order of [`SqlCache::insert_events`]. The caller has
+/// checked that the version fits an i64.
+pub(crate) fn bind_event<'q>(
     query: sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments<'q>>,
     event: &'q StoredEvent,
 ) -> sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments<'q>> {
-    // Versions were checked to fit before any event was bound.
     let version = i64::try_from(event.version).unwrap_or(i64::MAX);
     query
         .bind(event.stream_id)

@@ -314,18 +314,23 @@ async fn concurrent_appends_to_many_streams_each_decide_alone(store: Arc<dyn Eve
         let stored = store.read_stream(*stream, 0).await.expect("read");
         let expected = if written[i] { 2 + i % 2 } else { 1 };
         assert_eq!(stored.len(), expected, "stream {i}");
-        let mut prev = ZERO_HASH;
-        for (k, e) in stored.iter().enumerate() {
-            assert_eq!(e.version, k as u64 + 1);
-            assert_eq!(e.prev_hash, prev);
-            prev = e.hash;
-        }
+        assert_chained(&stored);
     }
     let log = read_until(&*store, last).await;
     let mut ids: Vec<Uuid> = log.iter().map(|e| e.event_id).collect();
     ids.sort();
     ids.dedup();
     assert_eq!(ids.len(), log.len(), "each event once in the log");
+}
+
+/// A stream read whole: versions 1, 2, … and each event chained to the one before.
+fn assert_chained(stored: &[StoredEvent]) {
+    let mut prev = ZERO_HASH;
+    for (k, e) in stored.iter().enumerate() {
+        assert_eq!(e.version, k as u64 + 1);
+        assert_eq!(e.prev_hash, prev);
+        prev = e.hash;
+    }
 }
 
 /// Plain appends (no idempotency key) to distinct streams, sent at once so that they share
@@ -400,12 +405,7 @@ async fn plain_appends_round(store: &Arc<dyn EventStore>, reuse: bool) {
         let stored = store.read_stream(*stream, 0).await.expect("read");
         let expected = if kind(i) < 2 { 2 + i % 3 } else { 1 };
         assert_eq!(stored.len(), expected, "stream {i}");
-        let mut prev = ZERO_HASH;
-        for (k, e) in stored.iter().enumerate() {
-            assert_eq!(e.version, k as u64 + 1);
-            assert_eq!(e.prev_hash, prev);
-            prev = e.hash;
-        }
+        assert_chained(&stored);
     }
     // Each written event is in the log once, as its append reported it (position included).
     let log = read_until(&**store, last).await;
