@@ -39,7 +39,9 @@ pub const BATCH: usize = 500;
 /// How often a projection looks for new events when no commit signal arrives.
 const POLL: Duration = Duration::from_secs(1);
 /// SQLite: the least time between a caught-up runner's turns at the database (see `turn`).
-const TURN_GAP: Duration = Duration::from_millis(35);
+/// Shorter means less lag and fewer commands a second: at 32 clients 20, 25 and 35 ms gave
+/// `tickets` lag p99 of about 62, 70 and 90 ms (docs/PERFORMANCE.md, session 14).
+const TURN_GAP: Duration = Duration::from_millis(25);
 /// PostgreSQL: the least time between the starts of a caught-up runner's batches (see `turn`).
 /// Under load a runner that read every commit at once took batches of about 7 events, and
 /// their fixed cost (a log read, the state reads, a commit each) was PostgreSQL's largest
