@@ -362,18 +362,14 @@ async fn write_batch(
         fail_all(ops, &format!("write failed: {e}"));
         return false;
     }
-    let mut wrote_events = outcomes
-        .iter()
-        .any(|o| matches!(o, Some(Outcome::Append(Ok(a))) if !a.events.is_empty()));
     for (op, slot) in ops.iter().zip(outcomes.iter_mut()) {
         if slot.is_some() {
             continue;
         }
         let applied = match op {
-            WriteOp::Append(prepared, _) => apply_append(conn, sql, prepared).await.map(|r| {
-                wrote_events |= r.as_ref().is_ok_and(|a| !a.events.is_empty());
-                Outcome::Append(r)
-            }),
+            WriteOp::Append(prepared, _) => {
+                apply_append(conn, sql, prepared).await.map(Outcome::Append)
+            }
             WriteOp::TicketNumber(_) => next_number(conn).await.map(Outcome::Number),
             WriteOp::Purge(before, _) => {
                 sqlx::query("DELETE FROM idempotency WHERE created_at < ?")
@@ -398,6 +394,9 @@ async fn write_batch(
         fail_all(ops, &format!("commit failed: {e}"));
         return false;
     }
+    let wrote_events = outcomes
+        .iter()
+        .any(|o| matches!(o, Some(Outcome::Append(Ok(a))) if !a.events.is_empty()));
     for (op, outcome) in ops.drain(..).zip(outcomes) {
         match outcome {
             Some(outcome) => op.answer(outcome),
@@ -461,27 +460,15 @@ async fn append_together(
     }
 
     let rows: Vec<&StoredEvent> = accepted.iter().flat_map(|(_, p)| &p.events).collect();
-    // One statement undoes itself when it fails; several need a savepoint to go together.
     let savepoint = rows.len() > INSERT_CHUNK;
-    if savepoint {
-        sqlx::query("SAVEPOINT together")
-            .execute(&mut *conn)
-            .await?;
-    }
+    open_part(conn, savepoint).await?;
     let Some(seqs) = insert_events(conn, sql, &rows).await? else {
         // A reused event id (the heads rule out a taken version). Undone, the appends go one
         // by one, where the clash is pinned on its own request.
-        if savepoint {
-            sqlx::query("ROLLBACK TO together")
-                .execute(&mut *conn)
-                .await?;
-            sqlx::query("RELEASE together").execute(&mut *conn).await?;
-        }
+        undo(conn, savepoint).await?;
         return Ok(());
     };
-    if savepoint {
-        sqlx::query("RELEASE together").execute(&mut *conn).await?;
-    }
+    keep(conn, savepoint).await?;
     for (i, p) in accepted {
         outcomes[i] = Some(Outcome::Append(positioned(p, &seqs)));
     }
@@ -639,9 +626,7 @@ async fn apply_append(
     let statements = usize::from(request.idempotency.is_some()) + chunks;
     // A single statement is atomic on its own; more need a savepoint to be undone together.
     let savepoint = statements > 1;
-    if savepoint {
-        sqlx::query("SAVEPOINT append").execute(&mut *conn).await?;
-    }
+    open_part(conn, savepoint).await?;
 
     if let Some(record) = &request.idempotency {
         match insert_idempotency(conn, record).await {
@@ -659,13 +644,28 @@ async fn apply_append(
         undo(conn, savepoint).await?;
         return conflict();
     };
-    if savepoint {
-        sqlx::query("RELEASE append").execute(&mut *conn).await?;
-    }
+    keep(conn, savepoint).await?;
     Ok(positioned(prepared, &seqs))
 }
 
-/// Undoes a failed request's earlier statements (a failed statement undoes itself).
+/// Opens a savepoint when a write takes several statements (`savepoint`); one statement
+/// undoes itself when it fails. Closed by [`keep`] or [`undo`].
+async fn open_part(conn: &mut SqliteConnection, savepoint: bool) -> Result<(), sqlx::Error> {
+    if savepoint {
+        sqlx::query("SAVEPOINT append").execute(&mut *conn).await?;
+    }
+    Ok(())
+}
+
+/// Keeps what was written since [`open_part`].
+async fn keep(conn: &mut SqliteConnection, savepoint: bool) -> Result<(), sqlx::Error> {
+    if savepoint {
+        sqlx::query("RELEASE append").execute(&mut *conn).await?;
+    }
+    Ok(())
+}
+
+/// Undoes a failed write's earlier statements (a failed statement undoes itself).
 async fn undo(conn: &mut SqliteConnection, savepoint: bool) -> Result<(), sqlx::Error> {
     if savepoint {
         sqlx::query("ROLLBACK TO append")
