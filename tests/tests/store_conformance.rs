@@ -337,14 +337,16 @@ fn assert_chained(stored: &[StoredEvent]) {
 /// batches and statements (both stores write such a batch in a few shared statements): each
 /// right one is written, and each stale one (by version or by hash) fails alone and leaves
 /// nothing behind. A second round adds an append reusing a stored event id, which fails the
-/// shared statement: that one must fail alone too.
+/// shared statement: that one must fail alone too. A third round has more events than one
+/// insert statement takes, so the clash must also undo the statements before it.
 async fn plain_appends_sharing_a_batch_each_decide_alone(store: Arc<dyn EventStore>) {
-    for reuse in [false, true] {
-        plain_appends_round(&store, reuse).await;
+    for (reuse, extra) in [(false, 0), (true, 0), (true, 3)] {
+        plain_appends_round(&store, reuse, extra).await;
     }
 }
 
-async fn plain_appends_round(store: &Arc<dyn EventStore>, reuse: bool) {
+/// One round: each right append writes `extra` events more than its base 1 – 3.
+async fn plain_appends_round(store: &Arc<dyn EventStore>, reuse: bool, extra: u32) {
     const STREAMS: usize = 45;
     let mut heads = Vec::new();
     for _ in 0..STREAMS {
@@ -352,9 +354,10 @@ async fn plain_appends_round(store: &Arc<dyn EventStore>, reuse: bool) {
         heads.push((stream, first));
     }
     let reused = heads[0].1.events[0].event_id;
-    // What each stream's append is: right, stale, or (second round) reusing an event id.
+    // What each stream's append is: right (0, 1), stale by version (2) or by hash (3), or, in
+    // the rounds with `reuse`, the last stream's reusing an event id (4).
     let kind = |i: usize| match i % 5 {
-        4 if !reuse => 0,
+        4 if !reuse || i + 1 < STREAMS => 0,
         k => k,
     };
     // SQLite: the write turn held while the appends queue makes its writer take them together.
@@ -374,8 +377,18 @@ async fn plain_appends_round(store: &Arc<dyn EventStore>, reuse: bool) {
                 events[1].event_id = reused;
                 request(*stream, version, hash, events)
             }
-            _ => request(*stream, version, hash, new_events(1 + (i % 3) as u32)),
+            _ => request(
+                *stream,
+                version,
+                hash,
+                new_events(extra + 1 + (i % 3) as u32),
+            ),
         };
+        if kind(i) == 4 {
+            // Queued after the others, so its events come last: past the first insert
+            // statement when a round has more events than one takes.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
         let store = store.clone();
         tasks.push(tokio::spawn(async move { (i, store.append(req).await) }));
     }
@@ -387,7 +400,8 @@ async fn plain_appends_round(store: &Arc<dyn EventStore>, reuse: bool) {
         let (i, result) = task.await.expect("task");
         match (kind(i), result) {
             (0 | 1, Ok(appended)) => {
-                assert_eq!(appended.version, 2 + (i % 3) as u64, "stream {i}");
+                let right = 2 + u64::from(extra) + (i % 3) as u64;
+                assert_eq!(appended.version, right, "stream {i}");
                 for e in &appended.events {
                     assert!(e.position > Position::START, "stream {i}: a position");
                     last = last.max(e.position);
@@ -403,7 +417,11 @@ async fn plain_appends_round(store: &Arc<dyn EventStore>, reuse: bool) {
     }
     for (i, (stream, _)) in heads.iter().enumerate() {
         let stored = store.read_stream(*stream, 0).await.expect("read");
-        let expected = if kind(i) < 2 { 2 + i % 3 } else { 1 };
+        let expected = if kind(i) < 2 {
+            2 + extra as usize + i % 3
+        } else {
+            1
+        };
         assert_eq!(stored.len(), expected, "stream {i}");
         assert_chained(&stored);
     }
