@@ -17,8 +17,9 @@
 //!
 //! `subscribe` ticks once appends are visible to `read_all`: a watcher task learns a gate from
 //! append results (their snapshot's xmin, which never passes the gate) or asks for the gate
-//! itself, and compares it with the newest committed transaction id. Other processes learn of our appends by NOTIFY on [`NOTIFY_CHANNEL`], sent
-//! outside the append (inside, it would serialize all commits behind the notify lock).
+//! itself, and compares it with the newest committed transaction id. Other processes learn of
+//! our appends by NOTIFY on [`NOTIFY_CHANNEL`], sent outside the append (inside, it would
+//! serialize all commits behind the notify lock).
 
 use std::str::FromStr;
 use std::sync::atomic::{AtomicU64, Ordering};
