@@ -1227,6 +1227,12 @@ fn plan_rows(line: &str) -> Option<f64> {
     line.split(" rows=").nth(1)?.split(' ').next()?.parse().ok()
 }
 
+/// The statement of a first page without `q` (a search is planned for its very words), with
+/// its binds: what tests `EXPLAIN` to check that a list is read from an index in its order.
+pub fn first_page_statement(q: &ListQuery) -> (String, Vec<Bind>) {
+    list_sql(q, TextQuery::Any, TextPlan::Walk, Part::First)
+}
+
 /// A page of the list and the cursor of the next one, if any.
 pub async fn list(
     db: &Database,

@@ -388,6 +388,79 @@ async fn search_plans_agree_with_the_rule(store: Arc<dyn EventStore>) {
     assert!(found > 50, "the model should find plenty: {found}");
 }
 
+/// "My overdue requests" (a customer's `view=mine&overdue=true`, default sort) is read from
+/// `tickets_requester_active_recent` in the list's order, the overdue test made in the index:
+/// neither a scan of the table nor a sort of every overdue ticket of the customer, so a page
+/// reads its own rows only. The rows are plain SQL (40,000 tickets, 400 per requester, a third
+/// active, six in seven of those overdue: more than a page); PostgreSQL plans with statistics,
+/// SQLite without.
+async fn overdue_requests_read_their_index_in_order(store: Arc<dyn EventStore>) {
+    let db = store.database().expect("database");
+    let now = chrono::Utc::now();
+    let now_us = now.timestamp_micros();
+    let (with, source, id) = match db {
+        Database::Sqlite(_) => (
+            "WITH RECURSIVE s(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM s WHERE i < 40000) ",
+            "s",
+            "randomblob(16)",
+        ),
+        Database::Postgres(_) => (
+            "",
+            "generate_series(CAST(1 AS bigint), 40000) AS s(i)",
+            "gen_random_uuid()",
+        ),
+    };
+    let fill = format!(
+        "{with}INSERT INTO tickets (id, number, status, active, priority, priority_rank, \
+         channel, requester, org, assignee, created_at, last_activity_at, due_sort, version, \
+         position_tx, position_seq, state) \
+         SELECT {id}, i, CASE i % 3 WHEN 0 THEN 'open' ELSE 'closed' END, \
+         CASE i % 3 WHEN 0 THEN 1 ELSE 0 END, 'high', 3, 'web', 'user-' || (i % 100), 'org-1', \
+         NULL, {now_us} - i * 1000000, {now_us} - i * 1000000, \
+         CASE i % 7 WHEN 0 THEN {now_us} + 3600000000 ELSE {now_us} - 3600000000 END, 3, i, 1, '{{}}' FROM {source}"
+    );
+    let mut pooled = Pooled::acquire(&db).await.expect("connection");
+    let mut conn = pooled.conn();
+    conn.execute(&fill, &[]).await.expect("fill");
+    let postgres = matches!(conn, Conn::Postgres(_));
+    if postgres {
+        // What autovacuum would have done by the time a table is this big.
+        conn.execute("ANALYZE tickets", &[]).await.expect("analyze");
+    }
+    let q = ListQuery {
+        viewer: customer("user-7", "org-1", false),
+        view: View::Mine,
+        statuses: vec![],
+        active: None,
+        overdue: Some(true),
+        priorities: vec![],
+        channels: vec![],
+        org: None,
+        words: vec![],
+        sort: Sort::default(),
+        limit: 50,
+        after: None,
+        now,
+    };
+    let (sql, binds) = tickets::first_page_statement(&q);
+    let plan = if postgres {
+        let explain = format!("EXPLAIN {sql}");
+        conn.fetch_column::<String>(&explain, &binds).await
+    } else {
+        let explain = format!("EXPLAIN QUERY PLAN {sql}");
+        let rows: Result<Vec<(i64, i64, i64, String)>, _> = conn.fetch_rows(&explain, &binds).await;
+        rows.map(|rows| rows.into_iter().map(|r| r.3).collect())
+    };
+    let plan = plan.expect("explain").join("\n");
+    assert!(
+        plan.contains("tickets_requester_active_recent"),
+        "{sql}\nshould use tickets_requester_active_recent:\n{plan}"
+    );
+    for whole in ["Seq Scan on tickets", "SCAN tickets", "Sort", "TEMP B-TREE"] {
+        assert!(!plan.contains(whole), "{sql}\nhas {whole}:\n{plan}");
+    }
+}
+
 /// Fails `failures` times on the event at `poison`, and records every event it applies in a
 /// table whose key is the position, so a repeat would fail loudly.
 struct Flaky {
@@ -740,6 +813,7 @@ both_backends!(
     shutdown_finishes_the_batch_in_hand,
     search_index_rebuilds_identically,
     search_plans_agree_with_the_rule,
+    overdue_requests_read_their_index_in_order,
 );
 
 /// PostgreSQL: two processes' projectors on one schema; one leads, the other takes over when
