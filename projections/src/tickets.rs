@@ -159,23 +159,46 @@ fn ticket_binds(t: &Ticket, at: Position, recent: &RecentKeys) -> Result<Vec<Bin
     ])
 }
 
-/// PostgreSQL: a ticket's whole search row, from the text of every event it has had.
-const SEARCH_INSERT: &str =
-    "INSERT INTO ticket_search (ticket_id, head, public_comments, private_comments)";
+/// PostgreSQL: a ticket's whole search row, from the text of every event it has had, with its
+/// sort keys and position as of its last event (migration 0012).
+const SEARCH_INSERT: &str = "INSERT INTO ticket_search (ticket_id, head, public_comments, \
+     private_comments, last_activity_at, created_at, due_sort, priority_rank, position_tx, \
+     position_seq)";
 const SEARCH_ROW: &str = "(?, strip(to_tsvector('simple', ?)), strip(to_tsvector('simple', ?)), \
-     strip(to_tsvector('simple', ?)))";
+     strip(to_tsvector('simple', ?)), ?, ?, ?, ?, ?, ?)";
 
-/// The values of [`SEARCH_ROW`] for ticket `t` whose events carried `text`, if they fit the
-/// one-statement row (see [`FRESH_TEXT_FACTOR`]).
-fn search_binds(t: &Ticket, text: &FreshText) -> Option<Vec<Bind>> {
-    (text.bytes.saturating_mul(FRESH_TEXT_FACTOR) <= PG_TEXT_BUDGET as usize).then(|| {
-        vec![
-            Bind::Uuid(t.id),
-            Bind::Text(head_text(t)),
-            Bind::Text(search_text(&text.public.join("\n"))),
-            Bind::Text(search_text(&text.private.join("\n"))),
-        ]
-    })
+/// The values of [`SEARCH_ROW`] for ticket `t`, at `at`, whose events carried `text`, if they
+/// fit the one-statement row (see [`FRESH_TEXT_FACTOR`]).
+fn search_binds(
+    t: &Ticket,
+    at: Position,
+    text: &FreshText,
+) -> Result<Option<Vec<Bind>>, StoreError> {
+    if text.bytes.saturating_mul(FRESH_TEXT_FACTOR) > PG_TEXT_BUDGET as usize {
+        return Ok(None);
+    }
+    let mut row = vec![
+        Bind::Uuid(t.id),
+        Bind::Text(head_text(t)),
+        Bind::Text(search_text(&text.public.join("\n"))),
+        Bind::Text(search_text(&text.private.join("\n"))),
+    ];
+    row.extend(search_keys(t, at)?);
+    Ok(Some(row))
+}
+
+/// The sort keys and position that `ticket_search` keeps beside the text, as `tickets` has them
+/// (see [`ticket_binds`]): what a search from the text index ranks its matches by.
+fn search_keys(t: &Ticket, at: Position) -> Result<[Bind; 6], StoreError> {
+    let (tx, seq) = tx_i64(at)?;
+    Ok([
+        Bind::I64(micros(t.last_activity_at)),
+        Bind::I64(micros(t.created_at)),
+        Bind::I64(due_sort(t)),
+        Bind::I64(priority_rank(t.priority)),
+        Bind::I64(tx),
+        Bind::I64(seq),
+    ])
 }
 
 #[async_trait]
@@ -280,12 +303,16 @@ impl Projection for TicketsProjection {
         conn.insert_rows(TICKET_INSERT, rows, TICKET_UPSERT).await?;
         put_parts(conn, parts).await?;
         let mut texts = Vec::new();
+        // Tickets whose search row the batch writes whole, keys included.
+        let mut keyed: HashSet<Uuid> = HashSet::new();
         for id in &order {
-            let (Some(f), Some(t)) = (fresh.get(id), states.get(id)) else {
+            let (Some(f), Some(t), Some(event)) = (fresh.get(id), states.get(id), last.get(id))
+            else {
                 continue;
             };
-            if let Some(row) = search_binds(t, f) {
+            if let Some(row) = search_binds(t, event.position, f)? {
                 texts.push(row);
+                keyed.insert(*id);
             } else {
                 // So much text that the budget may cut it: event by event, as one at a time.
                 let mut state: State = None;
@@ -309,6 +336,27 @@ impl Projection for TicketsProjection {
         .await?;
         if !pending.is_empty() {
             pg_text_batch(conn, &order, &pending).await?;
+        }
+        if pg {
+            // Every other ticket the batch changed: its search row's keys, after its text.
+            let mut rows = Vec::new();
+            for id in order.iter().filter(|id| !keyed.contains(id)) {
+                let (Some(t), Some(event)) = (states.get(id), last.get(id)) else {
+                    continue;
+                };
+                let mut row = vec![Bind::Uuid(*id)];
+                row.extend(search_keys(t, event.position)?);
+                rows.push(row);
+            }
+            conn.insert_rows_as(
+                "UPDATE ticket_search s SET last_activity_at = n.la, created_at = n.ca, \
+                 due_sort = n.ds, priority_rank = n.pr, position_tx = n.tx, \
+                 position_seq = n.seq FROM (",
+                "(?, ?, ?, ?, ?, ?, ?)",
+                rows,
+                ") n (id, la, ca, ds, pr, tx, seq) WHERE s.ticket_id = n.id",
+            )
+            .await?;
         }
         let gone: Vec<Uuid> = order.iter().filter(|id| cc.contains(id)).copied().collect();
         for chunk in gone.chunks(crate::sql::MAX_BINDS) {
@@ -392,7 +440,7 @@ impl Fold for TicketsFold {
             let Some(h) = self.held.get(id) else {
                 continue;
             };
-            let Some(text) = search_binds(&h.t, &h.text) else {
+            let Some(text) = search_binds(&h.t, h.at, &h.text)? else {
                 // Its text may reach the budget: the batched path, comment by comment.
                 replay.push(*id);
                 continue;
@@ -982,8 +1030,25 @@ fn list_sql(q: &ListQuery, text: TextQuery, plan: TextPlan, part: Part) -> (Stri
     let mut with = String::new();
     let mut with_binds = Vec::new();
     let me = &q.viewer.id;
+    // PostgreSQL, from the text index, with no condition on `tickets` (staff, every ticket,
+    // no filter): the matches are ranked by the keys their `ticket_search` rows carry
+    // (migration 0012), as `m`'s columns of the same names, and `tickets` is read for the page.
+    let from_m = plan == TextPlan::FromIndex
+        && matches!(text, TextQuery::Postgres { .. })
+        && staff(&q.viewer)
+        && q.view == View::All
+        && q.statuses.is_empty()
+        && q.priorities.is_empty()
+        && q.channels.is_empty()
+        && q.active.is_none()
+        && q.org.is_none()
+        && q.overdue.is_none();
     // The select list comes last: it depends on the plan.
-    let mut sql = String::from(" FROM tickets WHERE 1 = 1");
+    let mut sql = String::from(if from_m {
+        " FROM m WHERE 1 = 1"
+    } else {
+        " FROM tickets WHERE 1 = 1"
+    });
     // PostgreSQL, from the text index: rank the matches by the primary key's copy of the sort
     // keys (migrations 0007) and read whole rows for the page only.
     let mut rank_first = false;
@@ -1071,7 +1136,15 @@ fn list_sql(q: &ListQuery, text: TextQuery, plan: TextPlan, part: Part) -> (Stri
         TextQuery::Nothing => sql.push_str(" AND 1 = 0"),
         TextQuery::Postgres { all, words } => {
             let (cond, cond_binds) = pg_text_condition(&words, all);
-            if plan == TextPlan::FromIndex {
+            if from_m {
+                with = format!(
+                    "WITH m AS MATERIALIZED (SELECT s.ticket_id AS id, s.last_activity_at, \
+                     s.created_at, s.due_sort, s.priority_rank, s.position_tx, s.position_seq \
+                     FROM ticket_search s WHERE {cond}) "
+                );
+                with_binds = cond_binds;
+                rank_first = true;
+            } else if plan == TextPlan::FromIndex {
                 // MATERIALIZED: computed once, from the indexes, before any ticket is read.
                 with = format!(
                     "WITH m AS MATERIALIZED (SELECT s.ticket_id FROM ticket_search s \

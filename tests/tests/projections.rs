@@ -13,7 +13,7 @@ use ticketd_commands::{
     CommandHandler, Database, EventStore, Options, Position, StoreError, StoredEvent,
 };
 use ticketd_domain::{
-    Actor, AddComment, CommandKind, EditTicket, OpenTicket, Role, SlaPolicy, Visibility,
+    Actor, AddComment, CommandKind, EditTicket, OpenTicket, Priority, Role, SlaPolicy, Visibility,
 };
 use ticketd_projections::sql::{Bind, Conn};
 use ticketd_projections::tickets::{ListQuery, Sort, TextPlan, View};
@@ -254,6 +254,17 @@ fn customer(id: &str, org: &str, org_wide: bool) -> Actor {
 
 /// Every page of a search under one plan, in order.
 async fn search_pages(db: &Database, viewer: &Actor, words: &[&str], plan: TextPlan) -> Vec<Uuid> {
+    search_pages_by(db, viewer, words, plan, Sort::Created).await
+}
+
+/// [`search_pages`] in the order of `sort`.
+async fn search_pages_by(
+    db: &Database,
+    viewer: &Actor,
+    words: &[&str],
+    plan: TextPlan,
+    sort: Sort,
+) -> Vec<Uuid> {
     let mut q = ListQuery {
         viewer: viewer.clone(),
         view: View::All,
@@ -264,7 +275,7 @@ async fn search_pages(db: &Database, viewer: &Actor, words: &[&str], plan: TextP
         channels: vec![],
         org: None,
         words: words.iter().map(|w| (*w).to_owned()).collect(),
-        sort: Sort::Created,
+        sort,
         limit: 4,
         after: None,
         now: chrono::Utc::now(),
@@ -346,6 +357,27 @@ async fn search_plans_agree_with_the_rule(store: Arc<dyn EventStore>) {
     p.wait_for(tickets::NAME, last, WAIT)
         .await
         .expect("caught up");
+    // Later changes to older tickets, in batches of their own, so that each sort orders them
+    // differently from their opening: every ranking must use the keys of now (PostgreSQL's
+    // from the text index reads them from `ticket_search`, migration 0012).
+    let priorities = [Priority::Urgent, Priority::Low, Priority::High];
+    for (i, (id, _, _)) in model.iter().enumerate().filter(|(i, _)| i % 3 == 1) {
+        let edit = EditTicket {
+            priority: Some(priorities[(i / 3) % 3]),
+            due_at: Some(Some(
+                chrono::Utc::now() + chrono::Duration::hours(40 - i as i64),
+            )),
+            ..EditTicket::default()
+        };
+        last = h
+            .execute(*id, staff(), CommandKind::Edit(edit), Options::default())
+            .await
+            .expect("edit")
+            .position;
+    }
+    p.wait_for(tickets::NAME, last, WAIT)
+        .await
+        .expect("caught up");
     let db = p.database().clone();
 
     let viewers = [
@@ -386,6 +418,17 @@ async fn search_plans_agree_with_the_rule(store: Arc<dyn EventStore>) {
         }
     }
     assert!(found > 50, "the model should find plenty: {found}");
+    // Every other order: each plan pages through the same tickets in the same order as the
+    // walk, which ranks by `tickets` itself.
+    for sort in [Sort::LastActivityDesc, Sort::Due, Sort::PriorityDesc] {
+        for words in &queries {
+            let want = search_pages_by(&db, &staff(), words, TextPlan::Walk, sort).await;
+            for plan in [TextPlan::Auto, TextPlan::FromIndex] {
+                let got = search_pages_by(&db, &staff(), words, plan, sort).await;
+                assert_eq!(got, want, "{words:?} {plan:?} {sort:?}");
+            }
+        }
+    }
 }
 
 /// "My overdue requests" (a customer's `view=mine&overdue=true`, default sort) is read from
