@@ -131,11 +131,50 @@ fn cc_changed(event: &Event) -> bool {
     }
 }
 
+/// A ticket's sort keys and log position, as both `tickets` and `ticket_search` (migration
+/// 0012) store them: one derivation, so a search ranking by either table ranks alike.
+struct RowKeys {
+    last_activity_at: i64,
+    created_at: i64,
+    due_sort: i64,
+    priority_rank: i64,
+    position_tx: i64,
+    position_seq: i64,
+}
+
+impl RowKeys {
+    /// `t`'s keys as of `at`, the position of its last event.
+    fn of(t: &Ticket, at: Position) -> Result<Self, StoreError> {
+        let (position_tx, position_seq) = tx_i64(at)?;
+        Ok(RowKeys {
+            last_activity_at: micros(t.last_activity_at),
+            created_at: micros(t.created_at),
+            due_sort: due_sort(t),
+            priority_rank: priority_rank(t.priority),
+            position_tx,
+            position_seq,
+        })
+    }
+
+    /// In `ticket_search`'s column order: `last_activity_at, created_at, due_sort,
+    /// priority_rank, position_tx, position_seq`.
+    fn search_binds(&self) -> [Bind; 6] {
+        [
+            Bind::I64(self.last_activity_at),
+            Bind::I64(self.created_at),
+            Bind::I64(self.due_sort),
+            Bind::I64(self.priority_rank),
+            Bind::I64(self.position_tx),
+            Bind::I64(self.position_seq),
+        ]
+    }
+}
+
 /// The `tickets` row of `t`, as of the log position of its last event.
 fn ticket_binds(t: &Ticket, at: Position, recent: &RecentKeys) -> Result<Vec<Bind>, StoreError> {
     let bad = |what: String| StoreError::Corrupt(format!("tickets row of {}: {what}", t.id));
     let json = serde_json::to_string(t).map_err(|e| bad(e.to_string()))?;
-    let (tx, seq) = tx_i64(at)?;
+    let k = RowKeys::of(t, at)?;
     let num = |v: u64| i64::try_from(v).map_err(|e| bad(e.to_string()));
     Ok(vec![
         Bind::Uuid(t.id),
@@ -143,17 +182,17 @@ fn ticket_binds(t: &Ticket, at: Position, recent: &RecentKeys) -> Result<Vec<Bin
         Bind::Text(t.status.as_str().to_owned()),
         Bind::I64(i64::from(t.status.is_active())),
         Bind::Text(t.priority.as_str().to_owned()),
-        Bind::I64(priority_rank(t.priority)),
+        Bind::I64(k.priority_rank),
         Bind::Text(t.channel.as_str().to_owned()),
         Bind::Text(t.requester.clone()),
         Bind::OptText(t.org.clone()),
         Bind::OptText(t.assignee.clone()),
-        Bind::I64(micros(t.created_at)),
-        Bind::I64(micros(t.last_activity_at)),
-        Bind::I64(due_sort(t)),
+        Bind::I64(k.created_at),
+        Bind::I64(k.last_activity_at),
+        Bind::I64(k.due_sort),
         Bind::I64(num(t.version)?),
-        Bind::I64(tx),
-        Bind::I64(seq),
+        Bind::I64(k.position_tx),
+        Bind::I64(k.position_seq),
         Bind::Text(json),
         Bind::Text(recent.encode()),
     ])
@@ -183,22 +222,8 @@ fn search_binds(
         Bind::Text(search_text(&text.public.join("\n"))),
         Bind::Text(search_text(&text.private.join("\n"))),
     ];
-    row.extend(search_keys(t, at)?);
+    row.extend(RowKeys::of(t, at)?.search_binds());
     Ok(Some(row))
-}
-
-/// The sort keys and position that `ticket_search` keeps beside the text, as `tickets` has them
-/// (see [`ticket_binds`]): what a search from the text index ranks its matches by.
-fn search_keys(t: &Ticket, at: Position) -> Result<[Bind; 6], StoreError> {
-    let (tx, seq) = tx_i64(at)?;
-    Ok([
-        Bind::I64(micros(t.last_activity_at)),
-        Bind::I64(micros(t.created_at)),
-        Bind::I64(due_sort(t)),
-        Bind::I64(priority_rank(t.priority)),
-        Bind::I64(tx),
-        Bind::I64(seq),
-    ])
 }
 
 #[async_trait]
@@ -345,7 +370,7 @@ impl Projection for TicketsProjection {
                     continue;
                 };
                 let mut row = vec![Bind::Uuid(*id)];
-                row.extend(search_keys(t, event.position)?);
+                row.extend(RowKeys::of(t, event.position)?.search_binds());
                 rows.push(row);
             }
             conn.insert_rows_as(
@@ -1030,27 +1055,11 @@ fn list_sql(q: &ListQuery, text: TextQuery, plan: TextPlan, part: Part) -> (Stri
     let mut with = String::new();
     let mut with_binds = Vec::new();
     let me = &q.viewer.id;
-    // PostgreSQL, from the text index, with no condition on `tickets` (staff, every ticket,
-    // no filter): the matches are ranked by the keys their `ticket_search` rows carry
-    // (migration 0012), as `m`'s columns of the same names, and `tickets` is read for the page.
-    let from_m = plan == TextPlan::FromIndex
-        && matches!(text, TextQuery::Postgres { .. })
-        && staff(&q.viewer)
-        && q.view == View::All
-        && q.statuses.is_empty()
-        && q.priorities.is_empty()
-        && q.channels.is_empty()
-        && q.active.is_none()
-        && q.org.is_none()
-        && q.overdue.is_none();
-    // The select list comes last: it depends on the plan.
-    let mut sql = String::from(if from_m {
-        " FROM m WHERE 1 = 1"
-    } else {
-        " FROM tickets WHERE 1 = 1"
-    });
-    // PostgreSQL, from the text index: rank the matches by the primary key's copy of the sort
-    // keys (migrations 0007) and read whole rows for the page only.
+    // The conditions on `tickets` (visibility, view, filters), then the text's; the select
+    // list and the table they apply to come last: both depend on the plan.
+    let mut sql = String::new();
+    // PostgreSQL, from the text index: rank the matches by their sort keys and read whole rows
+    // for the page only.
     let mut rank_first = false;
     let mut binds = Vec::new();
     let in_cc = " AND EXISTS (SELECT 1 FROM ticket_cc c WHERE c.ticket_id = tickets.id \
@@ -1131,12 +1140,30 @@ fn list_sql(q: &ListQuery, text: TextQuery, plan: TextPlan, part: Part) -> (Stri
         sql.push_str(" AND org = ?");
         binds.push(Bind::Text(org.clone()));
     }
+    // Overdue: active with `due_at` past (due_sort holds i64::MAX when there is none).
+    match q.overdue {
+        Some(true) => {
+            sql.push_str(" AND active = 1 AND due_sort < ?");
+            binds.push(Bind::I64(micros(q.now)));
+        }
+        Some(false) => {
+            sql.push_str(" AND (active = 0 OR due_sort >= ?)");
+            binds.push(Bind::I64(micros(q.now)));
+        }
+        None => {}
+    }
+    // With no condition on `tickets` (staff, every ticket, no filter), a search from the text
+    // index ranks its matches by the keys their `ticket_search` rows carry (migration 0012), as
+    // `m`'s columns of the same names; otherwise by the copy of the keys in the `tickets`
+    // primary key (migrations 0007, 0010), a probe per match.
+    let mut table = "tickets";
     match text {
         TextQuery::Any => {}
         TextQuery::Nothing => sql.push_str(" AND 1 = 0"),
         TextQuery::Postgres { all, words } => {
             let (cond, cond_binds) = pg_text_condition(&words, all);
-            if from_m {
+            if plan == TextPlan::FromIndex && sql.is_empty() {
+                table = "m";
                 with = format!(
                     "WITH m AS MATERIALIZED (SELECT s.ticket_id AS id, s.last_activity_at, \
                      s.created_at, s.due_sort, s.priority_rank, s.position_tx, s.position_seq \
@@ -1189,18 +1216,7 @@ fn list_sql(q: &ListQuery, text: TextQuery, plan: TextPlan, part: Part) -> (Stri
             }
         }
     }
-    // Overdue: active with `due_at` past (due_sort holds i64::MAX when there is none).
-    match q.overdue {
-        Some(true) => {
-            sql.push_str(" AND active = 1 AND due_sort < ?");
-            binds.push(Bind::I64(micros(q.now)));
-        }
-        Some(false) => {
-            sql.push_str(" AND (active = 0 OR due_sort >= ?)");
-            binds.push(Bind::I64(micros(q.now)));
-        }
-        None => {}
-    }
+    let mut sql = format!(" FROM {table} WHERE 1 = 1{sql}");
     let col = q.sort.column();
     match part {
         Part::Unchanged(tx, seq) => {
