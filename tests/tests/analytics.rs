@@ -20,8 +20,8 @@ use ticketd_domain::{
 use ticketd_projections::analytics::{self, AnalyticsProjection, Facts};
 use ticketd_projections::sql::{Bind, Conn};
 use ticketd_projections::{Pooled, Projector};
-use ticketd_tests::both_backends;
 use ticketd_tests::http::TestServer;
+use ticketd_tests::{both_backends, numbered_rows};
 
 const WAIT: Duration = Duration::from_secs(10);
 
@@ -663,20 +663,7 @@ async fn summary_figures(store: Arc<dyn EventStore>) {
 /// plain SQL (no projection, so millions are quick): 50 orgs, 6 % of tickets active, the rest
 /// resolved and closed, three counted events per closed ticket.
 async fn fill(db: &Database, n: i64, base_us: i64, step_us: i64) {
-    let (with, source, id) = match db {
-        Database::Sqlite(_) => (
-            format!(
-                "WITH RECURSIVE s(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM s WHERE i < {n}) "
-            ),
-            "s".to_owned(),
-            "randomblob(16)",
-        ),
-        Database::Postgres(_) => (
-            String::new(),
-            format!("generate_series(CAST(1 AS bigint), {n}) AS s(i)"),
-            "gen_random_uuid()",
-        ),
-    };
+    let (with, source, id) = numbered_rows(db, n);
     let opened = format!("({base_us} + i * {step_us})");
     let resolved =
         format!("CASE WHEN i % 50 < 4 THEN NULL ELSE {opened} + (i % 89) * 3600000000 END");

@@ -18,7 +18,7 @@ use ticketd_domain::{
 use ticketd_projections::sql::{Bind, Conn};
 use ticketd_projections::tickets::{ListQuery, Sort, TextPlan, View};
 use ticketd_projections::{lag, read_checkpoint, tickets, Pooled, Projection, Projector};
-use ticketd_tests::{both_backends, read_everything, read_until};
+use ticketd_tests::{both_backends, numbered_rows, read_everything, read_until};
 
 const WAIT: Duration = Duration::from_secs(10);
 
@@ -441,18 +441,7 @@ async fn overdue_requests_read_their_index_in_order(store: Arc<dyn EventStore>) 
     let db = store.database().expect("database");
     let now = chrono::Utc::now();
     let now_us = now.timestamp_micros();
-    let (with, source, id) = match db {
-        Database::Sqlite(_) => (
-            "WITH RECURSIVE s(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM s WHERE i < 40000) ",
-            "s",
-            "randomblob(16)",
-        ),
-        Database::Postgres(_) => (
-            "",
-            "generate_series(CAST(1 AS bigint), 40000) AS s(i)",
-            "gen_random_uuid()",
-        ),
-    };
+    let (with, source, id) = numbered_rows(&db, 40_000);
     let fill = format!(
         "{with}INSERT INTO tickets (id, number, status, active, priority, priority_rank, \
          channel, requester, org, assignee, created_at, last_activity_at, due_sort, version, \
