@@ -145,7 +145,7 @@ async fn render_projections(out: &mut String, projector: &Projector) {
             .await
             .unwrap_or(s.position);
         let at = stored.max(s.position);
-        let lag = lag(projector.database(), at).await.ok();
+        let lag = lag(projector.log_database(), at).await.ok();
         rows.push((s, at, lag));
     }
     let gauges: [(&str, &str, &str); 7] = [

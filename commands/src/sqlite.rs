@@ -7,10 +7,11 @@
 //! Plain appends to distinct streams share their statements: one reads all their heads, one
 //! inserts all their events.
 //! With WAL and `synchronous=FULL`, an acknowledged append survives a SIGKILL or power loss.
-//! Each batch takes the process's write turn ([`WriteTurns`]) first: the projection runners
-//! write their read models into the same file through connections of their own.
-//! A checkpointer task copies the WAL into the database file on its own connection, so no
-//! commit (and no write turn) waits for a checkpoint.
+//! The read models live in a file of their own beside the log (`ticketd.views.db` beside
+//! `ticketd.db`, laid out by `migrations/sqlite-views`): SQLite has one write lock per file,
+//! and in one file the projections' commits and the appends took turns at it.
+//! A checkpointer task per file copies the WAL into the database file on its own connection,
+//! so no commit waits for a checkpoint.
 //! Reads use a separate pool and see only committed batches; because one writer commits in
 //! order, the row id is the log order and `read_all` can never skip an event.
 
@@ -39,14 +40,27 @@ use crate::store::{
 };
 
 static MIGRATOR: Migrator = sqlx::migrate!("../migrations/sqlite");
+static VIEWS_MIGRATOR: Migrator = sqlx::migrate!("../migrations/sqlite-views");
 
-/// Applies the embedded migrations (`migrations/sqlite`) through any pool: a rebuild uses it to lay out
-/// fresh read-model tables in a scratch database from the very same DDL.
-pub async fn migrate_pool(pool: &sqlx::SqlitePool) -> StoreResult<()> {
-    MIGRATOR
+/// Applies the read models' embedded migrations (`migrations/sqlite-views`) through any pool:
+/// a rebuild uses it to lay out fresh read-model tables in a scratch file from the very same
+/// DDL.
+pub async fn migrate_views_pool(pool: &sqlx::SqlitePool) -> StoreResult<()> {
+    VIEWS_MIGRATOR
         .run(pool)
         .await
         .map_err(|e| StoreError::Unavailable(format!("migration failed: {e}")))
+}
+
+/// The read models' file for the log at `log`: `data/ticketd.db` → `data/ticketd.views.db`
+/// (`.views` before the extension, or at the end of a name without one).
+pub fn views_path(log: &std::path::Path) -> std::path::PathBuf {
+    let stem = log.file_stem().unwrap_or_default().to_string_lossy();
+    let name = match log.extension() {
+        Some(ext) => format!("{stem}.views.{}", ext.to_string_lossy()),
+        None => format!("{stem}.views"),
+    };
+    log.with_file_name(name)
 }
 
 /// Most requests one writer transaction takes (one fsync for all of them).
@@ -72,13 +86,16 @@ const EVENT_COLUMNS: &str = "seq, stream_id, version, event_id, event_type, sche
 pub struct SqliteStore {
     writer: mpsc::Sender<WriteOp>,
     reads: SqlitePool,
+    /// The read models' file ([`views_path`]).
+    views: SqlitePool,
     ticks: Arc<watch::Sender<u64>>,
     turns: WriteTurns,
 }
 
 impl SqliteStore {
     /// Opens (creating if missing, with its parent directory) the database at `url`, e.g.
-    /// `sqlite://data/ticketd.db`, and starts the writer task. Call [`Self::migrate`] next.
+    /// `sqlite://data/ticketd.db`, and its read models' file beside it ([`views_path`]), and
+    /// starts the writer task. Call [`Self::migrate`] next.
     pub async fn open(url: &str) -> StoreResult<SqliteStore> {
         let options = SqliteConnectOptions::from_str(url)
             .map_err(|e| StoreError::Unavailable(format!("bad SQLite URL: {e}")))?
@@ -106,26 +123,56 @@ impl SqliteStore {
             .connect_with(options.clone())
             .await
             .map_err(unavailable)?;
+        // The read models: derived data, rebuilt from the log if lost, so their commits wait
+        // for no fsync (WAL keeps each atomic). Only the projections write here.
+        let filename = options.get_filename();
+        if filename.as_os_str().is_empty() || filename.to_string_lossy().contains(":memory:") {
+            return Err(StoreError::Unavailable(
+                "the SQLite store needs a file: its read models go in a second file beside it"
+                    .into(),
+            ));
+        }
+        let views_options = options
+            .clone()
+            .filename(views_path(filename))
+            .synchronous(SqliteSynchronous::Normal);
+        let views = SqlitePoolOptions::new()
+            .max_connections(READERS)
+            .min_connections(0)
+            .acquire_timeout(BUSY_TIMEOUT)
+            .connect_with(views_options.clone())
+            .await
+            .map_err(unavailable)?;
         let (writer, rx) = mpsc::channel(QUEUE);
         let ticks = Arc::new(watch::channel(0u64).0);
         let turns = WriteTurns::default();
         let checkpoints = options.connect().await.map_err(unavailable)?;
+        let views_checkpoints = views_options.connect().await.map_err(unavailable)?;
         tokio::spawn(run_writer(conn, rx, ticks.clone(), turns.clone()));
-        tokio::spawn(run_checkpointer(checkpoints, ticks.subscribe()));
+        tokio::spawn(run_checkpointer("log", checkpoints, ticks.subscribe()));
+        // The projections commit as the appends come, so the appends pace this one too.
+        tokio::spawn(run_checkpointer(
+            "views",
+            views_checkpoints,
+            ticks.subscribe(),
+        ));
         Ok(SqliteStore {
             writer,
             reads,
+            views,
             ticks,
             turns,
         })
     }
 
-    /// Applies the embedded migrations (`migrations/sqlite`).
+    /// Applies the embedded migrations: the log's (`migrations/sqlite`), then the read
+    /// models' (`migrations/sqlite-views`).
     pub async fn migrate(&self) -> StoreResult<()> {
         MIGRATOR
             .run(&self.reads)
             .await
-            .map_err(|e| StoreError::Unavailable(format!("migration failed: {e}")))
+            .map_err(|e| StoreError::Unavailable(format!("migration failed: {e}")))?;
+        migrate_views_pool(&self.views).await
     }
 
     /// The read pool (it can write too): for imports into an empty store, which bypass the
@@ -151,6 +198,10 @@ impl SqliteStore {
 #[async_trait]
 impl EventStore for SqliteStore {
     fn database(&self) -> Option<crate::store::Database> {
+        Some(crate::store::Database::Sqlite(self.views.clone()))
+    }
+
+    fn log_database(&self) -> Option<crate::store::Database> {
         Some(crate::store::Database::Sqlite(self.reads.clone()))
     }
 
@@ -243,10 +294,12 @@ impl EventStore for SqliteStore {
                 "the SQLite writer has stopped".into(),
             ));
         }
-        sqlx::query("SELECT 1")
-            .execute(&self.reads)
-            .await
-            .map_err(unavailable)?;
+        for pool in [&self.reads, &self.views] {
+            sqlx::query("SELECT 1")
+                .execute(pool)
+                .await
+                .map_err(unavailable)?;
+        }
         Ok(())
     }
 }
@@ -300,8 +353,7 @@ async fn run_writer(
     let mut batch = Vec::with_capacity(MAX_BATCH);
     let mut sql = SqlCache::default();
     while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
-        // Drained first, then the turn: waiting for requests while holding it would starve
-        // the projection runners.
+        // The turn is only ever held by a test that makes requests queue (see `WriteTurns`).
         let asked = std::time::Instant::now();
         let turn = turns.lock().await;
         let began = std::time::Instant::now();
@@ -327,16 +379,20 @@ async fn run_writer(
 /// commit, and the write turn it holds, then waits for the copy and two fsyncs (measured at 32
 /// clients: one commit in eight took 15 ms instead of 1.5). A PASSIVE checkpoint takes no
 /// write lock, so here it overlaps the writers instead of stalling them. It ends with the store.
-async fn run_checkpointer(mut conn: SqliteConnection, mut ticks: watch::Receiver<u64>) {
+async fn run_checkpointer(
+    file: &'static str,
+    mut conn: SqliteConnection,
+    mut ticks: watch::Receiver<u64>,
+) {
     while ticks.changed().await.is_ok() {
         let started = tokio::time::Instant::now();
         match sqlx::query_as::<_, (i64, i64, i64)>("PRAGMA wal_checkpoint(PASSIVE)")
             .fetch_one(&mut conn)
             .await
         {
-            Ok((_, log, copied)) => tracing::debug!(log, copied, "checkpoint"),
+            Ok((_, log, copied)) => tracing::debug!(file, log, copied, "checkpoint"),
             Err(e) => {
-                tracing::warn!(error = %e, "WAL checkpoint failed; retrying with the next appends")
+                tracing::warn!(file, error = %e, "WAL checkpoint failed; retrying with the next appends")
             }
         }
         tokio::time::sleep_until(started + CHECKPOINT_EVERY).await;

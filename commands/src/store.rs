@@ -273,13 +273,13 @@ pub enum StoreError {
 
 pub type StoreResult<T> = Result<T, StoreError>;
 
-/// Turns at a database that has one writer at a time (SQLite), taken in order of asking by
-/// every writer of this process: the store's appends and the projection runners. SQLite's own
-/// busy handler, which sleeps and retries, let the store's writer, committing back to back,
-/// starve the runners (lag of seconds at 8 clients); it remains for other processes.
+/// The SQLite store writer's turn, which it takes before each batch: holding it pauses the
+/// writer, so the appends asked meanwhile queue and go into one batch (the conformance suite
+/// makes shared statements that way).
 pub type WriteTurns = std::sync::Arc<tokio::sync::Mutex<()>>;
 
-/// The database a store keeps its log in: read models (projections) live beside the events.
+/// A store's database: that of its read models ([`EventStore::database`]) or of its log
+/// ([`EventStore::log_database`]). On PostgreSQL both are one.
 #[derive(Debug, Clone)]
 pub enum Database {
     Sqlite(sqlx::SqlitePool),
@@ -331,10 +331,17 @@ pub trait EventStore: Send + Sync + 'static {
     /// Whether the database answers (for `/readyz`).
     async fn ping(&self) -> StoreResult<()>;
 
-    /// The database behind the store, for projections; `None` for stores that have none
-    /// (test wrappers), which then serve no queries.
+    /// The database the read models live in, for projections; `None` for stores that have
+    /// none (test wrappers), which then serve no queries. On PostgreSQL that of the log too;
+    /// SQLite keeps them in a file of their own (see [`Self::log_database`]).
     fn database(&self) -> Option<Database> {
         None
+    }
+
+    /// The database the log itself is in, for readers of its tables in plain SQL (the lag a
+    /// scrape reports, tests). SQLite keeps its read models apart: there, not [`Self::database`].
+    fn log_database(&self) -> Option<Database> {
+        self.database()
     }
 
     /// PostgreSQL: where this process registers its transactions that never append events
@@ -343,8 +350,8 @@ pub trait EventStore: Send + Sync + 'static {
         None
     }
 
-    /// The turns every writer of this process takes at the database, where writers exclude
-    /// each other (SQLite); `None` elsewhere.
+    /// SQLite: the turn the store's writer takes for each batch. Whoever holds it keeps the
+    /// writer waiting, so the appends asked meanwhile go into one batch; `None` elsewhere.
     fn write_turns(&self) -> Option<WriteTurns> {
         None
     }

@@ -30,7 +30,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use ticketd_commands::postgres::Bystanders;
-use ticketd_commands::{Database, EventStore, Position, StoreError, StoredEvent, WriteTurns};
+use ticketd_commands::{Database, EventStore, Position, StoreError, StoredEvent};
 
 use crate::sql::{unavailable, Bind, Conn};
 
@@ -38,9 +38,9 @@ use crate::sql::{unavailable, Bind, Conn};
 pub const BATCH: usize = 500;
 /// How often a projection looks for new events when no commit signal arrives.
 const POLL: Duration = Duration::from_secs(1);
-/// SQLite: the least time between a caught-up runner's turns at the database (see `turn`).
-/// Shorter means less lag and fewer commands a second: at 32 clients 20, 25 and 35 ms gave
-/// `tickets` lag p99 of about 62, 70 and 90 ms (docs/PERFORMANCE.md, session 14).
+/// SQLite: the least time between the starts of a caught-up runner's batches (see `turn`).
+/// Each batch pays a log read, `BEGIN IMMEDIATE` and a commit; taken at every append's commit,
+/// they would hold a handful of events each and take that CPU from the commands.
 const TURN_GAP: Duration = Duration::from_millis(25);
 /// PostgreSQL: the least time between the starts of a caught-up runner's batches (see `turn`).
 /// Under load a runner that read every commit at once took batches of about 7 events, and
@@ -187,6 +187,8 @@ pub enum WaitError {
 /// The running projections of one process; dropping it stops them.
 pub struct Projector {
     db: Database,
+    /// The log's database: on SQLite another file than the read models'.
+    log: Database,
     entries: Vec<Arc<Shared>>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
     /// Set by [`Projector::shutdown`]; the runners see it through their [`Stop`].
@@ -271,7 +273,7 @@ impl Projector {
         let (stopping, asked) = watch::channel(false);
         let stop = Stop(asked);
         let tasks = match &db {
-            // One write lock: every projection's batch in one turn (see `together`).
+            // One write lock: every projection's batch in one transaction (see `together`).
             Database::Sqlite(_) => vec![tokio::spawn(together::run(
                 store.clone(),
                 db.clone(),
@@ -286,6 +288,7 @@ impl Projector {
                 .collect(),
         };
         Projector {
+            log: store.log_database().unwrap_or_else(|| db.clone()),
             db,
             entries,
             tasks: Mutex::new(tasks),
@@ -325,6 +328,11 @@ impl Projector {
     /// The database the read models are in.
     pub fn database(&self) -> &Database {
         &self.db
+    }
+
+    /// The database the log is in (for [`lag`]).
+    pub fn log_database(&self) -> &Database {
+        &self.log
     }
 
     /// Every projection's status, in a fixed order.
@@ -454,14 +462,14 @@ async fn ensure_checkpoint_on(conn: &mut Conn<'_>, name: &str) -> Result<Positio
 /// Most events a lag count reads: past that, "at least this many" is all a scrape needs.
 pub const LAG_COUNT_CAP: i64 = 1_000_000;
 
-/// How far the log is ahead of `at`: the events after it (counted up to [`LAG_COUNT_CAP`]) and
+/// How far the log (in `log`, the store's [`EventStore::log_database`]) is ahead of `at`: the events after it (counted up to [`LAG_COUNT_CAP`]) and
 /// the age in seconds of the oldest of them (0 when there is none). On PostgreSQL this counts
 /// committed events the snapshot gate does not show yet, which are lag too.
-pub async fn lag(db: &Database, at: Position) -> Result<(u64, f64), StoreError> {
+pub async fn lag(log: &Database, at: Position) -> Result<(u64, f64), StoreError> {
     let (tx, seq) = tx_i64(at)?;
     let now = Utc::now().timestamp_micros();
     // The events after `at`, in log order, and the column that gives their time in micros.
-    let (after, order, micros, mut binds) = match db {
+    let (after, order, micros, mut binds) = match log {
         Database::Sqlite(_) => ("seq > ?", "seq", "recorded_at", vec![Bind::I64(seq)]),
         Database::Postgres(_) => (
             "(tx_id, seq) > (?::text::xid8, ?)",
@@ -470,7 +478,7 @@ pub async fn lag(db: &Database, at: Position) -> Result<(u64, f64), StoreError> 
             vec![Bind::Text(tx.to_string()), Bind::I64(seq)],
         ),
     };
-    let mut pooled = Pooled::acquire(db).await?;
+    let mut pooled = Pooled::acquire(log).await?;
     let mut conn = pooled.conn();
     let oldest: Option<i64> = conn
         .fetch_column(
@@ -598,8 +606,9 @@ async fn apply_in(
 /// test's injected crash), the connection is dropped and closed, which rolls the batch back,
 /// rather than going back to the pool inside an open transaction.
 pub(crate) enum Writer {
-    /// With the store's write turns when it shares the database file with this writer.
-    Sqlite(SqliteConnection, Option<WriteTurns>),
+    /// The read models' file, which this process's appends do not write (see
+    /// `ticketd_commands::sqlite`): no turn to take at it.
+    Sqlite(SqliteConnection),
     /// With the store's register of transactions that never append, which each batch joins
     /// (see [`Bystanders`]).
     Postgres(PgConnection, Option<Bystanders>),
@@ -608,20 +617,18 @@ pub(crate) enum Writer {
 impl Writer {
     pub(crate) async fn connect(
         db: &Database,
-        turns: Option<WriteTurns>,
         bystanders: Option<Bystanders>,
     ) -> Result<Writer, StoreError> {
         Ok(match db {
             Database::Sqlite(pool) => Writer::Sqlite(
                 // As on PostgreSQL below: a commit waits for no fsync (WAL mode keeps it
-                // atomic; the store's own commits, which are FULL, sync it soon after).
+                // atomic; a checkpoint syncs it later).
                 (*pool.connect_options())
                     .clone()
                     .synchronous(SqliteSynchronous::Normal)
                     .connect()
                     .await
                     .map_err(unavailable)?,
-                turns,
             ),
             Database::Postgres(pool) => Writer::Postgres(
                 PgConnection::connect_with(&writer_options(pool))
@@ -633,37 +640,23 @@ impl Writer {
     }
 
     /// Waits until the runner may read and apply its next batch. A runner that is caught up
-    /// (`paced`: its last page was not full) starts it no sooner than a gap after its last
-    /// one, so that the events committed meanwhile share one batch.
-    /// - SQLite: then takes this process's turn at the database (see [`WriteTurns`]) for the
-    ///   whole read, apply and commit; the page read once the turn comes holds every event
-    ///   committed while the runner waited. Without [`TURN_GAP`], turns taken after every
-    ///   append would leave the appends one turn in four, each with a handful of requests.
-    /// - PostgreSQL: [`BATCH_GAP`]; no turn to take.
-    async fn turn(
-        &self,
-        last: &mut Option<Instant>,
-        paced: bool,
-    ) -> Option<tokio::sync::OwnedMutexGuard<()>> {
-        let (gap, turns) = match self {
-            Writer::Sqlite(_, Some(turns)) => (TURN_GAP, Some(turns)),
-            Writer::Sqlite(_, None) => return None,
-            Writer::Postgres(..) => (BATCH_GAP, None),
+    /// (`paced`: its last page was not full) starts it no sooner than a gap after the start of
+    /// its last one ([`TURN_GAP`] on SQLite, [`BATCH_GAP`] on PostgreSQL), so that the events
+    /// committed meanwhile share one batch. An event after a quiet spell waits for nothing.
+    async fn turn(&self, last: &mut Option<Instant>, paced: bool) {
+        let gap = match self {
+            Writer::Sqlite(_) => TURN_GAP,
+            Writer::Postgres(..) => BATCH_GAP,
         };
         if let (true, Some(at)) = (paced, *last) {
             tokio::time::sleep_until(at + gap).await;
         }
-        let turn = match turns {
-            Some(turns) => Some(turns.clone().lock_owned().await),
-            None => None,
-        };
         *last = Some(Instant::now());
-        turn
     }
 
     fn conn(&mut self) -> Conn<'_> {
         match self {
-            Writer::Sqlite(c, _) => Conn::Sqlite(c),
+            Writer::Sqlite(c) => Conn::Sqlite(c),
             Writer::Postgres(c, _) => Conn::Postgres(c),
         }
     }
@@ -671,7 +664,7 @@ impl Writer {
     /// Closes the connection the way the database expects, so it logs no dropped client.
     async fn close(self) {
         let closed = match self {
-            Writer::Sqlite(c, _) => c.close().await,
+            Writer::Sqlite(c) => c.close().await,
             Writer::Postgres(c, _) => c.close().await,
         };
         if let Err(e) = closed {
@@ -725,7 +718,7 @@ async fn commit_batch_as(
     batched: bool,
 ) -> Result<(), BatchError> {
     match writer {
-        Writer::Sqlite(conn, _) => {
+        Writer::Sqlite(conn) => {
             // IMMEDIATE takes the write lock up front (waiting out busy_timeout), instead of
             // failing when a read transaction tries to become a write one.
             let mut tx = conn
@@ -892,7 +885,7 @@ async fn follow(
                 writer.close().await;
                 return Ok(());
             }
-            let _turn = writer.turn(&mut turned, paced).await;
+            writer.turn(&mut turned, paced).await;
             let started = Instant::now();
             // On the runner's own connection, made on the runner's runtime, so no pooled
             // connection of the server's ends up driven by the runner's thread.

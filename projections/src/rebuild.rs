@@ -150,7 +150,7 @@ impl Scratch {
                     db: Database::Sqlite(scratch.clone()),
                     place: Place::Sqlite { path },
                 };
-                if let Err(e) = ticketd_commands::sqlite::migrate_pool(&scratch).await {
+                if let Err(e) = ticketd_commands::sqlite::migrate_views_pool(&scratch).await {
                     me.discard(db).await;
                     return Err(e);
                 }
@@ -254,7 +254,7 @@ impl Scratch {
         let mut writers = Vec::with_capacity(projections.len());
         for _ in projections {
             // The scratch is a file of its own (SQLite): no turns to share.
-            writers.push(Writer::connect(&self.db, None, store.bystanders()).await?);
+            writers.push(Writer::connect(&self.db, store.bystanders()).await?);
         }
         let parallel = matches!(self.db, Database::Postgres(_));
         let limit = |mut batch: Vec<StoredEvent>| {

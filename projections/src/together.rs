@@ -104,7 +104,7 @@ async fn follow(
     backoff: &mut Duration,
     stop: &mut Stop,
 ) -> Result<(), String> {
-    let mut writer = match Writer::connect(db, store.write_turns(), None).await {
+    let mut writer = match Writer::connect(db, None).await {
         Ok(w) => w,
         Err(e) => return Err(format!("connecting: {e}")),
     };
@@ -119,7 +119,7 @@ async fn follow(
                 writer.close().await;
                 return Ok(());
             }
-            let _turn = writer.turn(&mut turned, paced).await;
+            writer.turn(&mut turned, paced).await;
             let started = Instant::now();
             let mut pages: Vec<(Position, Vec<StoredEvent>)> = Vec::new();
             for m in members.iter().filter(|m| m.due(started)) {
@@ -135,7 +135,7 @@ async fn follow(
                 break;
             }
             let read = started.elapsed();
-            let Writer::Sqlite(conn, _) = &mut writer else {
+            let Writer::Sqlite(conn) = &mut writer else {
                 return Err("the shared runner writes only to SQLite".to_owned());
             };
             let mut tx = match conn.begin_with("BEGIN IMMEDIATE").await {

@@ -1213,7 +1213,7 @@ async fn idempotency_keys_answer_repeats(s: TestServer) {
 
     // Past 24 h a key no longer counts (§4), even while its record waits for the hourly purge.
     let day = 25 * 3600 * 1_000_000_i64;
-    match s.store.database().expect("a SQL store") {
+    match s.store.log_database().expect("a SQL store") {
         Database::Sqlite(pool) => sqlx::query("UPDATE idempotency SET created_at = created_at - ?")
             .bind(day)
             .execute(&pool)

@@ -1,25 +1,33 @@
-//! PostgreSQL migrations that move rows keep them: a store made before a migration is migrated
+//! Migrations that move rows keep what they must: a store made before a migration is migrated
 //! as `ticketd migrate` (or `serve`) would, and its rows are checked afterwards.
 
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
 
 use futures::future::BoxFuture;
 use sqlx::error::BoxDynError;
 use sqlx::migrate::{Migration, MigrationSource, Migrator};
 use sqlx::postgres::PgPoolOptions;
+use sqlx::sqlite::SqlitePoolOptions;
 
+use ticketd_commands::{CommandHandler, Database, EventStore, Options, SqliteStore};
+use ticketd_domain::{Actor, OpenTicket, Role, SlaPolicy};
+use ticketd_projections::{tickets, Projector};
 use ticketd_tests::PgTestSchema;
 
-/// The migrations in `migrations/postgres` before `version`: what an older `ticketd` applied.
+/// The migrations in `migrations/<dir>` before `version`: what an older `ticketd` applied.
 #[derive(Debug)]
-struct Before(i64);
+struct Before(&'static str, i64);
 
 impl MigrationSource<'static> for Before {
     fn resolve(self) -> BoxFuture<'static, Result<Vec<Migration>, BoxDynError>> {
         Box::pin(async move {
-            let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../migrations/postgres");
+            let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+                .join("../migrations")
+                .join(self.0);
             let all = dir.resolve().await?;
-            Ok(all.into_iter().filter(|m| m.version < self.0).collect())
+            Ok(all.into_iter().filter(|m| m.version < self.1).collect())
         })
     }
 }
@@ -37,7 +45,7 @@ async fn search_rows_get_their_tickets_keys() {
         .connect_with(schema.options.clone())
         .await
         .expect("connect");
-    Migrator::new(Before(12))
+    Migrator::new(Before("postgres", 12))
         .await
         .expect("migrations up to 0011")
         .run(&pool)
@@ -135,4 +143,108 @@ async fn search_rows_get_their_tickets_keys() {
     .await
     .expect("table options");
     assert_eq!(options, Some(vec!["fillfactor=80".to_owned()]));
+}
+
+/// SQLite migration 0009 moves the read models out of the log's file into their own
+/// (`migrations/sqlite-views`): the log keeps every event, the old read-model tables are gone
+/// from it, and the projections build the new file from the start of the log, not from the
+/// old checkpoints.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_read_models_move_to_their_own_file() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let log = dir.path().join("ticketd.db");
+    let url = format!("sqlite://{}", log.display());
+    // The log's file as `ticketd` 0008 left it, read models and all, with checkpoints past the
+    // end of the log and a row no event made.
+    {
+        let pool = SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(
+                sqlx::sqlite::SqliteConnectOptions::new()
+                    .filename(&log)
+                    .create_if_missing(true),
+            )
+            .await
+            .expect("connect");
+        Migrator::new(Before("sqlite", 9))
+            .await
+            .expect("migrations up to 0008")
+            .run(&pool)
+            .await
+            .expect("migrate to 0008");
+        sqlx::query(
+            "INSERT INTO projection_checkpoints (name, position_tx, position_seq, updated_at) \
+             VALUES ('tickets', 0, 999, 0), ('feed', 0, 999, 0), ('analytics', 0, 999, 0)",
+        )
+        .execute(&pool)
+        .await
+        .expect("old checkpoints");
+        pool.close().await;
+    }
+    // Events appended before the upgrade: the new store appends to the old file unmigrated.
+    let store = Arc::new(SqliteStore::open(&url).await.expect("open"));
+    let handler = CommandHandler::new(store.clone(), SlaPolicy::default(), 100);
+    let agent = Actor {
+        id: "agent-1".into(),
+        name: None,
+        role: Role::Agent,
+        org: None,
+        org_wide: false,
+    };
+    let mut last = None;
+    for subject in ["printer jams", "laptop crashes", "router leaks"] {
+        let opened = handler
+            .open(
+                agent.clone(),
+                OpenTicket {
+                    subject: subject.into(),
+                    description: "d".into(),
+                    requester: Some("cust".into()),
+                    ..OpenTicket::default()
+                },
+                Options::default(),
+            )
+            .await
+            .expect("open a ticket");
+        last = Some(opened.position);
+    }
+    let last = last.expect("three tickets");
+
+    store.migrate().await.expect("migrate");
+
+    let Some(Database::Sqlite(log_pool)) = store.log_database() else {
+        panic!("a SQLite log");
+    };
+    let left: Vec<String> = sqlx::query_scalar(
+        "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' \
+         AND name NOT LIKE '_sqlx%' ORDER BY name",
+    )
+    .fetch_all(&log_pool)
+    .await
+    .expect("the log's tables");
+    assert_eq!(left, ["counters", "events", "idempotency"]);
+    let events: i64 = sqlx::query_scalar("SELECT count(*) FROM events")
+        .fetch_one(&log_pool)
+        .await
+        .expect("count events");
+    assert_eq!(events, 3, "every event stays in the log");
+    assert!(
+        dir.path().join("ticketd.views.db").exists(),
+        "the read models have a file of their own"
+    );
+
+    let p = Projector::start(store.clone()).expect("a projector");
+    p.wait_for(tickets::NAME, last, Duration::from_secs(10))
+        .await
+        .expect("the tickets projection reaches the end of the log");
+    let Database::Sqlite(views) = p.database() else {
+        panic!("SQLite read models");
+    };
+    let subjects: Vec<String> =
+        sqlx::query_scalar("SELECT json_extract(state, '$.subject') FROM tickets ORDER BY number")
+            .fetch_all(views)
+            .await
+            .expect("the tickets read model");
+    assert_eq!(subjects, ["printer jams", "laptop crashes", "router leaks"]);
+    p.shutdown(Duration::from_secs(5)).await;
 }

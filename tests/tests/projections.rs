@@ -738,7 +738,7 @@ async fn shutdown_finishes_the_batch_in_hand(store: Arc<dyn EventStore>) {
 /// oldest of them; nothing after the last event.
 async fn lag_counts_the_events_after_a_position(store: Arc<dyn EventStore>) {
     let h = CommandHandler::new(store.clone(), SlaPolicy::default(), 100);
-    let db = store.database().expect("database");
+    let db = store.log_database().expect("the log's database");
     let (id, first) = open(&h, "lagging").await;
     let mut last = first;
     for _ in 0..4 {

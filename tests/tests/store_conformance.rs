@@ -1067,6 +1067,30 @@ async fn sqlite_checkpointer_copies_appends_into_the_database_file() {
     );
 }
 
+/// SQLite keeps its read models in a file of their own, with a write lock of their own: a
+/// projection batch holding it (here a transaction left open) keeps no append waiting. In one
+/// file the append waited for the lock, up to the busy timeout of 5 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_appends_go_on_while_the_read_models_are_locked() {
+    let t = ticketd_tests::sqlite_store().await;
+    let Some(ticketd_commands::Database::Sqlite(views)) = t.store.database() else {
+        panic!("SQLite read models");
+    };
+    let mut batch = views.acquire().await.expect("a read-model connection");
+    sqlx::query("BEGIN IMMEDIATE")
+        .execute(&mut *batch)
+        .await
+        .expect("the read models' write lock");
+    let (stream, _) = tokio::time::timeout(Duration::from_secs(2), new_stream(&*t.store, 3))
+        .await
+        .expect("the append waits for no lock of the read models");
+    assert_eq!(t.store.read_stream(stream, 0).await.expect("read").len(), 3);
+    sqlx::query("ROLLBACK")
+        .execute(&mut *batch)
+        .await
+        .expect("release the lock");
+}
+
 /// The snapshot gate: an event committed by a newer transaction stays out of `read_all` while
 /// an older one is open, and the older one's events come first once it commits (log order is
 /// transaction order, not commit order). Subscribers get a tick when both become visible.
