@@ -124,7 +124,11 @@ impl SqliteStore {
             .await
             .map_err(unavailable)?;
         // The read models: derived data, rebuilt from the log if lost, so their commits wait
-        // for no fsync (WAL keeps each atomic). Only the projections write here.
+        // for no fsync (WAL keeps each atomic). Only the projections write here. Temporary
+        // files in memory: the runner's multi-row upserts inside savepoints each opened,
+        // wrote and deleted a statement journal file (`perf`: inode evictions on close), and
+        // keeping them in memory took its time per event from 149 - 176 to 127 - 128 µs for
+        // `tickets` and from 71 - 81 to 65 - 67 µs for `analytics` at 32 clients.
         let filename = options.get_filename();
         if filename.as_os_str().is_empty() || filename.to_string_lossy().contains(":memory:") {
             return Err(StoreError::Unavailable(
@@ -135,7 +139,8 @@ impl SqliteStore {
         let views_options = options
             .clone()
             .filename(views_path(filename))
-            .synchronous(SqliteSynchronous::Normal);
+            .synchronous(SqliteSynchronous::Normal)
+            .pragma("temp_store", "memory");
         let views = SqlitePoolOptions::new()
             .max_connections(READERS)
             .min_connections(0)
