@@ -171,13 +171,71 @@ impl SqliteStore {
     }
 
     /// Applies the embedded migrations: the log's (`migrations/sqlite`), then the read
-    /// models' (`migrations/sqlite-views`).
+    /// models' (`migrations/sqlite-views`); then checks that the read models were built from
+    /// this log ([`Self::check_views`]).
     pub async fn migrate(&self) -> StoreResult<()> {
         MIGRATOR
             .run(&self.reads)
             .await
             .map_err(|e| StoreError::Unavailable(format!("migration failed: {e}")))?;
-        migrate_views_pool(&self.views).await
+        migrate_views_pool(&self.views).await?;
+        self.check_views().await
+    }
+
+    /// Refuses read models that are not of this log: built from another log (the log's file
+    /// replaced, or deleted and imported again), or from further along this one (the log's
+    /// file restored from a backup). Their checkpoints would sit past events they never
+    /// applied, and the projections would skip those. A read-model file with no source yet
+    /// (new) is bound to this log here.
+    pub async fn check_views(&self) -> StoreResult<()> {
+        let log_id: Vec<u8> = sqlx::query_scalar("SELECT id FROM log_identity")
+            .fetch_one(&self.reads)
+            .await
+            .map_err(unavailable)?;
+        let views = views_path(self.reads.connect_options().get_filename());
+        let refuse = |why: &str| {
+            StoreError::Unavailable(format!(
+                "the read models in {} {why}: with the service stopped, move that file (and its \
+                 -wal and -shm files) away, and ticketd builds it again from the log",
+                views.display()
+            ))
+        };
+        // IMMEDIATE: two processes starting at once bind the file once. A transaction that
+        // is dropped on an error rolls back.
+        let mut tx = self
+            .views
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(unavailable)?;
+        let source: Option<Vec<u8>> = sqlx::query_scalar("SELECT log_id FROM views_source")
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(unavailable)?;
+        match source {
+            Some(id) if id == log_id => {}
+            Some(_) => return Err(refuse("were built from another log")),
+            None => {
+                sqlx::query("INSERT INTO views_source (log_id) VALUES (?)")
+                    .bind(&log_id)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(unavailable)?;
+            }
+        }
+        let applied: Option<i64> =
+            sqlx::query_scalar("SELECT max(position_seq) FROM projection_checkpoints")
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(unavailable)?;
+        tx.commit().await.map_err(unavailable)?;
+        let end: Option<i64> = sqlx::query_scalar("SELECT max(seq) FROM events")
+            .fetch_one(&self.reads)
+            .await
+            .map_err(unavailable)?;
+        if applied.unwrap_or(0) > end.unwrap_or(0) {
+            return Err(refuse("have applied events this log does not hold"));
+        }
+        Ok(())
     }
 
     /// The read pool (it can write too): for imports into an empty store, which bypass the

@@ -5,6 +5,12 @@
 -- of the log. This is the shape `migrations/sqlite` 0002 – 0008 gave these tables in the log's
 -- file, which 0009 there drops.
 
+-- The log these read models were built from (`log_identity` in the log's file), written when
+-- the store first migrates this file; a store refuses to start on read models of another log.
+CREATE TABLE views_source (
+    log_id BLOB NOT NULL
+) STRICT;
+
 -- The read side (projections/). Each projection's checkpoint: the last log position it applied,
 -- committed in the same transaction as the read-model rows of that batch.
 CREATE TABLE projection_checkpoints (

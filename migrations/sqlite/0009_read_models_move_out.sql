@@ -11,3 +11,11 @@ DROP TABLE analytics_ticket_facts;
 DROP TABLE analytics_events;
 DROP TABLE analytics_daily_org;
 DROP TABLE projection_checkpoints;
+
+-- Which log this is: the read models' file records the identity of the log it was built from,
+-- so that read models of another log (or of a later state of this one, as when the log's file
+-- is restored from a backup) are refused at start instead of hiding events.
+CREATE TABLE log_identity (
+    id BLOB NOT NULL
+) STRICT;
+INSERT INTO log_identity (id) VALUES (randomblob(16));

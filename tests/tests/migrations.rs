@@ -222,7 +222,7 @@ async fn sqlite_read_models_move_to_their_own_file() {
     .fetch_all(&log_pool)
     .await
     .expect("the log's tables");
-    assert_eq!(left, ["counters", "events", "idempotency"]);
+    assert_eq!(left, ["counters", "events", "idempotency", "log_identity"]);
     let events: i64 = sqlx::query_scalar("SELECT count(*) FROM events")
         .fetch_one(&log_pool)
         .await

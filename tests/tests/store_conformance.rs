@@ -1091,6 +1091,68 @@ async fn sqlite_appends_go_on_while_the_read_models_are_locked() {
         .expect("release the lock");
 }
 
+/// The read models' file belongs to its log. Read models built from another log (the log's
+/// file replaced), or further along this one (the log's file restored from a backup), hold
+/// checkpoints past events they never applied, so the store refuses them at start, naming the
+/// file, and changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_refuses_read_models_of_another_log() {
+    let t = ticketd_tests::sqlite_store().await;
+    new_stream(&*t.store, 3).await;
+    t.store.migrate().await.expect("its own read models, again");
+    let Some(ticketd_commands::Database::Sqlite(views)) = t.store.database() else {
+        panic!("SQLite read models");
+    };
+    let source: Vec<u8> = sqlx::query_scalar("SELECT log_id FROM views_source")
+        .fetch_one(&views)
+        .await
+        .expect("bound to its log");
+
+    sqlx::query("UPDATE views_source SET log_id = randomblob(16)")
+        .execute(&views)
+        .await
+        .expect("another log's");
+    let refused = t
+        .store
+        .migrate()
+        .await
+        .expect_err("another log's read models");
+    assert!(
+        refused.to_string().contains("built from another log")
+            && refused.to_string().contains("ticketd.views.db"),
+        "{refused}"
+    );
+    sqlx::query("UPDATE views_source SET log_id = ?")
+        .bind(&source)
+        .execute(&views)
+        .await
+        .expect("its own again");
+
+    sqlx::query(
+        "INSERT INTO projection_checkpoints (name, position_tx, position_seq, updated_at) \
+         VALUES ('tickets', 0, 4, 0)",
+    )
+    .execute(&views)
+    .await
+    .expect("a checkpoint past the log's 3 events");
+    let refused = t
+        .store
+        .migrate()
+        .await
+        .expect_err("read models ahead of the log");
+    assert!(
+        refused
+            .to_string()
+            .contains("events this log does not hold"),
+        "{refused}"
+    );
+    let bound: Vec<Vec<u8>> = sqlx::query_scalar("SELECT log_id FROM views_source")
+        .fetch_all(&views)
+        .await
+        .expect("source");
+    assert_eq!(bound, [source], "a refusal changes nothing");
+}
+
 /// The snapshot gate: an event committed by a newer transaction stays out of `read_all` while
 /// an older one is open, and the older one's events come first once it commits (log order is
 /// transaction order, not commit order). Subscribers get a tick when both become visible.
