@@ -1,14 +1,14 @@
-//! SQLite: one runner applies every projection, each batch in one write turn and one
-//! transaction.
+//! SQLite: one runner applies every projection, each batch (a turn) in one transaction.
 //!
-//! SQLite has one write lock. With a runner per projection, the store's writer and three
-//! runners took turns at it, each turn paying for its own read, `BEGIN IMMEDIATE` and commit,
-//! and the appends got one turn in four (docs/PERFORMANCE.md, session 10: the machine half
-//! idle at 32 clients). Here the projections share one turn: the log is read once (one page per
-//! distinct checkpoint, so a projection that is behind holds no other back), and each
-//! projection's batch and checkpoint are written inside a savepoint of one transaction. A
-//! projection that fails on an event rolls back to its savepoint alone, keeps the events before
-//! the failing one, and is left out of the turns until its backoff has passed; the others go on.
+//! SQLite has one write lock per file. With a runner per projection, each runner paid for its
+//! own log read, `BEGIN IMMEDIATE` and commit per batch, and while the read models shared the
+//! log's file the appends got one turn at its lock in four (docs/PERFORMANCE.md, session 10:
+//! the machine half idle at 32 clients); they now have a file of their own (session 16). Here
+//! the projections share one turn: the log is read once (one page per distinct checkpoint, so
+//! a projection that is behind holds no other back), and each projection's batch and
+//! checkpoint are written inside a savepoint of one transaction. A projection that fails on an
+//! event rolls back to its savepoint alone, keeps the events before the failing one, and is
+//! left out of the turns until its backoff has passed; the others go on.
 
 use std::sync::Arc;
 use std::time::Duration;
