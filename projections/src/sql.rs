@@ -363,8 +363,11 @@ impl Conn<'_> {
             return Ok(out);
         }
         let mut rows = rows.into_iter().peekable();
+        let mut left = rows.len();
         while rows.peek().is_some() {
-            let chunk: Vec<Vec<Bind>> = rows.by_ref().take(per).collect();
+            let take = sqlite_chunk(left, per);
+            left -= take;
+            let chunk: Vec<Vec<Bind>> = rows.by_ref().take(take).collect();
             let values = vec![one; chunk.len()].join(", ");
             let binds: Vec<Bind> = chunk.into_iter().flatten().collect();
             out.extend(
@@ -397,7 +400,10 @@ impl Conn<'_> {
                 .collect();
         }
         let mut out = Vec::new();
-        for chunk in ids.chunks(MAX_BINDS) {
+        let mut rest = ids;
+        while !rest.is_empty() {
+            let (chunk, after) = rest.split_at(sqlite_chunk(rest.len(), MAX_BINDS));
+            rest = after;
             let marks = vec!["?"; chunk.len()].join(", ");
             let binds: Vec<Bind> = chunk.iter().map(|id| Bind::Uuid(*id)).collect();
             out.extend(
@@ -407,6 +413,16 @@ impl Conn<'_> {
         }
         Ok(out)
     }
+}
+
+/// SQLite: how many of `left` rows (at most `most`) the next statement takes: the largest
+/// power of two that fits. A statement's text holds one `?` group per row, so each row count
+/// is a statement of its own to prepare (about 10 µs a row for the `tickets` upsert), and
+/// batches of every size from 1 to 500 rows churned the connection's statement cache. In
+/// powers of two a batch is a few statements whose shapes stay cached.
+fn sqlite_chunk(left: usize, most: usize) -> usize {
+    let n = left.min(most).max(1);
+    1 << n.ilog2()
 }
 
 /// One column of a PostgreSQL multi-row insert, bound as one array.
@@ -560,8 +576,30 @@ impl CopyRows {
 
 #[cfg(test)]
 mod tests {
-    use super::{columns, numbered, pg_text, unnest_sql, Bind, ColumnValues, CopyRows};
+    use super::{
+        columns, numbered, pg_text, sqlite_chunk, unnest_sql, Bind, ColumnValues, CopyRows,
+    };
     use uuid::Uuid;
+
+    /// SQLite's statements come in a few shapes: every chunk a power of two, none over the
+    /// bound, together exactly the rows, biggest first.
+    #[test]
+    fn sqlite_chunks_are_powers_of_two_that_add_up() {
+        let mut shapes = std::collections::HashSet::new();
+        for (n, most) in (1..=600).map(|n| (n, 500)).chain([(5_000, 1_666), (3, 1)]) {
+            let mut left = n;
+            let mut sizes = Vec::new();
+            while left > 0 {
+                let take = sqlite_chunk(left, most);
+                assert!(take.is_power_of_two() && take <= most && take <= left);
+                sizes.push(take);
+                left -= take;
+            }
+            assert!(sizes.windows(2).all(|w| w[0] >= w[1]), "{n}: {sizes:?}");
+            shapes.extend(sizes);
+        }
+        assert_eq!(shapes.len(), 11, "1 to 1,024 rows: {shapes:?}");
+    }
 
     #[test]
     fn multi_row_inserts_bind_one_array_per_column() {
