@@ -22,6 +22,12 @@ use ticketd_tests::{both_backends, numbered_rows, read_everything, read_until};
 
 const WAIT: Duration = Duration::from_secs(10);
 
+/// Tests that hold the projections to a deadline of a second or less take this first, so they
+/// run one at a time. The stress test keeps both cores busy: on SQLite its appends and the
+/// projections' batches no longer wait for each other's commits (the read models have a file
+/// of their own). A deadline measured beside it measures the machine, not the claim.
+static DEADLINES: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 fn staff() -> Actor {
     Actor {
         id: "agent-1".into(),
@@ -780,10 +786,11 @@ async fn a_projection_that_applies_nothing_fails(store: Arc<dyn EventStore>) {
     assert!(error.to_string().contains("neither"), "{error}");
 }
 
-/// Stress: the projections keep up while appends never pause. On SQLite the runners and the
-/// store's writer share one writer at a time; the store used to commit back to back and the
-/// runners, sleeping in SQLite's busy handler, fell seconds behind.
+/// Stress: the projections keep up while appends never pause. On SQLite the runner and the
+/// store's writer once shared one file and its one writer at a time; the store used to commit
+/// back to back and the runners, sleeping in SQLite's busy handler, fell seconds behind.
 async fn projections_keep_up_while_appends_never_pause(store: Arc<dyn EventStore>) {
+    let _alone = DEADLINES.lock().await;
     let h = Arc::new(CommandHandler::new(
         store.clone(),
         SlaPolicy::default(),
@@ -807,9 +814,15 @@ async fn projections_keep_up_while_appends_never_pause(store: Arc<dyn EventStore
         .collect();
     // The runners start with the writers: their start and first catch-up are not the claim,
     // and on a loaded machine (the other tests of this file beside it) took over 1 s.
-    let (_, started) = open(&h, "warm-up").await;
-    for name in ["tickets", "feed", "analytics"] {
-        p.wait_for(name, started, WAIT).await.expect("started");
+    // A second warm-up after 200 ms: on PostgreSQL, debug build, `tickets` took 1.08 s to
+    // reach the first probe while it caught up with the writers' first burst, then 58 - 305
+    // ms for each of the next seven.
+    for _ in 0..2 {
+        let (_, started) = open(&h, "warm-up").await;
+        for name in ["tickets", "feed", "analytics"] {
+            p.wait_for(name, started, WAIT).await.expect("started");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
     // While they write: each projection reaches a just-committed position within 1 s. (Debug
     // build, SQLite, 8 rounds: 27-72 ms for all three with turns; 0.2-3.2 s without.)
@@ -904,6 +917,7 @@ async fn postgres_a_follower_stops_without_waiting_out_its_retry() {
     let Some(t) = ticketd_tests::postgres_store(8).await else {
         return;
     };
+    let _alone = DEADLINES.lock().await;
     let store: Arc<dyn EventStore> = t.store.clone();
     let h = CommandHandler::new(store.clone(), SlaPolicy::default(), 100);
     let (_, at) = open(&h, "one").await;
