@@ -20,5 +20,4 @@ pub use sqlite::SqliteStore;
 pub use store::{
     log_reaches, AppendRequest, Appended, BadPosition, Database, EventBatch, EventRef, EventStore,
     IdempotencyHit, IdempotencyRecord, NewEvent, Position, StoreError, StoreResult, StoredEvent,
-    WriteTurns,
 };

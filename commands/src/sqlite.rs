@@ -36,7 +36,7 @@ use ticketd_domain::{event_hash, HashInput, HASH_LEN, ZERO_HASH};
 
 use crate::store::{
     AppendRequest, Appended, EventStore, IdempotencyHit, IdempotencyRecord, Position, StoreError,
-    StoreResult, StoredEvent, WriteTurns,
+    StoreResult, StoredEvent,
 };
 
 static MIGRATOR: Migrator = sqlx::migrate!("../migrations/sqlite");
@@ -89,7 +89,6 @@ pub struct SqliteStore {
     /// The read models' file ([`views_path`]).
     views: SqlitePool,
     ticks: Arc<watch::Sender<u64>>,
-    turns: WriteTurns,
 }
 
 impl SqliteStore {
@@ -150,10 +149,9 @@ impl SqliteStore {
             .map_err(unavailable)?;
         let (writer, rx) = mpsc::channel(QUEUE);
         let ticks = Arc::new(watch::channel(0u64).0);
-        let turns = WriteTurns::default();
         let checkpoints = options.connect().await.map_err(unavailable)?;
         let views_checkpoints = views_options.connect().await.map_err(unavailable)?;
-        tokio::spawn(run_writer(conn, rx, ticks.clone(), turns.clone()));
+        tokio::spawn(run_writer(conn, rx, ticks.clone()));
         tokio::spawn(run_checkpointer("log", checkpoints, ticks.subscribe()));
         // The projections commit as the appends come, so the appends pace this one too.
         tokio::spawn(run_checkpointer(
@@ -166,7 +164,6 @@ impl SqliteStore {
             reads,
             views,
             ticks,
-            turns,
         })
     }
 
@@ -266,10 +263,6 @@ impl EventStore for SqliteStore {
 
     fn log_database(&self) -> Option<crate::store::Database> {
         Some(crate::store::Database::Sqlite(self.reads.clone()))
-    }
-
-    fn write_turns(&self) -> Option<WriteTurns> {
-        Some(self.turns.clone())
     }
 
     async fn append(&self, request: AppendRequest) -> StoreResult<Appended> {
@@ -411,21 +404,15 @@ async fn run_writer(
     mut conn: SqliteConnection,
     mut rx: mpsc::Receiver<WriteOp>,
     ticks: Arc<watch::Sender<u64>>,
-    turns: WriteTurns,
 ) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     let mut sql = SqlCache::default();
     while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
-        // The turn is only ever held by a test that makes requests queue (see `WriteTurns`).
-        let asked = std::time::Instant::now();
-        let turn = turns.lock().await;
         let began = std::time::Instant::now();
         let ops = batch.len();
         let wrote = write_batch(&mut conn, &mut sql, &mut batch).await;
-        drop(turn);
         tracing::debug!(
             ops,
-            wait_ms = (began - asked).as_secs_f64() * 1e3,
             write_ms = began.elapsed().as_secs_f64() * 1e3,
             "write batch"
         );

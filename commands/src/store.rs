@@ -273,11 +273,6 @@ pub enum StoreError {
 
 pub type StoreResult<T> = Result<T, StoreError>;
 
-/// The SQLite store writer's turn, which it takes before each batch: holding it pauses the
-/// writer, so the appends asked meanwhile queue and go into one batch (the conformance suite
-/// makes shared statements that way).
-pub type WriteTurns = std::sync::Arc<tokio::sync::Mutex<()>>;
-
 /// A store's database: that of its read models ([`EventStore::database`]) or of its log
 /// ([`EventStore::log_database`]). On PostgreSQL both are one.
 #[derive(Debug, Clone)]
@@ -347,12 +342,6 @@ pub trait EventStore: Send + Sync + 'static {
     /// PostgreSQL: where this process registers its transactions that never append events
     /// (projection batches), so that log readers do not wait for them; `None` elsewhere.
     fn bystanders(&self) -> Option<crate::postgres::Bystanders> {
-        None
-    }
-
-    /// SQLite: the turn the store's writer takes for each batch. Whoever holds it keeps the
-    /// writer waiting, so the appends asked meanwhile go into one batch; `None` elsewhere.
-    fn write_turns(&self) -> Option<WriteTurns> {
         None
     }
 }

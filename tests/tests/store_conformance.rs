@@ -7,7 +7,10 @@ use std::time::Duration;
 use chrono::{DateTime, TimeDelta, Utc};
 use uuid::Uuid;
 
-use ticketd_commands::{log_reaches, EventStore, Position, SqliteStore, StoreError, StoredEvent};
+use sqlx::ConnectOptions;
+use ticketd_commands::{
+    log_reaches, Database, EventStore, Position, SqliteStore, StoreError, StoredEvent,
+};
 use ticketd_domain::ZERO_HASH;
 use ticketd_tests::{
     both_backends, head, idempotency_record, micros_time, new_event, new_events, new_stream,
@@ -360,11 +363,19 @@ async fn plain_appends_round(store: &Arc<dyn EventStore>, reuse: bool, extra: u3
         4 if !reuse || i + 1 < STREAMS => 0,
         k => k,
     };
-    // SQLite: the write turn held while the appends queue makes its writer take them together.
-    let turns = store.write_turns();
-    let turn = match &turns {
-        Some(turns) => Some(turns.lock().await),
-        None => None,
+    // SQLite: the log's write lock, held on a connection of its own while the appends queue,
+    // keeps the writer waiting in `BEGIN IMMEDIATE` (inside its busy timeout), so that it
+    // takes them together once the lock is let go.
+    let mut lock = match store.log_database() {
+        Some(Database::Sqlite(pool)) => {
+            let mut conn = pool.connect_options().connect().await.expect("connect");
+            sqlx::query("BEGIN IMMEDIATE")
+                .execute(&mut conn)
+                .await
+                .expect("the log's write lock");
+            Some(conn)
+        }
+        _ => None,
     };
     let mut tasks = Vec::new();
     for (i, (stream, first)) in heads.iter().enumerate() {
@@ -393,7 +404,12 @@ async fn plain_appends_round(store: &Arc<dyn EventStore>, reuse: bool, extra: u3
         tasks.push(tokio::spawn(async move { (i, store.append(req).await) }));
     }
     tokio::time::sleep(Duration::from_millis(200)).await;
-    drop(turn);
+    if let Some(conn) = lock.as_mut() {
+        sqlx::query("ROLLBACK")
+            .execute(&mut *conn)
+            .await
+            .expect("let the lock go");
+    }
     let mut last = Position::START;
     let mut written = Vec::new();
     for task in tasks {
