@@ -46,7 +46,11 @@ static VIEWS_MIGRATOR: Migrator = sqlx::migrate!("../migrations/sqlite-views");
 /// a rebuild uses it to lay out fresh read-model tables in a scratch file from the very same
 /// DDL.
 pub async fn migrate_views_pool(pool: &sqlx::SqlitePool) -> StoreResult<()> {
-    VIEWS_MIGRATOR
+    run_migrations(&VIEWS_MIGRATOR, pool).await
+}
+
+async fn run_migrations(migrator: &Migrator, pool: &sqlx::SqlitePool) -> StoreResult<()> {
+    migrator
         .run(pool)
         .await
         .map_err(|e| StoreError::Unavailable(format!("migration failed: {e}")))
@@ -171,10 +175,7 @@ impl SqliteStore {
     /// models' (`migrations/sqlite-views`); then checks that the read models were built from
     /// this log ([`Self::check_views`]).
     pub async fn migrate(&self) -> StoreResult<()> {
-        MIGRATOR
-            .run(&self.reads)
-            .await
-            .map_err(|e| StoreError::Unavailable(format!("migration failed: {e}")))?;
+        run_migrations(&MIGRATOR, &self.reads).await?;
         migrate_views_pool(&self.views).await?;
         self.check_views().await
     }
@@ -189,7 +190,7 @@ impl SqliteStore {
             .fetch_one(&self.reads)
             .await
             .map_err(unavailable)?;
-        let views = views_path(self.reads.connect_options().get_filename());
+        let views = self.views.connect_options().get_filename().to_path_buf();
         let refuse = |why: &str| {
             StoreError::Unavailable(format!(
                 "the read models in {} {why}: with the service stopped, move that file (and its \

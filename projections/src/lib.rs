@@ -462,9 +462,10 @@ async fn ensure_checkpoint_on(conn: &mut Conn<'_>, name: &str) -> Result<Positio
 /// Most events a lag count reads: past that, "at least this many" is all a scrape needs.
 pub const LAG_COUNT_CAP: i64 = 1_000_000;
 
-/// How far the log (in `log`, the store's [`EventStore::log_database`]) is ahead of `at`: the events after it (counted up to [`LAG_COUNT_CAP`]) and
-/// the age in seconds of the oldest of them (0 when there is none). On PostgreSQL this counts
-/// committed events the snapshot gate does not show yet, which are lag too.
+/// How far the log in `log` (the store's [`EventStore::log_database`]) is ahead of `at`: the
+/// events after it (counted up to [`LAG_COUNT_CAP`]) and the age in seconds of the oldest of
+/// them (0 when there is none). On PostgreSQL this counts committed events the snapshot gate
+/// does not show yet, which are lag too.
 pub async fn lag(log: &Database, at: Position) -> Result<(u64, f64), StoreError> {
     let (tx, seq) = tx_i64(at)?;
     let now = Utc::now().timestamp_micros();

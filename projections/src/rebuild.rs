@@ -253,7 +253,6 @@ impl Scratch {
         // own server process; SQLite has one writer at a time anyway.
         let mut writers = Vec::with_capacity(projections.len());
         for _ in projections {
-            // The scratch is a file of its own (SQLite): no turns to share.
             writers.push(Writer::connect(&self.db, store.bystanders()).await?);
         }
         let parallel = matches!(self.db, Database::Postgres(_));

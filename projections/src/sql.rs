@@ -362,11 +362,9 @@ impl Conn<'_> {
             }
             return Ok(out);
         }
-        let mut rows = rows.into_iter().peekable();
-        let mut left = rows.len();
-        while rows.peek().is_some() {
-            let take = sqlite_chunk(left, per);
-            left -= take;
+        let mut rows = rows.into_iter();
+        while rows.len() > 0 {
+            let take = sqlite_chunk(rows.len(), per);
             let chunk: Vec<Vec<Bind>> = rows.by_ref().take(take).collect();
             let values = vec![one; chunk.len()].join(", ");
             let binds: Vec<Bind> = chunk.into_iter().flatten().collect();
