@@ -1169,6 +1169,32 @@ async fn sqlite_refuses_read_models_of_another_log() {
     assert_eq!(bound, [source], "a refusal changes nothing");
 }
 
+/// Two processes starting at once on a read-models file that no log has claimed yet bind it
+/// once, to their one log, and both start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_stores_starting_at_once_bind_the_read_models_once() {
+    let t = ticketd_tests::sqlite_store().await;
+    let Some(Database::Sqlite(views)) = t.store.database() else {
+        panic!("SQLite read models");
+    };
+    let other = SqliteStore::open(&t.url).await.expect("a second store");
+    // Rounds, since two starts meet in the same moment only some of the time.
+    for round in 0..20 {
+        sqlx::query("DELETE FROM views_source")
+            .execute(&views)
+            .await
+            .expect("unclaimed again");
+        let (a, b) = tokio::join!(t.store.check_views(), other.check_views());
+        a.unwrap_or_else(|e| panic!("round {round}: the first starts: {e}"));
+        b.unwrap_or_else(|e| panic!("round {round}: the second starts: {e}"));
+        let bound: i64 = sqlx::query_scalar("SELECT count(*) FROM views_source")
+            .fetch_one(&views)
+            .await
+            .expect("count");
+        assert_eq!(bound, 1, "round {round}: bound once");
+    }
+}
+
 /// The snapshot gate: an event committed by a newer transaction stays out of `read_all` while
 /// an older one is open, and the older one's events come first once it commits (log order is
 /// transaction order, not commit order). Subscribers get a tick when both become visible.
