@@ -126,13 +126,7 @@ impl SqliteStore {
         }
         // The writer connects first, so the file and its WAL exist before readers open it.
         let conn = options.connect().await.map_err(unavailable)?;
-        let reads = SqlitePoolOptions::new()
-            .max_connections(READERS)
-            .min_connections(0)
-            .acquire_timeout(BUSY_TIMEOUT)
-            .connect_with(options.clone())
-            .await
-            .map_err(unavailable)?;
+        let reads = readers(&options).await?;
         // The read models: derived data, rebuilt from the log if lost, so their commits wait
         // for no fsync (WAL keeps each atomic). Only the projections write here. Temporary
         // files in memory: the runner's multi-row upserts inside savepoints each opened,
@@ -144,13 +138,7 @@ impl SqliteStore {
             .filename(views_path(filename))
             .synchronous(SqliteSynchronous::Normal)
             .pragma("temp_store", "memory");
-        let views = SqlitePoolOptions::new()
-            .max_connections(READERS)
-            .min_connections(0)
-            .acquire_timeout(BUSY_TIMEOUT)
-            .connect_with(views_options.clone())
-            .await
-            .map_err(unavailable)?;
+        let views = readers(&views_options).await?;
         let (writer, rx) = mpsc::channel(QUEUE);
         let ticks = Arc::new(watch::channel(0u64).0);
         let checkpoints = options.connect().await.map_err(unavailable)?;
@@ -399,6 +387,17 @@ impl WriteOp {
             WriteOp::Purge(_, reply) => drop(reply.send(Err(err()))),
         }
     }
+}
+
+/// The pool that reads a file (the log's or the read models'), up to [`READERS`] at once.
+async fn readers(options: &SqliteConnectOptions) -> StoreResult<SqlitePool> {
+    SqlitePoolOptions::new()
+        .max_connections(READERS)
+        .min_connections(0)
+        .acquire_timeout(BUSY_TIMEOUT)
+        .connect_with(options.clone())
+        .await
+        .map_err(unavailable)
 }
 
 async fn run_writer(
