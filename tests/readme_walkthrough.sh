@@ -36,4 +36,11 @@ grep -q '^{"status":"resolved","version":7' out.txt || fail "If-Match resolve fa
 grep -q '^{"version":8,' out.txt || fail "the read receipt"
 # The auditor's view has all eight events, chained.
 [ "$(grep -o '"type":"ticket\.' out.txt | wc -l)" = 8 ] || fail "expected 8 audit events"
+# SIGTERM stops it cleanly, and a clean stop folds each WAL into its database file.
+kill -TERM "$server"
+wait "$server" || fail "ticketd exited with $? on SIGTERM"
+for f in data/ticketd.db data/ticketd.views.db; do
+  [ -s "$f" ] || fail "$f missing after the stop"
+  [ ! -e "$f-wal" ] || fail "$f-wal left after a clean stop"
+done
 echo "README walk-through: ok"

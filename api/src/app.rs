@@ -183,7 +183,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let addr: SocketAddr = listener.local_addr()?;
     let database = redact(&args.store.database_url());
     tracing::info!(%addr, %database, "ticketd listening");
-    let purge = tokio::spawn(purge_idempotency(store));
+    let purge = tokio::spawn(purge_idempotency(store.clone()));
     let projector = state.projector.clone();
     let (stopping, stop) = tokio::sync::oneshot::channel::<()>();
     let server = axum::serve(listener, router(state)).with_graceful_shutdown(async move {
@@ -214,8 +214,27 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             );
         }
     }
+    close(store.as_ref()).await;
     tracing::info!("ticketd stopped");
     Ok(())
+}
+
+/// How long [`close`] waits for the store's connections to come back.
+const CLOSE_STOP: Duration = Duration::from_secs(5);
+
+/// Closes `store` at the end of a command, so that SQLite folds its WAL files into the
+/// database files. Bounded: a connection still lent out (a projection cut short) is left to
+/// the process exit, which loses nothing either.
+pub async fn close(store: &dyn EventStore) {
+    if tokio::time::timeout(CLOSE_STOP, store.close())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            ?CLOSE_STOP,
+            "the store's connections did not all close in time"
+        );
+    }
 }
 
 /// Drops idempotency records past their 24 hours, hourly.

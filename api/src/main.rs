@@ -33,7 +33,8 @@ async fn run(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Serve(args) => ticketd_api::app::serve(args).await,
         Command::Migrate(args) => {
-            ticketd_api::app::open_store(&args).await?;
+            let store = ticketd_api::app::open_store(&args).await?;
+            ticketd_api::app::close(store.as_ref()).await;
             println!(
                 "migrated {}",
                 ticketd_api::app::redact(&args.database_url())
@@ -53,7 +54,9 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 &projections,
                 args.tickets_in_memory,
             )
-            .await?;
+            .await;
+            ticketd_api::app::close(store.as_ref()).await;
+            let done = done?;
             let secs = started.elapsed().as_secs_f64();
             println!(
                 "rebuilt {} from {} events in {secs:.1} s ({:.0} events/s) and switched over",

@@ -77,7 +77,17 @@ pub async fn verify(args: &VerifyArgs) -> anyhow::Result<()> {
         }
     };
     let store = crate::app::open_existing(&args.store).await?;
-    let report = verify_store_with(store.as_ref(), verifier)
+    let verified = verify_open(args, store.as_ref(), verifier).await;
+    crate::app::close(store.as_ref()).await;
+    verified
+}
+
+async fn verify_open(
+    args: &VerifyArgs,
+    store: &dyn EventStore,
+    verifier: Verifier,
+) -> anyhow::Result<()> {
+    let report = verify_store_with(store, verifier)
         .await
         .context("reading the log")?;
     print!("{}", render_report(&report));
@@ -88,10 +98,9 @@ pub async fn verify(args: &VerifyArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     // Each projection against a rebuild of it in a scratch schema or file, at its checkpoint.
-    let findings =
-        ticketd_projections::rebuild::check_all(store.as_ref(), &ticketd_projections::all())
-            .await
-            .context("comparing the projections with a rebuild")?;
+    let findings = ticketd_projections::rebuild::check_all(store, &ticketd_projections::all())
+        .await
+        .context("comparing the projections with a rebuild")?;
     for (projection, finding) in &findings {
         println!("projection {projection}: {finding}");
     }
@@ -227,22 +236,27 @@ fn encode_page(
 
 /// `ticketd export`.
 pub async fn export(args: &ExportArgs) -> anyhow::Result<()> {
+    // Log lines go to stdout, so an export there could be interleaved with them.
+    if args.output == Path::new("-") {
+        bail!("write the export to a file: log lines share stdout");
+    }
     let store = crate::app::open_existing(&args.store).await?;
     let selection = Selection {
         after: args.after,
         until: args.until,
         ticket: args.ticket,
     };
-    // Log lines go to stdout, so an export there could be interleaved with them.
-    if args.output == Path::new("-") {
-        bail!("write the export to a file: log lines share stdout");
+    let exported = async {
+        let file = std::fs::File::create(&args.output)
+            .with_context(|| format!("creating {}", args.output.display()))?;
+        let (n, mut out) =
+            export_to(store.as_ref(), selection, args.format, BufWriter::new(file)).await?;
+        out.flush()?;
+        anyhow::Ok(n)
     }
-    let file = std::fs::File::create(&args.output)
-        .with_context(|| format!("creating {}", args.output.display()))?;
-    let (n, mut out) =
-        export_to(store.as_ref(), selection, args.format, BufWriter::new(file)).await?;
-    out.flush()?;
-    eprintln!("exported {n} events");
+    .await;
+    crate::app::close(store.as_ref()).await;
+    eprintln!("exported {} events", exported?);
     Ok(())
 }
 
@@ -395,7 +409,12 @@ pub async fn import(args: &ImportArgs) -> anyhow::Result<()> {
             .with_context(|| format!("opening {}", args.input.display()))?;
         Box::new(BufReader::new(file))
     };
-    let imported = import_from(&target, Records::new(input, args.format)).await?;
+    let imported = import_from(&target, Records::new(input, args.format)).await;
+    match &target {
+        Target::Sqlite(store) => crate::app::close(store.as_ref()).await,
+        Target::Postgres(store) => crate::app::close(store.as_ref()).await,
+    }
+    let imported = imported?;
     eprintln!(
         "imported {} events; ticket numbers continue after {}",
         imported.events, imported.max_ticket_number

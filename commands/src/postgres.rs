@@ -1132,6 +1132,18 @@ impl EventStore for PostgresStore {
         self.shared.ticks.subscribe()
     }
 
+    /// Ends the background tasks (LISTEN, the visibility watcher, the batch writers) and
+    /// says goodbye on every connection, rather than leaving PostgreSQL to find them reset.
+    async fn close(&self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+        if let Some(conn) = self.numbers.leader.lock().await.take() {
+            let _ = conn.close().await;
+        }
+        self.pool.close().await;
+    }
+
     async fn ping(&self) -> StoreResult<()> {
         sqlx::query("SELECT 1")
             .execute(&self.pool)

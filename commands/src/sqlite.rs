@@ -93,6 +93,10 @@ pub struct SqliteStore {
     /// The read models' file ([`views_path`]).
     views: SqlitePool,
     ticks: Arc<watch::Sender<u64>>,
+    /// Set by [`EventStore::close`]: the writer and the checkpointers finish and close their
+    /// connections.
+    closing: watch::Sender<bool>,
+    tasks: std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
 
 impl SqliteStore {
@@ -143,19 +147,30 @@ impl SqliteStore {
         let ticks = Arc::new(watch::channel(0u64).0);
         let checkpoints = options.connect().await.map_err(unavailable)?;
         let views_checkpoints = views_options.connect().await.map_err(unavailable)?;
-        tokio::spawn(run_writer(conn, rx, ticks.clone()));
-        tokio::spawn(run_checkpointer("log", checkpoints, ticks.subscribe()));
-        // The projections commit as the appends come, so the appends pace this one too.
-        tokio::spawn(run_checkpointer(
-            "views",
-            views_checkpoints,
-            ticks.subscribe(),
-        ));
+        let closing = watch::channel(false).0;
+        let tasks = vec![
+            tokio::spawn(run_writer(conn, rx, ticks.clone(), closing.subscribe())),
+            tokio::spawn(run_checkpointer(
+                "log",
+                checkpoints,
+                ticks.subscribe(),
+                closing.subscribe(),
+            )),
+            // The projections commit as the appends come, so the appends pace this one too.
+            tokio::spawn(run_checkpointer(
+                "views",
+                views_checkpoints,
+                ticks.subscribe(),
+                closing.subscribe(),
+            )),
+        ];
         Ok(SqliteStore {
             writer,
             reads,
             views,
             ticks,
+            closing,
+            tasks: std::sync::Mutex::new(tasks),
         })
     }
 
@@ -333,6 +348,19 @@ impl EventStore for SqliteStore {
         self.ticks.subscribe()
     }
 
+    /// The writer finishes the requests already queued; then every connection closes, and the
+    /// last one to each file folds its WAL into it and deletes it, so a stopped service leaves
+    /// `ticketd.db` and `ticketd.views.db` whole on their own.
+    async fn close(&self) {
+        self.closing.send_replace(true);
+        let tasks = std::mem::take(&mut *self.tasks.lock().unwrap_or_else(|p| p.into_inner()));
+        for task in tasks {
+            let _ = task.await;
+        }
+        self.reads.close().await;
+        self.views.close().await;
+    }
+
     async fn ping(&self) -> StoreResult<()> {
         if self.writer.is_closed() {
             return Err(StoreError::Unavailable(
@@ -404,10 +432,21 @@ async fn run_writer(
     mut conn: SqliteConnection,
     mut rx: mpsc::Receiver<WriteOp>,
     ticks: Arc<watch::Sender<u64>>,
+    mut closing: watch::Receiver<bool>,
 ) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     let mut sql = SqlCache::default();
-    while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
+    let mut closed = false;
+    loop {
+        tokio::select! {
+            // On close, take no new requests but finish those already queued.
+            _ = closing.wait_for(|c| *c), if !closed => {
+                closed = true;
+                rx.close();
+                continue;
+            }
+            n = rx.recv_many(&mut batch, MAX_BATCH) => if n == 0 { break },
+        }
         let began = std::time::Instant::now();
         let ops = batch.len();
         let wrote = write_batch(&mut conn, &mut sql, &mut batch).await;
@@ -421,6 +460,7 @@ async fn run_writer(
         }
         batch.clear();
     }
+    let _ = conn.close().await;
 }
 
 /// Copies committed WAL frames into the database file, on a connection of its own.
@@ -433,8 +473,13 @@ async fn run_checkpointer(
     file: &'static str,
     mut conn: SqliteConnection,
     mut ticks: watch::Receiver<u64>,
+    mut closing: watch::Receiver<bool>,
 ) {
-    while ticks.changed().await.is_ok() {
+    loop {
+        tokio::select! {
+            _ = closing.wait_for(|c| *c) => break,
+            changed = ticks.changed() => if changed.is_err() { break },
+        }
         let started = tokio::time::Instant::now();
         match sqlx::query_as::<_, (i64, i64, i64)>("PRAGMA wal_checkpoint(PASSIVE)")
             .fetch_one(&mut conn)
@@ -445,7 +490,10 @@ async fn run_checkpointer(
                 tracing::warn!(file, error = %e, "WAL checkpoint failed; retrying with the next appends")
             }
         }
-        tokio::time::sleep_until(started + CHECKPOINT_EVERY).await;
+        tokio::select! {
+            _ = closing.wait_for(|c| *c) => break,
+            () = tokio::time::sleep_until(started + CHECKPOINT_EVERY) => {}
+        }
     }
     let _ = conn.close().await;
 }

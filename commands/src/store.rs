@@ -326,6 +326,11 @@ pub trait EventStore: Send + Sync + 'static {
     /// Whether the database answers (for `/readyz`).
     async fn ping(&self) -> StoreResult<()>;
 
+    /// Stops the store's background work and closes its connections, for a clean exit. Call
+    /// it once nothing else uses the store (the projections stopped first): it waits for
+    /// connections lent out to come back, and requests made after it fail as unavailable.
+    async fn close(&self) {}
+
     /// The database the read models live in, for projections; `None` for stores that have
     /// none (test wrappers), which then serve no queries. On PostgreSQL that of the log too;
     /// SQLite keeps them in a file of their own (see [`Self::log_database`]).

@@ -1440,3 +1440,97 @@ async fn postgres_ticket_numbers_survive_a_broken_connection() {
         .expect("a number after the break");
     assert!(next > first, "{next} > {first}");
 }
+
+/// Closing the store finishes the appends already queued, then closes every connection, so
+/// SQLite folds each WAL into its file and deletes it: a stopped service leaves `ticketd.db`
+/// and `ticketd.views.db` whole on their own, as a back-up copies them. Requests after it
+/// fail as unavailable instead of hanging.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_close_folds_the_wal_files_into_the_databases() {
+    let t = ticketd_tests::sqlite_store().await;
+    let data = t.dir.path().join("data");
+    let queued: Vec<_> = (0..20)
+        .map(|_| {
+            let store = t.store.clone();
+            tokio::spawn(async move { new_stream(&*store, 2).await })
+        })
+        .collect();
+    let mut streams = Vec::new();
+    for task in queued {
+        streams.push(task.await.expect("append").0);
+    }
+    let Some(Database::Sqlite(views)) = t.store.database() else {
+        panic!("SQLite read models");
+    };
+    sqlx::query(
+        "INSERT INTO projection_checkpoints (name, position_tx, position_seq, updated_at) \
+         VALUES ('tickets', 0, 1, 0)",
+    )
+    .execute(&views)
+    .await
+    .expect("a read-model write");
+    for file in ["ticketd.db-wal", "ticketd.views.db-wal"] {
+        assert!(data.join(file).exists(), "{file} while the store is open");
+    }
+
+    t.store.close().await;
+    for file in ["ticketd.db-wal", "ticketd.views.db-wal"] {
+        assert!(!data.join(file).exists(), "{file} after close");
+    }
+    let late = request(Uuid::now_v7(), 0, ZERO_HASH, new_events(1));
+    let refused = tokio::time::timeout(Duration::from_secs(5), t.store.append(late))
+        .await
+        .expect("an append after close answers");
+    assert!(
+        matches!(refused, Err(StoreError::Unavailable(_))),
+        "{refused:?}"
+    );
+
+    let again = SqliteStore::open(&t.url).await.expect("reopen");
+    again.migrate().await.expect("the same log and read models");
+    for stream in streams {
+        assert_eq!(again.read_stream(stream, 0).await.expect("read").len(), 2);
+    }
+}
+
+/// PostgreSQL: closing the store ends every connection it opened (the pool's, the ticket
+/// numbers', the LISTEN), and requests after it fail as unavailable instead of hanging.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_close_ends_every_connection() {
+    let Some(t) = ticketd_tests::postgres_store(2).await else {
+        return;
+    };
+    let (store, app, admin) = named_store(&t, "close").await;
+    new_stream(&store, 2).await;
+    store.next_ticket_number().await.expect("a ticket number");
+    let connections = || async {
+        sqlx::query_scalar::<_, i64>(
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1",
+        )
+        .bind(&app)
+        .fetch_one(&admin)
+        .await
+        .expect("count")
+    };
+    assert!(connections().await >= 2, "the pool's and the numbers'");
+
+    tokio::time::timeout(Duration::from_secs(5), store.close())
+        .await
+        .expect("close returns");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while connections().await > 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "connections left after close"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let late = request(Uuid::now_v7(), 0, ZERO_HASH, new_events(1));
+    let refused = tokio::time::timeout(Duration::from_secs(5), store.append(late))
+        .await
+        .expect("an append after close answers");
+    assert!(
+        matches!(refused, Err(StoreError::Unavailable(_))),
+        "{refused:?}"
+    );
+}
