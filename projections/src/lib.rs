@@ -685,6 +685,13 @@ impl Writer {
 /// minute. Measured on a fresh database under 32 clients: each batch's state reads took 3 to
 /// 4 ms by sequential scan, the tickets projection fell seconds behind, and planning each
 /// statement afresh costs a fraction of a millisecond.
+///
+/// Its random page cost is 1.1, not 4: a runner looks rows up by the ids of a batch, in tables
+/// its own writes keep in the buffer cache. At the default, a batch of 200 ids among 15,000
+/// tickets was planned as a whole-table scan (`pg_stat_user_tables`: 575 of them over
+/// `analytics_ticket_facts` in a 32-client run, 443 over `ticket_search`); at 1.1 they are
+/// index lookups (150 and 93 left, early on, while the tables are small), and the
+/// commands/s rose 1.05 - 1.07× (docs/PERFORMANCE.md, session 17).
 fn writer_options(pool: &PgPool) -> sqlx::postgres::PgConnectOptions {
     runner_settings(&pool.connect_options())
 }
@@ -693,6 +700,7 @@ fn runner_settings(base: &sqlx::postgres::PgConnectOptions) -> sqlx::postgres::P
     base.clone().options([
         ("synchronous_commit", "off"),
         ("plan_cache_mode", "force_custom_plan"),
+        ("random_page_cost", "1.1"),
     ])
 }
 
@@ -981,6 +989,7 @@ mod tests {
             "search_path=s1",
             "synchronous_commit=off",
             "plan_cache_mode=force_custom_plan",
+            "random_page_cost=1.1",
         ] {
             assert!(set.contains(setting), "{setting} in {set}");
         }
