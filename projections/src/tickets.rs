@@ -359,18 +359,25 @@ impl Projection for TicketsProjection {
              private_comments = excluded.private_comments",
         )
         .await?;
-        if !pending.is_empty() {
-            pg_text_batch(conn, &order, &pending).await?;
-        }
         if pg {
+            let mut keys = HashMap::with_capacity(order.len());
+            for id in order.iter().filter(|id| !keyed.contains(id)) {
+                if let (Some(t), Some(event)) = (states.get(id), last.get(id)) {
+                    keys.insert(*id, RowKeys::of(t, event.position)?);
+                }
+            }
+            if !pending.is_empty() {
+                // Its text and keys in one update (it returns whose).
+                keyed.extend(pg_text_batch(conn, &order, &pending, &keys).await?);
+            }
             // Every other ticket the batch changed: its search row's keys, after its text.
             let mut rows = Vec::new();
             for id in order.iter().filter(|id| !keyed.contains(id)) {
-                let (Some(t), Some(event)) = (states.get(id), last.get(id)) else {
+                let Some(k) = keys.get(id) else {
                     continue;
                 };
                 let mut row = vec![Bind::Uuid(*id)];
-                row.extend(RowKeys::of(t, event.position)?.search_binds());
+                row.extend(k.search_binds());
                 rows.push(row);
             }
             conn.insert_rows_as(
@@ -592,14 +599,18 @@ async fn pg_text(conn: &mut Conn<'_>, id: Uuid, op: &TextOp) -> Result<(), Store
 /// statement checks the row's size plus a bound on what each comment could add (each step of
 /// the one-by-one path adds at most that, so each would have passed its own check). Tickets
 /// whose ops mix heads and comments, or whose row fails the check, go one by one.
+/// The same update writes the row's sort keys and position (`keys`, migration 0012), so the
+/// row is not rewritten a second time for them; it returns the tickets it updated, whose keys
+/// are then written.
 async fn pg_text_batch(
     conn: &mut Conn<'_>,
     order: &[Uuid],
     pending: &HashMap<Uuid, Vec<TextOp>>,
-) -> Result<(), StoreError> {
+    keys: &HashMap<Uuid, RowKeys>,
+) -> Result<HashSet<Uuid>, StoreError> {
     let mut rows = Vec::new();
     for id in order {
-        let Some(ops) = pending.get(id) else {
+        let (Some(ops), Some(k)) = (pending.get(id), keys.get(id)) else {
             continue;
         };
         let heads_only = ops.iter().all(|op| matches!(op, TextOp::Head(_)));
@@ -626,13 +637,15 @@ async fn pg_text_batch(
             continue;
         }
         let joined = |parts: Vec<&str>| (!parts.is_empty()).then(|| parts.join("\n"));
-        rows.push(vec![
+        let mut row = vec![
             Bind::Uuid(*id),
             Bind::OptText(head.map(str::to_owned)),
             Bind::OptText(joined(public)),
             Bind::OptText(joined(private)),
             Bind::I64(i64::try_from(bound).unwrap_or(i64::MAX)),
-        ]);
+        ];
+        row.extend(k.search_binds());
+        rows.push(row);
     }
     // PostgreSQL only (a derived table with column names), so the rows go in as arrays.
     let updated: Vec<Uuid> = conn
@@ -642,12 +655,14 @@ async fn pg_text_batch(
              public_comments = CASE WHEN n.pub IS NULL THEN s.public_comments \
              ELSE s.public_comments || strip(to_tsvector('simple', n.pub)) END, \
              private_comments = CASE WHEN n.priv IS NULL THEN s.private_comments \
-             ELSE s.private_comments || strip(to_tsvector('simple', n.priv)) END \
+             ELSE s.private_comments || strip(to_tsvector('simple', n.priv)) END, \
+             last_activity_at = n.la, created_at = n.ca, due_sort = n.ds, \
+             priority_rank = n.pr, position_tx = n.tx, position_seq = n.seq \
              FROM (",
-            "(?, ?, ?, ?, ?)",
+            "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             rows,
             &format!(
-                ") n (id, head, pub, priv, bound) \
+                ") n (id, head, pub, priv, bound, la, ca, ds, pr, tx, seq) \
                  WHERE s.ticket_id = n.id AND (n.bound = 0 \
                  OR octet_length(s.head::text) + octet_length(s.public_comments::text) \
                  + octet_length(s.private_comments::text) + n.bound <= {PG_TEXT_BUDGET}) \
@@ -664,7 +679,7 @@ async fn pg_text_batch(
             pg_text(conn, *id, op).await?;
         }
     }
-    Ok(())
+    Ok(done)
 }
 
 /// SQLite: the search row an event writes, `(rowid, text)`: a row per part under a rowid made
