@@ -126,7 +126,14 @@ impl Scratch {
             }
             Database::Sqlite(pool) => {
                 let live = pool.connect_options().get_filename().to_path_buf();
-                if live.as_os_str().is_empty() || live.to_string_lossy().contains(":memory:") {
+                // SQLite names no file for an in-memory database (sqlx gives it a
+                // `file:sqlx-in-memory-N` URI name, not a path).
+                let file: String =
+                    sqlx::query_scalar("SELECT file FROM pragma_database_list WHERE name = 'main'")
+                        .fetch_one(pool)
+                        .await
+                        .map_err(unavailable)?;
+                if file.is_empty() {
                     return Err(StoreError::Unavailable(
                         "an in-memory SQLite store cannot be rebuilt beside itself".into(),
                     ));

@@ -574,3 +574,26 @@ both_backends!(
     an_empty_store_equals_its_rebuild,
     a_bulk_pass_cut_short_goes_on_batch_by_batch,
 );
+
+/// An in-memory SQLite store (`sqlite::memory:`) has no file to lay a scratch one beside: a
+/// rebuild says so, and leaves nothing behind in the working directory.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_in_memory_sqlite_store_is_not_rebuilt_beside_itself() {
+    let store = ticketd_commands::SqliteStore::open("sqlite::memory:")
+        .await
+        .expect("an in-memory store");
+    store.migrate().await.expect("migrate");
+    let before: Vec<_> = std::fs::read_dir(".")
+        .expect("cwd")
+        .map(|e| e.expect("entry").file_name())
+        .collect();
+    let refused = rebuild(&store, &all())
+        .await
+        .expect_err("no rebuild in memory");
+    assert!(refused.to_string().contains("in-memory"), "{refused}");
+    let after: Vec<_> = std::fs::read_dir(".")
+        .expect("cwd")
+        .map(|e| e.expect("entry").file_name())
+        .collect();
+    assert_eq!(before, after, "no scratch file left");
+}
