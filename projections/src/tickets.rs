@@ -600,8 +600,8 @@ async fn pg_text(conn: &mut Conn<'_>, id: Uuid, op: &TextOp) -> Result<(), Store
 /// the one-by-one path adds at most that, so each would have passed its own check). Tickets
 /// whose ops mix heads and comments, or whose row fails the check, go one by one.
 /// The same update writes the row's sort keys and position (`keys`, migration 0012), so the
-/// row is not rewritten a second time for them; it returns the tickets it updated, whose keys
-/// are then written.
+/// row is not rewritten a second time for them. It returns the tickets it updated; only the
+/// others get the keys' own update after it.
 async fn pg_text_batch(
     conn: &mut Conn<'_>,
     order: &[Uuid],
