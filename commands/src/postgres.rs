@@ -249,6 +249,8 @@ pub struct PostgresStore {
     core: Arc<Core>,
     batches: mpsc::Sender<Job>,
     numbers: Numbers,
+    /// The LISTEN connection's own pool (see [`Self::from_pool`]).
+    listen_pool: PgPool,
     tasks: Vec<JoinHandle<()>>,
 }
 
@@ -378,7 +380,7 @@ impl PostgresStore {
         let (batches, queue) = mpsc::channel(BATCH_QUEUE);
         let queue = Arc::new(tokio::sync::Mutex::new(queue));
         let mut tasks = vec![
-            runtime.spawn(listen(listen_pool, shared.clone())),
+            runtime.spawn(listen(listen_pool.clone(), shared.clone())),
             runtime.spawn(watch_visibility(pool.clone(), shared.clone())),
             runtime.spawn(notify_others(pool.clone(), shared.clone())),
         ];
@@ -391,6 +393,7 @@ impl PostgresStore {
             core,
             batches,
             numbers: Numbers::default(),
+            listen_pool,
             tasks,
         })
     }
@@ -1141,6 +1144,10 @@ impl EventStore for PostgresStore {
         if let Some(conn) = self.numbers.leader.lock().await.take() {
             let _ = conn.close().await;
         }
+        // The aborted listener's connection comes back after an `UNLISTEN *` (sqlx's drop), so
+        // no notification is left unread on it: closing it with unread data in its socket
+        // reset the connection, which PostgreSQL logged as an error.
+        self.listen_pool.close().await;
         self.pool.close().await;
     }
 
