@@ -635,7 +635,14 @@ struct Numbers {
 /// Batch writers. Each takes every append waiting (up to [`MAX_BATCH`], one per stream) and
 /// writes them in one statement, so concurrent commands share statements and commits instead
 /// of paying for one each. With a single append waiting it uses the specialised statement.
-const BATCH_WRITERS: usize = 4;
+///
+/// One: the appends that arrive while a batch commits make up the next, larger one. With
+/// several, each took a share of them, and the server paid for more statements and commits
+/// (an fdatasync each) on the same CPU the commands need. At 32 clients, in alternating runs
+/// (docs/PERFORMANCE.md, session 17): 1 writer 5,666 - 5,965 commands/s with p99 11.1 -
+/// 12.4 ms, 2 writers 5,125 - 5,487, 3 writers 5,183 - 5,214, 4 writers 4,532 - 4,817 (p99
+/// 14.9 - 16.4 ms), 8 writers 4,188 - 4,260.
+const BATCH_WRITERS: usize = 1;
 const MAX_BATCH: usize = 64;
 const BATCH_QUEUE: usize = 4096;
 
