@@ -1016,7 +1016,7 @@ impl EventStore for PostgresStore {
         self.batches
             .send(Job { request, done })
             .await
-            .map_err(|_| StoreError::Unavailable("the batch writers stopped".into()))?;
+            .map_err(|_| StoreError::Unavailable("the batch writer stopped".into()))?;
         answer
             .await
             .map_err(|_| StoreError::Unavailable("the batch writer dropped an append".into()))?
@@ -1159,6 +1159,12 @@ impl EventStore for PostgresStore {
     }
 
     async fn ping(&self) -> StoreResult<()> {
+        // Appends go through the one batch writer: without it the store cannot write.
+        if self.batches.is_closed() {
+            return Err(StoreError::Unavailable(
+                "the batch writer has stopped".into(),
+            ));
+        }
         sqlx::query("SELECT 1")
             .execute(&self.pool)
             .await

@@ -1533,4 +1533,7 @@ async fn postgres_close_ends_every_connection() {
         matches!(refused, Err(StoreError::Unavailable(_))),
         "{refused:?}"
     );
+    // `/readyz` names the missing writer, not just the closed pool.
+    let unready = store.ping().await.expect_err("not ready after close");
+    assert!(unready.to_string().contains("batch writer"), "{unready}");
 }
