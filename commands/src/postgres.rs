@@ -254,7 +254,7 @@ pub struct PostgresStore {
     tasks: Vec<JoinHandle<()>>,
 }
 
-/// What appends need, shared with the batch writers.
+/// What appends need, shared with the batch writer.
 struct Core {
     pool: PgPool,
     shared: Arc<Shared>,
@@ -378,15 +378,12 @@ impl PostgresStore {
             shared: shared.clone(),
         });
         let (batches, queue) = mpsc::channel(BATCH_QUEUE);
-        let queue = Arc::new(tokio::sync::Mutex::new(queue));
-        let mut tasks = vec![
+        let tasks = vec![
             runtime.spawn(listen(listen_pool.clone(), shared.clone())),
             runtime.spawn(watch_visibility(pool.clone(), shared.clone())),
             runtime.spawn(notify_others(pool.clone(), shared.clone())),
+            runtime.spawn(write_batches(core.clone(), queue)),
         ];
-        for _ in 0..BATCH_WRITERS {
-            tasks.push(runtime.spawn(write_batches(core.clone(), queue.clone())));
-        }
         Ok(PostgresStore {
             pool,
             shared,
@@ -632,17 +629,7 @@ struct Numbers {
     leader: tokio::sync::Mutex<Option<PgConnection>>,
 }
 
-/// Batch writers. Each takes every append waiting (up to [`MAX_BATCH`], one per stream) and
-/// writes them in one statement, so concurrent commands share statements and commits instead
-/// of paying for one each. With a single append waiting it uses the specialised statement.
-///
-/// One: the appends that arrive while a batch commits make up the next, larger one. With
-/// several, each took a share of them, and the server paid for more statements and commits
-/// (an fdatasync each) on the same CPU the commands need. At 32 clients, in alternating runs
-/// (docs/PERFORMANCE.md, session 17): 1 writer 5,666 - 5,965 commands/s with p99 11.1 -
-/// 12.4 ms, 2 writers 5,125 - 5,487, 3 writers 5,183 - 5,214, 4 writers 4,532 - 4,817 (p99
-/// 14.9 - 16.4 ms), 8 writers 4,188 - 4,260.
-const BATCH_WRITERS: usize = 1;
+/// Appends per batch statement (see [`write_batches`]).
 const MAX_BATCH: usize = 64;
 const BATCH_QUEUE: usize = 4096;
 
@@ -677,38 +664,39 @@ const BATCH_SQL: &str = "WITH req AS (\
     SELECT stream_id, seq, version, tx_id::text::bigint AS tx, \
       pg_snapshot_xmin(pg_current_snapshot())::text::bigint AS xmin FROM evs";
 
-type Queue = Arc<tokio::sync::Mutex<mpsc::Receiver<Job>>>;
-
-async fn write_batches(core: Arc<Core>, queue: Queue) {
+/// The batch writer. It takes every append waiting (up to [`MAX_BATCH`], one per stream) and
+/// writes them in one statement, so concurrent commands share statements and commits instead
+/// of paying for one each; with a single append waiting it uses the specialised statement.
+///
+/// One writer: the appends that arrive while a batch commits make up the next, larger one.
+/// With several, each took a share of them, and the server paid for more statements and
+/// commits (an fdatasync each) on the same CPU the commands need. At 32 clients, in
+/// alternating runs (docs/PERFORMANCE.md, session 17): 1 writer 5,666 - 5,965 commands/s with
+/// p99 11.1 - 12.4 ms, 2 writers 5,125 - 5,487, 3 writers 5,183 - 5,214, 4 writers 4,532 -
+/// 4,817 (p99 14.9 - 16.4 ms), 8 writers 4,188 - 4,260.
+async fn write_batches(core: Arc<Core>, mut queue: mpsc::Receiver<Job>) {
     // An append for a stream already in the batch waits for the next one: a statement must
     // not move one head twice.
     let mut held: Option<Job> = None;
     loop {
-        let mut batch: Vec<Job> = held.take().into_iter().collect();
-        // With a held job in hand, never wait for the queue: its holder may be idle in `recv`
-        // for as long as no new append comes, and the held job would wait with it.
-        let queue = if batch.is_empty() {
-            let mut queue = queue.lock().await;
-            match queue.recv().await {
-                Some(job) => batch.push(job),
+        let first = match held.take() {
+            Some(job) => job,
+            None => match queue.recv().await {
+                Some(job) => job,
                 None => return,
-            }
-            Some(queue)
-        } else {
-            queue.try_lock().ok()
+            },
         };
-        if let Some(mut queue) = queue {
-            while batch.len() < MAX_BATCH {
-                let Ok(job) = queue.try_recv() else { break };
-                if batch
-                    .iter()
-                    .any(|b| b.request.stream_id == job.request.stream_id)
-                {
-                    held = Some(job);
-                    break;
-                }
-                batch.push(job);
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            let Ok(job) = queue.try_recv() else { break };
+            if batch
+                .iter()
+                .any(|b| b.request.stream_id == job.request.stream_id)
+            {
+                held = Some(job);
+                break;
             }
+            batch.push(job);
         }
         core.run_batch(batch).await;
     }
@@ -1142,7 +1130,7 @@ impl EventStore for PostgresStore {
         self.shared.ticks.subscribe()
     }
 
-    /// Ends the background tasks (LISTEN, the visibility watcher, the batch writers) and
+    /// Ends the background tasks (LISTEN, the visibility watcher, the batch writer) and
     /// says goodbye on every connection, rather than leaving PostgreSQL to find them reset.
     async fn close(&self) {
         for task in &self.tasks {
