@@ -1537,3 +1537,86 @@ async fn postgres_close_ends_every_connection() {
     let unready = store.ping().await.expect_err("not ready after close");
     assert!(unready.to_string().contains("batch writer"), "{unready}");
 }
+
+/// PostgreSQL: the batch writer never puts two appends to one stream in one statement (the
+/// statement reads every head as it was before it, so the second would conflict with the
+/// first). Here the writer is held in a batch by a row lock while an append to a new stream and
+/// its follow-up at version 1 queue up behind it; once released, both succeed, the follow-up in
+/// the next batch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_appends_to_one_stream_queued_together_go_in_turn() {
+    let Some(t) = ticketd_tests::postgres_store(4).await else {
+        return;
+    };
+    let (store, app, admin) = named_store(&t, "held").await;
+    let store = Arc::new(store);
+    let (blocker, at) = new_stream(&*store, 1).await;
+    let mut lock = admin.begin().await.expect("begin");
+    sqlx::query("SELECT 1 FROM streams WHERE stream_id = $1 FOR UPDATE")
+        .bind(blocker)
+        .execute(&mut *lock)
+        .await
+        .expect("lock the blocker's head");
+    let held = {
+        let store = store.clone();
+        let next = request(blocker, 1, at.events[0].hash, new_events(1));
+        tokio::spawn(async move { store.append(next).await })
+    };
+    // The writer is inside that append's statement, waiting for the lock.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let waiting: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity \
+             WHERE application_name = $1 AND wait_event_type = 'Lock'",
+        )
+        .bind(&app)
+        .fetch_one(&admin)
+        .await
+        .expect("count");
+        if waiting > 0 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the writer never blocked"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+
+    let stream = Uuid::now_v7();
+    let first = new_events(1);
+    let e = &first[0];
+    let first_hash = ticketd_domain::event_hash(&ticketd_domain::HashInput {
+        prev_hash: &ZERO_HASH,
+        stream_id: stream,
+        version: 1,
+        event_id: e.event_id,
+        event_type: &e.event_type,
+        schema_version: e.schema_version,
+        recorded_at: e.recorded_at,
+        metadata: &e.metadata,
+        payload: &e.payload,
+    });
+    let opened = {
+        let store = store.clone();
+        tokio::spawn(async move { store.append(request(stream, 0, ZERO_HASH, first)).await })
+    };
+    // Queued after the opening append, and valid only once it has committed.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let followed = {
+        let store = store.clone();
+        tokio::spawn(async move {
+            store
+                .append(request(stream, 1, first_hash, new_events(1)))
+                .await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    lock.commit().await.expect("release the lock");
+
+    held.await.expect("task").expect("the blocked append");
+    let opened = opened.await.expect("task").expect("the opening append");
+    assert_eq!(opened.events[0].hash, first_hash);
+    let followed = followed.await.expect("task").expect("the follow-up append");
+    assert_eq!(followed.version, 2);
+}
