@@ -222,6 +222,17 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
 /// How long [`close`] waits for the store's connections to come back.
 const CLOSE_STOP: Duration = Duration::from_secs(5);
 
+/// Runs a command's `work` on `store`, then closes the store whatever the work returned
+/// ([`close`]), and returns that.
+pub async fn then_close<T>(
+    store: &dyn EventStore,
+    work: impl std::future::Future<Output = anyhow::Result<T>>,
+) -> anyhow::Result<T> {
+    let done = work.await;
+    close(store).await;
+    done
+}
+
 /// Closes `store` at the end of a command, so that SQLite folds its WAL files into the
 /// database files. Bounded: a connection still lent out (a projection cut short) is left to
 /// the process exit, which loses nothing either.

@@ -49,14 +49,15 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 .map_err(anyhow::Error::msg)?;
             let store = ticketd_api::app::open_store(&args.store).await?;
             let started = std::time::Instant::now();
-            let done = ticketd_projections::rebuild::rebuild_with(
-                store.as_ref(),
-                &projections,
-                args.tickets_in_memory,
-            )
-            .await;
-            ticketd_api::app::close(store.as_ref()).await;
-            let done = done?;
+            let done = ticketd_api::app::then_close(store.as_ref(), async {
+                Ok(ticketd_projections::rebuild::rebuild_with(
+                    store.as_ref(),
+                    &projections,
+                    args.tickets_in_memory,
+                )
+                .await?)
+            })
+            .await?;
             let secs = started.elapsed().as_secs_f64();
             println!(
                 "rebuilt {} from {} events in {secs:.1} s ({:.0} events/s) and switched over",

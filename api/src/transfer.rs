@@ -77,9 +77,7 @@ pub async fn verify(args: &VerifyArgs) -> anyhow::Result<()> {
         }
     };
     let store = crate::app::open_existing(&args.store).await?;
-    let verified = verify_open(args, store.as_ref(), verifier).await;
-    crate::app::close(store.as_ref()).await;
-    verified
+    crate::app::then_close(store.as_ref(), verify_open(args, store.as_ref(), verifier)).await
 }
 
 async fn verify_open(
@@ -246,17 +244,16 @@ pub async fn export(args: &ExportArgs) -> anyhow::Result<()> {
         until: args.until,
         ticket: args.ticket,
     };
-    let exported = async {
+    let n = crate::app::then_close(store.as_ref(), async {
         let file = std::fs::File::create(&args.output)
             .with_context(|| format!("creating {}", args.output.display()))?;
         let (n, mut out) =
             export_to(store.as_ref(), selection, args.format, BufWriter::new(file)).await?;
         out.flush()?;
-        anyhow::Ok(n)
-    }
-    .await;
-    crate::app::close(store.as_ref()).await;
-    eprintln!("exported {} events", exported?);
+        Ok(n)
+    })
+    .await?;
+    eprintln!("exported {n} events");
     Ok(())
 }
 
@@ -340,6 +337,14 @@ impl Target {
             bail!("DATABASE_URL must start with postgres:// or sqlite://, got {url:?}")
         }
     }
+
+    /// The store, as any command sees it.
+    pub fn store(&self) -> &dyn EventStore {
+        match self {
+            Target::Sqlite(store) => store.as_ref(),
+            Target::Postgres(store) => store.as_ref(),
+        }
+    }
 }
 
 /// Loads `records` into the empty store `target`, in one transaction. Every chain is checked
@@ -409,12 +414,11 @@ pub async fn import(args: &ImportArgs) -> anyhow::Result<()> {
             .with_context(|| format!("opening {}", args.input.display()))?;
         Box::new(BufReader::new(file))
     };
-    let imported = import_from(&target, Records::new(input, args.format)).await;
-    match &target {
-        Target::Sqlite(store) => crate::app::close(store.as_ref()).await,
-        Target::Postgres(store) => crate::app::close(store.as_ref()).await,
-    }
-    let imported = imported?;
+    let imported = crate::app::then_close(
+        target.store(),
+        import_from(&target, Records::new(input, args.format)),
+    )
+    .await?;
     eprintln!(
         "imported {} events; ticket numbers continue after {}",
         imported.events, imported.max_ticket_number
