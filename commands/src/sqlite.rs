@@ -249,6 +249,12 @@ impl SqliteStore {
         &self,
         op: impl FnOnce(oneshot::Sender<StoreResult<T>>) -> WriteOp,
     ) -> StoreResult<T> {
+        // Once a close has begun the writer only finishes what is queued.
+        if *self.closing.borrow() {
+            return Err(StoreError::Unavailable(
+                "the SQLite store is closing".into(),
+            ));
+        }
         let (tx, rx) = oneshot::channel();
         self.writer
             .send(op(tx))

@@ -1620,3 +1620,61 @@ async fn postgres_appends_to_one_stream_queued_together_go_in_turn() {
     let followed = followed.await.expect("task").expect("the follow-up append");
     assert_eq!(followed.version, 2);
 }
+
+/// SQLite: a close lets the writer finish the appends already queued, and refuses those made
+/// after it. The log's write lock, held on a connection of its own, keeps the writer waiting
+/// in `BEGIN IMMEDIATE` (inside its busy timeout) while the appends queue and the close begins.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_close_finishes_the_appends_already_queued() {
+    let t = ticketd_tests::sqlite_store().await;
+    let Some(Database::Sqlite(log)) = t.store.log_database() else {
+        panic!("SQLite log");
+    };
+    let mut lock = log.connect_options().connect().await.expect("connect");
+    sqlx::query("BEGIN IMMEDIATE")
+        .execute(&mut lock)
+        .await
+        .expect("the log's write lock");
+    let queued: Vec<_> = (0..16)
+        .map(|_| {
+            let store = t.store.clone();
+            let stream = Uuid::now_v7();
+            tokio::spawn(async move {
+                let done = store
+                    .append(request(stream, 0, ZERO_HASH, new_events(2)))
+                    .await;
+                (stream, done)
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let closing = {
+        let store = t.store.clone();
+        tokio::spawn(async move { store.close().await })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let late = request(Uuid::now_v7(), 0, ZERO_HASH, new_events(1));
+    let refused = tokio::time::timeout(Duration::from_secs(5), t.store.append(late))
+        .await
+        .expect("an append after the close began answers");
+    assert!(
+        matches!(refused, Err(StoreError::Unavailable(_))),
+        "{refused:?}"
+    );
+    sqlx::query("ROLLBACK")
+        .execute(&mut lock)
+        .await
+        .expect("let the lock go");
+    drop(lock);
+    tokio::time::timeout(Duration::from_secs(5), closing)
+        .await
+        .expect("close returns")
+        .expect("task");
+
+    let again = SqliteStore::open(&t.url).await.expect("reopen");
+    for task in queued {
+        let (stream, done) = task.await.expect("task");
+        assert_eq!(done.expect("a queued append is finished").version, 2);
+        assert_eq!(again.read_stream(stream, 0).await.expect("read").len(), 2);
+    }
+}
