@@ -929,7 +929,7 @@ fn event_from_row(row: &SqliteRow) -> StoreResult<StoredEvent> {
 /// The request's events as they will be stored: versions after `expected_version`, recorded_at
 /// cut to whole microseconds (what both stores keep), and the hash chain starting at the
 /// request's `prev_hash`. Positions are filled in once written.
-pub(crate) fn chain(request: &AppendRequest) -> StoreResult<Vec<StoredEvent>> {
+pub fn chain(request: &AppendRequest) -> StoreResult<Vec<StoredEvent>> {
     let mut prev_hash = request.prev_hash;
     let mut version = request.expected_version;
     let mut out = Vec::with_capacity(request.events.len());

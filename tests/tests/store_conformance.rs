@@ -1584,22 +1584,12 @@ async fn postgres_appends_to_one_stream_queued_together_go_in_turn() {
     }
 
     let stream = Uuid::now_v7();
-    let first = new_events(1);
-    let e = &first[0];
-    let first_hash = ticketd_domain::event_hash(&ticketd_domain::HashInput {
-        prev_hash: &ZERO_HASH,
-        stream_id: stream,
-        version: 1,
-        event_id: e.event_id,
-        event_type: &e.event_type,
-        schema_version: e.schema_version,
-        recorded_at: e.recorded_at,
-        metadata: &e.metadata,
-        payload: &e.payload,
-    });
+    let first = request(stream, 0, ZERO_HASH, new_events(1));
+    // The hash the opening append will write, so the follow-up can name it before it commits.
+    let first_hash = ticketd_commands::sqlite::chain(&first).expect("chain")[0].hash;
     let opened = {
         let store = store.clone();
-        tokio::spawn(async move { store.append(request(stream, 0, ZERO_HASH, first)).await })
+        tokio::spawn(async move { store.append(first).await })
     };
     // Queued after the opening append, and valid only once it has committed.
     tokio::time::sleep(Duration::from_millis(50)).await;
