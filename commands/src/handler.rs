@@ -250,7 +250,13 @@ impl CommandHandler {
             _ => None,
         };
         let _serial = self.lock_for(ticket_id).lock().await;
-        let mut loaded = self.load(ticket_id).await?;
+        let mut loaded = match kind {
+            // `open` drew this id just now (UUIDv7), so the store has no stream to read: no
+            // round trip. Were one there, the append at version 0 would conflict and the retry
+            // below would read it.
+            CommandKind::Open(_) => Loaded::empty(),
+            _ => self.load(ticket_id).await?,
+        };
         let mut refreshed = false;
         for _ in 0..MAX_ATTEMPTS {
             let cmd = Command {
