@@ -203,7 +203,7 @@ async fn rebuild_while_serving(store: Arc<dyn EventStore>) {
     };
     // The rebuilt tables carry every index the migrations define (a PostgreSQL rebuild drops
     // the secondary ones for the load and creates them again), with the statistics targets
-    // set on index columns.
+    // set on index columns and their storage parameters.
     let indexes = || async {
         match store.database() {
             Some(ticketd_commands::Database::Postgres(pool)) => sqlx::query_scalar::<_, String>(
@@ -236,6 +236,12 @@ async fn rebuild_while_serving(store: Arc<dyn EventStore>) {
         assert!(
             before.iter().any(|d| d.ends_with(" statistics 1000")),
             "the statistics targets were read: {before:?}"
+        );
+        assert!(
+            before
+                .iter()
+                .any(|d| d.contains("gin_pending_list_limit='128'")),
+            "the storage parameters were read (migration 0013): {before:?}"
         );
         // Vacuumed, not only analyzed, before the switch: index-only scans (a search ranks its
         // matches from the primary key) need the visibility map.
