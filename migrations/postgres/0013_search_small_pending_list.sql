@@ -7,7 +7,8 @@
 -- the words are appended to it, and the insert that finds it over the limit merges it in one
 -- sorted pass. 0007 turned the list off because at its default limit (4 MB) that merge made
 -- the batch that met it take 130 ms instead of 40. At 128 kB the merge is small and frequent:
--- in six alternating pairs the `tickets` runner took 165 - 192 µs an event against 196 - 253,
--- its slowest batch 52 - 78 ms against 78 - 93, and its lag p99 was 60 - 90 ms against
--- 75 - 119. A search reads the pending list too, which this limit keeps to a few pages.
+-- in six alternating pairs the `tickets` lag p99 was 60 - 90 ms against 75 - 119; in the three
+-- of them with the runners' timings, the `tickets` runner took 165 - 192 µs an event against
+-- 196 - 253, and its slowest batch 52 - 78 ms against 78 - 93. A search reads the pending list
+-- too, which this limit keeps to a few pages.
 ALTER INDEX ticket_search_staff SET (fastupdate = on, gin_pending_list_limit = 128);
