@@ -3,65 +3,44 @@
 //! rest follows once the read is let go.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use chrono::{DateTime, Utc};
 use tokio::sync::Semaphore;
-use uuid::Uuid;
 
-use ticketd_commands::{
-    AppendRequest, Appended, EventStore, IdempotencyHit, Position, StoreError, StoreResult,
-    StoredEvent,
-};
+use ticketd_commands::{StoreError, StoreResult};
 use ticketd_domain::Role;
+use ticketd_tests::hooked::{Hooked, StoreHooks};
 use ticketd_tests::http::TestServer;
 
-/// A store whose `read_all` calls after the first wait for a permit (or, with `fail`, fail).
+/// Hooks under which `read_all` calls after the first wait for a permit (or, with `fail`,
+/// fail).
 struct Gated {
-    inner: Arc<dyn EventStore>,
     reads: AtomicUsize,
     gate: Semaphore,
     fail: bool,
 }
 
+impl Gated {
+    fn new(fail: bool) -> Gated {
+        Gated {
+            reads: AtomicUsize::new(0),
+            gate: Semaphore::new(0),
+            fail,
+        }
+    }
+}
+
 #[async_trait]
-impl EventStore for Gated {
-    async fn append(&self, request: AppendRequest) -> StoreResult<Appended> {
-        self.inner.append(request).await
-    }
-    async fn read_stream(&self, stream_id: Uuid, after: u64) -> StoreResult<Vec<StoredEvent>> {
-        self.inner.read_stream(stream_id, after).await
-    }
-    async fn read_all(&self, after: Position, limit: usize) -> StoreResult<Vec<StoredEvent>> {
+impl StoreHooks for Gated {
+    async fn before_read_all(&self) -> StoreResult<()> {
         if self.reads.fetch_add(1, Ordering::SeqCst) > 0 {
             if self.fail {
                 return Err(StoreError::Unavailable("the database went away".into()));
             }
             self.gate.acquire().await.expect("gate open").forget();
         }
-        self.inner.read_all(after, limit).await
-    }
-    async fn idempotency(
-        &self,
-        user: &str,
-        key: &str,
-        since: DateTime<Utc>,
-    ) -> StoreResult<Option<IdempotencyHit>> {
-        self.inner.idempotency(user, key, since).await
-    }
-    async fn purge_idempotency(&self, before: DateTime<Utc>) -> StoreResult<u64> {
-        self.inner.purge_idempotency(before).await
-    }
-    async fn next_ticket_number(&self) -> StoreResult<u64> {
-        self.inner.next_ticket_number().await
-    }
-    fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
-        self.inner.subscribe()
-    }
-    async fn ping(&self) -> StoreResult<()> {
-        self.inner.ping().await
+        Ok(())
     }
 }
 
@@ -74,12 +53,7 @@ async fn the_stream_flows_batch_by_batch() {
     for _ in 0..total / 100 {
         ticketd_tests::new_stream(t.store.as_ref(), 100).await;
     }
-    let gated = Arc::new(Gated {
-        inner: t.store.clone(),
-        reads: AtomicUsize::new(0),
-        gate: Semaphore::new(0),
-        fail: false,
-    });
+    let gated = Hooked::new(t.store.clone(), Gated::new(false));
     let s = TestServer::start(gated.clone()).await;
     let token = s.token("audrey", Role::Auditor, None, false);
 
@@ -103,12 +77,12 @@ async fn the_stream_flows_batch_by_batch() {
     assert!(first.is_ok(), "the first batch did not arrive on its own");
     assert_eq!(lines(&body), batch, "nothing past the first batch yet");
     assert_eq!(
-        gated.reads.load(Ordering::SeqCst),
+        gated.hooks.reads.load(Ordering::SeqCst),
         2,
         "the second read waits"
     );
 
-    gated.gate.add_permits(10);
+    gated.hooks.gate.add_permits(10);
     while let Some(chunk) = response.chunk().await.expect("chunk") {
         body.extend_from_slice(&chunk);
     }
@@ -136,12 +110,7 @@ async fn a_store_failure_aborts_the_stream_and_limits_span_pages() {
     for _ in 0..(batch + 200) / 100 {
         ticketd_tests::new_stream(t.store.as_ref(), 100).await;
     }
-    let failing = Arc::new(Gated {
-        inner: t.store.clone(),
-        reads: AtomicUsize::new(0),
-        gate: Semaphore::new(0),
-        fail: true,
-    });
+    let failing = Hooked::new(t.store.clone(), Gated::new(true));
     let s = TestServer::start(failing).await;
     let token = s.token("audrey", Role::Auditor, None, false);
     let mut response = reqwest::Client::new()

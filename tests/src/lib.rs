@@ -1,11 +1,13 @@
 //! Shared test support for ticketd's integration tests: fresh event stores (SQLite in a temp
 //! dir; PostgreSQL in a schema of its own on the server named by `TEST_DATABASE_URL`), a macro
-//! that runs one suite body against both backends, and small builders for append requests.
+//! that runs one suite body against both backends, small builders for append requests, and a
+//! store double that delegates to a real store behind hooks.
 //!
 //! Without `TEST_DATABASE_URL`, PostgreSQL tests print `skipped: TEST_DATABASE_URL not set` and
 //! pass; CI always sets it.
 
 pub mod history;
+pub mod hooked;
 pub mod http;
 
 use std::str::FromStr;
