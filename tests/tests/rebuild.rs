@@ -219,12 +219,33 @@ async fn rebuild_while_serving(store: Arc<dyn EventStore>) {
             _ => Vec::new(),
         }
     };
+    // And the statistics targets set on table columns.
+    let column_targets = || async {
+        match store.database() {
+            Some(ticketd_commands::Database::Postgres(pool)) => sqlx::query_scalar::<_, String>(
+                "SELECT c.relname || '.' || a.attname || ' ' || a.attstattarget \
+                 FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid \
+                 WHERE c.relnamespace = current_schema()::regnamespace AND c.relkind = 'r' \
+                 AND a.attnum > 0 AND a.attstattarget >= 0 ORDER BY 1",
+            )
+            .fetch_all(&pool)
+            .await
+            .expect("column statistics targets"),
+            _ => Vec::new(),
+        }
+    };
     let before = indexes().await;
+    let targets = column_targets().await;
     let every = all();
     let (rebuilt, ()) = tokio::join!(rebuild(store.as_ref(), &every), writes);
     let rebuilt = rebuilt.expect("rebuild");
     assert_eq!(rebuilt.projections, vec!["tickets", "feed", "analytics"]);
     assert_eq!(indexes().await, before, "indexes after the rebuild");
+    assert_eq!(
+        column_targets().await,
+        targets,
+        "column statistics targets after the rebuild"
+    );
     if matches!(
         store.database(),
         Some(ticketd_commands::Database::Postgres(_))
@@ -243,6 +264,10 @@ async fn rebuild_while_serving(store: Arc<dyn EventStore>) {
                 .any(|d| d.contains("gin_pending_list_limit='128'")),
             "the storage parameters were read (migration 0013): {before:?}"
         );
+        assert!(
+            targets.iter().any(|t| t == "ticket_search.head 0"),
+            "the column statistics targets were read (migration 0014): {targets:?}"
+        );
         // Vacuumed, not only analyzed, before the switch: index-only scans (a search ranks its
         // matches from the primary key) need the visibility map.
         if let Some(ticketd_commands::Database::Postgres(pool)) = store.database() {
@@ -254,7 +279,13 @@ async fn rebuild_while_serving(store: Arc<dyn EventStore>) {
             .fetch_all(&pool)
             .await
             .expect("vacuum statistics");
-            for table in ["ticket_search", "tickets"] {
+            for table in [
+                "ticket_search",
+                "tickets",
+                "ticket_feed",
+                "analytics_events",
+                "analytics_ticket_facts",
+            ] {
                 assert!(
                     vacuumed.iter().any(|t| t == table),
                     "{table} vacuumed: {vacuumed:?}"
