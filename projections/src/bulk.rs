@@ -18,8 +18,8 @@
 //!   leaves rows twice;
 //! - `ticket_search`, whose rows need SQL (`to_tsvector`), by inserts on two connections.
 //!
-//! Each table builds its secondary indexes (deferred by the rebuild) as soon as it is loaded,
-//! while others still load. The checkpoints move last, in a transaction of their own; until
+//! Once every table is loaded, each commits and builds its secondary indexes (deferred by the
+//! rebuild), all at once, in [`Lanes`]. The checkpoints move last, in a transaction of their own; until
 //! then the scratch stays at the start of the log.
 //!
 //! Memory grows with the tickets folded: once [`BULK_TICKETS`] streams have been seen, the pass
@@ -119,8 +119,63 @@ pub trait Fold: Send {
 
 enum Load {
     Step(Step),
-    /// The last step was sent: commit, then build these indexes of the table.
-    Commit(Vec<String>),
+    /// The last step was sent: commit, then build these indexes of the table, in `Lanes`.
+    Commit(Vec<String>, Arc<Lanes>),
+}
+
+/// Where the tables' index builds run once they are loaded, all tables at once. PostgreSQL 15
+/// builds a GIN index in one backend, and the search index's build is the load's longest; when
+/// the other builds ran beside it each with parallel workers, it got a fraction of a core, and
+/// for its last 22 s at 1 M tickets nothing else was left to run (docs/PERFORMANCE.md, session
+/// 19). So a GIN build runs at once, and the B-tree builds share what is left: one at a time
+/// without parallel workers beside a GIN build, two at a time otherwise.
+pub(crate) struct Lanes {
+    btree: tokio::sync::Semaphore,
+}
+
+impl Lanes {
+    /// Lanes for a load whose deferred index `definitions` are these.
+    pub(crate) fn for_builds<'a>(definitions: impl IntoIterator<Item = &'a str>) -> Lanes {
+        let gin = definitions.into_iter().any(is_gin);
+        Lanes {
+            btree: tokio::sync::Semaphore::new(if gin { 1 } else { 2 }),
+        }
+    }
+
+    /// Builds `definitions` on `conn`, each in its lane.
+    async fn build(
+        &self,
+        conn: &mut PgConnection,
+        definitions: &[String],
+    ) -> Result<(), StoreError> {
+        for definition in definitions {
+            let one = std::slice::from_ref(definition);
+            if is_gin(definition) {
+                crate::rebuild::build_indexes(conn, one).await?;
+                continue;
+            }
+            let _lane = self
+                .btree
+                .acquire()
+                .await
+                .map_err(|e| StoreError::Unavailable(format!("an index build lane: {e}")))?;
+            // The lanes are the parallelism: workers of their own would take the GIN build's
+            // core.
+            conn.execute("SET max_parallel_maintenance_workers = 0")
+                .await
+                .map_err(unavailable)?;
+            crate::rebuild::build_indexes(conn, one).await?;
+            conn.execute("RESET max_parallel_maintenance_workers")
+                .await
+                .map_err(unavailable)?;
+        }
+        Ok(())
+    }
+}
+
+/// Whether an index definition (`pg_get_indexdef`'s) builds a GIN index.
+fn is_gin(definition: &str) -> bool {
+    definition.contains(" USING gin ")
 }
 
 /// What a statement (`INSERT INTO t (a, …)`) inserts into: `t (a, …)`, as `COPY` names it.
@@ -140,8 +195,7 @@ fn table_of(statement: &str) -> Result<&str, StoreError> {
 }
 
 /// One table's loader: a task with connections of its own, fed that table's steps in order.
-/// Each table loads at once with the others, and builds its indexes as soon as it is loaded,
-/// while the rest still load.
+/// Each table loads at once with the others, and builds its indexes once all are loaded.
 struct Loader {
     table: String,
     queue: mpsc::Sender<Load>,
@@ -191,9 +245,9 @@ impl Loader {
         }
     }
 
-    /// Commits and builds `indexes`.
-    async fn commit(mut self, indexes: Vec<String>) -> Result<(), StoreError> {
-        self.send(Load::Commit(indexes)).await?;
+    /// Commits and builds `indexes` in `lanes`.
+    async fn commit(mut self, indexes: Vec<String>, lanes: Arc<Lanes>) -> Result<(), StoreError> {
+        self.send(Load::Commit(indexes, lanes)).await?;
         match self.task.await {
             Ok(done) => done,
             Err(e) => Err(StoreError::Unavailable(format!(
@@ -241,9 +295,9 @@ async fn load_copies(
                 copy.finish().await.map_err(unavailable)?;
             }
             Load::Step(Step::Insert { .. }) => return Err(mixed(&table)),
-            Load::Commit(indexes) => {
+            Load::Commit(indexes, lanes) => {
                 tx.commit().await.map_err(unavailable)?;
-                return crate::rebuild::build_indexes(&mut conn, &indexes).await;
+                return lanes.build(&mut conn, &indexes).await;
             }
         }
     }
@@ -274,13 +328,10 @@ async fn load_inserts(
                 .await?;
             }
             Load::Step(Step::Copy { .. }) => return Err(mixed(&table)),
-            Load::Commit(mut indexes) => {
+            Load::Commit(mut indexes, lanes) => {
                 let second = indexes.split_off(indexes.len() / 2);
-                futures::future::try_join(
-                    crate::rebuild::build_indexes(a, &indexes),
-                    crate::rebuild::build_indexes(b, &second),
-                )
-                .await?;
+                futures::future::try_join(lanes.build(a, &indexes), lanes.build(b, &second))
+                    .await?;
                 return Ok(());
             }
         }
@@ -391,8 +442,8 @@ impl Decoder {
 
 /// Folds the log from its start (up to `upto`, or as it is now) into the empty scratch
 /// `tables` of `projections`, through `folds` (theirs, in the same order). Unless the pass stops at `limit`
-/// tickets, each table's `deferred` indexes are built as soon as it is loaded (and taken out
-/// of `deferred`). Returns where the pass stopped and the events it folded: the checkpoints are
+/// tickets, each table's `deferred` indexes are built once the tables are loaded (and taken
+/// out of `deferred`). Returns where the pass stopped and the events it folded: the checkpoints are
 /// there, and the rebuild goes on from there.
 #[allow(clippy::too_many_arguments)]
 pub(crate) async fn pass(
@@ -480,6 +531,7 @@ pub(crate) async fn pass(
         );
     }
     // Every table loaded commits and builds its indexes, all at once.
+    let lanes = Arc::new(Lanes::for_builds(deferred.iter().map(|(_, d)| d.as_str())));
     let mut committing = Vec::with_capacity(loaders.started.len());
     for l in loaders.started {
         let indexes = if full {
@@ -491,7 +543,7 @@ pub(crate) async fn pass(
             *deferred = rest;
             mine.into_iter().map(|(_, d)| d).collect()
         };
-        committing.push((l.table.clone(), l.commit(indexes)));
+        committing.push((l.table.clone(), l.commit(indexes, lanes.clone())));
     }
     let loaded: Vec<String> = committing.iter().map(|(t, _)| t.clone()).collect();
     futures::future::try_join_all(committing.into_iter().map(|(_, c)| c)).await?;
@@ -546,7 +598,25 @@ pub(crate) async fn pass(
 
 #[cfg(test)]
 mod tests {
-    use super::{table_of, target_of};
+    use super::{is_gin, table_of, target_of, Lanes};
+
+    /// Definitions as `pg_get_indexdef` gives them (see `rebuild::defer_indexes`).
+    const GIN: &str = "CREATE INDEX ticket_search_staff ON s.ticket_search USING gin \
+        ((((head || public_comments) || private_comments))) WITH (fastupdate='on'); \
+        ALTER INDEX s.ticket_search_staff ALTER COLUMN 1 SET STATISTICS 1000";
+    const BTREE: &str = "CREATE INDEX tickets_org ON s.tickets USING btree (org)";
+
+    #[test]
+    fn a_gin_build_leaves_the_b_tree_builds_one_lane() {
+        assert!(is_gin(GIN));
+        assert!(!is_gin(BTREE));
+        assert_eq!(Lanes::for_builds([BTREE, GIN]).btree.available_permits(), 1);
+        assert_eq!(
+            Lanes::for_builds([BTREE, BTREE]).btree.available_permits(),
+            2
+        );
+        assert_eq!(Lanes::for_builds([]).btree.available_permits(), 2);
+    }
 
     #[test]
     fn a_step_names_its_table_by_its_insert() {
