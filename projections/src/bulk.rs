@@ -199,7 +199,8 @@ fn table_of(statement: &str) -> Result<&str, StoreError> {
 struct Loader {
     table: String,
     queue: mpsc::Sender<Load>,
-    task: tokio::task::JoinHandle<Result<(), StoreError>>,
+    /// Whether the loader vacuumed and analyzed its table (see [`load_inserts`]).
+    task: tokio::task::JoinHandle<Result<bool, StoreError>>,
 }
 
 impl Loader {
@@ -236,7 +237,7 @@ impl Loader {
         }
         match (&mut self.task).await {
             Ok(Err(e)) => Err(e),
-            Ok(Ok(())) => Err(StoreError::Unavailable(
+            Ok(Ok(_)) => Err(StoreError::Unavailable(
                 "a bulk loader stopped early".into(),
             )),
             Err(e) => Err(StoreError::Unavailable(format!(
@@ -245,8 +246,9 @@ impl Loader {
         }
     }
 
-    /// Commits and builds `indexes` in `lanes`.
-    async fn commit(mut self, indexes: Vec<String>, lanes: Arc<Lanes>) -> Result<(), StoreError> {
+    /// Commits and builds `indexes` in `lanes`; whether the table was vacuumed and analyzed
+    /// too.
+    async fn commit(mut self, indexes: Vec<String>, lanes: Arc<Lanes>) -> Result<bool, StoreError> {
         self.send(Load::Commit(indexes, lanes)).await?;
         match self.task.await {
             Ok(done) => done,
@@ -271,7 +273,7 @@ async fn load_copies(
     mut conn: PgConnection,
     table: String,
     mut queue: mpsc::Receiver<Load>,
-) -> Result<(), StoreError> {
+) -> Result<bool, StoreError> {
     let mut tx = conn.begin().await.map_err(unavailable)?;
     let name = crate::rebuild::ident(&table);
     tx.execute(format!("TRUNCATE {name}").as_str())
@@ -297,19 +299,24 @@ async fn load_copies(
             Load::Step(Step::Insert { .. }) => return Err(mixed(&table)),
             Load::Commit(indexes, lanes) => {
                 tx.commit().await.map_err(unavailable)?;
-                return lanes.build(&mut conn, &indexes).await;
+                // Frozen and all-visible already: the switch analyzes it with the rest.
+                return lanes.build(&mut conn, &indexes).await.map(|()| false);
             }
         }
     }
 }
 
 /// An `Insert` loader's task: truncates the table, runs each step's rows half on each
-/// connection, and builds the indexes half on each.
+/// connection, and builds the indexes half on each. A table whose indexes it built is
+/// complete (the pass did not stop at its bound), and its rows were inserted, not frozen: it
+/// is vacuumed and analyzed here at once (returning `true`), while other tables' indexes
+/// may still build, rather than last before the switch (`ticket_search`: 4 - 6 s at 1 M
+/// tickets, docs/PERFORMANCE.md, session 19).
 async fn load_inserts(
     mut conns: [PgConnection; 2],
     table: String,
     mut queue: mpsc::Receiver<Load>,
-) -> Result<(), StoreError> {
+) -> Result<bool, StoreError> {
     let name = crate::rebuild::ident(&table);
     conns[0]
         .execute(format!("TRUNCATE {name}").as_str())
@@ -329,10 +336,16 @@ async fn load_inserts(
             }
             Load::Step(Step::Copy { .. }) => return Err(mixed(&table)),
             Load::Commit(mut indexes, lanes) => {
+                let complete = !indexes.is_empty();
                 let second = indexes.split_off(indexes.len() / 2);
                 futures::future::try_join(lanes.build(a, &indexes), lanes.build(b, &second))
                     .await?;
-                return Ok(());
+                if complete {
+                    a.execute(format!("VACUUM (ANALYZE) {name}").as_str())
+                        .await
+                        .map_err(unavailable)?;
+                }
+                return Ok(complete);
             }
         }
     }
@@ -443,8 +456,8 @@ impl Decoder {
 /// Folds the log from its start (up to `upto`, or as it is now) into the empty scratch
 /// `tables` of `projections`, through `folds` (theirs, in the same order). Unless the pass stops at `limit`
 /// tickets, each table's `deferred` indexes are built once the tables are loaded (and taken
-/// out of `deferred`). Returns where the pass stopped and the events it folded: the checkpoints are
-/// there, and the rebuild goes on from there.
+/// out of `deferred`). Returns where the pass stopped and the events it folded (the checkpoints
+/// are there, and the rebuild goes on from there), and the tables it vacuumed and analyzed.
 #[allow(clippy::too_many_arguments)]
 pub(crate) async fn pass(
     pool: &PgPool,
@@ -455,7 +468,7 @@ pub(crate) async fn pass(
     deferred: &mut Vec<(String, String)>,
     upto: Option<Position>,
     limit: usize,
-) -> Result<(Position, u64), StoreError> {
+) -> Result<(Position, u64, Vec<String>), StoreError> {
     let mut loaders = Loaders {
         pool,
         started: Vec::new(),
@@ -546,7 +559,14 @@ pub(crate) async fn pass(
         committing.push((l.table.clone(), l.commit(indexes, lanes.clone())));
     }
     let loaded: Vec<String> = committing.iter().map(|(t, _)| t.clone()).collect();
-    futures::future::try_join_all(committing.into_iter().map(|(_, c)| c)).await?;
+    let vacuumed: Vec<String> =
+        futures::future::try_join_all(committing.into_iter().map(|(_, c)| c))
+            .await?
+            .into_iter()
+            .zip(&loaded)
+            .filter(|(done, _)| *done)
+            .map(|(_, t)| t.clone())
+            .collect();
     tracing::info!(
         secs = started.elapsed().as_secs_f64(),
         "bulk pass: folded state loaded and indexed"
@@ -593,7 +613,7 @@ pub(crate) async fn pass(
     }
     tx.commit().await.map_err(unavailable)?;
     let _ = conn.close().await;
-    Ok((at, folded))
+    Ok((at, folded, vacuumed))
 }
 
 #[cfg(test)]

@@ -58,6 +58,8 @@ pub struct Scratch {
     place: Place,
     /// The bulk path's bound (see [`bulk`]); 0 turns it off.
     bulk_tickets: usize,
+    /// Tables the bulk path vacuumed and analyzed once loaded, which the switch need not.
+    analyzed: std::sync::Mutex<Vec<String>>,
 }
 
 enum Place {
@@ -111,6 +113,7 @@ impl Scratch {
                 };
                 let me = Scratch {
                     bulk_tickets: BULK_TICKETS,
+                    analyzed: Default::default(),
                     db: Database::Postgres(scratch.clone()),
                     place: Place::Postgres {
                         base,
@@ -154,6 +157,7 @@ impl Scratch {
                     .map_err(unavailable)?;
                 let me = Scratch {
                     bulk_tickets: BULK_TICKETS,
+                    analyzed: Default::default(),
                     db: Database::Sqlite(scratch.clone()),
                     place: Place::Sqlite { path },
                 };
@@ -241,7 +245,7 @@ impl Scratch {
                     .into_iter()
                     .map(|t| t.name)
                     .collect();
-                let (end, folded) = bulk::pass(
+                let (end, folded, analyzed) = bulk::pass(
                     pool,
                     store,
                     projections,
@@ -254,6 +258,11 @@ impl Scratch {
                 .await?;
                 at = end;
                 applied += folded;
+                // What the batched path adds after the pass (the live traffic meanwhile) is
+                // too little to change the statistics taken.
+                if let Ok(mut a) = self.analyzed.lock() {
+                    a.extend(analyzed);
+                }
             }
         }
         // One connection per projection. On PostgreSQL their batches run at once, each in its
@@ -348,8 +357,14 @@ impl Scratch {
                 // by: plans over them would be guesses, and index-only scans (a search ranks
                 // its matches by the primary key alone) would read the heap anyway (1 M
                 // tickets: search p50 51 ms instead of 33). Before the switch, outside its
-                // locks; about 11 s for the three read models at 1 M tickets.
-                vacuum_all(pool, schema, &tables).await?;
+                // locks, but for the tables the bulk path did as soon as they were indexed
+                // (`ticket_search`, the longest).
+                let done = self.analyzed.lock().map(|a| a.clone()).unwrap_or_default();
+                let left: Vec<&Table> = tables
+                    .iter()
+                    .filter(|t| !done.iter().any(|d| d == t.name))
+                    .collect();
+                vacuum_all(pool, schema, &left).await?;
                 let old = format!("ticketd_old_{base_oid}_{}", Uuid::now_v7().simple());
                 let mut tx = pool.begin().await.map_err(unavailable)?;
                 // Tables first, then checkpoint rows: the order a live batch takes them in,
@@ -846,9 +861,10 @@ pub(crate) async fn build_indexes(
 }
 
 /// `VACUUM (ANALYZE)` of each of `tables` in `schema`, two at a time, the largest first: one
-/// table's (`ticket_search`'s, whose statistics sample 300,000 rows) took most of the time,
-/// and the others' waited behind it on one connection (at 1 M tickets 7.7 s of 9.6).
-async fn vacuum_all(pool: &PgPool, schema: &str, tables: &[Table]) -> Result<(), StoreError> {
+/// table's (`ticket_search`'s, whose statistics sample 300,000 rows, when the bulk path has
+/// not done it) took most of the time, and the others' waited behind it on one connection (at
+/// 1 M tickets 7.7 s of 9.6).
+async fn vacuum_all(pool: &PgPool, schema: &str, tables: &[&Table]) -> Result<(), StoreError> {
     let mut sized = Vec::with_capacity(tables.len());
     for t in tables {
         let qualified = format!("{}.{}", ident(schema), ident(t.name));

@@ -269,11 +269,13 @@ async fn rebuild_while_serving(store: Arc<dyn EventStore>) {
             "the column statistics targets were read (migration 0014): {targets:?}"
         );
         // Vacuumed, not only analyzed, before the switch: index-only scans (a search ranks its
-        // matches from the primary key) need the visibility map.
+        // matches from the primary key) need the visibility map. `ticket_search` by the bulk
+        // path as soon as it is indexed, the others just before the switch.
         if let Some(ticketd_commands::Database::Postgres(pool)) = store.database() {
             let vacuumed: Vec<String> = sqlx::query_scalar(
                 "SELECT relname::text FROM pg_stat_user_tables \
                  WHERE schemaname = current_schema() AND last_vacuum IS NOT NULL \
+                 AND last_analyze IS NOT NULL \
                  ORDER BY relname",
             )
             .fetch_all(&pool)
