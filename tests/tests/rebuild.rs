@@ -363,8 +363,28 @@ async fn a_bulk_pass_cut_short_goes_on_batch_by_batch(store: Arc<dyn EventStore>
         let mut scratch = Scratch::create(&db).await.expect("scratch");
         scratch.set_bulk_tickets(bound);
         assert_scratch_equals_live(&scratch, &store, last, &format!("bound {bound}")).await;
+        // The secondary indexes dropped for the load are back, whichever path built them.
+        assert_eq!(
+            index_names(scratch.database()).await,
+            index_names(&db).await,
+            "bound {bound}: indexes"
+        );
         scratch.discard(&db).await;
     }
+}
+
+/// PostgreSQL: the indexes of `db`'s schema, by name (SQLite: none).
+async fn index_names(db: &Database) -> Vec<String> {
+    let Database::Postgres(pool) = db else {
+        return Vec::new();
+    };
+    sqlx::query_scalar(
+        "SELECT indexname::text FROM pg_indexes WHERE schemaname = current_schema() \
+         ORDER BY indexname",
+    )
+    .fetch_all(pool)
+    .await
+    .expect("index names")
 }
 
 /// A real projection whose bulk fold fails at its `after`-th event.
