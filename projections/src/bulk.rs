@@ -19,8 +19,8 @@
 //! - `ticket_search`, whose rows need SQL (`to_tsvector`), by inserts on two connections.
 //!
 //! Once every table is loaded, each commits and builds its secondary indexes (deferred by the
-//! rebuild), all at once, in [`Lanes`]. The checkpoints move last, in a transaction of their own; until
-//! then the scratch stays at the start of the log.
+//! rebuild), all at once, in [`Lanes`]. The checkpoints move last, in a transaction of their
+//! own; until then the scratch stays at the start of the log.
 //!
 //! Memory grows with the tickets folded: once [`BULK_TICKETS`] streams have been seen, the pass
 //! stops at that event, loads what it has, and the rebuild goes on from there by the batched

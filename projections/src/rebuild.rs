@@ -865,40 +865,46 @@ pub(crate) async fn build_indexes(
 /// not done it) took most of the time, and the others' waited behind it on one connection (at
 /// 1 M tickets 7.7 s of 9.6).
 async fn vacuum_all(pool: &PgPool, schema: &str, tables: &[&Table]) -> Result<(), StoreError> {
-    let mut sized = Vec::with_capacity(tables.len());
-    for t in tables {
-        let qualified = format!("{}.{}", ident(schema), ident(t.name));
-        let size: i64 = sqlx::query_scalar("SELECT pg_total_relation_size($1::regclass)")
-            .bind(&qualified)
-            .fetch_one(pool)
+    let names: Vec<&str> = tables.iter().map(|t| t.name).collect();
+    let largest_first: Vec<String> = sqlx::query_scalar(
+        "SELECT format('%I.%I', $1::text, t) FROM unnest($2::text[]) AS t \
+         ORDER BY pg_total_relation_size(format('%I.%I', $1::text, t)::regclass) DESC",
+    )
+    .bind(schema)
+    .bind(&names)
+    .fetch_all(pool)
+    .await
+    .map_err(unavailable)?;
+    two_at_a_time(largest_first, |table| async move {
+        pool.execute(format!("VACUUM (ANALYZE) {table}").as_str())
             .await
-            .map_err(unavailable)?;
-        sized.push((size, qualified));
-    }
-    // Popped from the end: the smallest last.
-    sized.sort();
-    let queue = std::sync::Mutex::new(sized);
-    let next = || queue.lock().ok().and_then(|mut q| q.pop());
-    let worker = || async {
-        while let Some((_, table)) = next() {
-            pool.execute(format!("VACUUM (ANALYZE) {table}").as_str())
-                .await
-                .map_err(unavailable)?;
-        }
-        Ok::<(), StoreError>(())
-    };
-    futures::future::try_join(worker(), worker()).await?;
-    Ok(())
+            .map(drop)
+            .map_err(unavailable)
+    })
+    .await
 }
 
 /// Runs the `definitions` that [`defer_indexes`] returned, two at a time.
 async fn restore_indexes(pool: &PgPool, definitions: Vec<String>) -> Result<(), StoreError> {
-    let queue = std::sync::Mutex::new(definitions);
-    let next = || queue.lock().ok().and_then(|mut q| q.pop());
-    let worker = || async {
+    two_at_a_time(definitions, |definition| async move {
         let mut conn = pool.acquire().await.map_err(unavailable)?;
-        while let Some(definition) = next() {
-            build_indexes(&mut conn, &[definition]).await?;
+        build_indexes(&mut conn, &[definition]).await
+    })
+    .await
+}
+
+/// Runs `work` on each of `items` in their order, two at a time: the machine's two cores, and
+/// the scratch pool's two connections.
+async fn two_at_a_time<T, F, Fut>(items: Vec<T>, work: F) -> Result<(), StoreError>
+where
+    F: Fn(T) -> Fut,
+    Fut: std::future::Future<Output = Result<(), StoreError>>,
+{
+    let queue = std::sync::Mutex::new(items.into_iter());
+    let next = || queue.lock().ok().and_then(|mut q| q.next());
+    let worker = || async {
+        while let Some(item) = next() {
+            work(item).await?;
         }
         Ok::<(), StoreError>(())
     };
