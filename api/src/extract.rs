@@ -4,6 +4,8 @@
 use axum::extract::{FromRequest, FromRequestParts, Path, Request};
 use axum::http::request::Parts;
 use axum::http::{header, HeaderMap};
+use std::time::Duration;
+
 use futures::StreamExt;
 use serde::de::DeserializeOwned;
 use uuid::Uuid;
@@ -35,6 +37,14 @@ fn is_json(headers: &HeaderMap) -> bool {
     mime == "application/json" || (mime.starts_with("application/") && mime.ends_with("+json"))
 }
 
+/// How much of an oversize body is read and dropped before its 413 is sent, at most. A client
+/// is usually still sending when the answer is ready; had the server closed the connection
+/// with the body unread, the kernel would reset it under the client's writes, and the client
+/// would see a broken pipe instead of the answer. Past these bounds the connection closes
+/// anyway: that client sends far more than any body the service takes.
+const DRAIN_BYTES: usize = 8 * 1024 * 1024;
+const DRAIN_TIME: Duration = Duration::from_secs(2);
+
 /// Reads the body, stopping as soon as it passes `limit`.
 pub async fn read_body(req: Request, limit: usize) -> Result<Vec<u8>, ApiError> {
     let declared = req
@@ -42,20 +52,39 @@ pub async fn read_body(req: Request, limit: usize) -> Result<Vec<u8>, ApiError> 
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > limit as u64) {
+    let mut stream = req.into_body().into_data_stream();
+    if let Some(n) = declared.filter(|n| *n > limit as u64) {
+        if n <= (limit + DRAIN_BYTES) as u64 {
+            drain(&mut stream).await;
+        }
         return Err(ApiError::payload_too_large(limit));
     }
-    let mut stream = req.into_body().into_data_stream();
     let mut buf = Vec::with_capacity(declared.map_or(0, |n| n as usize));
     while let Some(chunk) = stream.next().await {
         let chunk = chunk
             .map_err(|_| ApiError::malformed("The request body could not be read to its end."))?;
         if buf.len() + chunk.len() > limit {
+            drain(&mut stream).await;
             return Err(ApiError::payload_too_large(limit));
         }
         buf.extend_from_slice(&chunk);
     }
     Ok(buf)
+}
+
+/// Reads and drops the rest of a refused body, within [`DRAIN_BYTES`] and [`DRAIN_TIME`].
+async fn drain(stream: &mut axum::body::BodyDataStream) {
+    let drained = async {
+        let mut read = 0;
+        while read <= DRAIN_BYTES {
+            match stream.next().await {
+                Some(Ok(chunk)) => read += chunk.len(),
+                _ => return,
+            }
+        }
+    };
+    // Out of time: the connection closes, as it did before.
+    let _ = tokio::time::timeout(DRAIN_TIME, drained).await;
 }
 
 /// The name a serde message gives in backticks, e.g. "unknown field `foo`, expected …".

@@ -1326,7 +1326,68 @@ async fn metrics_count_requests_and_events(s: TestServer) {
     }
 }
 
+/// An oversize body is answered 413 every time, never a reset connection: the client is still
+/// sending when the server refuses it, and a server that closed at once, with the body unread,
+/// reset the connection under the client's last writes (seen once in CI as a broken pipe).
+async fn an_oversize_body_is_answered_every_time(s: TestServer) {
+    let alice = s.customer("alice");
+    for size in [1024 * 1024 + 10, 3 * 1024 * 1024] {
+        for _ in 0..40 {
+            let a = s
+                .raw(
+                    Method::POST,
+                    "/v1/tickets",
+                    Some(&alice),
+                    Some("application/json"),
+                    vec![b' '; size],
+                )
+                .await;
+            a.assert_problem(413, "payload_too_large");
+        }
+    }
+}
+
+/// The same for a body sent in chunks with no length declared, which the server finds oversize
+/// only as it reads: the whole body is written, then the 413 read.
+async fn an_oversize_chunked_body_is_answered(s: TestServer) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let alice = s.customer("alice");
+    let addr = s.base.trim_start_matches("http://");
+    let chunk = vec![b' '; 64 * 1024];
+    for _ in 0..10 {
+        let mut conn = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        let head = format!(
+            "POST /v1/tickets HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {alice}\r\n\
+             Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+        );
+        conn.write_all(head.as_bytes()).await.expect("head");
+        // 3 MiB, past the 1 MiB limit.
+        for _ in 0..48 {
+            let size = format!("{:x}\r\n", chunk.len());
+            conn.write_all(size.as_bytes()).await.expect("chunk size");
+            conn.write_all(&chunk).await.expect("chunk");
+            conn.write_all(b"\r\n").await.expect("chunk end");
+        }
+        conn.write_all(b"0\r\n\r\n").await.expect("last chunk");
+        let mut answer = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !answer.windows(4).any(|w| w == b"\r\n\r\n") {
+            let n = conn.read(&mut buf).await.expect("read the answer");
+            assert!(n > 0, "closed before answering: {answer:?}");
+            answer.extend_from_slice(&buf[..n]);
+        }
+        let text = String::from_utf8_lossy(&answer).to_ascii_lowercase();
+        assert!(text.starts_with("http/1.1 413"), "{text}");
+        assert!(
+            text.contains("content-type: application/problem+json"),
+            "{text}"
+        );
+    }
+}
+
 http_both_backends!(
+    an_oversize_body_is_answered_every_time,
+    an_oversize_chunked_body_is_answered,
     metrics_count_requests_and_events,
     open_answers_the_ticket,
     only_staff_give_requester_org_or_due,
