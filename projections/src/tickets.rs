@@ -366,11 +366,9 @@ impl Projection for TicketsProjection {
                     keys.insert(*id, RowKeys::of(t, event.position)?);
                 }
             }
-            if !pending.is_empty() {
-                // Its text and keys in one update (it returns whose).
-                keyed.extend(pg_text_batch(conn, &order, &pending, &keys).await?);
-            }
-            // Every other ticket the batch changed: its search row's keys, after its text.
+            // Text and keys in one update (it returns whose).
+            keyed.extend(pg_text_batch(conn, &order, &pending, &keys).await?);
+            // A ticket whose text went one op at a time: its search row's keys, after it.
             let mut rows = Vec::new();
             for id in order.iter().filter(|id| !keyed.contains(id)) {
                 let Some(k) = keys.get(id) else {
@@ -600,8 +598,9 @@ async fn pg_text(conn: &mut Conn<'_>, id: Uuid, op: &TextOp) -> Result<(), Store
 /// the one-by-one path adds at most that, so each would have passed its own check). Tickets
 /// whose ops mix heads and comments, or whose row fails the check, go one by one.
 /// The same update writes the row's sort keys and position (`keys`, migration 0012), so the
-/// row is not rewritten a second time for them. It returns the tickets it updated; only the
-/// others get the keys' own update after it.
+/// row is not rewritten a second time for them, and writes them alone for every other ticket
+/// of the batch whose row was there before it: one statement per batch rather than two. It
+/// returns the tickets it updated; only the others get the keys' own update after it.
 async fn pg_text_batch(
     conn: &mut Conn<'_>,
     order: &[Uuid],
@@ -610,9 +609,11 @@ async fn pg_text_batch(
 ) -> Result<HashSet<Uuid>, StoreError> {
     let mut rows = Vec::new();
     for id in order {
-        let (Some(ops), Some(k)) = (pending.get(id), keys.get(id)) else {
+        let Some(k) = keys.get(id) else {
             continue;
         };
+        // No text change: a row of NULLs and a zero bound, which writes the keys alone.
+        let ops = pending.get(id).map_or(&[][..], Vec::as_slice);
         let heads_only = ops.iter().all(|op| matches!(op, TextOp::Head(_)));
         let comments_only = ops.iter().all(|op| matches!(op, TextOp::Comment { .. }));
         if !heads_only && !comments_only {
