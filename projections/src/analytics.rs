@@ -15,10 +15,11 @@ use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use ticketd_commands::handler::decode;
-use ticketd_commands::{Database, StoreError, StoredEvent};
+use ticketd_commands::{Database, Position, StoreError, StoredEvent};
 use ticketd_domain::{Channel, Event, Priority, Recorded, Status, Visibility};
 
 use crate::bulk::{copy_all, Fold, Sink, Step};
+use crate::kept::Keeper;
 
 use crate::sql::{unavailable, Bind, Conn, CopyRows};
 use crate::{micros, Projection};
@@ -336,7 +337,18 @@ fn fact_binds(f: &Facts) -> Vec<Bind> {
     ]
 }
 
-pub struct AnalyticsProjection;
+#[derive(Default)]
+pub struct AnalyticsProjection {
+    /// Each ticket's facts as its row holds them, from the last batch.
+    kept: Keeper<Facts>,
+}
+
+/// About what kept facts take in memory: their strings and a fixed part.
+fn kept_size(f: &Facts) -> usize {
+    256 + f.requester.len()
+        + f.org.as_ref().map_or(0, String::len)
+        + f.withdrawn_reason.as_ref().map_or(0, String::len)
+}
 
 #[async_trait]
 impl Projection for AnalyticsProjection {
@@ -355,21 +367,43 @@ impl Projection for AnalyticsProjection {
     async fn apply_batch(
         &self,
         conn: &mut Conn<'_>,
+        after: Option<Position>,
         events: &[StoredEvent],
     ) -> Result<bool, StoreError> {
+        let mut kept = self.kept.take_at(after);
         let mut ids: Vec<Uuid> = events.iter().map(|e| e.stream_id).collect();
         ids.sort_unstable();
         ids.dedup();
         let mut facts: HashMap<Uuid, Option<Facts>> = HashMap::with_capacity(ids.len());
-        for row in conn
-            .fetch_rows_in::<FactRow>(
+        // A ticket opened after the checkpoint has no row yet; those the last batch left in
+        // memory need none read.
+        if after.is_some() {
+            let opened: HashSet<Uuid> = events
+                .iter()
+                .filter(|e| e.version == 1)
+                .map(|e| e.stream_id)
+                .collect();
+            ids.retain(|id| !opened.contains(id));
+        }
+        ids.retain(|id| match kept.take(id) {
+            Some(f) => {
+                facts.insert(*id, Some(f));
+                false
+            }
+            None => true,
+        });
+        let rows = if ids.is_empty() {
+            Vec::new()
+        } else {
+            conn.fetch_rows_in::<FactRow>(
                 &format!(
                     "SELECT {FACT_COLUMNS} FROM analytics_ticket_facts WHERE ticket_id IN (…)"
                 ),
                 &ids,
             )
             .await?
-        {
+        };
+        for row in rows {
             let f = facts_from(row)?;
             facts.insert(f.ticket_id, Some(f));
         }
@@ -416,6 +450,14 @@ impl Projection for AnalyticsProjection {
             .map(|((day, org), d)| daily_binds(day, org, d))
             .collect();
         conn.insert_rows(DAILY_INSERT, sums, DAILY_TAIL).await?;
+        for (id, f) in facts {
+            if let Some(f) = f {
+                let size = kept_size(&f);
+                kept.put(id, f, size);
+            }
+        }
+        self.kept
+            .keep(kept, after.map(|a| events.last().map_or(a, |e| e.position)));
         Ok(true)
     }
 

@@ -591,9 +591,10 @@ pub(crate) async fn pass(
                 .filter(|e| e.position <= at)
                 .collect();
             let mut conn = Conn::Postgres(&mut tx);
-            if !p.apply_batch(&mut conn, &events).await? {
+            // One stream's events, after no checkpoint.
+            if !p.apply_batch(&mut conn, None, &events).await? {
                 for e in &events {
-                    p.apply(&mut conn, e).await?;
+                    p.apply(&mut conn, None, e).await?;
                 }
             }
         }

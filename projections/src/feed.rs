@@ -10,7 +10,7 @@ use serde_json::Value;
 use uuid::Uuid;
 
 use ticketd_commands::handler::decode;
-use ticketd_commands::{Database, StoreError, StoredEvent};
+use ticketd_commands::{Database, Position, StoreError, StoredEvent};
 use ticketd_domain::{Event, Recorded, Visibility};
 
 use crate::bulk::{copy_all, Fold, Sink, Step};
@@ -183,6 +183,7 @@ impl Projection for FeedProjection {
     async fn apply_batch(
         &self,
         conn: &mut Conn<'_>,
+        _after: Option<Position>,
         events: &[StoredEvent],
     ) -> Result<bool, StoreError> {
         let mut entries = Vec::with_capacity(events.len());

@@ -11,6 +11,7 @@
 pub mod analytics;
 pub mod bulk;
 pub mod feed;
+mod kept;
 pub mod keys;
 pub mod rebuild;
 pub mod sql;
@@ -64,9 +65,18 @@ pub trait Projection: Send + Sync + 'static {
 
     /// Applies one event. An error rolls the event back and stops the projection there; it is
     /// retried, never skipped. By default a batch of one, so a read model that implements
-    /// [`Projection::apply_batch`] has one path writing its rows either way.
-    async fn apply(&self, conn: &mut Conn<'_>, event: &StoredEvent) -> Result<(), StoreError> {
-        if self.apply_batch(conn, std::slice::from_ref(event)).await? {
+    /// [`Projection::apply_batch`] has one path writing its rows either way. `after`: as for
+    /// [`Projection::apply_batch`].
+    async fn apply(
+        &self,
+        conn: &mut Conn<'_>,
+        after: Option<Position>,
+        event: &StoredEvent,
+    ) -> Result<(), StoreError> {
+        if self
+            .apply_batch(conn, after, std::slice::from_ref(event))
+            .await?
+        {
             Ok(())
         } else {
             Err(StoreError::Unavailable(format!(
@@ -79,10 +89,16 @@ pub trait Projection: Send + Sync + 'static {
     /// Applies a whole batch in few statements, leaving exactly the rows that applying each
     /// event in turn would; `Ok(false)` (the default) has the runner apply them one by one. On
     /// an error the runner rolls the batch back and applies it one by one, which finds the
-    /// failing event.
+    /// failing event. `after` is the checkpoint the events follow, in the tables `conn` writes
+    /// (`None`: they follow no checkpoint, such as one stream's events replayed alone): a
+    /// projection that keeps what its last batch left in memory may trust it only when that
+    /// batch ended at `after`, since then the tables hold exactly that (a batch that never
+    /// committed leaves the checkpoint before it, and another runner's batches leave the
+    /// states any runner would, the fold being deterministic).
     async fn apply_batch(
         &self,
         _conn: &mut Conn<'_>,
+        _after: Option<Position>,
         _events: &[StoredEvent],
     ) -> Result<bool, StoreError> {
         Ok(false)
@@ -210,9 +226,9 @@ impl Drop for Projector {
 /// The projections this build runs.
 pub fn all() -> Vec<Arc<dyn Projection>> {
     vec![
-        Arc::new(tickets::TicketsProjection),
+        Arc::new(tickets::TicketsProjection::default()),
         Arc::new(feed::FeedProjection),
-        Arc::new(analytics::AnalyticsProjection),
+        Arc::new(analytics::AnalyticsProjection::default()),
     ]
 }
 
@@ -550,7 +566,7 @@ async fn apply_in(
     batched: bool,
 ) -> Result<(), BatchError> {
     let done = if batched {
-        p.apply_batch(conn, events)
+        p.apply_batch(conn, Some(from), events)
             .await
             .map_err(|error| BatchError {
                 failed_at: None,
@@ -562,13 +578,17 @@ async fn apply_in(
         false
     };
     if !done {
+        let mut after = from;
         for (i, e) in events.iter().enumerate() {
-            p.apply(conn, e).await.map_err(|error| BatchError {
-                failed_at: Some(i),
-                error,
-                moved: false,
-                batched: false,
-            })?;
+            p.apply(conn, Some(after), e)
+                .await
+                .map_err(|error| BatchError {
+                    failed_at: Some(i),
+                    error,
+                    moved: false,
+                    batched: false,
+                })?;
+            after = e.position;
         }
     }
     let to = events.last().map_or(from, |e| e.position);

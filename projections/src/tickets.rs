@@ -16,6 +16,7 @@ use ticketd_domain::{
 };
 
 use crate::bulk::{Fold, Sink, Step, CHUNK_BYTES, INSERT_CHUNK};
+use crate::kept::Keeper;
 use crate::keys::{keys, Keys, RecentKeys, Snapshot, CURSOR_TTL_MICROS};
 use crate::sql::{Bind, Conn, CopyRows};
 use crate::{micros, tx_i64, Pooled, Projection};
@@ -23,7 +24,19 @@ use crate::{micros, tx_i64, Pooled, Projection};
 pub const NAME: &str = "tickets";
 
 /// Feeds the `tickets` and `ticket_cc` tables.
-pub struct TicketsProjection;
+#[derive(Default)]
+pub struct TicketsProjection {
+    /// Each ticket's state and recent keys as its row holds them, from the last batch.
+    kept: Keeper<(Ticket, RecentKeys)>,
+}
+
+/// About what a kept state takes in memory: its strings and a fixed part.
+fn kept_size(t: &Ticket) -> usize {
+    512 + t.subject.len()
+        + t.description.len()
+        + t.requester.len()
+        + t.cc.iter().map(|c| c.len() + 24).sum::<usize>()
+}
 
 pub fn priority_rank(p: Priority) -> i64 {
     match p {
@@ -240,20 +253,44 @@ impl Projection for TicketsProjection {
     async fn apply_batch(
         &self,
         conn: &mut Conn<'_>,
+        after: Option<Position>,
         events: &[StoredEvent],
     ) -> Result<bool, StoreError> {
+        let mut kept = self.kept.take_at(after);
         let mut ids: Vec<Uuid> = events.iter().map(|e| e.stream_id).collect();
         ids.sort_unstable();
         ids.dedup();
         let mut states: HashMap<Uuid, Ticket> = HashMap::with_capacity(ids.len());
         let mut recent: HashMap<Uuid, RecentKeys> = HashMap::with_capacity(ids.len());
-        for (id, json, keys) in conn
-            .fetch_rows_in::<(Uuid, String, String)>(
+        // A ticket opened after the checkpoint has no row yet.
+        let opened: HashSet<Uuid> = match after {
+            Some(_) => events
+                .iter()
+                .filter(|e| e.version == 1)
+                .map(|e| e.stream_id)
+                .collect(),
+            None => HashSet::new(),
+        };
+        // The tickets the last batch left in memory; the others' rows are read.
+        ids.retain(|id| !opened.contains(id));
+        ids.retain(|id| match kept.take(id) {
+            Some((t, r)) => {
+                states.insert(*id, t);
+                recent.insert(*id, r);
+                false
+            }
+            None => true,
+        });
+        let rows = if ids.is_empty() {
+            Vec::new()
+        } else {
+            conn.fetch_rows_in::<(Uuid, String, String)>(
                 "SELECT id, state, recent_keys FROM tickets WHERE id IN (…)",
                 &ids,
             )
             .await?
-        {
+        };
+        for (id, json, keys) in rows {
             let t: Ticket = serde_json::from_str(&json)
                 .map_err(|e| StoreError::Corrupt(format!("ticket {id}'s row: {e}")))?;
             states.insert(id, t);
@@ -401,6 +438,13 @@ impl Projection for TicketsProjection {
             .await?;
         }
         conn.insert_rows(CC_INSERT, members, CC_TAIL).await?;
+        for (id, t) in states {
+            let r = recent.remove(&id).unwrap_or_default();
+            let size = kept_size(&t);
+            kept.put(id, (t, r), size);
+        }
+        self.kept
+            .keep(kept, after.map(|a| events.last().map_or(a, |e| e.position)));
         Ok(true)
     }
 

@@ -413,7 +413,7 @@ async fn facts_daily_and_rebuild(store: Arc<dyn EventStore>) {
     let p = Projector::start_with(
         store.clone(),
         db.clone(),
-        vec![Arc::new(AnalyticsProjection)],
+        vec![Arc::new(AnalyticsProjection::default())],
     );
     p.wait_for(analytics::NAME, s.last, WAIT)
         .await
@@ -523,7 +523,7 @@ async fn facts_daily_and_rebuild(store: Arc<dyn EventStore>) {
     let p = Projector::start_with(
         store.clone(),
         db.clone(),
-        vec![Arc::new(AnalyticsProjection)],
+        vec![Arc::new(AnalyticsProjection::default())],
     );
     p.wait_for(analytics::NAME, s.last, WAIT)
         .await
@@ -851,7 +851,7 @@ async fn doc_examples_run(store: Arc<dyn EventStore>) {
     let p = Projector::start_with(
         store.clone(),
         db.clone(),
-        vec![Arc::new(AnalyticsProjection)],
+        vec![Arc::new(AnalyticsProjection::default())],
     );
     p.wait_for(analytics::NAME, s.last, WAIT)
         .await

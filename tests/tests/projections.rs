@@ -516,7 +516,12 @@ impl Projection for Flaky {
         &["probe_applied"]
     }
 
-    async fn apply(&self, conn: &mut Conn<'_>, event: &StoredEvent) -> Result<(), StoreError> {
+    async fn apply(
+        &self,
+        conn: &mut Conn<'_>,
+        _after: Option<Position>,
+        event: &StoredEvent,
+    ) -> Result<(), StoreError> {
         if event.position == self.poison
             && self
                 .failures
@@ -608,7 +613,12 @@ impl Projection for Probe {
         self.tables
     }
 
-    async fn apply(&self, conn: &mut Conn<'_>, event: &StoredEvent) -> Result<(), StoreError> {
+    async fn apply(
+        &self,
+        conn: &mut Conn<'_>,
+        _after: Option<Position>,
+        event: &StoredEvent,
+    ) -> Result<(), StoreError> {
         record(conn, self.tables[0], event).await?;
         self.begun.notify_one();
         tokio::time::sleep(self.pause).await;
@@ -780,7 +790,7 @@ async fn a_projection_that_applies_nothing_fails(store: Arc<dyn EventStore>) {
     let event = read_until(store.as_ref(), at).await.remove(0);
     let mut pooled = Pooled::acquire(&db).await.expect("connection");
     let error = Inert
-        .apply(&mut pooled.conn(), &event)
+        .apply(&mut pooled.conn(), None, &event)
         .await
         .expect_err("nothing applied");
     assert!(error.to_string().contains("neither"), "{error}");

@@ -40,9 +40,14 @@ impl Projection for Crashy {
         self.inner.tables()
     }
 
-    async fn apply(&self, conn: &mut Conn<'_>, event: &StoredEvent) -> Result<(), StoreError> {
+    async fn apply(
+        &self,
+        conn: &mut Conn<'_>,
+        after: Option<Position>,
+        event: &StoredEvent,
+    ) -> Result<(), StoreError> {
         // Apply first, then fail: the failure must undo the event's writes too.
-        self.inner.apply(conn, event).await?;
+        self.inner.apply(conn, after, event).await?;
         if event.position.seq.is_multiple_of(self.every)
             && self
                 .failed
@@ -406,9 +411,10 @@ impl Projection for FailingBulk {
     async fn apply_batch(
         &self,
         conn: &mut Conn<'_>,
+        after: Option<Position>,
         events: &[StoredEvent],
     ) -> Result<bool, StoreError> {
-        self.inner.apply_batch(conn, events).await
+        self.inner.apply_batch(conn, after, events).await
     }
 
     fn bulk(&self) -> Option<Box<dyn Fold>> {
