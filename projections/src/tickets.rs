@@ -19,15 +19,16 @@ use crate::bulk::{Fold, Sink, Step, CHUNK_BYTES, INSERT_CHUNK};
 use crate::kept::Keeper;
 use crate::keys::{keys, Keys, RecentKeys, Snapshot, CURSOR_TTL_MICROS};
 use crate::sql::{Bind, Conn, CopyRows};
-use crate::{micros, tx_i64, Pooled, Projection};
+use crate::{micros, position_from, tx_i64, Pooled, Projection};
 
 pub const NAME: &str = "tickets";
 
 /// Feeds the `tickets` and `ticket_cc` tables.
 #[derive(Default)]
 pub struct TicketsProjection {
-    /// Each ticket's state and recent keys as its row holds them, from the last batch.
-    kept: Keeper<(Ticket, RecentKeys)>,
+    /// Each ticket's state, recent keys and position as its row holds them, from the last
+    /// batch.
+    kept: Keeper<(Ticket, RecentKeys, Position)>,
 }
 
 /// About what a kept state takes in memory: its strings and a fixed part.
@@ -183,11 +184,22 @@ impl RowKeys {
     }
 }
 
-/// The `tickets` row of `t`, as of the log position of its last event.
+/// Whether an event may move its ticket in the list's orders: every event but a read (which
+/// changes no sort key). A row's position (`tickets`, `ticket_search`) is that of its ticket's
+/// last such event: all that paging needs of it (migration 0009: a row at or before a
+/// cursor's snapshot still has the keys it had then). A read then leaves every indexed column
+/// of the row as it was, so PostgreSQL can update the row in place of the old one (a HOT
+/// update) instead of adding an entry to each of its fourteen indexes, and leaves
+/// `ticket_search` alone.
+fn moves(event: &Event) -> bool {
+    !matches!(event, Event::Read(_))
+}
+
+/// The `tickets` row of `t`, with the position of its last event that [`moves`] it.
 fn ticket_binds(t: &Ticket, at: Position, recent: &RecentKeys) -> Result<Vec<Bind>, StoreError> {
     let bad = |what: String| StoreError::Corrupt(format!("tickets row of {}: {what}", t.id));
     let json = serde_json::to_string(t).map_err(|e| bad(e.to_string()))?;
-    let k = RowKeys::of(t, at)?;
+    let (tx, seq) = tx_i64(at)?;
     let num = |v: u64| i64::try_from(v).map_err(|e| bad(e.to_string()));
     Ok(vec![
         Bind::Uuid(t.id),
@@ -195,17 +207,17 @@ fn ticket_binds(t: &Ticket, at: Position, recent: &RecentKeys) -> Result<Vec<Bin
         Bind::Text(t.status.as_str().to_owned()),
         Bind::I64(i64::from(t.status.is_active())),
         Bind::Text(t.priority.as_str().to_owned()),
-        Bind::I64(k.priority_rank),
+        Bind::I64(priority_rank(t.priority)),
         Bind::Text(t.channel.as_str().to_owned()),
         Bind::Text(t.requester.clone()),
         Bind::OptText(t.org.clone()),
         Bind::OptText(t.assignee.clone()),
-        Bind::I64(k.created_at),
-        Bind::I64(k.last_activity_at),
-        Bind::I64(k.due_sort),
+        Bind::I64(micros(t.created_at)),
+        Bind::I64(micros(t.last_activity_at)),
+        Bind::I64(due_sort(t)),
         Bind::I64(num(t.version)?),
-        Bind::I64(k.position_tx),
-        Bind::I64(k.position_seq),
+        Bind::I64(tx),
+        Bind::I64(seq),
         Bind::Text(json),
         Bind::Text(recent.encode()),
     ])
@@ -262,6 +274,8 @@ impl Projection for TicketsProjection {
         ids.dedup();
         let mut states: HashMap<Uuid, Ticket> = HashMap::with_capacity(ids.len());
         let mut recent: HashMap<Uuid, RecentKeys> = HashMap::with_capacity(ids.len());
+        // Each row's position: its ticket's last event that [`moves`] it.
+        let mut row_at: HashMap<Uuid, Position> = HashMap::with_capacity(ids.len());
         // A ticket opened after the checkpoint has no row yet.
         let opened: HashSet<Uuid> = match after {
             Some(_) => events
@@ -274,9 +288,10 @@ impl Projection for TicketsProjection {
         // The tickets the last batch left in memory; the others' rows are read.
         ids.retain(|id| !opened.contains(id));
         ids.retain(|id| match kept.take(id) {
-            Some((t, r)) => {
+            Some((t, r, at)) => {
                 states.insert(*id, t);
                 recent.insert(*id, r);
+                row_at.insert(*id, at);
                 false
             }
             None => true,
@@ -284,17 +299,19 @@ impl Projection for TicketsProjection {
         let rows = if ids.is_empty() {
             Vec::new()
         } else {
-            conn.fetch_rows_in::<(Uuid, String, String)>(
-                "SELECT id, state, recent_keys FROM tickets WHERE id IN (…)",
+            conn.fetch_rows_in::<(Uuid, String, String, i64, i64)>(
+                "SELECT id, state, recent_keys, position_tx, position_seq FROM tickets \
+                 WHERE id IN (…)",
                 &ids,
             )
             .await?
         };
-        for (id, json, keys) in rows {
+        for (id, json, keys, tx, seq) in rows {
             let t: Ticket = serde_json::from_str(&json)
                 .map_err(|e| StoreError::Corrupt(format!("ticket {id}'s row: {e}")))?;
             states.insert(id, t);
             recent.insert(id, RecentKeys::parse(&keys)?);
+            row_at.insert(id, position_from(tx, seq)?);
         }
         // Fold in memory; the search text is written event by event, in order (each
         // statement depends on what the ticket's text holds so far); each ticket's row and CC
@@ -303,6 +320,8 @@ impl Projection for TicketsProjection {
         let mut fresh: HashMap<Uuid, FreshText> = HashMap::new();
         let mut pending: HashMap<Uuid, Vec<TextOp>> = HashMap::new();
         let mut last: HashMap<Uuid, &StoredEvent> = HashMap::new();
+        // Each ticket's last event in the batch that [`moves`] it.
+        let mut moved: HashMap<Uuid, Position> = HashMap::new();
         let mut order: Vec<Uuid> = Vec::new();
         let mut cc: HashSet<Uuid> = HashSet::new();
         // SQLite: the search rows the batch writes, in order, written together below.
@@ -340,6 +359,10 @@ impl Projection for TicketsProjection {
             if cc_changed(&recorded.event) {
                 cc.insert(t.id);
             }
+            if moves(&recorded.event) {
+                moved.insert(t.id, event.position);
+                row_at.insert(t.id, event.position);
+            }
             if last.insert(t.id, event).is_none() {
                 order.push(t.id);
             }
@@ -349,12 +372,12 @@ impl Projection for TicketsProjection {
         let mut members = Vec::new();
         for id in &order {
             // Every ticket in `order` was folded, so it has all three.
-            let (Some(t), Some(event), Some(recent)) =
-                (states.get(id), last.get(id), recent.get(id))
+            let (Some(t), Some(recent), Some(at)) =
+                (states.get(id), recent.get(id), row_at.get(id))
             else {
                 continue;
             };
-            rows.push(ticket_binds(t, event.position, recent)?);
+            rows.push(ticket_binds(t, *at, recent)?);
             if cc.contains(id) {
                 members.extend(
                     t.cc.iter()
@@ -368,11 +391,12 @@ impl Projection for TicketsProjection {
         // Tickets whose search row the batch writes whole, keys included.
         let mut keyed: HashSet<Uuid> = HashSet::new();
         for id in &order {
-            let (Some(f), Some(t), Some(event)) = (fresh.get(id), states.get(id), last.get(id))
+            // Opened in the batch: it has moved.
+            let (Some(f), Some(t), Some(at)) = (fresh.get(id), states.get(id), moved.get(id))
             else {
                 continue;
             };
-            if let Some(row) = search_binds(t, event.position, f)? {
+            if let Some(row) = search_binds(t, *at, f)? {
                 texts.push(row);
                 keyed.insert(*id);
             } else {
@@ -399,8 +423,9 @@ impl Projection for TicketsProjection {
         if pg {
             let mut keys = HashMap::with_capacity(order.len());
             for id in order.iter().filter(|id| !keyed.contains(id)) {
-                if let (Some(t), Some(event)) = (states.get(id), last.get(id)) {
-                    keys.insert(*id, RowKeys::of(t, event.position)?);
+                // A ticket only read in the batch keeps its search row's keys.
+                if let (Some(t), Some(at)) = (states.get(id), moved.get(id)) {
+                    keys.insert(*id, RowKeys::of(t, *at)?);
                 }
             }
             // Text and keys in one update (it returns whose).
@@ -439,9 +464,11 @@ impl Projection for TicketsProjection {
         }
         conn.insert_rows(CC_INSERT, members, CC_TAIL).await?;
         for (id, t) in states {
-            let r = recent.remove(&id).unwrap_or_default();
+            let (Some(r), Some(at)) = (recent.remove(&id), row_at.get(&id)) else {
+                continue;
+            };
             let size = kept_size(&t);
-            kept.put(id, (t, r), size);
+            kept.put(id, (t, r, *at), size);
         }
         self.kept
             .keep(kept, after.map(|a| events.last().map_or(a, |e| e.position)));
@@ -464,7 +491,7 @@ struct TicketsFold {
 
 struct Held {
     t: Ticket,
-    /// Where its last event is in the log.
+    /// Where its last event that [`moves`] it is in the log.
     at: Position,
     text: FreshText,
     recent: RecentKeys,
@@ -482,9 +509,9 @@ impl Fold for TicketsFold {
         }
         let prev = self.held.remove(&event.stream_id);
         let first = prev.is_none();
-        let (state, text, mut recent) = match prev {
-            Some(h) => (Some(h.t), Some(h.text), h.recent),
-            None => (None, None, RecentKeys::default()),
+        let (state, text, mut recent, was_at) = match prev {
+            Some(h) => (Some(h.t), Some(h.text), h.recent, Some(h.at)),
+            None => (None, None, RecentKeys::default(), None),
         };
         let before = state.as_ref().map(keys);
         let Some(t) = evolve(state, recorded) else {
@@ -494,9 +521,13 @@ impl Fold for TicketsFold {
         let mut text = text.unwrap_or_default();
         text.add(&recorded.event);
         let id = t.id;
+        let at = match was_at {
+            Some(was) if !moves(&recorded.event) => was,
+            _ => event.position,
+        };
         let held = Held {
             t,
-            at: event.position,
+            at,
             text,
             recent,
         };
