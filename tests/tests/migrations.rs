@@ -11,10 +11,11 @@ use sqlx::migrate::{Migration, MigrationSource, Migrator};
 use sqlx::postgres::PgPoolOptions;
 use sqlx::sqlite::SqlitePoolOptions;
 
-use ticketd_commands::{CommandHandler, Database, EventStore, Options, SqliteStore};
-use ticketd_domain::{Actor, OpenTicket, Role, SlaPolicy};
-use ticketd_projections::{tickets, Projector};
-use ticketd_tests::PgTestSchema;
+use ticketd_commands::{CommandHandler, Database, EventStore, Options, Position, SqliteStore};
+use ticketd_domain::{Actor, AddComment, CommandKind, OpenTicket, Role, SlaPolicy};
+use ticketd_projections::sql::Bind;
+use ticketd_projections::{all, rebuild, tickets, Pooled, Projector};
+use ticketd_tests::{postgres_store, sqlite_store, PgTestSchema};
 
 /// The migrations in `migrations/<dir>` before `version`: what an older `ticketd` applied.
 #[derive(Debug)]
@@ -247,4 +248,171 @@ async fn sqlite_read_models_move_to_their_own_file() {
             .expect("the tickets read model");
     assert_eq!(subjects, ["printer jams", "laptop crashes", "router leaks"]);
     p.shutdown(Duration::from_secs(5)).await;
+}
+
+fn agent() -> Actor {
+    Actor {
+        id: "agent-1".into(),
+        name: None,
+        role: Role::Agent,
+        org: None,
+        org_wide: false,
+    }
+}
+
+/// Ticket `id`'s row positions (`tickets`, and on PostgreSQL `ticket_search`) as `tx-seq`.
+async fn row_positions(db: &Database, id: uuid::Uuid) -> Vec<String> {
+    let mut sql = "SELECT position_tx || '-' || position_seq FROM tickets WHERE id = ?".to_owned();
+    let mut binds = vec![Bind::Uuid(id)];
+    if matches!(db, Database::Postgres(_)) {
+        sql.push_str(
+            " UNION ALL SELECT position_tx || '-' || position_seq FROM ticket_search \
+             WHERE ticket_id = ?",
+        );
+        binds.push(Bind::Uuid(id));
+    }
+    let mut pooled = Pooled::acquire(db).await.expect("connection");
+    pooled
+        .conn()
+        .fetch_column(&sql, &binds)
+        .await
+        .expect("positions")
+}
+
+/// Migrations postgres 0015 and sqlite-views 0002 (a read moves nothing): rows an older
+/// `ticketd` left at the position of a read end up where the projection now puts them, so
+/// `verify`'s comparison with a rebuild finds every projection equal again. `forget` drops the
+/// migration's record, so that migrating again applies it as an upgrade would.
+async fn rows_left_at_a_read_are_moved_back(store: Arc<dyn EventStore>, forget: &str) {
+    let h = CommandHandler::new(store.clone(), SlaPolicy::default(), 100);
+    let open = |subject: &'static str| {
+        let h = &h;
+        async move {
+            h.open(
+                agent(),
+                OpenTicket {
+                    subject: subject.into(),
+                    description: "d".into(),
+                    requester: Some("cust".into()),
+                    ..OpenTicket::default()
+                },
+                Options::default(),
+            )
+            .await
+            .expect("open")
+            .ticket
+            .id
+        }
+    };
+    let run = |id: uuid::Uuid, kind: CommandKind| {
+        let h = &h;
+        async move {
+            h.execute(id, agent(), kind, Options::default())
+                .await
+                .expect("command")
+                .position
+        }
+    };
+    let comment = || {
+        CommandKind::Comment(AddComment {
+            comment_id: uuid::Uuid::now_v7(),
+            body: "hello".into(),
+            visibility: None,
+        })
+    };
+    let read_last = open("read last").await;
+    let commented = run(read_last, comment()).await;
+    let read = run(read_last, CommandKind::MarkRead).await;
+    let other = open("commented last").await;
+    run(other, CommandKind::MarkRead).await;
+    let last = run(other, comment()).await;
+    let p = Projector::start(store.clone()).expect("a projector");
+    p.wait_for(tickets::NAME, last, Duration::from_secs(10))
+        .await
+        .expect("projected");
+    drop(p);
+    let db = store.database().expect("read models");
+    let at = |p: Position| format!("{}-{}", p.tx, p.seq);
+    // As an older `ticketd` wrote them: at the read.
+    let mut pooled = Pooled::acquire(&db).await.expect("connection");
+    for table in ["tickets", "ticket_search"] {
+        if table == "ticket_search" && matches!(db, Database::Sqlite(_)) {
+            continue;
+        }
+        let key = if table == "tickets" {
+            "id"
+        } else {
+            "ticket_id"
+        };
+        pooled
+            .conn()
+            .execute(
+                &format!("UPDATE {table} SET position_tx = ?, position_seq = ? WHERE {key} = ?"),
+                &[
+                    Bind::I64(i64::try_from(read.tx).expect("tx")),
+                    Bind::I64(i64::try_from(read.seq).expect("seq")),
+                    Bind::Uuid(read_last),
+                ],
+            )
+            .await
+            .expect("an older row");
+    }
+    let found = rebuild::check_all(store.as_ref(), &all())
+        .await
+        .expect("compare");
+    assert!(
+        found.iter().any(|(p, _)| *p == tickets::NAME),
+        "an older row differs from a rebuild: {found:?}"
+    );
+    pooled
+        .conn()
+        .execute(forget, &[])
+        .await
+        .expect("forget the migration");
+    drop(pooled);
+
+    match &db {
+        Database::Postgres(pool) => ticketd_commands::postgres::migrate_pool(pool)
+            .await
+            .expect("migrate"),
+        Database::Sqlite(pool) => ticketd_commands::sqlite::migrate_views_pool(pool)
+            .await
+            .expect("migrate"),
+    }
+    let p = Projector::start(store.clone()).expect("a projector");
+    p.wait_for(tickets::NAME, last, Duration::from_secs(10))
+        .await
+        .expect("projected again");
+    drop(p);
+    let rows = row_positions(&db, read_last).await;
+    assert!(
+        !rows.is_empty() && rows.iter().all(|r| *r == at(commented)),
+        "{rows:?} at {}",
+        at(commented)
+    );
+    let found = rebuild::check_all(store.as_ref(), &all())
+        .await
+        .expect("compare");
+    assert!(found.is_empty(), "{found:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_rows_left_at_a_read_are_moved_back() {
+    if let Some(t) = postgres_store(4).await {
+        rows_left_at_a_read_are_moved_back(
+            t.store.clone(),
+            "DELETE FROM _sqlx_migrations WHERE version = 15",
+        )
+        .await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_rows_left_at_a_read_are_moved_back() {
+    let t = sqlite_store().await;
+    rows_left_at_a_read_are_moved_back(
+        t.store.clone(),
+        "DELETE FROM _sqlx_migrations WHERE version = 2",
+    )
+    .await;
 }
