@@ -24,6 +24,8 @@ use ticketd_commands::{
     PostgresStore, SqliteStore, StoredEvent,
 };
 use ticketd_domain::{HASH_LEN, ZERO_HASH};
+use ticketd_projections::sql::Bind;
+use ticketd_projections::Pooled;
 
 /// The variable naming the PostgreSQL server tests may use.
 pub const DATABASE_ENV: &str = "TEST_DATABASE_URL";
@@ -305,4 +307,24 @@ pub async fn tick_until_visible(
     tokio::time::timeout(std::time::Duration::from_secs(5), wait)
         .await
         .unwrap_or_else(|_| panic!("no tick made position {position} visible within 5 s"))
+}
+
+/// Ticket `id`'s read-model row positions as `tx-seq`: its `tickets` row's and, on
+/// PostgreSQL, its `ticket_search` row's.
+pub async fn row_positions(db: &Database, id: Uuid) -> Vec<String> {
+    let mut sql = "SELECT position_tx || '-' || position_seq FROM tickets WHERE id = ?".to_owned();
+    let mut binds = vec![Bind::Uuid(id)];
+    if matches!(db, Database::Postgres(_)) {
+        sql.push_str(
+            " UNION ALL SELECT position_tx || '-' || position_seq FROM ticket_search \
+             WHERE ticket_id = ?",
+        );
+        binds.push(Bind::Uuid(id));
+    }
+    let mut pooled = Pooled::acquire(db).await.expect("connection");
+    pooled
+        .conn()
+        .fetch_column(&sql, &binds)
+        .await
+        .expect("positions")
 }

@@ -15,7 +15,7 @@ use ticketd_commands::{CommandHandler, Database, EventStore, Options, Position, 
 use ticketd_domain::{Actor, AddComment, CommandKind, OpenTicket, Role, SlaPolicy};
 use ticketd_projections::sql::Bind;
 use ticketd_projections::{all, rebuild, tickets, Pooled, Projector};
-use ticketd_tests::{postgres_store, sqlite_store, PgTestSchema};
+use ticketd_tests::{postgres_store, row_positions, sqlite_store, PgTestSchema};
 
 /// The migrations in `migrations/<dir>` before `version`: what an older `ticketd` applied.
 #[derive(Debug)]
@@ -185,29 +185,9 @@ async fn sqlite_read_models_move_to_their_own_file() {
     // Events appended before the upgrade: the new store appends to the old file unmigrated.
     let store = Arc::new(SqliteStore::open(&url).await.expect("open"));
     let handler = CommandHandler::new(store.clone(), SlaPolicy::default(), 100);
-    let agent = Actor {
-        id: "agent-1".into(),
-        name: None,
-        role: Role::Agent,
-        org: None,
-        org_wide: false,
-    };
     let mut last = None;
     for subject in ["printer jams", "laptop crashes", "router leaks"] {
-        let opened = handler
-            .open(
-                agent.clone(),
-                OpenTicket {
-                    subject: subject.into(),
-                    description: "d".into(),
-                    requester: Some("cust".into()),
-                    ..OpenTicket::default()
-                },
-                Options::default(),
-            )
-            .await
-            .expect("open a ticket");
-        last = Some(opened.position);
+        last = Some(open_ticket(&handler, subject).await.1);
     }
     let last = last.expect("three tickets");
 
@@ -250,6 +230,24 @@ async fn sqlite_read_models_move_to_their_own_file() {
     p.shutdown(Duration::from_secs(5)).await;
 }
 
+/// An agent opens a ticket for customer `cust`: its id and position.
+async fn open_ticket(h: &CommandHandler, subject: &str) -> (uuid::Uuid, Position) {
+    let opened = h
+        .open(
+            agent(),
+            OpenTicket {
+                subject: subject.into(),
+                description: "d".into(),
+                requester: Some("cust".into()),
+                ..OpenTicket::default()
+            },
+            Options::default(),
+        )
+        .await
+        .expect("open a ticket");
+    (opened.ticket.id, opened.position)
+}
+
 fn agent() -> Actor {
     Actor {
         id: "agent-1".into(),
@@ -260,50 +258,12 @@ fn agent() -> Actor {
     }
 }
 
-/// Ticket `id`'s row positions (`tickets`, and on PostgreSQL `ticket_search`) as `tx-seq`.
-async fn row_positions(db: &Database, id: uuid::Uuid) -> Vec<String> {
-    let mut sql = "SELECT position_tx || '-' || position_seq FROM tickets WHERE id = ?".to_owned();
-    let mut binds = vec![Bind::Uuid(id)];
-    if matches!(db, Database::Postgres(_)) {
-        sql.push_str(
-            " UNION ALL SELECT position_tx || '-' || position_seq FROM ticket_search \
-             WHERE ticket_id = ?",
-        );
-        binds.push(Bind::Uuid(id));
-    }
-    let mut pooled = Pooled::acquire(db).await.expect("connection");
-    pooled
-        .conn()
-        .fetch_column(&sql, &binds)
-        .await
-        .expect("positions")
-}
-
 /// Migrations postgres 0015 and sqlite-views 0002 (a read moves nothing): rows an older
 /// `ticketd` left at the position of a read end up where the projection now puts them, so
 /// `verify`'s comparison with a rebuild finds every projection equal again. `forget` drops the
 /// migration's record, so that migrating again applies it as an upgrade would.
 async fn rows_left_at_a_read_are_moved_back(store: Arc<dyn EventStore>, forget: &str) {
     let h = CommandHandler::new(store.clone(), SlaPolicy::default(), 100);
-    let open = |subject: &'static str| {
-        let h = &h;
-        async move {
-            h.open(
-                agent(),
-                OpenTicket {
-                    subject: subject.into(),
-                    description: "d".into(),
-                    requester: Some("cust".into()),
-                    ..OpenTicket::default()
-                },
-                Options::default(),
-            )
-            .await
-            .expect("open")
-            .ticket
-            .id
-        }
-    };
     let run = |id: uuid::Uuid, kind: CommandKind| {
         let h = &h;
         async move {
@@ -320,10 +280,10 @@ async fn rows_left_at_a_read_are_moved_back(store: Arc<dyn EventStore>, forget: 
             visibility: None,
         })
     };
-    let read_last = open("read last").await;
+    let (read_last, _) = open_ticket(&h, "read last").await;
     let commented = run(read_last, comment()).await;
     let read = run(read_last, CommandKind::MarkRead).await;
-    let other = open("commented last").await;
+    let (other, _) = open_ticket(&h, "commented last").await;
     run(other, CommandKind::MarkRead).await;
     let last = run(other, comment()).await;
     let p = Projector::start(store.clone()).expect("a projector");

@@ -18,7 +18,7 @@ use ticketd_domain::{
 use ticketd_projections::sql::{Bind, Conn};
 use ticketd_projections::tickets::{ListQuery, Sort, TextPlan, View};
 use ticketd_projections::{lag, read_checkpoint, tickets, Pooled, Projection, Projector};
-use ticketd_tests::{both_backends, numbered_rows, read_everything, read_until};
+use ticketd_tests::{both_backends, numbered_rows, read_everything, read_until, row_positions};
 
 const WAIT: Duration = Duration::from_secs(10);
 
@@ -856,25 +856,6 @@ async fn projections_keep_up_while_appends_never_pause(store: Arc<dyn EventStore
         .await
         .expect("caught up");
     assert_rows_match(&store, &p, &h).await;
-}
-
-/// A row's position, and on PostgreSQL its search row's, as `tx-seq` texts.
-async fn row_positions(db: &Database, id: Uuid) -> Vec<String> {
-    let mut sql = "SELECT position_tx || '-' || position_seq FROM tickets WHERE id = ?".to_owned();
-    let mut binds = vec![Bind::Uuid(id)];
-    if matches!(db, Database::Postgres(_)) {
-        sql.push_str(
-            " UNION ALL SELECT position_tx || '-' || position_seq FROM ticket_search \
-             WHERE ticket_id = ?",
-        );
-        binds.push(Bind::Uuid(id));
-    }
-    let mut pooled = Pooled::acquire(db).await.expect("connection");
-    pooled
-        .conn()
-        .fetch_column(&sql, &binds)
-        .await
-        .expect("positions")
 }
 
 /// A read raises the ticket's version but moves it in no order, so its rows keep the position
