@@ -2,7 +2,8 @@
 //! store's own database (the SQLite file or the PostgreSQL schema), and the queries over them.
 //!
 //! This crate owns the projector runner (checkpoints, catch-up, following new commits, retry
-//! with backoff, one leader per projection on PostgreSQL), each projection's status for
+//! with backoff, one leader per projection on PostgreSQL) and what a runner's last batch left
+//! in memory for the next (module `kept`), each projection's status for
 //! `/metrics`, waiting for `min_position` (CONTRACT §6), the read models: [`tickets`]
 //! (§6.1, §6.2), [`feed`] (§6.3, §6.4) and [`analytics`] (§6.5), and their blue/green
 //! [`rebuild`]s (on PostgreSQL from a [`bulk`] pass loaded by `COPY`). Every piece of DDL is in
