@@ -19,7 +19,7 @@ use ticketd_commands::{Database, Position, StoreError, StoredEvent};
 use ticketd_domain::{Channel, Event, Priority, Recorded, Status, Visibility};
 
 use crate::bulk::{copy_all, Fold, Sink, Step};
-use crate::kept::Keeper;
+use crate::kept::{Keeper, Weigh};
 
 use crate::sql::{unavailable, Bind, Conn, CopyRows};
 use crate::{micros, Projection};
@@ -343,11 +343,13 @@ pub struct AnalyticsProjection {
     kept: Keeper<Facts>,
 }
 
-/// About what kept facts take in memory: their strings and a fixed part.
-fn kept_size(f: &Facts) -> usize {
-    256 + f.requester.len()
-        + f.org.as_ref().map_or(0, String::len)
-        + f.withdrawn_reason.as_ref().map_or(0, String::len)
+impl Weigh for Facts {
+    /// Their strings and a fixed part.
+    fn weight(&self) -> usize {
+        256 + self.requester.len()
+            + self.org.as_ref().map_or(0, String::len)
+            + self.withdrawn_reason.as_ref().map_or(0, String::len)
+    }
 }
 
 #[async_trait]
@@ -370,36 +372,21 @@ impl Projection for AnalyticsProjection {
         after: Option<Position>,
         events: &[StoredEvent],
     ) -> Result<bool, StoreError> {
-        let mut kept = self.kept.take_at(after);
-        let mut ids: Vec<Uuid> = events.iter().map(|e| e.stream_id).collect();
-        ids.sort_unstable();
-        ids.dedup();
-        let mut facts: HashMap<Uuid, Option<Facts>> = HashMap::with_capacity(ids.len());
-        // A ticket opened after the checkpoint has no row yet; those the last batch left in
-        // memory need none read.
-        if after.is_some() {
-            let opened: HashSet<Uuid> = events
-                .iter()
-                .filter(|e| e.version == 1)
-                .map(|e| e.stream_id)
-                .collect();
-            ids.retain(|id| !opened.contains(id));
-        }
-        ids.retain(|id| match kept.take(id) {
-            Some(f) => {
-                facts.insert(*id, Some(f));
-                false
-            }
-            None => true,
-        });
-        let rows = if ids.is_empty() {
+        // What the last batch left; the other tickets' rows are read.
+        let started = self.kept.start(after, events);
+        let mut facts: HashMap<Uuid, Option<Facts>> = started
+            .found
+            .into_iter()
+            .map(|(id, f)| (id, Some(f)))
+            .collect();
+        let rows = if started.to_read.is_empty() {
             Vec::new()
         } else {
             conn.fetch_rows_in::<FactRow>(
                 &format!(
                     "SELECT {FACT_COLUMNS} FROM analytics_ticket_facts WHERE ticket_id IN (…)"
                 ),
-                &ids,
+                &started.to_read,
             )
             .await?
         };
@@ -450,14 +437,8 @@ impl Projection for AnalyticsProjection {
             .map(|((day, org), d)| daily_binds(day, org, d))
             .collect();
         conn.insert_rows(DAILY_INSERT, sums, DAILY_TAIL).await?;
-        for (id, f) in facts {
-            if let Some(f) = f {
-                let size = kept_size(&f);
-                kept.put(id, f, size);
-            }
-        }
-        self.kept
-            .keep(kept, after.map(|a| events.last().map_or(a, |e| e.position)));
+        let written = facts.into_iter().filter_map(|(id, f)| Some((id, f?)));
+        self.kept.finish(started.rest, after, events, written);
         Ok(true)
     }
 

@@ -16,7 +16,7 @@ use ticketd_domain::{
 };
 
 use crate::bulk::{Fold, Sink, Step, CHUNK_BYTES, INSERT_CHUNK};
-use crate::kept::Keeper;
+use crate::kept::{Keeper, Weigh};
 use crate::keys::{keys, Keys, RecentKeys, Snapshot, CURSOR_TTL_MICROS};
 use crate::sql::{Bind, Conn, CopyRows};
 use crate::{micros, position_from, tx_i64, Pooled, Projection};
@@ -26,17 +26,57 @@ pub const NAME: &str = "tickets";
 /// Feeds the `tickets` and `ticket_cc` tables.
 #[derive(Default)]
 pub struct TicketsProjection {
-    /// Each ticket's state, recent keys and position as its row holds them, from the last
-    /// batch.
-    kept: Keeper<(Ticket, RecentKeys, Position)>,
+    /// Each ticket's row as the last batch wrote it.
+    kept: Keeper<TicketRow>,
 }
 
-/// About what a kept state takes in memory: its strings and a fixed part.
-fn kept_size(t: &Ticket) -> usize {
-    512 + t.subject.len()
-        + t.description.len()
-        + t.requester.len()
-        + t.cc.iter().map(|c| c.len() + 24).sum::<usize>()
+/// What a ticket's `tickets` row holds, folded: its state, its recent changes of sort keys,
+/// and its position (of its last event that [`moves`] it). Both paths, batch by batch and
+/// bulk, fold events into it with [`TicketRow::next`].
+struct TicketRow {
+    t: Ticket,
+    recent: RecentKeys,
+    at: Position,
+}
+
+impl TicketRow {
+    /// The row after `event` (decoded as `recorded`); `None` where `evolve` makes no ticket.
+    fn next(
+        prev: Option<TicketRow>,
+        event: &StoredEvent,
+        recorded: &Recorded,
+    ) -> Result<Option<TicketRow>, StoreError> {
+        let (state, mut recent, was_at) = match prev {
+            Some(r) => (Some(r.t), r.recent, Some(r.at)),
+            None => (None, RecentKeys::default(), None),
+        };
+        let before = state.as_ref().map(keys);
+        let Some(t) = evolve(state, recorded) else {
+            return Ok(None);
+        };
+        note_keys(&mut recent, before, &t, event)?;
+        let at = match was_at {
+            Some(was) if !moves(&recorded.event) => was,
+            _ => event.position,
+        };
+        Ok(Some(TicketRow { t, recent, at }))
+    }
+
+    /// Its `tickets` row's values.
+    fn binds(&self) -> Result<Vec<Bind>, StoreError> {
+        ticket_binds(&self.t, self.at, &self.recent)
+    }
+}
+
+impl Weigh for TicketRow {
+    /// Its strings and a fixed part.
+    fn weight(&self) -> usize {
+        let t = &self.t;
+        512 + t.subject.len()
+            + t.description.len()
+            + t.requester.len()
+            + t.cc.iter().map(|c| c.len() + 24).sum::<usize>()
+    }
 }
 
 pub fn priority_rank(p: Priority) -> i64 {
@@ -268,50 +308,28 @@ impl Projection for TicketsProjection {
         after: Option<Position>,
         events: &[StoredEvent],
     ) -> Result<bool, StoreError> {
-        let mut kept = self.kept.take_at(after);
-        let mut ids: Vec<Uuid> = events.iter().map(|e| e.stream_id).collect();
-        ids.sort_unstable();
-        ids.dedup();
-        let mut states: HashMap<Uuid, Ticket> = HashMap::with_capacity(ids.len());
-        let mut recent: HashMap<Uuid, RecentKeys> = HashMap::with_capacity(ids.len());
-        // Each row's position: its ticket's last event that [`moves`] it.
-        let mut row_at: HashMap<Uuid, Position> = HashMap::with_capacity(ids.len());
-        // A ticket opened after the checkpoint has no row yet.
-        let opened: HashSet<Uuid> = match after {
-            Some(_) => events
-                .iter()
-                .filter(|e| e.version == 1)
-                .map(|e| e.stream_id)
-                .collect(),
-            None => HashSet::new(),
-        };
-        // The tickets the last batch left in memory; the others' rows are read.
-        ids.retain(|id| !opened.contains(id));
-        ids.retain(|id| match kept.take(id) {
-            Some((t, r, at)) => {
-                states.insert(*id, t);
-                recent.insert(*id, r);
-                row_at.insert(*id, at);
-                false
-            }
-            None => true,
-        });
-        let rows = if ids.is_empty() {
+        // What the last batch left; the other tickets' rows are read.
+        let started = self.kept.start(after, events);
+        let mut tickets: HashMap<Uuid, TicketRow> = started.found.into_iter().collect();
+        let rows = if started.to_read.is_empty() {
             Vec::new()
         } else {
             conn.fetch_rows_in::<(Uuid, String, String, i64, i64)>(
                 "SELECT id, state, recent_keys, position_tx, position_seq FROM tickets \
                  WHERE id IN (…)",
-                &ids,
+                &started.to_read,
             )
             .await?
         };
         for (id, json, keys, tx, seq) in rows {
             let t: Ticket = serde_json::from_str(&json)
                 .map_err(|e| StoreError::Corrupt(format!("ticket {id}'s row: {e}")))?;
-            states.insert(id, t);
-            recent.insert(id, RecentKeys::parse(&keys)?);
-            row_at.insert(id, position_from(tx, seq)?);
+            let row = TicketRow {
+                t,
+                recent: RecentKeys::parse(&keys)?,
+                at: position_from(tx, seq)?,
+            };
+            tickets.insert(id, row);
         }
         // Fold in memory; the search text is written event by event, in order (each
         // statement depends on what the ticket's text holds so far); each ticket's row and CC
@@ -319,27 +337,26 @@ impl Projection for TicketsProjection {
         let pg = matches!(conn, Conn::Postgres(_));
         let mut fresh: HashMap<Uuid, FreshText> = HashMap::new();
         let mut pending: HashMap<Uuid, Vec<TextOp>> = HashMap::new();
-        let mut last: HashMap<Uuid, &StoredEvent> = HashMap::new();
-        // Each ticket's last event in the batch that [`moves`] it.
-        let mut moved: HashMap<Uuid, Position> = HashMap::new();
+        // The tickets the batch moved (see [`moves`]): their search rows get new keys.
+        let mut moved: HashSet<Uuid> = HashSet::new();
         let mut order: Vec<Uuid> = Vec::new();
+        let mut seen: HashSet<Uuid> = HashSet::new();
         let mut cc: HashSet<Uuid> = HashSet::new();
         // SQLite: the search rows the batch writes, in order, written together below.
         let mut parts: Vec<(i64, String)> = Vec::new();
         for event in events {
             let recorded = decode(event)?;
-            let state = states.remove(&event.stream_id);
-            if state.as_ref().is_some_and(|t| t.version >= event.version) {
-                if let Some(t) = state {
-                    states.insert(event.stream_id, t);
+            let prev = tickets.remove(&event.stream_id);
+            if prev.as_ref().is_some_and(|r| r.t.version >= event.version) {
+                if let Some(r) = prev {
+                    tickets.insert(event.stream_id, r);
                 }
                 continue;
             }
-            let before = state.as_ref().map(keys);
-            let Some(t) = evolve(state, &recorded) else {
+            let Some(row) = TicketRow::next(prev, event, &recorded)? else {
                 continue;
             };
-            note_keys(recent.entry(t.id).or_default(), before, &t, event)?;
+            let t = &row.t;
             match fresh.get_mut(&t.id) {
                 // A ticket opened in this batch: its text is written once, below.
                 Some(f) => f.add(&recorded.event),
@@ -350,34 +367,32 @@ impl Projection for TicketsProjection {
                 }
                 // An older ticket's text changes: written after the loop, in one statement.
                 None if pg => {
-                    if let Some(op) = text_op(&t, &recorded.event) {
+                    if let Some(op) = text_op(t, &recorded.event) {
                         pending.entry(t.id).or_default().push(op);
                     }
                 }
-                None => parts.extend(sqlite_part(&t, &recorded.event, event.version)),
+                None => parts.extend(sqlite_part(t, &recorded.event, event.version)),
             }
             if cc_changed(&recorded.event) {
                 cc.insert(t.id);
             }
             if moves(&recorded.event) {
-                moved.insert(t.id, event.position);
-                row_at.insert(t.id, event.position);
+                moved.insert(t.id);
             }
-            if last.insert(t.id, event).is_none() {
+            if seen.insert(t.id) {
                 order.push(t.id);
             }
-            states.insert(t.id, t);
+            tickets.insert(t.id, row);
         }
         let mut rows = Vec::with_capacity(order.len());
         let mut members = Vec::new();
         for id in &order {
-            // Every ticket in `order` was folded, so it has all three.
-            let (Some(t), Some(recent), Some(at)) =
-                (states.get(id), recent.get(id), row_at.get(id))
-            else {
+            // Every ticket in `order` was folded.
+            let Some(row) = tickets.get(id) else {
                 continue;
             };
-            rows.push(ticket_binds(t, *at, recent)?);
+            rows.push(row.binds()?);
+            let t = &row.t;
             if cc.contains(id) {
                 members.extend(
                     t.cc.iter()
@@ -391,12 +406,10 @@ impl Projection for TicketsProjection {
         // Tickets whose search row the batch writes whole, keys included.
         let mut keyed: HashSet<Uuid> = HashSet::new();
         for id in &order {
-            // Opened in the batch: it has moved.
-            let (Some(f), Some(t), Some(at)) = (fresh.get(id), states.get(id), moved.get(id))
-            else {
+            let (Some(f), Some(r)) = (fresh.get(id), tickets.get(id)) else {
                 continue;
             };
-            if let Some(row) = search_binds(t, *at, f)? {
+            if let Some(row) = search_binds(&r.t, r.at, f)? {
                 texts.push(row);
                 keyed.insert(*id);
             } else {
@@ -424,8 +437,8 @@ impl Projection for TicketsProjection {
             let mut keys = HashMap::with_capacity(order.len());
             for id in order.iter().filter(|id| !keyed.contains(id)) {
                 // A ticket only read in the batch keeps its search row's keys.
-                if let (Some(t), Some(at)) = (states.get(id), moved.get(id)) {
-                    keys.insert(*id, RowKeys::of(t, *at)?);
+                if let Some(r) = tickets.get(id).filter(|_| moved.contains(id)) {
+                    keys.insert(*id, RowKeys::of(&r.t, r.at)?);
                 }
             }
             // Text and keys in one update (it returns whose).
@@ -463,15 +476,7 @@ impl Projection for TicketsProjection {
             .await?;
         }
         conn.insert_rows(CC_INSERT, members, CC_TAIL).await?;
-        for (id, t) in states {
-            let (Some(r), Some(at)) = (recent.remove(&id), row_at.get(&id)) else {
-                continue;
-            };
-            let size = kept_size(&t);
-            kept.put(id, (t, r, *at), size);
-        }
-        self.kept
-            .keep(kept, after.map(|a| events.last().map_or(a, |e| e.position)));
+        self.kept.finish(started.rest, after, events, tickets);
         Ok(true)
     }
 
@@ -490,11 +495,8 @@ struct TicketsFold {
 }
 
 struct Held {
-    t: Ticket,
-    /// Where its last event that [`moves`] it is in the log.
-    at: Position,
+    row: TicketRow,
     text: FreshText,
-    recent: RecentKeys,
 }
 
 impl Fold for TicketsFold {
@@ -503,35 +505,22 @@ impl Fold for TicketsFold {
         if self
             .held
             .get(&event.stream_id)
-            .is_some_and(|h| h.t.version >= event.version)
+            .is_some_and(|h| h.row.t.version >= event.version)
         {
             return Ok(());
         }
         let prev = self.held.remove(&event.stream_id);
         let first = prev.is_none();
-        let (state, text, mut recent, was_at) = match prev {
-            Some(h) => (Some(h.t), Some(h.text), h.recent, Some(h.at)),
-            None => (None, None, RecentKeys::default(), None),
+        let (prev, mut text) = match prev {
+            Some(h) => (Some(h.row), h.text),
+            None => (None, FreshText::default()),
         };
-        let before = state.as_ref().map(keys);
-        let Some(t) = evolve(state, recorded) else {
+        let Some(row) = TicketRow::next(prev, event, recorded)? else {
             return Ok(());
         };
-        note_keys(&mut recent, before, &t, event)?;
-        let mut text = text.unwrap_or_default();
         text.add(&recorded.event);
-        let id = t.id;
-        let at = match was_at {
-            Some(was) if !moves(&recorded.event) => was,
-            _ => event.position,
-        };
-        let held = Held {
-            t,
-            at,
-            text,
-            recent,
-        };
-        if self.held.insert(id, held).is_none() && first {
+        let id = row.t.id;
+        if self.held.insert(id, Held { row, text }).is_none() && first {
             self.order.push(id);
         }
         Ok(())
@@ -545,17 +534,17 @@ impl Fold for TicketsFold {
             let Some(h) = self.held.get(id) else {
                 continue;
             };
-            let Some(text) = search_binds(&h.t, h.at, &h.text)? else {
+            let Some(text) = search_binds(&h.row.t, h.row.at, &h.text)? else {
                 // Its text may reach the budget: the batched path, comment by comment.
                 replay.push(*id);
                 continue;
             };
             texts.push(text);
-            tickets.push(&ticket_binds(&h.t, h.at, &h.recent)?)?;
+            tickets.push(&h.row.binds()?)?;
             // The batched path's conflict clause drops a member named twice.
-            let members: std::collections::BTreeSet<&String> = h.t.cc.iter().collect();
+            let members: std::collections::BTreeSet<&String> = h.row.t.cc.iter().collect();
             for m in members {
-                cc.push(&[Bind::Uuid(h.t.id), Bind::Text(m.clone())])?;
+                cc.push(&[Bind::Uuid(h.row.t.id), Bind::Text(m.clone())])?;
             }
             // The search rows first: their vectors are the longest load.
             if texts.len() >= INSERT_CHUNK {
