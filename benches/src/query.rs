@@ -46,8 +46,9 @@ struct Args {
     customers: u64,
     #[arg(long, default_value_t = 200)]
     orgs: u64,
-    /// Run only this kind of query (overdue, list, page2, search, search_customer, or
-    /// search_page2: an agent search's second page, which the mix leaves out).
+    /// Run only this kind of query (overdue, list, page2, search, search_customer; or one the
+    /// mix leaves out: search_page2, an agent search's second page; list_all, an agent's list
+    /// of every ticket in one of the sorts; mine, a customer's own requests).
     #[arg(long)]
     only: Option<String>,
 }
@@ -58,6 +59,15 @@ const LISTS: [&str; 5] = [
     "status=in_progress,awaiting_customer&channel=web&sort=created",
     "active=true&sort=-priority",
     "status=resolved&priority=urgent&sort=-created",
+];
+/// `list_all`'s sorts.
+const ALL_SORTS: [&str; 6] = [
+    "-last_activity",
+    "last_activity",
+    "-created",
+    "created",
+    "due",
+    "-priority",
 ];
 const THINGS: [&str; 12] = [
     "printer",
@@ -145,6 +155,8 @@ async fn client(
             Some("page2") => 2,
             Some("search") => 3,
             Some("search_page2") => 5,
+            Some("list_all") => 6,
+            Some("mine") => 7,
             Some(_) => 4,
         };
         let (kind, path, who) = match pick {
@@ -175,6 +187,21 @@ async fn client(
                     Some(path) => ("search_page2", path, agent.clone()),
                     None => continue,
                 }
+            }
+            // Every ticket, no filter: on PostgreSQL two walks merged (migration 0016).
+            6 => {
+                let sort = ALL_SORTS[rng.below(ALL_SORTS.len() as u64) as usize];
+                (
+                    "list_all",
+                    format!("/v1/tickets?sort={sort}&limit=50"),
+                    agent.clone(),
+                )
+            }
+            7 => {
+                let c = rng.below(args.customers);
+                let org = format!("org-{}", c % args.orgs);
+                let t = token(&secret, &format!("customer-{c}"), "customer", Some(&org))?;
+                ("mine", "/v1/tickets?view=mine&limit=50".to_owned(), t)
             }
             3 => (
                 "search",
@@ -227,6 +254,8 @@ async fn main() -> anyhow::Result<()> {
             "search",
             "search_customer",
             "search_page2",
+            "list_all",
+            "mine",
         ];
         if !kinds.contains(&k.as_str()) {
             bail!("--only takes one of {kinds:?}, not {k:?}");

@@ -1130,7 +1130,13 @@ const CHECKPOINT_COLUMNS: &str =
      (SELECT c.position_seq FROM projection_checkpoints c WHERE c.name = 'tickets')";
 
 /// The SQL and binds of a list query; the first `limit + 1` rows tell whether a page follows.
-fn list_sql(q: &ListQuery, text: TextQuery, plan: TextPlan, part: Part) -> (String, Vec<Bind>) {
+fn list_sql(
+    q: &ListQuery,
+    backend: Backend,
+    text: TextQuery,
+    plan: TextPlan,
+    part: Part,
+) -> (String, Vec<Bind>) {
     // A common table expression comes first in the text, and so do its placeholders.
     let mut with = String::new();
     let mut with_binds = Vec::new();
@@ -1209,13 +1215,26 @@ fn list_sql(q: &ListQuery, text: TextQuery, plan: TextPlan, part: Part) -> (Stri
         "channel",
         q.channels.iter().map(|s| s.as_str().to_owned()).collect(),
     );
-    // A literal, not a placeholder: the planner can then use the partial indexes on active
-    // tickets (migrations 0006) in a generic plan too.
-    match q.active {
+    // A literal, not a placeholder: the planner can then use the indexes on active tickets
+    // (SQLite: partial, migration 0006; PostgreSQL: led by `active`, migration 0016) in a
+    // generic plan too. On PostgreSQL a status filter says it too, when its statuses agree.
+    let implied = match (q.active, q.overdue, backend) {
+        (None, Some(true), _) | (Some(_), _, _) | (None, _, Backend::Sqlite) => None,
+        (None, _, Backend::Postgres) => statuses_active(&q.statuses),
+    };
+    match q.active.or(implied) {
         Some(true) => sql.push_str(" AND active = 1"),
         Some(false) => sql.push_str(" AND active = 0"),
         None => {}
     }
+    // PostgreSQL's sort indexes lead with `active` (migration 0016): a list that admits both
+    // is read as two walks, one per value, merged. A customer's set of ids (above) is small
+    // and sorted whole instead, rather than built twice.
+    let split = backend == Backend::Postgres
+        && q.active.is_none()
+        && q.overdue != Some(true)
+        && implied.is_none()
+        && (staff(&q.viewer) || matches!(q.view, View::Mine | View::Cc));
     if let Some(org) = &q.org {
         sql.push_str(" AND org = ?");
         binds.push(Bind::Text(org.clone()));
@@ -1296,7 +1315,6 @@ fn list_sql(q: &ListQuery, text: TextQuery, plan: TextPlan, part: Part) -> (Stri
             }
         }
     }
-    let mut sql = format!(" FROM {table} WHERE 1 = 1{sql}");
     let col = q.sort.column();
     match part {
         Part::Unchanged(tx, seq) => {
@@ -1309,7 +1327,7 @@ fn list_sql(q: &ListQuery, text: TextQuery, plan: TextPlan, part: Part) -> (Stri
             binds.extend([Bind::I64(tx), Bind::I64(seq)]);
             with_binds.extend(binds);
             return (
-                format!("{with}SELECT state, {col}, recent_keys{sql}"),
+                format!("{with}SELECT state, {col}, recent_keys FROM {table} WHERE 1 = 1{sql}"),
                 with_binds,
             );
         }
@@ -1331,9 +1349,33 @@ fn list_sql(q: &ListQuery, text: TextQuery, plan: TextPlan, part: Part) -> (Stri
         binds.push(Bind::Uuid(c.id));
     }
     let order = |of: &str| format!(" ORDER BY {of}{col} {dir}, {of}id {dir}");
+    let limit = Bind::I64(i64::try_from(q.limit).unwrap_or(200) + 1);
+    if split && !rank_first {
+        // Each walk stops at a page's worth; the merge keeps the first of both. Only a search
+        // from the text index has a common table expression, and it ranks first.
+        let walk = |active: u8| {
+            format!(
+                "(SELECT state, {col}, id FROM tickets WHERE 1 = 1{sql} AND active = {active}{} \
+                 LIMIT ?)",
+                order("")
+            )
+        };
+        let sql = format!(
+            "SELECT state{checkpoint} FROM ({} UNION ALL {}) u{} LIMIT ?",
+            walk(0),
+            walk(1),
+            order("u.")
+        );
+        let mut all = binds.clone();
+        all.push(limit.clone());
+        all.extend(binds);
+        all.extend([limit.clone(), limit]);
+        return (sql, all);
+    }
+    let mut sql = format!(" FROM {table} WHERE 1 = 1{sql}");
     sql.push_str(&order(""));
     sql.push_str(" LIMIT ?");
-    binds.push(Bind::I64(i64::try_from(q.limit).unwrap_or(200) + 1));
+    binds.push(limit);
     with_binds.extend(binds);
     let sql = if rank_first {
         format!(
@@ -1345,6 +1387,16 @@ fn list_sql(q: &ListQuery, text: TextQuery, plan: TextPlan, part: Part) -> (Stri
         format!("{with}SELECT state{checkpoint}{sql}")
     };
     (sql, with_binds)
+}
+
+/// Whether every status of a filter is active (`Some(true)`) or none is (`Some(false)`); `None`
+/// for no filter or a mix.
+fn statuses_active(statuses: &[Status]) -> Option<bool> {
+    let first = statuses.first()?.is_active();
+    statuses
+        .iter()
+        .all(|s| s.is_active() == first)
+        .then_some(first)
 }
 
 /// Staff see every comment (CONTRACT §5).
@@ -1398,8 +1450,13 @@ fn plan_rows(line: &str) -> Option<f64> {
 
 /// The statement of a first page without `q` (a search is planned for its very words), with
 /// its binds: what tests `EXPLAIN` to check that a list is read from an index in its order.
-pub fn first_page_statement(q: &ListQuery) -> (String, Vec<Bind>) {
-    list_sql(q, TextQuery::Any, TextPlan::Walk, Part::First)
+pub fn first_page_statement(q: &ListQuery, postgres: bool) -> (String, Vec<Bind>) {
+    let backend = if postgres {
+        Backend::Postgres
+    } else {
+        Backend::Sqlite
+    };
+    list_sql(q, backend, TextQuery::Any, TextPlan::Walk, Part::First)
 }
 
 /// A page of the list and the cursor of the next one, if any.
@@ -1448,7 +1505,7 @@ pub async fn list_with(
     let persistent = q.words.is_empty();
     let (mut items, from) = match q.after {
         None => {
-            let (sql, binds) = list_sql(q, text, plan, Part::First);
+            let (sql, binds) = list_sql(q, backend, text, plan, Part::First);
             let rows: Vec<(String, Option<i64>, Option<i64>)> =
                 conn.fetch_rows_with(&sql, &binds, persistent).await?;
             let from = rows.first().map(|r| Snapshot {
@@ -1463,7 +1520,7 @@ pub async fn list_with(
             (items, from)
         }
         Some(Cursor { from: None, .. }) => {
-            let (sql, binds) = list_sql(q, text, plan, Part::Plain);
+            let (sql, binds) = list_sql(q, backend, text, plan, Part::Plain);
             let rows: Vec<(String,)> = conn.fetch_rows_with(&sql, &binds, persistent).await?;
             let items = rows
                 .iter()
@@ -1527,10 +1584,16 @@ impl SessionPage {
         plan: TextPlan,
     ) -> Result<Vec<(i64, Ticket)>, StoreError> {
         let s = self.snapshot;
-        let (unchanged, mut binds) = list_sql(q, text.clone(), plan, Part::Unchanged(s.tx, s.seq));
+        let backend = match conn {
+            Conn::Sqlite(_) => Backend::Sqlite,
+            Conn::Postgres(_) => Backend::Postgres,
+        };
+        let unchanged = Part::Unchanged(s.tx, s.seq);
+        let (unchanged, mut binds) = list_sql(q, backend, text.clone(), plan, unchanged);
         // Few tickets change within a walk: each is checked for the words, rather than all of
         // a search's matches read from the text index again.
-        let (changed, more) = list_sql(q, text, TextPlan::Walk, Part::Changed(s.tx, s.seq));
+        let changed = Part::Changed(s.tx, s.seq);
+        let (changed, more) = list_sql(q, backend, text, TextPlan::Walk, changed);
         binds.extend(more);
         // One statement, so one snapshot: every ticket is in exactly one of the two parts.
         let sql = format!("SELECT * FROM ({unchanged}) a UNION ALL SELECT * FROM ({changed}) b");
