@@ -558,6 +558,12 @@ async fn lists_read_their_indexes_in_order(store: Arc<dyn EventStore>) {
             !plan.iter().any(|l| l.trim() == "SCAN tickets"),
             "{sql}\nscans the table:\n{text}"
         );
+        // A list of one kind (by `active`, overdue, or statuses that agree) walks one range.
+        let one_kind = q.active.is_some() || q.overdue == Some(true) || !q.statuses.is_empty();
+        assert!(
+            !(postgres && one_kind && text.contains("Append")),
+            "{sql}\nwalks both kinds:\n{text}"
+        );
         let sorts = plan.iter().filter(|l| l.contains("Sort  (")).count();
         assert!(
             sorts == 0 || (sorts == 1 && text.contains("Append")),

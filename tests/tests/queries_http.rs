@@ -385,7 +385,8 @@ async fn paging_keeps_its_order_while_sort_keys_change(s: TestServer) {
     }
 }
 
-/// The same while other clients keep changing tickets, sort keys included, as fast as they can:
+/// The same while other clients keep changing tickets, sort keys and status (in and out of the
+/// active tickets) included, as fast as they can:
 /// every walk, in every order, returns each ticket that existed when it started exactly once.
 async fn paging_is_exact_while_clients_write(s: TestServer) {
     let agent = s.agent("agent-1");
@@ -400,7 +401,7 @@ async fn paging_is_exact_while_clients_write(s: TestServer) {
             while !done.load(std::sync::atomic::Ordering::Relaxed) {
                 i = (i * 7 + 3) % 1_000_003;
                 let t = &opened[i % opened.len()];
-                let a = match i % 3 {
+                let a = match i % 4 {
                     0 => {
                         s.post(
                             &format!("/v1/tickets/{t}/comments"),
@@ -412,6 +413,13 @@ async fn paging_is_exact_while_clients_write(s: TestServer) {
                     1 => {
                         let body = json!({"priority": priorities[i % 5]});
                         s.patch(&format!("/v1/tickets/{t}"), agent, body).await
+                    }
+                    // In and out of the active tickets, which PostgreSQL walks apart.
+                    2 => {
+                        let status = ["resolved", "in_progress"][(i / 4) % 2];
+                        let body = json!({"status": status});
+                        s.post(&format!("/v1/tickets/{t}/status"), agent, body)
+                            .await
                     }
                     _ => {
                         let due = format!("2030-{:02}-01T00:00:00Z", i % 12 + 1);
