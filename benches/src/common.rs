@@ -6,12 +6,26 @@ use serde_json::json;
 
 /// An HS256 token for `sub` as `role` (in `org`), valid for a day.
 pub fn token(secret: &str, sub: &str, role: &str, org: Option<&str>) -> anyhow::Result<String> {
+    token_with(secret, sub, role, org, false)
+}
+
+/// [`token`], for a customer who sees their whole organization's tickets when `org_wide`.
+pub fn token_with(
+    secret: &str,
+    sub: &str,
+    role: &str,
+    org: Option<&str>,
+    org_wide: bool,
+) -> anyhow::Result<String> {
     let exp = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0)
         + 24 * 3600;
-    let claims = json!({"sub": sub, "name": sub, "role": role, "org": org, "exp": exp});
+    let mut claims = json!({"sub": sub, "name": sub, "role": role, "org": org, "exp": exp});
+    if org_wide {
+        claims["org_wide"] = json!(true);
+    }
     Ok(encode(
         &Header::default(),
         &claims,

@@ -15,7 +15,7 @@ use anyhow::bail;
 use clap::Parser;
 use serde_json::Value;
 
-use common::{percentile, secret, token, Rng};
+use common::{percentile, secret, token, token_with, Rng};
 
 #[derive(Debug, Clone, Parser)]
 #[command(
@@ -48,7 +48,8 @@ struct Args {
     orgs: u64,
     /// Run only this kind of query (overdue, list, page2, search, search_customer; or one the
     /// mix leaves out: search_page2, an agent search's second page; list_all, an agent's list
-    /// of every ticket in one of the sorts; mine, a customer's own requests).
+    /// of every ticket in one of the sorts; mine, a customer's own requests; customer, all a
+    /// customer may see; colleague, the same for an org-wide customer).
     #[arg(long)]
     only: Option<String>,
 }
@@ -157,6 +158,8 @@ async fn client(
             Some("search_page2") => 5,
             Some("list_all") => 6,
             Some("mine") => 7,
+            Some("customer") => 8,
+            Some("colleague") => 9,
             Some(_) => 4,
         };
         let (kind, path, who) = match pick {
@@ -202,6 +205,17 @@ async fn client(
                 let org = format!("org-{}", c % args.orgs);
                 let t = token(&secret, &format!("customer-{c}"), "customer", Some(&org))?;
                 ("mine", "/v1/tickets?view=mine&limit=50".to_owned(), t)
+            }
+            // Everything a customer may see (on PostgreSQL read in parts, `Visible`): their
+            // own requests and CCs, or, org-wide, their organization's tickets too.
+            8 | 9 => {
+                let c = rng.below(args.customers);
+                let org = format!("org-{}", c % args.orgs);
+                let wide = pick == 9;
+                let who = format!("customer-{c}");
+                let t = token_with(&secret, &who, "customer", Some(&org), wide)?;
+                let kind = if wide { "colleague" } else { "customer" };
+                (kind, "/v1/tickets?limit=50".to_owned(), t)
             }
             3 => (
                 "search",
@@ -256,6 +270,8 @@ async fn main() -> anyhow::Result<()> {
             "search_page2",
             "list_all",
             "mine",
+            "customer",
+            "colleague",
         ];
         if !kinds.contains(&k.as_str()) {
             bail!("--only takes one of {kinds:?}, not {k:?}");
