@@ -16,6 +16,7 @@ use clap::Parser;
 use serde_json::Value;
 
 use common::{percentile, secret, token, token_with, Rng};
+use ticketd_projections::tickets::Sort;
 
 #[derive(Debug, Clone, Parser)]
 #[command(
@@ -60,15 +61,6 @@ const LISTS: [&str; 5] = [
     "status=in_progress,awaiting_customer&channel=web&sort=created",
     "active=true&sort=-priority",
     "status=resolved&priority=urgent&sort=-created",
-];
-/// `list_all`'s sorts.
-const ALL_SORTS: [&str; 6] = [
-    "-last_activity",
-    "last_activity",
-    "-created",
-    "created",
-    "due",
-    "-priority",
 ];
 const THINGS: [&str; 12] = [
     "printer",
@@ -193,7 +185,8 @@ async fn client(
             }
             // Every ticket, no filter: on PostgreSQL two walks merged (migration 0016).
             6 => {
-                let sort = ALL_SORTS[rng.below(ALL_SORTS.len() as u64) as usize];
+                let sorts = Sort::NAMES;
+                let sort = sorts[rng.below(sorts.len() as u64) as usize];
                 (
                     "list_all",
                     format!("/v1/tickets?sort={sort}&limit=50"),

@@ -272,7 +272,16 @@ async fn search_pages_by(
     plan: TextPlan,
     sort: Sort,
 ) -> Vec<Uuid> {
-    let mut q = ListQuery {
+    let q = ListQuery {
+        words: words.iter().map(|w| (*w).to_owned()).collect(),
+        ..list_of(viewer, sort)
+    };
+    every_page(db, q, plan).await
+}
+
+/// The first page (of four) of every ticket `viewer` may see, in the order of `sort`.
+fn list_of(viewer: &Actor, sort: Sort) -> ListQuery {
+    ListQuery {
         viewer: viewer.clone(),
         view: View::All,
         statuses: vec![],
@@ -281,15 +290,19 @@ async fn search_pages_by(
         priorities: vec![],
         channels: vec![],
         org: None,
-        words: words.iter().map(|w| (*w).to_owned()).collect(),
+        words: vec![],
         sort,
         limit: 4,
         after: None,
         now: chrono::Utc::now(),
-    };
+    }
+}
+
+/// The tickets of every page of `q` under `plan`, in order.
+async fn every_page(db: &Database, mut q: ListQuery, plan: TextPlan) -> Vec<Uuid> {
     let mut all = Vec::new();
     loop {
-        let (page, next) = tickets::list_with(db, &q, plan).await.expect("search");
+        let (page, next) = tickets::list_with(db, &q, plan).await.expect("list");
         all.extend(page.iter().map(|t| t.id));
         match next {
             Some(c) => q.after = Some(c),
@@ -526,30 +539,12 @@ async fn a_customer_lists_what_they_may_see_once(store: Arc<dyn EventStore>) {
     ] {
         for sort in [Sort::LastActivityDesc, Sort::Due, Sort::Created] {
             for only_active in [None, Some(true)] {
-                let mut q = ListQuery {
-                    viewer: viewer.clone(),
-                    view: View::All,
-                    statuses: vec![],
+                let q = ListQuery {
                     active: only_active,
-                    overdue: None,
-                    priorities: vec![],
-                    channels: vec![],
-                    org: None,
-                    words: vec![],
-                    sort,
                     limit: 2,
-                    after: None,
-                    now: chrono::Utc::now(),
+                    ..list_of(&viewer, sort)
                 };
-                let mut got = Vec::new();
-                loop {
-                    let (page, next) = tickets::list(&db, &q).await.expect("list");
-                    got.extend(page.iter().map(|t| t.id));
-                    match next {
-                        Some(c) => q.after = Some(c),
-                        None => break,
-                    }
-                }
+                let mut got = every_page(&db, q, TextPlan::Auto).await;
                 let mut expected: Vec<Uuid> = want
                     .iter()
                     .filter(|id| only_active.is_none() || active.contains(id))
@@ -599,19 +594,10 @@ async fn lists_read_their_indexes_in_order(store: Arc<dyn EventStore>) {
         conn.execute("ANALYZE tickets", &[]).await.expect("analyze");
     }
     let list = |viewer: Actor, view: View, sort: Sort| ListQuery {
-        viewer,
         view,
-        statuses: vec![],
-        active: None,
-        overdue: None,
-        priorities: vec![],
-        channels: vec![],
-        org: None,
-        words: vec![],
-        sort,
         limit: 50,
-        after: None,
         now,
+        ..list_of(&viewer, sort)
     };
     let me = || customer("user-7", "org-1", false);
     let all = |sort| list(staff(), View::All, sort);
