@@ -1129,6 +1129,10 @@ const CHECKPOINT_COLUMNS: &str =
     ", (SELECT c.position_tx FROM projection_checkpoints c WHERE c.name = 'tickets'), \
      (SELECT c.position_seq FROM projection_checkpoints c WHERE c.name = 'tickets')";
 
+/// The ticket at hand has the viewer (the placeholder) on its CC.
+const IN_CC: &str = " AND EXISTS (SELECT 1 FROM ticket_cc c WHERE c.ticket_id = tickets.id \
+                     AND c.member = ?)";
+
 /// The SQL and binds of a list query; the first `limit + 1` rows tell whether a page follows.
 fn list_sql(
     q: &ListQuery,
@@ -1148,8 +1152,6 @@ fn list_sql(
     // for the page only.
     let mut rank_first = false;
     let mut binds = Vec::new();
-    let in_cc = " AND EXISTS (SELECT 1 FROM ticket_cc c WHERE c.ticket_id = tickets.id \
-                 AND c.member = ?)";
     let mut visible = None;
     // CONTRACT §5: a customer sees what they requested, are CC'd on, or (org-wide) their org's.
     if q.viewer.role != Role::Agent && q.viewer.role != Role::Admin {
@@ -1176,7 +1178,7 @@ fn list_sql(
             binds.push(Bind::Text(me.clone()));
         }
         View::Cc => {
-            sql.push_str(in_cc);
+            sql.push_str(IN_CC);
             binds.push(Bind::Text(me.clone()));
         }
         View::Org => {
@@ -1216,8 +1218,8 @@ fn list_sql(
         None => {}
     }
     // PostgreSQL's sort indexes lead with `active` (migration 0016): a list that admits both
-    // is read as two walks, one per value, merged. A customer's set of ids (above) is small
-    // and sorted whole instead, rather than built twice.
+    // is read as two walks, one per value, merged. A customer's list is read in its own parts
+    // (below) instead.
     let split = backend == Backend::Postgres
         && q.active.is_none()
         && q.overdue != Some(true)
@@ -1311,7 +1313,7 @@ fn list_sql(
     // (at 1 M tickets an org-wide customer's list: p50 0.46x); or both values of `active`.
     let mut parts: Vec<(String, Vec<Bind>)> = Vec::new();
     // Whether a part is read whole and sorted rather than walked in the sort's order.
-    let mut whole = false;
+    let mut read_whole = false;
     let apart = backend == Backend::Postgres && !rank_first && !matches!(part, Part::Changed(..));
     if let Some(v) = visible {
         // A search tests its words on the ids first, and reads the rows of the matches only.
@@ -1321,7 +1323,7 @@ fn list_sql(
             // fall in the sort's order, would walk a sort index testing each row (at 1 M
             // tickets an organization with no active ticket made `active=true&sort=due` read
             // 300,000 of them). Read whole, each part costs what the customer sees.
-            whole = true;
+            read_whole = true;
         } else {
             sql.push_str(&v.whole.0);
             binds.extend(v.whole.1);
@@ -1373,7 +1375,7 @@ fn list_sql(
             .iter()
             .map(|(cond, _)| {
                 // `+ 0`: an expression no index holds, so no index is walked for its order.
-                let by = if whole {
+                let by = if read_whole {
                     format!(" ORDER BY {col} + 0 {dir}, id {dir}")
                 } else {
                     order("")
@@ -1425,8 +1427,6 @@ struct Visible {
 impl Visible {
     fn of(viewer: &Actor) -> Self {
         let me = Bind::Text(viewer.id.clone());
-        let cc = " AND EXISTS (SELECT 1 FROM ticket_cc c WHERE c.ticket_id = tickets.id \
-                  AND c.member = ?)";
         let mut whole = String::from(
             " AND id IN (SELECT id FROM tickets WHERE requester = ? \
              UNION SELECT ticket_id FROM ticket_cc WHERE member = ?",
@@ -1444,14 +1444,14 @@ impl Visible {
                         vec![me.clone(), org.clone()],
                     ),
                     (
-                        format!(" AND requester <> ? AND org IS DISTINCT FROM ?{cc}"),
+                        format!(" AND requester <> ? AND org IS DISTINCT FROM ?{IN_CC}"),
                         vec![me.clone(), org, me],
                     ),
                 ]
             }
             _ => vec![
                 (" AND requester = ?".to_owned(), vec![me.clone()]),
-                (format!(" AND requester <> ?{cc}"), vec![me.clone(), me]),
+                (format!(" AND requester <> ?{IN_CC}"), vec![me.clone(), me]),
             ],
         };
         whole.push(')');
