@@ -283,6 +283,12 @@ struct Shared {
     local_visible: AtomicU64,
     wake: Notify,
     wake_notifier: Notify,
+    /// Held (read) by a background task for each query it sends on the pool, and (write) by
+    /// [`EventStore::close`] before it aborts them: a task aborted mid-query drops its
+    /// connection with the answer unread, sqlx then returns it to the pool late, after the
+    /// pool's close, and it stayed open (`postgres_close_ends_every_connection`, about one run
+    /// in five).
+    queries: tokio::sync::RwLock<()>,
 }
 
 impl Shared {
@@ -297,6 +303,7 @@ impl Shared {
             local_visible: AtomicU64::new(0),
             wake: Notify::new(),
             wake_notifier: Notify::new(),
+            queries: tokio::sync::RwLock::new(()),
         }
     }
 
@@ -1133,6 +1140,8 @@ impl EventStore for PostgresStore {
     /// Ends the background tasks (LISTEN, the visibility watcher, the batch writer) and
     /// says goodbye on every connection, rather than leaving PostgreSQL to find them reset.
     async fn close(&self) {
+        // No background query is left in flight (see `Shared::queries`).
+        let _quiet = self.shared.queries.write().await;
         for task in &self.tasks {
             task.abort();
         }
@@ -1142,8 +1151,8 @@ impl EventStore for PostgresStore {
         // The aborted listener's connection comes back after an `UNLISTEN *` (sqlx's drop), so
         // no notification is left unread on it: closing it with unread data in its socket
         // reset the connection, which PostgreSQL logged as an error.
-        self.listen_pool.close().await;
-        self.pool.close().await;
+        close_pool(&self.listen_pool).await;
+        close_pool(&self.pool).await;
     }
 
     async fn ping(&self) -> StoreResult<()> {
@@ -1159,6 +1168,17 @@ impl EventStore for PostgresStore {
             .map_err(unavailable)?;
         Ok(())
     }
+}
+
+/// Closes `pool` and every connection it holds. An aborted task's connection (the
+/// listener's, after its `UNLISTEN *`) comes back to the pool by a task of sqlx's own; one
+/// that comes back while `close` waits for the last permits is left idle in the closed pool,
+/// still connected, once `close` has its permits (sqlx 0.8 pops idle connections only before
+/// each wait). By then nothing is checked out, so a second `close` ends every connection left
+/// idle.
+async fn close_pool(pool: &PgPool) {
+    pool.close().await;
+    pool.close().await;
 }
 
 /// [`EventStore::read_all`] on a connection of the caller's, into the store's database and
@@ -1241,11 +1261,14 @@ async fn watch_visibility(pool: PgPool, shared: Arc<Shared>) {
             }
             tokio::time::sleep(pause).await;
             if shared.gate.load(Ordering::Acquire) <= target {
-                match sqlx::query_scalar::<_, i64>(&GATE_SQL)
-                    .bind(shared.bystanders.current())
-                    .fetch_one(&pool)
-                    .await
-                {
+                let gate = {
+                    let _query = shared.queries.read().await;
+                    sqlx::query_scalar::<_, i64>(&GATE_SQL)
+                        .bind(shared.bystanders.current())
+                        .fetch_one(&pool)
+                        .await
+                };
+                match gate {
                     Ok(gate) => {
                         shared
                             .gate
@@ -1268,11 +1291,14 @@ async fn notify_others(pool: PgPool, shared: Arc<Shared>) {
         shared.wake_notifier.notified().await;
         let visible = shared.local_visible.load(Ordering::Acquire);
         if visible > sent {
-            let done = sqlx::query("SELECT pg_notify($1, $2)")
-                .bind(NOTIFY_CHANNEL)
-                .bind(visible.to_string())
-                .execute(&pool)
-                .await;
+            let done = {
+                let _query = shared.queries.read().await;
+                sqlx::query("SELECT pg_notify($1, $2)")
+                    .bind(NOTIFY_CHANNEL)
+                    .bind(visible.to_string())
+                    .execute(&pool)
+                    .await
+            };
             if done.is_ok() {
                 sent = visible;
             } else {
