@@ -40,6 +40,11 @@ struct TicketRow {
 }
 
 impl TicketRow {
+    /// Whether `row` already holds `event`: one at or below its version changes nothing.
+    fn has(row: Option<&TicketRow>, event: &StoredEvent) -> bool {
+        row.is_some_and(|r| r.t.version >= event.version)
+    }
+
     /// The row after `event` (decoded as `recorded`); `None` where `evolve` makes no ticket.
     fn next(
         prev: Option<TicketRow>,
@@ -229,7 +234,7 @@ impl RowKeys {
 /// last such event: all that paging needs of it (migration 0009: a row at or before a
 /// cursor's snapshot still has the keys it had then). A read then leaves every indexed column
 /// of the row as it was, so PostgreSQL can update the row in place of the old one (a HOT
-/// update) instead of adding an entry to each of its fourteen indexes, and leaves
+/// update) instead of adding an entry to each of its indexes, and leaves
 /// `ticket_search` alone.
 fn moves(event: &Event) -> bool {
     !matches!(event, Event::Read(_))
@@ -346,13 +351,10 @@ impl Projection for TicketsProjection {
         let mut parts: Vec<(i64, String)> = Vec::new();
         for event in events {
             let recorded = decode(event)?;
-            let prev = tickets.remove(&event.stream_id);
-            if prev.as_ref().is_some_and(|r| r.t.version >= event.version) {
-                if let Some(r) = prev {
-                    tickets.insert(event.stream_id, r);
-                }
+            if TicketRow::has(tickets.get(&event.stream_id), event) {
                 continue;
             }
+            let prev = tickets.remove(&event.stream_id);
             let Some(row) = TicketRow::next(prev, event, &recorded)? else {
                 continue;
             };
@@ -501,12 +503,7 @@ struct Held {
 
 impl Fold for TicketsFold {
     fn add(&mut self, event: &StoredEvent, recorded: &Recorded) -> Result<(), StoreError> {
-        // As the batched path folds: an event at or below the state's version changes nothing.
-        if self
-            .held
-            .get(&event.stream_id)
-            .is_some_and(|h| h.row.t.version >= event.version)
-        {
+        if TicketRow::has(self.held.get(&event.stream_id).map(|h| &h.row), event) {
             return Ok(());
         }
         let prev = self.held.remove(&event.stream_id);
@@ -1208,23 +1205,19 @@ fn list_sql(
     // A literal, not a placeholder: the planner can then use the indexes on active tickets
     // (SQLite: partial, migration 0006; PostgreSQL: led by `active`, migration 0016) in a
     // generic plan too. On PostgreSQL a status filter says it too, when its statuses agree.
-    let implied = match (q.active, q.overdue, backend) {
-        (None, Some(true), _) | (Some(_), _, _) | (None, _, Backend::Sqlite) => None,
-        (None, _, Backend::Postgres) => statuses_active(&q.statuses),
+    let implied = match backend {
+        Backend::Postgres if q.active.is_none() && q.overdue != Some(true) => {
+            statuses_active(&q.statuses)
+        }
+        _ => None,
     };
     match q.active.or(implied) {
         Some(true) => sql.push_str(" AND active = 1"),
         Some(false) => sql.push_str(" AND active = 0"),
         None => {}
     }
-    // PostgreSQL's sort indexes lead with `active` (migration 0016): a list that admits both
-    // is read as two walks, one per value, merged. A customer's list is read in its own parts
-    // (below) instead.
-    let split = backend == Backend::Postgres
-        && q.active.is_none()
-        && q.overdue != Some(true)
-        && implied.is_none()
-        && visible.is_none();
+    // Whether the list admits one value of `active` only (overdue says `active = 1` below).
+    let one_kind = q.active.or(implied).is_some() || q.overdue == Some(true);
     if let Some(org) = &q.org {
         sql.push_str(" AND org = ?");
         binds.push(Bind::Text(org.clone()));
@@ -1328,7 +1321,9 @@ fn list_sql(
             sql.push_str(&v.whole.0);
             binds.extend(v.whole.1);
         }
-    } else if split && apart {
+    } else if apart && !one_kind {
+        // PostgreSQL's sort indexes lead with `active` (migration 0016): a list that admits
+        // both is two walks, one per value.
         parts = vec![
             (" AND active = 0".to_owned(), vec![]),
             (" AND active = 1".to_owned(), vec![]),
