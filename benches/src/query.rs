@@ -96,6 +96,38 @@ struct Kind {
     errors: u64,
 }
 
+/// The kinds of query, by their number in [`client`]'s choice; the mix takes the first five.
+const KINDS: [&str; 10] = [
+    "overdue",
+    "list",
+    "page2",
+    "search",
+    "search_customer",
+    "search_page2",
+    "list_all",
+    "mine",
+    "customer",
+    "colleague",
+];
+
+/// A token for a customer of the data, in their organization (`ticketd-gen` makes them).
+fn customer_token(
+    rng: &mut Rng,
+    args: &Args,
+    secret: &str,
+    org_wide: bool,
+) -> anyhow::Result<String> {
+    let c = rng.below(args.customers);
+    let org = format!("org-{}", c % args.orgs);
+    token_with(
+        secret,
+        &format!("customer-{c}"),
+        "customer",
+        Some(&org),
+        org_wide,
+    )
+}
+
 /// A search for two common words, as an agent types it.
 fn two_words(rng: &mut Rng) -> String {
     format!(
@@ -143,22 +175,11 @@ async fn client(
         turn += 1;
         let pick = match args.only.as_deref() {
             None => turn % 5,
-            Some("overdue") => 0,
-            Some("list") => 1,
-            Some("page2") => 2,
-            Some("search") => 3,
-            Some("search_page2") => 5,
-            Some("list_all") => 6,
-            Some("mine") => 7,
-            Some("customer") => 8,
-            Some("colleague") => 9,
-            Some(_) => 4,
+            Some(k) => KINDS.iter().position(|x| *x == k).unwrap_or(4),
         };
         let (kind, path, who) = match pick {
             0 => {
-                let c = rng.below(args.customers);
-                let org = format!("org-{}", c % args.orgs);
-                let t = token(&secret, &format!("customer-{c}"), "customer", Some(&org))?;
+                let t = customer_token(&mut rng, &args, &secret, false)?;
                 (
                     "overdue",
                     "/v1/tickets?view=mine&overdue=true".to_owned(),
@@ -194,21 +215,14 @@ async fn client(
                 )
             }
             7 => {
-                let c = rng.below(args.customers);
-                let org = format!("org-{}", c % args.orgs);
-                let t = token(&secret, &format!("customer-{c}"), "customer", Some(&org))?;
+                let t = customer_token(&mut rng, &args, &secret, false)?;
                 ("mine", "/v1/tickets?view=mine&limit=50".to_owned(), t)
             }
             // Everything a customer may see (on PostgreSQL read in parts, `Visible`): their
             // own requests and CCs, or, org-wide, their organization's tickets too.
             8 | 9 => {
-                let c = rng.below(args.customers);
-                let org = format!("org-{}", c % args.orgs);
-                let wide = pick == 9;
-                let who = format!("customer-{c}");
-                let t = token_with(&secret, &who, "customer", Some(&org), wide)?;
-                let kind = if wide { "colleague" } else { "customer" };
-                (kind, "/v1/tickets?limit=50".to_owned(), t)
+                let t = customer_token(&mut rng, &args, &secret, pick == 9)?;
+                (KINDS[pick], "/v1/tickets?limit=50".to_owned(), t)
             }
             3 => (
                 "search",
@@ -216,9 +230,7 @@ async fn client(
                 agent.clone(),
             ),
             _ => {
-                let c = rng.below(args.customers);
-                let org = format!("org-{}", c % args.orgs);
-                let t = token(&secret, &format!("customer-{c}"), "customer", Some(&org))?;
+                let t = customer_token(&mut rng, &args, &secret, false)?;
                 let q = THINGS[rng.below(THINGS.len() as u64) as usize];
                 ("search_customer", format!("/v1/tickets?q={q}&limit=50"), t)
             }
@@ -254,20 +266,8 @@ async fn main() -> anyhow::Result<()> {
         bail!("--clients must be at least 1");
     }
     if let Some(k) = &args.only {
-        let kinds = [
-            "overdue",
-            "list",
-            "page2",
-            "search",
-            "search_customer",
-            "search_page2",
-            "list_all",
-            "mine",
-            "customer",
-            "colleague",
-        ];
-        if !kinds.contains(&k.as_str()) {
-            bail!("--only takes one of {kinds:?}, not {k:?}");
+        if !KINDS.contains(&k.as_str()) {
+            bail!("--only takes one of {KINDS:?}, not {k:?}");
         }
     }
     let secret = secret(args.jwt_secret.as_deref(), &args.secret_file)?;
