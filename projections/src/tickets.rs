@@ -1304,19 +1304,35 @@ fn list_sql(
     // changed since a snapshot, which are few): a customer's tickets, each part from its own
     // index (requester, organization, CC) rather than as a set of ids each read by its key
     // (at 1 M tickets an org-wide customer's list: p50 0.46x); or both values of `active`.
-    let mut parts: Vec<(String, Vec<Bind>)> = Vec::new();
-    // Whether a part is read whole and sorted rather than walked in the sort's order.
-    let mut read_whole = false;
+    // Each with whether it is read whole and sorted rather than walked in the sort's order.
+    let mut parts: Vec<(String, Vec<Bind>, bool)> = Vec::new();
     let apart = backend == Backend::Postgres && !rank_first && !matches!(part, Part::Changed(..));
+    let col = q.sort.column();
+    // Both values of `active`, each a range of an index that leads with it (migration 0016).
+    let kinds = |cond: String, binds: Vec<Bind>| -> Vec<(String, Vec<Bind>, bool)> {
+        if one_kind {
+            vec![(cond, binds, false)]
+        } else {
+            [0, 1]
+                .map(|a| (format!("{cond} AND active = {a}"), binds.clone(), false))
+                .into()
+        }
+    };
     if let Some(v) = visible {
         // A search tests its words on the ids first, and reads the rows of the matches only.
         if apart && !searching {
-            parts = v.parts;
-            // A customer's part is small, but the planner, which cannot know how its tickets
-            // fall in the sort's order, would walk a sort index testing each row (at 1 M
-            // tickets an organization with no active ticket made `active=true&sort=due` read
-            // 300,000 of them). Read whole, each part costs what the customer sees.
-            read_whole = true;
+            for (cond, cond_binds, in_recent_order) in v.parts {
+                if in_recent_order && col == "last_activity_at" {
+                    parts.extend(kinds(cond, cond_binds));
+                } else {
+                    // A customer's part is small, but the planner, which cannot know how its
+                    // tickets fall in the sort's order, would walk a sort index testing each
+                    // row (at 1 M tickets an organization with no active ticket made
+                    // `active=true&sort=due` read 300,000 of them). Read whole, the part costs
+                    // what the customer sees.
+                    parts.push((cond, cond_binds, true));
+                }
+            }
         } else {
             sql.push_str(&v.whole.0);
             binds.extend(v.whole.1);
@@ -1324,12 +1340,8 @@ fn list_sql(
     } else if apart && !one_kind {
         // PostgreSQL's sort indexes lead with `active` (migration 0016): a list that admits
         // both is two walks, one per value.
-        parts = vec![
-            (" AND active = 0".to_owned(), vec![]),
-            (" AND active = 1".to_owned(), vec![]),
-        ];
+        parts = kinds(String::new(), vec![]);
     }
-    let col = q.sort.column();
     match part {
         Part::Unchanged(tx, seq) => {
             sql.push_str(" AND (position_tx, position_seq) <= (?, ?)");
@@ -1368,9 +1380,9 @@ fn list_sql(
         // Each walk stops at a page's worth; the merge keeps the first of them all.
         let walks: Vec<String> = parts
             .iter()
-            .map(|(cond, _)| {
+            .map(|(cond, _, read_whole)| {
                 // `+ 0`: an expression no index holds, so no index is walked for its order.
-                let by = if read_whole {
+                let by = if *read_whole {
                     format!(" ORDER BY {col} + 0 {dir}, id {dir}")
                 } else {
                     order("")
@@ -1384,7 +1396,7 @@ fn list_sql(
             order("u.")
         );
         let mut all = Vec::new();
-        for (_, cond_binds) in parts {
+        for (_, cond_binds, _) in parts {
             all.extend(binds.iter().cloned());
             all.extend(cond_binds);
             all.push(limit.clone());
@@ -1415,8 +1427,11 @@ struct Visible {
     /// As one condition: a set of ids from the indexes (requester, CC member, org), not an OR
     /// over every ticket: a customer sees a few hundred tickets out of millions.
     whole: (String, Vec<Bind>),
-    /// As disjoint conditions, each served by one index, whose union is the same tickets.
-    parts: Vec<(String, Vec<Bind>)>,
+    /// As disjoint conditions, each served by one index, whose union is the same tickets; with
+    /// whether that index holds the part's tickets of one value of `active` in the default
+    /// order (`last_activity_at, id`: the organization's, migration 0017, and the requester's,
+    /// migration 0016), so a list in that order walks it.
+    parts: Vec<(String, Vec<Bind>, bool)>,
 }
 
 impl Visible {
@@ -1433,20 +1448,26 @@ impl Visible {
                 whole.push_str(" UNION SELECT id FROM tickets WHERE org = ?");
                 whole_binds.push(org.clone());
                 vec![
-                    (" AND org = ?".to_owned(), vec![org.clone()]),
+                    (" AND org = ?".to_owned(), vec![org.clone()], true),
                     (
                         " AND requester = ? AND org IS DISTINCT FROM ?".to_owned(),
                         vec![me.clone(), org.clone()],
+                        true,
                     ),
                     (
                         format!(" AND requester <> ? AND org IS DISTINCT FROM ?{IN_CC}"),
                         vec![me.clone(), org, me],
+                        false,
                     ),
                 ]
             }
             _ => vec![
-                (" AND requester = ?".to_owned(), vec![me.clone()]),
-                (format!(" AND requester <> ?{IN_CC}"), vec![me.clone(), me]),
+                (" AND requester = ?".to_owned(), vec![me.clone()], true),
+                (
+                    format!(" AND requester <> ?{IN_CC}"),
+                    vec![me.clone(), me],
+                    false,
+                ),
             ],
         };
         whole.push(')');

@@ -687,24 +687,55 @@ async fn lists_read_their_indexes_in_order(store: Arc<dyn EventStore>) {
         );
     }
     // PostgreSQL: an org-wide customer's list reads each part of what they may see (their
-    // organization's, their own requests, their CCs) from that part's own index and sorts it,
-    // whatever the filters: never a walk of a sort index testing every row on the way.
+    // organization's, their own requests, their CCs) from that part's own index, whatever the
+    // filters: never a walk of a sort index testing every row on the way. In the default order
+    // the organization's part and their own requests are walked in order, a page of each kind
+    // of `active` (migration 0017); in another the parts are read whole and sorted.
     if postgres {
         let colleague = || customer("user-7", "org-7", true);
-        for q in [
-            list(colleague(), View::All, Sort::default()),
-            ListQuery {
-                active: Some(true),
-                ..list(colleague(), View::All, Sort::Due)
-            },
+        for (q, walked) in [
+            (list(colleague(), View::All, Sort::default()), true),
+            (
+                ListQuery {
+                    active: Some(true),
+                    ..list(colleague(), View::All, Sort::default())
+                },
+                true,
+            ),
+            (
+                ListQuery {
+                    active: Some(true),
+                    ..list(colleague(), View::All, Sort::Due)
+                },
+                false,
+            ),
         ] {
             let (sql, binds) = tickets::first_page_statement(&q, postgres);
-            let plan = conn
+            let lines = conn
                 .fetch_column::<String>(&format!("EXPLAIN {sql}"), &binds)
                 .await
-                .expect("explain")
-                .join("\n");
+                .expect("explain");
+            let plan = lines.join("\n");
             assert!(plan.contains("tickets_org"), "{sql}\n{plan}");
+            if walked {
+                for index in ["tickets_org", "tickets_requester"] {
+                    let reads: Vec<&String> = lines.iter().filter(|l| l.contains(index)).collect();
+                    assert!(
+                        !reads.is_empty()
+                            && reads
+                                .iter()
+                                .all(|l| l.contains(&format!("Scan Backward using {index}"))),
+                        "{sql}\nshould walk {index} in order:\n{plan}"
+                    );
+                }
+                // One kind or both: a walk of each per value of `active`.
+                let walks = if q.active.is_some() { 1 } else { 2 };
+                assert_eq!(
+                    plan.matches("Scan Backward using tickets_org").count(),
+                    walks,
+                    "{sql}\n{plan}"
+                );
+            }
             for walk in [
                 "Seq Scan on tickets",
                 "tickets_last_activity",
