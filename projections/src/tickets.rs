@@ -1322,7 +1322,8 @@ fn list_sql(
         // A search tests its words on the ids first, and reads the rows of the matches only.
         if apart && !searching {
             for (cond, cond_binds, in_recent_order) in v.parts {
-                if in_recent_order && col == "last_activity_at" {
+                if in_recent_order && matches!(q.sort, Sort::LastActivityDesc | Sort::LastActivity)
+                {
                     parts.extend(kinds(cond, cond_binds));
                 } else {
                     // A customer's part is small, but the planner, which cannot know how its
