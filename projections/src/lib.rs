@@ -38,6 +38,12 @@ use crate::sql::{unavailable, Bind, Conn};
 
 /// Events applied per transaction: short enough that SQLite's single writer is never held long.
 pub const BATCH: usize = 500;
+/// PostgreSQL: events a runner applies per transaction. A runner that falls behind under load
+/// takes full batches, and the oldest event of one waits for all of it: at 32 clients the
+/// `tickets` runner took 60 - 150 ms for 500 events. With 250 its lag p99 was under 100 ms in
+/// 5 of 6 runs against 3 of 6, the highest lag lower in 5 of 6 pairs, and catching up with
+/// 450,000 events took 1.07x the time (docs/PERFORMANCE.md, session 22).
+const PG_BATCH: usize = 250;
 /// How often a projection looks for new events when no commit signal arrives.
 const POLL: Duration = Duration::from_secs(1);
 /// SQLite: the least time between the starts of a caught-up runner's batches (see `turn`).
@@ -925,12 +931,12 @@ async fn follow(
             let past = bystanders
                 .as_ref()
                 .map_or_else(Vec::new, Bystanders::current);
-            let read = ticketd_commands::postgres::read_all_on(conn, at, BATCH, &past).await;
+            let read = ticketd_commands::postgres::read_all_on(conn, at, PG_BATCH, &past).await;
             let batch = match read {
                 Ok(b) => b,
                 Err(e) => return Err(format!("reading the log after {at}: {e}")),
             };
-            paced = batch.len() < BATCH;
+            paced = batch.len() < PG_BATCH;
             if batch.is_empty() {
                 break;
             }
