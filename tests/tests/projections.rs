@@ -431,7 +431,12 @@ async fn search_plans_agree_with_the_rule(store: Arc<dyn EventStore>) {
                 .map(|(id, _, _)| *id)
                 .collect();
             found += want.len();
-            for plan in [TextPlan::Auto, TextPlan::FromIndex, TextPlan::Walk] {
+            for plan in [
+                TextPlan::Auto,
+                TextPlan::FromIndex,
+                TextPlan::FromIndexAll,
+                TextPlan::Walk,
+            ] {
                 let got = search_pages(&db, viewer, words, plan).await;
                 assert_eq!(got, want, "{} {words:?} {plan:?}", viewer.id);
             }
@@ -443,7 +448,7 @@ async fn search_plans_agree_with_the_rule(store: Arc<dyn EventStore>) {
     for sort in [Sort::LastActivityDesc, Sort::Due, Sort::PriorityDesc] {
         for words in &queries {
             let want = search_pages_by(&db, &staff(), words, TextPlan::Walk, sort).await;
-            for plan in [TextPlan::Auto, TextPlan::FromIndex] {
+            for plan in [TextPlan::Auto, TextPlan::FromIndex, TextPlan::FromIndexAll] {
                 let got = search_pages_by(&db, &staff(), words, plan, sort).await;
                 assert_eq!(got, want, "{words:?} {plan:?} {sort:?}");
             }
