@@ -1087,7 +1087,8 @@ fn pg_text_condition(words: &[String], all: bool) -> (String, Vec<Bind>) {
 pub enum TextPlan {
     /// [`TextPlan::FromIndex`] when the words are expected in at most [`FROM_INDEX_MAX`]
     /// tickets (PostgreSQL: the planner's estimate; SQLite: the rarest word's count of parts,
-    /// counted up to one more than that), else [`TextPlan::Walk`].
+    /// counted up to one more than that), else [`TextPlan::Walk`]. SQLite refines both: see
+    /// [`TextPlan::FromIndexAll`] and [`TextPlan::WalkWithSet`].
     #[default]
     Auto,
     /// Every match from the text index first, then just those tickets filtered, sorted and
@@ -1102,6 +1103,11 @@ pub enum TextPlan {
     /// For common words: walk the list in its order and check each ticket's text until the
     /// page is full. (PostgreSQL: what the planner then picks, usually this.)
     Walk,
+    /// SQLite: walk the list in its order, testing each ticket against the rarest word's
+    /// tickets (read from the index once) and checking the other words per ticket for those
+    /// only: the way when the rarest word is common but not everywhere. PostgreSQL: as
+    /// [`TextPlan::Walk`].
+    WalkWithSet,
 }
 
 impl TextPlan {
@@ -1109,6 +1115,12 @@ impl TextPlan {
         matches!(self, TextPlan::FromIndex | TextPlan::FromIndexAll)
     }
 }
+
+/// SQLite: a walk tests its rarest word against that word's tickets read from the index when
+/// it is in at most this many parts ([`TextPlan::WalkWithSet`]), rather than by a check per
+/// ticket. Measured at 1,000,000 tickets: "printer jams" (45,301 and 753,221 parts) took 2.3 s
+/// walking with a check per ticket per word, 9 ms walking with the set.
+const WALK_SET_MAX: i64 = 100_000;
 
 /// SQLite: a word whose matches (parts) number at most this many times the rarest word's is
 /// read from the index too ([`TextPlan::FromIndexAll`]) rather than checked ticket by ticket.
@@ -1298,13 +1310,19 @@ fn list_sql(
             };
             let from_index = match plan {
                 TextPlan::FromIndexAll => phrases.len(),
-                TextPlan::FromIndex => 1,
+                TextPlan::FromIndex | TextPlan::WalkWithSet => 1,
                 TextPlan::Auto | TextPlan::Walk => 0,
+            };
+            // `+number`: a test of each ticket the walk reaches, not an index to start from.
+            let number = if plan == TextPlan::WalkWithSet {
+                "+number"
+            } else {
+                "number"
             };
             let (sets, check) = phrases.split_at(from_index.min(phrases.len()));
             for phrase in sets {
                 sql.push_str(&format!(
-                    " AND number IN (SELECT ticket_fts.rowid >> 32 FROM ticket_fts \
+                    " AND {number} IN (SELECT ticket_fts.rowid >> 32 FROM ticket_fts \
                      WHERE ticket_fts MATCH ?{public})"
                 ));
                 binds.push(Bind::Text(phrase.clone()));
@@ -1656,7 +1674,17 @@ pub async fn list_with(
                 Some((_, fewest)) if *fewest <= FROM_INDEX_MAX => {
                     sqlite_from_index(&mut conn, &counted).await?
                 }
-                _ => TextPlan::Walk,
+                Some((rarest, _)) => {
+                    let counts =
+                        count_parts(&mut conn, std::slice::from_ref(rarest), WALK_SET_MAX + 1)
+                            .await?;
+                    if counts.iter().all(|&(_, n)| n <= WALK_SET_MAX) {
+                        TextPlan::WalkWithSet
+                    } else {
+                        TextPlan::Walk
+                    }
+                }
+                None => TextPlan::Walk,
             };
             let phrases = counted.into_iter().map(|(p, _)| p).collect();
             (TextQuery::Sqlite(phrases), plan)

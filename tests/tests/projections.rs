@@ -436,6 +436,7 @@ async fn search_plans_agree_with_the_rule(store: Arc<dyn EventStore>) {
                 TextPlan::FromIndex,
                 TextPlan::FromIndexAll,
                 TextPlan::Walk,
+                TextPlan::WalkWithSet,
             ] {
                 let got = search_pages(&db, viewer, words, plan).await;
                 assert_eq!(got, want, "{} {words:?} {plan:?}", viewer.id);
@@ -448,7 +449,12 @@ async fn search_plans_agree_with_the_rule(store: Arc<dyn EventStore>) {
     for sort in [Sort::LastActivityDesc, Sort::Due, Sort::PriorityDesc] {
         for words in &queries {
             let want = search_pages_by(&db, &staff(), words, TextPlan::Walk, sort).await;
-            for plan in [TextPlan::Auto, TextPlan::FromIndex, TextPlan::FromIndexAll] {
+            for plan in [
+                TextPlan::Auto,
+                TextPlan::FromIndex,
+                TextPlan::FromIndexAll,
+                TextPlan::WalkWithSet,
+            ] {
                 let got = search_pages_by(&db, &staff(), words, plan, sort).await;
                 assert_eq!(got, want, "{words:?} {plan:?} {sort:?}");
             }
