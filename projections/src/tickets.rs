@@ -1686,6 +1686,69 @@ pub fn first_page_statement(q: &ListQuery, postgres: bool) -> (String, Vec<Bind>
     list_sql(q, backend, TextQuery::Any, TextPlan::Walk, Part::First)
 }
 
+/// The text query and plan a search of `q` takes: `plan`, or, for [`TextPlan::Auto`], the one
+/// chosen for its words.
+async fn planned(
+    conn: &mut Conn<'_>,
+    q: &ListQuery,
+    text: TextQuery,
+    plan: TextPlan,
+) -> Result<(TextQuery, TextPlan), StoreError> {
+    Ok(match (text, plan) {
+        (TextQuery::Postgres { all, words }, TextPlan::Auto) => {
+            // Without an estimate, the planner decides as it would anyway.
+            let plan = match pg_estimate(conn, &words).await {
+                Some(rows) if rows <= FROM_INDEX_MAX as f64 => TextPlan::FromIndex,
+                _ => TextPlan::Walk,
+            };
+            (TextQuery::Postgres { all, words }, plan)
+        }
+        (TextQuery::Sqlite(phrases), TextPlan::Auto) => {
+            let mut counted = rarest_first(conn, phrases).await?;
+            let plan = match counted.first() {
+                Some((_, fewest)) if *fewest <= FROM_INDEX_MAX => {
+                    sqlite_from_index(conn, &counted).await?
+                }
+                Some(_) => {
+                    // Every word counted further, so the rarest is known and the plans priced.
+                    let phrases: Vec<String> = counted.iter().map(|c| c.0.clone()).collect();
+                    let mut recount = count_parts(conn, &phrases, COUNT_MAX + 1).await?;
+                    recount.sort_by_key(|&(i, n)| (n, i));
+                    let tickets: Vec<i64> = conn
+                        .fetch_column("SELECT coalesce(max(number), 0) FROM tickets", &[])
+                        .await?;
+                    let counts: Vec<i64> = recount.iter().map(|c| c.1).collect();
+                    let page = i64::try_from(q.limit).unwrap_or(200) + 1;
+                    let plan = walk_or_sets(&counts, tickets.first().copied().unwrap_or(0), page);
+                    counted = recount
+                        .iter()
+                        .filter_map(|&(i, n)| {
+                            Some((phrases.get(usize::try_from(i).ok()?)?.clone(), n))
+                        })
+                        .collect();
+                    plan
+                }
+                None => TextPlan::Walk,
+            };
+            let phrases = counted.into_iter().map(|(p, _)| p).collect();
+            (TextQuery::Sqlite(phrases), plan)
+        }
+        other => other,
+    })
+}
+
+/// The plan [`TextPlan::Auto`] takes for the words of `q` (tests check the choice).
+pub async fn auto_plan(db: &Database, q: &ListQuery) -> Result<TextPlan, StoreError> {
+    let backend = match db {
+        Database::Sqlite(_) => Backend::Sqlite,
+        Database::Postgres(_) => Backend::Postgres,
+    };
+    let text = text_query(&q.words, staff(&q.viewer), backend);
+    let mut pooled = Pooled::acquire(db).await?;
+    let mut conn = pooled.conn();
+    Ok(planned(&mut conn, q, text, TextPlan::Auto).await?.1)
+}
+
 /// A page of the list and the cursor of the next one, if any.
 pub async fn list(
     db: &Database,
@@ -1708,47 +1771,7 @@ pub async fn list_with(
     let text = text_query(&q.words, staff(&q.viewer), backend);
     let mut pooled = Pooled::acquire(db).await?;
     let mut conn = pooled.conn();
-    let (text, plan) = match (text, plan) {
-        (TextQuery::Postgres { all, words }, TextPlan::Auto) => {
-            // Without an estimate, the planner decides as it would anyway.
-            let plan = match pg_estimate(&mut conn, &words).await {
-                Some(rows) if rows <= FROM_INDEX_MAX as f64 => TextPlan::FromIndex,
-                _ => TextPlan::Walk,
-            };
-            (TextQuery::Postgres { all, words }, plan)
-        }
-        (TextQuery::Sqlite(phrases), TextPlan::Auto) => {
-            let mut counted = rarest_first(&mut conn, phrases).await?;
-            let plan = match counted.first() {
-                Some((_, fewest)) if *fewest <= FROM_INDEX_MAX => {
-                    sqlite_from_index(&mut conn, &counted).await?
-                }
-                Some(_) => {
-                    // Every word counted further, so the rarest is known and the plans priced.
-                    let phrases: Vec<String> = counted.iter().map(|c| c.0.clone()).collect();
-                    let mut recount = count_parts(&mut conn, &phrases, COUNT_MAX + 1).await?;
-                    recount.sort_by_key(|&(i, n)| (n, i));
-                    let tickets: Vec<i64> = conn
-                        .fetch_column("SELECT coalesce(max(number), 0) FROM tickets", &[])
-                        .await?;
-                    let counts: Vec<i64> = recount.iter().map(|c| c.1).collect();
-                    let page = i64::try_from(q.limit).unwrap_or(200) + 1;
-                    let plan = walk_or_sets(&counts, tickets.first().copied().unwrap_or(0), page);
-                    counted = recount
-                        .iter()
-                        .filter_map(|&(i, n)| {
-                            Some((phrases.get(usize::try_from(i).ok()?)?.clone(), n))
-                        })
-                        .collect();
-                    plan
-                }
-                None => TextPlan::Walk,
-            };
-            let phrases = counted.into_iter().map(|(p, _)| p).collect();
-            (TextQuery::Sqlite(phrases), plan)
-        }
-        other => other,
-    };
+    let (text, plan) = planned(&mut conn, q, text, plan).await?;
     // A search is planned for its very words (see `Conn::fetch_column_unprepared`).
     let persistent = q.words.is_empty();
     let (mut items, from) = match q.after {

@@ -1187,6 +1187,109 @@ both_backends!(
     a_customer_lists_what_they_may_see_once,
 );
 
+/// SQLite: past the first count's bound (5,000 parts) a search's plan follows its words'
+/// counts, and every plan finds the same tickets, in the same order, as the walk that checks
+/// each word per ticket. 7,000 tickets: "alpha" in three in four and "delta" in four in five
+/// (both common, meeting often: a walk testing the rarer as a set; "alpha" alone too), "beta"
+/// in one in seven (with "delta": every word from the index), "zeta" in ten (with "delta",
+/// far more common: the rarer from the index, the other checked per ticket).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_search_plans_follow_the_words_counts() {
+    let t = ticketd_tests::sqlite_store().await;
+    let store: Arc<dyn EventStore> = t.store.clone();
+    let h = Arc::new(CommandHandler::new(
+        store.clone(),
+        SlaPolicy::default(),
+        100,
+    ));
+    let mut last = Position::START;
+    let numbers: Vec<usize> = (0..7_000).collect();
+    for chunk in numbers.chunks(100) {
+        let opens = chunk.iter().map(|&i| {
+            let h = h.clone();
+            let words: Vec<&str> = [
+                (i % 4 != 0, "alpha"),
+                (i % 5 != 0, "delta"),
+                (i % 7 == 0, "beta"),
+                (i % 700 == 1, "zeta"),
+            ]
+            .into_iter()
+            .filter_map(|(has, w)| has.then_some(w))
+            .collect();
+            async move {
+                h.open(
+                    staff(),
+                    OpenTicket {
+                        subject: format!("t{i} {}", words.join(" ")),
+                        description: "d".into(),
+                        requester: Some("cust".into()),
+                        ..OpenTicket::default()
+                    },
+                    Options::default(),
+                )
+                .await
+                .expect("open")
+                .position
+            }
+        });
+        for at in futures::future::join_all(opens).await {
+            if at > last {
+                last = at;
+            }
+        }
+    }
+    let p = Projector::start(store.clone()).expect("a store with a database");
+    p.wait_for(tickets::NAME, last, Duration::from_secs(60))
+        .await
+        .expect("caught up");
+    let db = p.database().clone();
+    let first_pages = |q: ListQuery, plan: TextPlan| {
+        let db = db.clone();
+        async move {
+            let mut q = q;
+            let mut ids = Vec::new();
+            for _ in 0..3 {
+                let (page, next) = tickets::list_with(&db, &q, plan).await.expect("list");
+                ids.extend(page.iter().map(|t| t.id));
+                match next {
+                    Some(c) => q.after = Some(c),
+                    None => break,
+                }
+            }
+            ids
+        }
+    };
+    for (words, want) in [
+        (vec!["alpha", "delta"], TextPlan::WalkWithSet),
+        (vec!["alpha"], TextPlan::WalkWithSet),
+        (vec!["beta", "delta"], TextPlan::FromIndexAll),
+        (vec!["zeta", "delta"], TextPlan::FromIndex),
+    ] {
+        let q = ListQuery {
+            words: words.iter().map(|w| (*w).to_owned()).collect(),
+            limit: 50,
+            ..list_of(&staff(), Sort::LastActivityDesc)
+        };
+        let chosen = tickets::auto_plan(&db, &q).await.expect("plan");
+        assert_eq!(chosen, want, "{words:?}");
+        let walked = first_pages(q.clone(), TextPlan::Walk).await;
+        assert!(!walked.is_empty(), "{words:?}");
+        for plan in [
+            TextPlan::Auto,
+            TextPlan::FromIndex,
+            TextPlan::FromIndexAll,
+            TextPlan::WalkWithSet,
+        ] {
+            assert_eq!(
+                first_pages(q.clone(), plan).await,
+                walked,
+                "{words:?} {plan:?}"
+            );
+        }
+    }
+    p.shutdown(WAIT).await;
+}
+
 /// PostgreSQL: two processes' projectors on one schema; one leads, the other takes over when
 /// the leader goes away, and queries in either see the leader's progress.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
