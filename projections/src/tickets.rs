@@ -1019,6 +1019,15 @@ enum Backend {
     Postgres,
 }
 
+impl Backend {
+    fn of(db: &Database) -> Self {
+        match db {
+            Database::Sqlite(_) => Backend::Sqlite,
+            Database::Postgres(_) => Backend::Postgres,
+        }
+    }
+}
+
 /// What `q` asks of the text.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum TextQuery {
@@ -1739,10 +1748,7 @@ async fn planned(
 
 /// The plan [`TextPlan::Auto`] takes for the words of `q` (tests check the choice).
 pub async fn auto_plan(db: &Database, q: &ListQuery) -> Result<TextPlan, StoreError> {
-    let backend = match db {
-        Database::Sqlite(_) => Backend::Sqlite,
-        Database::Postgres(_) => Backend::Postgres,
-    };
+    let backend = Backend::of(db);
     let text = text_query(&q.words, staff(&q.viewer), backend);
     let mut pooled = Pooled::acquire(db).await?;
     let mut conn = pooled.conn();
@@ -1764,10 +1770,7 @@ pub async fn list_with(
     q: &ListQuery,
     plan: TextPlan,
 ) -> Result<(Vec<Ticket>, Option<Cursor>), StoreError> {
-    let backend = match db {
-        Database::Sqlite(_) => Backend::Sqlite,
-        Database::Postgres(_) => Backend::Postgres,
-    };
+    let backend = Backend::of(db);
     let text = text_query(&q.words, staff(&q.viewer), backend);
     let mut pooled = Pooled::acquire(db).await?;
     let mut conn = pooled.conn();
