@@ -998,6 +998,13 @@ pub struct ListQuery {
     pub now: DateTime<Utc>,
 }
 
+impl ListQuery {
+    /// The rows a page reads: one more than it shows tells whether another follows.
+    fn rows(&self) -> i64 {
+        i64::try_from(self.limit).unwrap_or(200) + 1
+    }
+}
+
 fn push_in(sql: &mut String, binds: &mut Vec<Bind>, column: &str, values: Vec<String>) {
     if values.is_empty() {
         return;
@@ -1424,7 +1431,7 @@ fn list_sql(
         binds.push(Bind::Uuid(c.id));
     }
     let order = |of: &str| format!(" ORDER BY {of}{col} {dir}, {of}id {dir}");
-    let limit = Bind::I64(i64::try_from(q.limit).unwrap_or(200) + 1);
+    let limit = Bind::I64(q.rows());
     if !parts.is_empty() {
         // Each walk stops at a page's worth; the merge keeps the first of them all.
         let walks: Vec<String> = parts
@@ -1554,13 +1561,14 @@ async fn pg_estimate(conn: &mut Conn<'_>, words: &[String]) -> Option<f64> {
 }
 
 /// SQLite: the phrases, those in the fewest parts first (so the walk rejects a ticket at the
-/// first check it can), each with the parts that hold it, counted only up to one more than
-/// [`FROM_INDEX_MAX`], which stops counting a common word early.
+/// first check it can), each with the parts that hold it, counted only up to `cap`, which
+/// stops counting a common word early.
 async fn rarest_first(
     conn: &mut Conn<'_>,
-    phrases: Vec<String>,
+    phrases: &[String],
+    cap: i64,
 ) -> Result<Vec<(String, i64)>, StoreError> {
-    let mut counts = count_parts(conn, &phrases, FROM_INDEX_MAX + 1).await?;
+    let mut counts = count_parts(conn, phrases, cap).await?;
     counts.sort_by_key(|&(i, n)| (n, i));
     Ok(counts
         .iter()
@@ -1713,29 +1721,20 @@ async fn planned(
             (TextQuery::Postgres { all, words }, plan)
         }
         (TextQuery::Sqlite(phrases), TextPlan::Auto) => {
-            let mut counted = rarest_first(conn, phrases).await?;
+            let mut counted = rarest_first(conn, &phrases, FROM_INDEX_MAX + 1).await?;
             let plan = match counted.first() {
                 Some((_, fewest)) if *fewest <= FROM_INDEX_MAX => {
                     sqlite_from_index(conn, &counted).await?
                 }
                 Some(_) => {
                     // Every word counted further, so the rarest is known and the plans priced.
-                    let phrases: Vec<String> = counted.iter().map(|c| c.0.clone()).collect();
-                    let mut recount = count_parts(conn, &phrases, COUNT_MAX + 1).await?;
-                    recount.sort_by_key(|&(i, n)| (n, i));
+                    counted = rarest_first(conn, &phrases, COUNT_MAX + 1).await?;
                     let tickets: Vec<i64> = conn
                         .fetch_column("SELECT coalesce(max(number), 0) FROM tickets", &[])
                         .await?;
-                    let counts: Vec<i64> = recount.iter().map(|c| c.1).collect();
-                    let page = i64::try_from(q.limit).unwrap_or(200) + 1;
-                    let plan = walk_or_sets(&counts, tickets.first().copied().unwrap_or(0), page);
-                    counted = recount
-                        .iter()
-                        .filter_map(|&(i, n)| {
-                            Some((phrases.get(usize::try_from(i).ok()?)?.clone(), n))
-                        })
-                        .collect();
-                    plan
+                    let counts: Vec<i64> = counted.iter().map(|c| c.1).collect();
+                    let tickets = tickets.first().copied().unwrap_or(0);
+                    walk_or_sets(&counts, tickets, q.rows())
                 }
                 None => TextPlan::Walk,
             };
