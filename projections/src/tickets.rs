@@ -1204,7 +1204,7 @@ fn list_sql(
             // ("my overdue requests" read every ticket of the customer twice).
             Role::Customer if matches!(q.view, View::Mine | View::Cc) => {}
             // Set below, once the text's plan is known.
-            Role::Customer => visible = Some(Visible::of(&q.viewer)),
+            Role::Customer => visible = Some(Visible::of(&q.viewer, q.sort)),
             // Nobody else holds a token that reaches here; see nothing rather than guess.
             _ => sql.push_str(" AND 1 = 0"),
         }
@@ -1359,34 +1359,36 @@ fn list_sql(
     // changed since a snapshot, which are few): a customer's tickets, each part from its own
     // index (requester, organization, CC) rather than as a set of ids each read by its key
     // (at 1 M tickets an org-wide customer's list: p50 0.46x); or both values of `active`.
-    // Each with whether it is read whole and sorted rather than walked in the sort's order.
-    let mut parts: Vec<(String, Vec<Bind>, bool)> = Vec::new();
+    let mut parts: Vec<Branch> = Vec::new();
+    // (Only a search from the text index makes a CTE, and it ranks first: branches need none.)
     let apart = backend == Backend::Postgres && !rank_first && !matches!(part, Part::Changed(..));
     let col = q.sort.column();
     // Both values of `active`, each a range of an index that leads with it (migration 0016).
-    let kinds = |cond: String, binds: Vec<Bind>| -> Vec<(String, Vec<Bind>, bool)> {
+    let kinds = |cond: String, binds: Vec<Bind>| -> Vec<Branch> {
         if one_kind {
-            vec![(cond, binds, false)]
+            vec![Branch {
+                cond,
+                binds,
+                read_whole: false,
+            }]
         } else {
             [0, 1]
-                .map(|a| (format!("{cond} AND active = {a}"), binds.clone(), false))
+                .map(|a| Branch {
+                    cond: format!("{cond} AND active = {a}"),
+                    binds: binds.clone(),
+                    read_whole: false,
+                })
                 .into()
         }
     };
     if let Some(v) = visible {
         // A search tests its words on the ids first, and reads the rows of the matches only.
         if apart && !searching {
-            for (cond, cond_binds, in_recent_order) in v.parts {
-                if in_recent_order && matches!(q.sort, Sort::LastActivityDesc | Sort::LastActivity)
-                {
-                    parts.extend(kinds(cond, cond_binds));
+            for b in v.parts {
+                if b.read_whole {
+                    parts.push(b);
                 } else {
-                    // A customer's part is small, but the planner, which cannot know how its
-                    // tickets fall in the sort's order, would walk a sort index testing each
-                    // row (at 1 M tickets an organization with no active ticket made
-                    // `active=true&sort=due` read 300,000 of them). Read whole, the part costs
-                    // what the customer sees.
-                    parts.push((cond, cond_binds, true));
+                    parts.extend(kinds(b.cond, b.binds));
                 }
             }
         } else {
@@ -1436,15 +1438,21 @@ fn list_sql(
         // Each walk stops at a page's worth; the merge keeps the first of them all.
         let walks: Vec<String> = parts
             .iter()
-            .map(|(cond, _, read_whole)| {
-                // `+ 0`: an expression no index holds, so no index is walked for its order.
-                let by = if *read_whole {
-                    format!(" ORDER BY {col} + 0 {dir}, id {dir}")
-                } else {
-                    order("")
-                };
-                format!("(SELECT state, {col}, id FROM tickets WHERE 1 = 1{sql}{cond}{by} LIMIT ?)")
-            })
+            .map(
+                |Branch {
+                     cond, read_whole, ..
+                 }| {
+                    // `+ 0`: an expression no index holds, so no index is walked for its order.
+                    let by = if *read_whole {
+                        format!(" ORDER BY {col} + 0 {dir}, id {dir}")
+                    } else {
+                        order("")
+                    };
+                    format!(
+                        "(SELECT state, {col}, id FROM tickets WHERE 1 = 1{sql}{cond}{by} LIMIT ?)"
+                    )
+                },
+            )
             .collect();
         let sql = format!(
             "SELECT state{checkpoint} FROM ({}) u{} LIMIT ?",
@@ -1452,9 +1460,9 @@ fn list_sql(
             order("u.")
         );
         let mut all = Vec::new();
-        for (_, cond_binds, _) in parts {
+        for b in parts {
             all.extend(binds.iter().cloned());
-            all.extend(cond_binds);
+            all.extend(b.binds);
             all.push(limit.clone());
         }
         all.push(limit);
@@ -1483,15 +1491,34 @@ struct Visible {
     /// As one condition: a set of ids from the indexes (requester, CC member, org), not an OR
     /// over every ticket: a customer sees a few hundred tickets out of millions.
     whole: (String, Vec<Bind>),
-    /// As disjoint conditions, each served by one index, whose union is the same tickets; with
-    /// whether that index holds the part's tickets of one value of `active` in the default
-    /// order (`last_activity_at, id`: the organization's, migration 0017, and the requester's,
-    /// migration 0016), so a list in that order walks it.
-    parts: Vec<(String, Vec<Bind>, bool)>,
+    /// As disjoint conditions, each served by one index, whose union is the same tickets.
+    parts: Vec<Branch>,
+}
+
+/// One of the disjoint conditions a PostgreSQL list is read in, the branches merged by the
+/// sort key.
+struct Branch {
+    cond: String,
+    binds: Vec<Bind>,
+    /// Read whole and sorted rather than walked in the sort's order.
+    read_whole: bool,
 }
 
 impl Visible {
-    fn of(viewer: &Actor) -> Self {
+    /// For a list in `sort`. A part whose index holds its tickets of one value of `active` in
+    /// the default order (`last_activity_at, id`: the organization's, migration 0017, and the
+    /// requester's, migration 0016) is walked when the list is in that order. Any other part
+    /// is small, but the planner, which cannot know how its tickets fall in the sort's order,
+    /// would walk a sort index testing each row (at 1 M tickets an organization with no active
+    /// ticket made `active=true&sort=due` read 300,000 of them): it is read whole, and costs
+    /// what the customer sees.
+    fn of(viewer: &Actor, sort: Sort) -> Self {
+        let walks = matches!(sort, Sort::LastActivityDesc | Sort::LastActivity);
+        let branch = |cond: String, binds: Vec<Bind>, indexed_in_order: bool| Branch {
+            cond,
+            binds,
+            read_whole: !(walks && indexed_in_order),
+        };
         let me = Bind::Text(viewer.id.clone());
         let mut whole = String::from(
             " AND id IN (SELECT id FROM tickets WHERE requester = ? \
@@ -1504,13 +1531,13 @@ impl Visible {
                 whole.push_str(" UNION SELECT id FROM tickets WHERE org = ?");
                 whole_binds.push(org.clone());
                 vec![
-                    (" AND org = ?".to_owned(), vec![org.clone()], true),
-                    (
+                    branch(" AND org = ?".to_owned(), vec![org.clone()], true),
+                    branch(
                         " AND requester = ? AND org IS DISTINCT FROM ?".to_owned(),
                         vec![me.clone(), org.clone()],
                         true,
                     ),
-                    (
+                    branch(
                         format!(" AND requester <> ? AND org IS DISTINCT FROM ?{IN_CC}"),
                         vec![me.clone(), org, me],
                         false,
@@ -1518,8 +1545,8 @@ impl Visible {
                 ]
             }
             _ => vec![
-                (" AND requester = ?".to_owned(), vec![me.clone()], true),
-                (
+                branch(" AND requester = ?".to_owned(), vec![me.clone()], true),
+                branch(
                     format!(" AND requester <> ?{IN_CC}"),
                     vec![me.clone(), me],
                     false,
