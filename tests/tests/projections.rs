@@ -548,11 +548,18 @@ async fn a_customer_lists_what_they_may_see_once(store: Arc<dyn EventStore>) {
         (customer("zoe", "acme", true), &want.0),
         (customer("zoe", "acme", false), &want.1),
     ] {
-        for sort in [Sort::LastActivityDesc, Sort::Due, Sort::Created] {
-            for only_active in [None, Some(true)] {
+        for sort in [
+            Sort::LastActivityDesc,
+            Sort::LastActivity,
+            Sort::Due,
+            Sort::Created,
+        ] {
+            // Pages of one and of two: a part holds more than a page either way (the
+            // organization's resolved tickets, three), so each walk must stop at the right end.
+            for (only_active, limit) in [(None, 1), (None, 2), (Some(true), 1), (Some(true), 2)] {
                 let q = ListQuery {
                     active: only_active,
-                    limit: 2,
+                    limit,
                     ..list_of(&viewer, sort)
                 };
                 let mut got = every_page(&db, q, TextPlan::Auto).await;
@@ -562,7 +569,7 @@ async fn a_customer_lists_what_they_may_see_once(store: Arc<dyn EventStore>) {
                     .copied()
                     .collect();
                 let label = format!(
-                    "{} wide={} {sort:?} {only_active:?}",
+                    "{} wide={} {sort:?} {only_active:?} limit {limit}",
                     viewer.id, viewer.org_wide
                 );
                 assert_eq!(got.len(), expected.len(), "{label}: {got:?}");
