@@ -50,7 +50,8 @@ struct Args {
     /// Run only this kind of query (overdue, list, page2, search, search_customer; or one the
     /// mix leaves out: search_page2, an agent search's second page; list_all, an agent's list
     /// of every ticket in one of the sorts; mine, a customer's own requests; customer, all a
-    /// customer may see; colleague, the same for an org-wide customer).
+    /// customer may see; colleague, the same for an org-wide customer; colleague_sorted, an
+    /// org-wide customer's in an order other than the default).
     #[arg(long)]
     only: Option<String>,
 }
@@ -97,7 +98,7 @@ struct Kind {
 }
 
 /// The kinds of query, by their number in [`client`]'s choice; the mix takes the first five.
-const KINDS: [&str; 10] = [
+const KINDS: [&str; 11] = [
     "overdue",
     "list",
     "page2",
@@ -108,6 +109,7 @@ const KINDS: [&str; 10] = [
     "mine",
     "customer",
     "colleague",
+    "colleague_sorted",
 ];
 
 /// A token for a customer of the data, in their organization (`ticketd-gen` makes them).
@@ -223,6 +225,22 @@ async fn client(
             8 | 9 => {
                 let t = customer_token(&mut rng, &args, &secret, pick == 9)?;
                 (KINDS[pick], "/v1/tickets?limit=50".to_owned(), t)
+            }
+            // An org-wide customer's list in one of the other orders, which no index of the
+            // organization's tickets holds.
+            10 => {
+                let t = customer_token(&mut rng, &args, &secret, true)?;
+                let others: Vec<&str> = Sort::NAMES
+                    .iter()
+                    .copied()
+                    .filter(|s| !s.ends_with("last_activity"))
+                    .collect();
+                let sort = others[rng.below(others.len() as u64) as usize];
+                (
+                    "colleague_sorted",
+                    format!("/v1/tickets?sort={sort}&limit=50"),
+                    t,
+                )
             }
             3 => (
                 "search",
