@@ -51,7 +51,8 @@ struct Args {
     /// mix leaves out: search_page2, an agent search's second page; list_all, an agent's list
     /// of every ticket in one of the sorts; mine, a customer's own requests; customer, all a
     /// customer may see; colleague, the same for an org-wide customer; colleague_sorted, an
-    /// org-wide customer's in an order other than the default).
+    /// org-wide customer's in an order other than the default; org_sorted, an agent's list of
+    /// one organization in such an order).
     #[arg(long)]
     only: Option<String>,
 }
@@ -98,7 +99,7 @@ struct Kind {
 }
 
 /// The kinds of query, by their number in [`client`]'s choice; the mix takes the first five.
-const KINDS: [&str; 11] = [
+const KINDS: [&str; 12] = [
     "overdue",
     "list",
     "page2",
@@ -110,6 +111,7 @@ const KINDS: [&str; 11] = [
     "customer",
     "colleague",
     "colleague_sorted",
+    "org_sorted",
 ];
 
 /// A token for a customer of the data, in their organization (`ticketd-gen` makes them).
@@ -137,6 +139,16 @@ fn two_words(rng: &mut Rng) -> String {
         THINGS[rng.below(THINGS.len() as u64) as usize],
         TROUBLES[rng.below(TROUBLES.len() as u64) as usize]
     )
+}
+
+/// One of the lists' orders other than the default (`-last_activity`, either way).
+fn other_order(rng: &mut Rng) -> &'static str {
+    let others: Vec<&'static str> = Sort::NAMES
+        .iter()
+        .copied()
+        .filter(|s| !s.ends_with("last_activity"))
+        .collect();
+    others[rng.below(others.len() as u64) as usize]
 }
 
 /// The path of the page after the first of `query` (read now, not timed), if there is one.
@@ -230,16 +242,21 @@ async fn client(
             // organization's tickets holds.
             10 => {
                 let t = customer_token(&mut rng, &args, &secret, true)?;
-                let others: Vec<&str> = Sort::NAMES
-                    .iter()
-                    .copied()
-                    .filter(|s| !s.ends_with("last_activity"))
-                    .collect();
-                let sort = others[rng.below(others.len() as u64) as usize];
                 (
                     "colleague_sorted",
-                    format!("/v1/tickets?sort={sort}&limit=50"),
+                    format!("/v1/tickets?sort={}&limit=50", other_order(&mut rng)),
                     t,
+                )
+            }
+            11 => {
+                let org = rng.below(args.orgs);
+                (
+                    "org_sorted",
+                    format!(
+                        "/v1/tickets?org=org-{org}&sort={}&limit=50",
+                        other_order(&mut rng)
+                    ),
+                    agent.clone(),
                 )
             }
             3 => (
