@@ -1368,12 +1368,15 @@ fn list_sql(
     let mut parts: Vec<Branch> = Vec::new();
     // (Only a search from the text index makes a CTE, and it ranks first: branches need none.)
     let apart = backend == Backend::Postgres && !rank_first && !matches!(part, Part::Changed(..));
-    // One organization's tickets in an order no index of them holds: a sort index walked for
-    // them tests every ticket on the way (at 1 M tickets, 5,000 an organization, an agent's
-    // `org=` list by another key: p50 25 ms, p99 2.8 s), so they are ranked from the
-    // organization's index instead.
-    let org_sorted = (q.org.is_some() || q.view == View::Org) && !q.sort.is_default_order();
-    let read = if org_sorted { Read::Ranked } else { Read::Walk };
+    // One organization's tickets, or a customer's own requests, in an order no index of them
+    // holds: a sort index walked for them tests every ticket on the way (at 1 M tickets, 5,000
+    // an organization, an agent's `org=` list by another key: p50 25 ms, p99 2.8 s), and read
+    // whole they cost a heap row each; they are ranked from their own index instead.
+    let one_owner = q.org.is_some()
+        || q.view == View::Org
+        || (q.view == View::Mine && q.viewer.role == Role::Customer);
+    let ranked = one_owner && !q.sort.is_default_order();
+    let read = if ranked { Read::Ranked } else { Read::Walk };
     let col = q.sort.column();
     // Both values of `active`, each a range of an index that leads with it (migration 0016).
     let kinds = |cond: String, binds: Vec<Bind>| -> Vec<Branch> {
@@ -1403,7 +1406,7 @@ fn list_sql(
             sql.push_str(&v.whole.0);
             binds.extend(v.whole.1);
         }
-    } else if apart && (!one_kind || org_sorted) {
+    } else if apart && (!one_kind || ranked) {
         // PostgreSQL's sort indexes lead with `active` (migration 0016): a list that admits
         // both is two walks, one per value.
         parts = kinds(String::new(), vec![]);

@@ -712,17 +712,20 @@ async fn lists_read_their_indexes_in_order(store: Arc<dyn EventStore>) {
     // the organization's part and their own requests are walked in order, a page of each kind
     // of `active` (migration 0017); in another the parts are read whole and sorted, the
     // organization's and the requester's ranked from their indexes alone (migration 0018), as
-    // an agent's list of one organization in such an order is.
+    // an agent's list of one organization and a customer's own requests in such an order are.
     if postgres {
         let colleague = || customer("user-7", "org-7", true);
-        for (q, walked) in [
-            (list(colleague(), View::All, Sort::default()), true),
+        let both = ["tickets_org", "tickets_requester"].as_slice();
+        let org = ["tickets_org"].as_slice();
+        for (q, walked, reads) in [
+            (list(colleague(), View::All, Sort::default()), true, both),
             (
                 ListQuery {
                     active: Some(true),
                     ..list(colleague(), View::All, Sort::default())
                 },
                 true,
+                both,
             ),
             (
                 ListQuery {
@@ -730,8 +733,13 @@ async fn lists_read_their_indexes_in_order(store: Arc<dyn EventStore>) {
                     ..list(colleague(), View::All, Sort::Due)
                 },
                 false,
+                both,
             ),
-            (list(colleague(), View::All, Sort::PriorityDesc), false),
+            (
+                list(colleague(), View::All, Sort::PriorityDesc),
+                false,
+                both,
+            ),
             (
                 ListQuery {
                     org: Some("org-7".into()),
@@ -739,6 +747,7 @@ async fn lists_read_their_indexes_in_order(store: Arc<dyn EventStore>) {
                     ..all(Sort::Created)
                 },
                 false,
+                org,
             ),
             (
                 ListQuery {
@@ -746,6 +755,12 @@ async fn lists_read_their_indexes_in_order(store: Arc<dyn EventStore>) {
                     ..all(Sort::Due)
                 },
                 false,
+                org,
+            ),
+            (
+                list(me(), View::Mine, Sort::CreatedDesc),
+                false,
+                ["tickets_requester"].as_slice(),
             ),
         ] {
             let (sql, binds) = tickets::first_page_statement(&q, postgres);
@@ -754,9 +769,11 @@ async fn lists_read_their_indexes_in_order(store: Arc<dyn EventStore>) {
                 .await
                 .expect("explain");
             let plan = lines.join("\n");
-            assert!(plan.contains("tickets_org"), "{sql}\n{plan}");
+            for index in reads {
+                assert!(plan.contains(index), "{sql}\nshould read {index}:\n{plan}");
+            }
             if walked {
-                for index in ["tickets_org", "tickets_requester"] {
+                for index in reads {
                     let reads: Vec<&String> = lines.iter().filter(|l| l.contains(index)).collect();
                     assert!(
                         !reads.is_empty()
@@ -775,7 +792,7 @@ async fn lists_read_their_indexes_in_order(store: Arc<dyn EventStore>) {
                 );
             } else {
                 // No heap row read to rank the organization's tickets or the requester's.
-                for index in ["tickets_org", "tickets_requester"] {
+                for index in reads {
                     assert!(
                         lines
                             .iter()
