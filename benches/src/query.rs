@@ -52,7 +52,7 @@ struct Args {
     /// of every ticket in one of the sorts; mine, a customer's own requests; customer, all a
     /// customer may see; colleague, the same for an org-wide customer; colleague_sorted, an
     /// org-wide customer's in an order other than the default; org_sorted, an agent's list of
-    /// one organization in such an order).
+    /// one organization in such an order; mine_sorted, a customer's own requests in one).
     #[arg(long)]
     only: Option<String>,
 }
@@ -99,7 +99,7 @@ struct Kind {
 }
 
 /// The kinds of query, by their number in [`client`]'s choice; the mix takes the first five.
-const KINDS: [&str; 12] = [
+const KINDS: [&str; 13] = [
     "overdue",
     "list",
     "page2",
@@ -112,6 +112,7 @@ const KINDS: [&str; 12] = [
     "colleague",
     "colleague_sorted",
     "org_sorted",
+    "mine_sorted",
 ];
 
 /// A token for a customer of the data, in their organization (`ticketd-gen` makes them).
@@ -245,6 +246,17 @@ async fn client(
                 (
                     "colleague_sorted",
                     format!("/v1/tickets?sort={}&limit=50", other_order(&mut rng)),
+                    t,
+                )
+            }
+            12 => {
+                let t = customer_token(&mut rng, &args, &secret, false)?;
+                (
+                    "mine_sorted",
+                    format!(
+                        "/v1/tickets?view=mine&sort={}&limit=50",
+                        other_order(&mut rng)
+                    ),
                     t,
                 )
             }
