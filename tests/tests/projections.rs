@@ -492,6 +492,9 @@ async fn a_customer_lists_what_they_may_see_once(store: Arc<dyn EventStore>) {
     ];
     let mut last = None;
     let mut want = (Vec::new(), Vec::new());
+    // Zoe's own requests, and acme's tickets (an agent's `org=acme`): one owner's tickets,
+    // ranked from their index in the orders it does not hold (migration 0018).
+    let (mut own, mut acme) = (Vec::new(), Vec::new());
     for (i, (requester, org, cc, wide, alone)) in cases.iter().enumerate() {
         let out = h
             .open(
@@ -529,6 +532,12 @@ async fn a_customer_lists_what_they_may_see_once(store: Arc<dyn EventStore>) {
         if *alone {
             want.1.push(id);
         }
+        if *requester == "zoe" {
+            own.push(id);
+        }
+        if *org == Some("acme") {
+            acme.push(id);
+        }
     }
     p.wait_for(tickets::NAME, last.expect("events"), WAIT)
         .await
@@ -536,7 +545,7 @@ async fn a_customer_lists_what_they_may_see_once(store: Arc<dyn EventStore>) {
     let db = p.database().clone();
     let active: Vec<Uuid> = {
         let mut ids = Vec::new();
-        for id in want.0.iter() {
+        for id in want.0.iter().chain(&acme) {
             let t = tickets::get(&db, *id).await.expect("get").expect("row");
             if t.status.is_active() {
                 ids.push(*id);
@@ -544,20 +553,25 @@ async fn a_customer_lists_what_they_may_see_once(store: Arc<dyn EventStore>) {
         }
         ids
     };
-    for (viewer, want) in [
-        (customer("zoe", "acme", true), &want.0),
-        (customer("zoe", "acme", false), &want.1),
+    for (viewer, view, org, want) in [
+        (customer("zoe", "acme", true), View::All, None, &want.0),
+        (customer("zoe", "acme", false), View::All, None, &want.1),
+        (customer("zoe", "acme", true), View::Mine, None, &own),
+        (staff(), View::All, Some("acme"), &acme),
     ] {
         for sort in [
             Sort::LastActivityDesc,
             Sort::LastActivity,
             Sort::Due,
             Sort::Created,
+            Sort::PriorityDesc,
         ] {
             // Pages of one and of two: a part holds more than a page either way (the
             // organization's resolved tickets, three), so each walk must stop at the right end.
             for (only_active, limit) in [(None, 1), (None, 2), (Some(true), 1), (Some(true), 2)] {
                 let q = ListQuery {
+                    view,
+                    org: org.map(Into::into),
                     active: only_active,
                     limit,
                     ..list_of(&viewer, sort)
@@ -569,7 +583,7 @@ async fn a_customer_lists_what_they_may_see_once(store: Arc<dyn EventStore>) {
                     .copied()
                     .collect();
                 let label = format!(
-                    "{} wide={} {sort:?} {only_active:?} limit {limit}",
+                    "{} wide={} {view:?} {org:?} {sort:?} {only_active:?} limit {limit}",
                     viewer.id, viewer.org_wide
                 );
                 assert_eq!(got.len(), expected.len(), "{label}: {got:?}");
@@ -811,6 +825,49 @@ async fn lists_read_their_indexes_in_order(store: Arc<dyn EventStore>) {
             ] {
                 assert!(!plan.contains(walk), "{sql}\nhas {walk}:\n{plan}");
             }
+        }
+        // What keeps a part ranked from its own index (`+ 0` in its order): an organization
+        // the statistics call half the table, with no active ticket. To the planner a walk of
+        // `tickets_due` would find a page of its active tickets at once; it would test every
+        // active ticket of the table.
+        conn.execute(
+            &format!(
+                "INSERT INTO tickets (id, number, status, active, priority, priority_rank, \
+                 channel, requester, org, assignee, created_at, last_activity_at, due_sort, \
+                 version, position_tx, position_seq, state) \
+                 SELECT gen_random_uuid(), 100000 + i, 'closed', 0, 'low', 1, 'web', \
+                 'user-big', 'org-big', NULL, {now_us} - i, {now_us} - i, {now_us} - i, 3, i, 2, \
+                 '{{}}' FROM generate_series(CAST(1 AS bigint), 40000) AS s(i)"
+            ),
+            &[],
+        )
+        .await
+        .expect("fill");
+        conn.execute("VACUUM (ANALYZE) tickets", &[])
+            .await
+            .expect("vacuum");
+        let big = || customer("user-big", "org-big", true);
+        for q in [
+            ListQuery {
+                active: Some(true),
+                ..list(big(), View::All, Sort::Due)
+            },
+            ListQuery {
+                org: Some("org-big".into()),
+                active: Some(true),
+                ..all(Sort::Due)
+            },
+        ] {
+            let (sql, binds) = tickets::first_page_statement(&q, postgres);
+            let plan = conn
+                .fetch_column::<String>(&format!("EXPLAIN {sql}"), &binds)
+                .await
+                .expect("explain")
+                .join("\n");
+            assert!(
+                plan.contains("Index Only Scan using tickets_org") && !plan.contains("tickets_due"),
+                "{sql}\nshould rank from tickets_org:\n{plan}"
+            );
         }
     }
 }
