@@ -888,8 +888,8 @@ impl Sort {
         }
     }
 
-    /// The lists' default order, either way: what the organization's and the requester's
-    /// indexes hold their tickets in (migrations 0016, 0017).
+    /// The lists' default order, either way: what the organization's, the requester's and
+    /// the assignee's indexes hold their tickets in (migrations 0016 - 0018).
     fn is_default_order(self) -> bool {
         matches!(self, Sort::LastActivityDesc | Sort::LastActivity)
     }
@@ -1368,13 +1368,13 @@ fn list_sql(
     let mut parts: Vec<Branch> = Vec::new();
     // (Only a search from the text index makes a CTE, and it ranks first: branches need none.)
     let apart = backend == Backend::Postgres && !rank_first && !matches!(part, Part::Changed(..));
-    // One organization's tickets, or a customer's own requests, in an order no index of them
-    // holds: a sort index walked for them tests every ticket on the way (at 1 M tickets, 5,000
-    // an organization, an agent's `org=` list by another key: p50 25 ms, p99 2.8 s), and read
-    // whole they cost a heap row each; they are ranked from their own index instead.
-    let one_owner = q.org.is_some()
-        || q.view == View::Org
-        || (q.view == View::Mine && q.viewer.role == Role::Customer);
+    // One owner's tickets (an organization's, a customer's requests, an agent's assigned
+    // tickets) have an index of their own in the default order, which a walk of the list
+    // takes; in another order a sort index walked for them tests every ticket on the way (at
+    // 1 M tickets, 5,000 an organization, an agent's `org=` list by another key: p50 25 ms,
+    // p99 2.8 s), and read whole they cost a heap row each: they are ranked from their own
+    // index instead (migration 0018).
+    let one_owner = q.org.is_some() || matches!(q.view, View::Org | View::Mine);
     let ranked = one_owner && !q.sort.is_default_order();
     let read = if ranked { Read::Ranked } else { Read::Walk };
     let col = q.sort.column();
@@ -1526,9 +1526,10 @@ enum Read {
     /// Read whole and sorted: a few tickets (a customer's CCs), each read by its key.
     Whole,
     /// Its ids ranked by an index-only scan of an index holding every column a list filters
-    /// or sorts on (the organization's and the requester's, migration 0018), then the rows of
-    /// the page alone read: read whole, the heap row of each of its tickets was fetched to
-    /// sort them (at 1 M tickets an org-wide customer's list by another key: p50 44 ms).
+    /// or sorts on (the organization's, the requester's, the assignee's: migration 0018), then
+    /// the rows of the page alone read: read whole, the heap row of each of its tickets was
+    /// fetched to sort them (at 1 M tickets an org-wide customer's list by another key: p50
+    /// 44 ms).
     Ranked,
 }
 

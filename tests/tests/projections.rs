@@ -492,9 +492,10 @@ async fn a_customer_lists_what_they_may_see_once(store: Arc<dyn EventStore>) {
     ];
     let mut last = None;
     let mut want = (Vec::new(), Vec::new());
-    // Zoe's own requests, and acme's tickets (an agent's `org=acme`): one owner's tickets,
-    // ranked from their index in the orders it does not hold (migration 0018).
-    let (mut own, mut acme) = (Vec::new(), Vec::new());
+    // Zoe's own requests, acme's tickets (an agent's `org=acme`) and those assigned to the
+    // agent: one owner's tickets, ranked from their index in the orders it does not hold
+    // (migration 0018).
+    let (mut own, mut acme, mut assigned) = (Vec::new(), Vec::new(), Vec::new());
     for (i, (requester, org, cc, wide, alone)) in cases.iter().enumerate() {
         let out = h
             .open(
@@ -513,6 +514,19 @@ async fn a_customer_lists_what_they_may_see_once(store: Arc<dyn EventStore>) {
             .expect("open");
         let id = out.ticket.id;
         last = Some(out.position);
+        if i % 2 == 0 {
+            let kind = CommandKind::Edit(EditTicket {
+                assignee: Some(Some(staff().id)),
+                ..EditTicket::default()
+            });
+            last = Some(
+                h.execute(id, staff(), kind, Options::default())
+                    .await
+                    .expect("assign")
+                    .position,
+            );
+            assigned.push(id);
+        }
         if i % 3 == 0 {
             // Some resolved, so a filter on `active` splits the kinds.
             let kind = CommandKind::ChangeStatus(ChangeStatus {
@@ -545,7 +559,7 @@ async fn a_customer_lists_what_they_may_see_once(store: Arc<dyn EventStore>) {
     let db = p.database().clone();
     let active: Vec<Uuid> = {
         let mut ids = Vec::new();
-        for id in want.0.iter().chain(&acme) {
+        for id in want.0.iter().chain(&acme).chain(&assigned) {
             let t = tickets::get(&db, *id).await.expect("get").expect("row");
             if t.status.is_active() {
                 ids.push(*id);
@@ -558,6 +572,7 @@ async fn a_customer_lists_what_they_may_see_once(store: Arc<dyn EventStore>) {
         (customer("zoe", "acme", false), View::All, None, &want.1),
         (customer("zoe", "acme", true), View::Mine, None, &own),
         (staff(), View::All, Some("acme"), &acme),
+        (staff(), View::Mine, None, &assigned),
     ] {
         for sort in [
             Sort::LastActivityDesc,
@@ -726,7 +741,8 @@ async fn lists_read_their_indexes_in_order(store: Arc<dyn EventStore>) {
     // the organization's part and their own requests are walked in order, a page of each kind
     // of `active` (migration 0017); in another the parts are read whole and sorted, the
     // organization's and the requester's ranked from their indexes alone (migration 0018), as
-    // an agent's list of one organization and a customer's own requests in such an order are.
+    // an agent's list of one organization, a customer's own requests and an agent's assigned
+    // tickets in such an order are (the last walked on their own index in the default one).
     if postgres {
         let colleague = || customer("user-7", "org-7", true);
         let both = ["tickets_org", "tickets_requester"].as_slice();
@@ -776,6 +792,17 @@ async fn lists_read_their_indexes_in_order(store: Arc<dyn EventStore>) {
                 false,
                 ["tickets_requester"].as_slice(),
             ),
+            // An agent's `view=mine`: assigned to them.
+            (
+                list(staff(), View::Mine, Sort::default()),
+                true,
+                ["tickets_assignee"].as_slice(),
+            ),
+            (
+                list(staff(), View::Mine, Sort::Due),
+                false,
+                ["tickets_assignee"].as_slice(),
+            ),
         ] {
             let (sql, binds) = tickets::first_page_statement(&q, postgres);
             let lines = conn
@@ -800,7 +827,8 @@ async fn lists_read_their_indexes_in_order(store: Arc<dyn EventStore>) {
                 // One kind or both: a walk of each per value of `active`.
                 let walks = if q.active.is_some() { 1 } else { 2 };
                 assert_eq!(
-                    plan.matches("Scan Backward using tickets_org").count(),
+                    plan.matches(&format!("Scan Backward using {}", reads[0]))
+                        .count(),
                     walks,
                     "{sql}\n{plan}"
                 );
