@@ -52,7 +52,9 @@ struct Args {
     /// of every ticket in one of the sorts; mine, a customer's own requests; customer, all a
     /// customer may see; colleague, the same for an org-wide customer; colleague_sorted, an
     /// org-wide customer's in an order other than the default; org_sorted, an agent's list of
-    /// one organization in such an order; mine_sorted, a customer's own requests in one).
+    /// one organization in such an order; mine_sorted, a customer's own requests in one;
+    /// assigned, an agent's `view=mine` in any order, which finds tickets only where some
+    /// are assigned: `ticketd-gen` assigns none).
     #[arg(long)]
     only: Option<String>,
 }
@@ -99,7 +101,7 @@ struct Kind {
 }
 
 /// The kinds of query, by their number in [`client`]'s choice; the mix takes the first five.
-const KINDS: [&str; 13] = [
+const KINDS: [&str; 14] = [
     "overdue",
     "list",
     "page2",
@@ -113,6 +115,7 @@ const KINDS: [&str; 13] = [
     "colleague_sorted",
     "org_sorted",
     "mine_sorted",
+    "assigned",
 ];
 
 /// A token for a customer of the data, in their organization (`ticketd-gen` makes them).
@@ -258,6 +261,14 @@ async fn client(
                         other_order(&mut rng)
                     ),
                     t,
+                )
+            }
+            13 => {
+                let sort = Sort::NAMES[rng.below(Sort::NAMES.len() as u64) as usize];
+                (
+                    "assigned",
+                    format!("/v1/tickets?view=mine&sort={sort}&limit=50"),
+                    agent.clone(),
                 )
             }
             11 => {
