@@ -15,8 +15,8 @@ use uuid::Uuid;
 
 use ticketd_commands::{AppendRequest, EventStore, NewEvent, PostgresStore, SqliteStore};
 use ticketd_domain::{
-    decide, evolve, Actor, AddComment, ChangeStatus, Command, CommandKind, Metadata, OpenTicket,
-    Priority, Recorded, Role, SlaPolicy, State, Status, Visibility, ZERO_HASH,
+    decide, evolve, Actor, AddComment, ChangeStatus, Command, CommandKind, EditTicket, Metadata,
+    OpenTicket, Priority, Recorded, Role, SlaPolicy, State, Status, Visibility, ZERO_HASH,
 };
 
 #[derive(Debug, Parser)]
@@ -41,6 +41,11 @@ struct Args {
     /// PostgreSQL pool size.
     #[arg(long, default_value_t = 16)]
     pg_max_connections: u32,
+    /// Assign each ticket to its agent as they first take it up (one more event a ticket), so
+    /// that agents' `view=mine` lists hold tickets; off by default, which keeps the data of
+    /// the figures in docs/PERFORMANCE.md.
+    #[arg(long)]
+    assign: bool,
 }
 
 fn actor(id: String, role: Role, org: Option<String>) -> Actor {
@@ -138,7 +143,7 @@ const TROUBLES: [&str; 37] = [
 ];
 
 /// One ticket's history: the commands, in order, by whom.
-fn script(k: u64, rounds: usize) -> (Actor, Actor, Vec<(bool, CommandKind)>) {
+fn script(k: u64, rounds: usize, assign: bool) -> (Actor, Actor, Vec<(bool, CommandKind)>) {
     let customer = actor(
         format!("customer-{}", k % 5_000),
         Role::Customer,
@@ -191,6 +196,15 @@ fn script(k: u64, rounds: usize) -> (Actor, Actor, Vec<(bool, CommandKind)>) {
             reason: None,
         })
     };
+    if assign {
+        steps.push((
+            true,
+            CommandKind::Edit(EditTicket {
+                assignee: Some(Some(agent.id.clone())),
+                ..EditTicket::default()
+            }),
+        ));
+    }
     for round in 0..rounds {
         // One ticket in five stays waiting on the customer and one in ten in progress in its
         // last round: a realistic backlog, most of it overdue since it opened long ago.
@@ -244,8 +258,9 @@ fn history(
     number: u64,
     start: DateTime<Utc>,
     rounds: usize,
+    assign: bool,
 ) -> anyhow::Result<AppendRequest> {
-    let (customer, agent, steps) = script(k, rounds);
+    let (customer, agent, steps) = script(k, rounds, assign);
     let id = Uuid::now_v7();
     let sla = SlaPolicy::default();
     let mut state: State = None;
@@ -329,7 +344,7 @@ async fn main() -> anyhow::Result<()> {
     let mut workers = Vec::new();
     for _ in 0..args.concurrency.max(1) {
         let (store, next, written) = (store.clone(), next.clone(), written.clone());
-        let (tickets, rounds) = (args.tickets, args.rounds);
+        let (tickets, rounds, assign) = (args.tickets, args.rounds, args.assign);
         workers.push(tokio::spawn(async move {
             loop {
                 let k = next.fetch_add(1, Ordering::Relaxed);
@@ -338,7 +353,7 @@ async fn main() -> anyhow::Result<()> {
                 }
                 let number = store.next_ticket_number().await?;
                 let start = epoch + Duration::microseconds(spacing * k as i64);
-                let request = history(k, number, start, rounds)?;
+                let request = history(k, number, start, rounds, assign)?;
                 let n = request.events.len() as u64;
                 store.append(request).await?;
                 let total = written.fetch_add(n, Ordering::Relaxed) + n;
@@ -367,9 +382,24 @@ mod tests {
 
     #[test]
     fn a_generated_history_is_what_the_service_would_write() {
-        let request = history(7, 42, Utc::now(), 2).expect("history");
+        let request = history(7, 42, Utc::now(), 2, false).expect("history");
         // open + 2 rounds of 10 events (a customer reply to awaiting_customer adds a move)
         assert_eq!(request.events.len(), 21);
+        let t = fold(&request);
+        assert_eq!(t.number, 42);
+        assert_eq!(t.status, Status::Resolved);
+        assert_eq!(t.cc.len(), 1, "ticket 7 has a CC");
+        assert_eq!(t.assignee, None);
+        // With assignments, one more event: the ticket's agent takes it up.
+        let request = history(7, 42, Utc::now(), 2, true).expect("history");
+        assert_eq!(request.events.len(), 22);
+        let t = fold(&request);
+        assert_eq!(t.assignee.as_deref(), Some("agent-7"));
+        assert_eq!(t.status, Status::Resolved);
+    }
+
+    /// The ticket the request's events fold into.
+    fn fold(request: &AppendRequest) -> ticketd_domain::Ticket {
         let mut state: State = None;
         for (i, e) in request.events.iter().enumerate() {
             let event = ticketd_domain::Event::decode(&e.event_type, e.schema_version, &e.payload)
@@ -385,9 +415,6 @@ mod tests {
                 },
             );
         }
-        let t = state.expect("a ticket");
-        assert_eq!(t.number, 42);
-        assert_eq!(t.status, Status::Resolved);
-        assert_eq!(t.cc.len(), 1, "ticket 7 has a CC");
+        state.expect("a ticket")
     }
 }
