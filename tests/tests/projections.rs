@@ -691,6 +691,12 @@ async fn lists_read_their_indexes_in_order(store: Arc<dyn EventStore>) {
             "tickets_priority",
         ),
         (all(Sort::Due), "tickets_due", "tickets_due"),
+        // An agent's `view=mine`: the tickets assigned to them, in their own index's order.
+        (
+            list(staff(), View::Mine, Sort::default()),
+            "tickets_assignee",
+            "tickets_assignee",
+        ),
     ];
     for (q, pg_index, sqlite_index) in cases {
         let index = if postgres { pg_index } else { sqlite_index };
