@@ -11,7 +11,8 @@
 -- such a list filters or sorts on in the index, each walks its owner's tickets in the default
 -- order and, in another, ranks their ids by an index-only scan and reads the rows of the page
 -- alone (`projections::tickets::list_sql`). An update already writes a new entry in every
--- index (migration 0016); the entries are wider, no more.
+-- index (migration 0016); the entries are wider, no more. The assignee's index holds assigned
+-- tickets only: `assignee = ?` implies it, and an unassigned ticket's updates skip it.
 DROP INDEX tickets_org;
 CREATE INDEX tickets_org ON tickets (org, active, last_activity_at, id)
     INCLUDE (created_at, due_sort, priority_rank, status, priority, channel, position_tx,
@@ -23,4 +24,5 @@ CREATE INDEX tickets_requester ON tickets (requester, active, last_activity_at, 
 DROP INDEX tickets_assignee;
 CREATE INDEX tickets_assignee ON tickets (assignee, active, last_activity_at, id)
     INCLUDE (created_at, due_sort, priority_rank, status, priority, channel, org, position_tx,
-             position_seq);
+             position_seq)
+    WHERE assignee IS NOT NULL;
