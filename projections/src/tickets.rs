@@ -1375,11 +1375,14 @@ fn list_sql(
     // p99 2.8 s), and read whole they cost a heap row each: they are ranked from their own
     // index instead (migration 0018).
     let one_owner = q.org.is_some() || matches!(q.view, View::Org | View::Mine);
-    let ranked = one_owner && !q.sort.is_default_order();
-    let read = if ranked { Read::Ranked } else { Read::Walk };
+    let read = if one_owner {
+        Read::of_owner(q.sort)
+    } else {
+        Read::Walk
+    };
     let col = q.sort.column();
     // Both values of `active`, each a range of an index that leads with it (migration 0016).
-    let kinds = |cond: String, binds: Vec<Bind>| -> Vec<Branch> {
+    let kinds = |cond: String, binds: Vec<Bind>, read: Read| -> Vec<Branch> {
         if one_kind {
             vec![Branch { cond, binds, read }]
         } else {
@@ -1397,7 +1400,7 @@ fn list_sql(
         if apart && !searching {
             for b in v.parts {
                 if b.read == Read::Walk {
-                    parts.extend(kinds(b.cond, b.binds));
+                    parts.extend(kinds(b.cond, b.binds, b.read));
                 } else {
                     parts.push(b);
                 }
@@ -1406,10 +1409,10 @@ fn list_sql(
             sql.push_str(&v.whole.0);
             binds.extend(v.whole.1);
         }
-    } else if apart && (!one_kind || ranked) {
+    } else if apart && (!one_kind || read == Read::Ranked) {
         // PostgreSQL's sort indexes lead with `active` (migration 0016): a list that admits
         // both is two walks, one per value.
-        parts = kinds(String::new(), vec![]);
+        parts = kinds(String::new(), vec![], read);
     }
     match part {
         Part::Unchanged(tx, seq) => {
@@ -1533,6 +1536,18 @@ enum Read {
     Ranked,
 }
 
+impl Read {
+    /// One owner's tickets (an organization's, a requester's, an assignee's) in `sort`: their
+    /// own index holds them in the default order only.
+    fn of_owner(sort: Sort) -> Self {
+        if sort.is_default_order() {
+            Read::Walk
+        } else {
+            Read::Ranked
+        }
+    }
+}
+
 impl Visible {
     /// For a list in `sort`. A part whose index holds its tickets of one value of `active` in
     /// the default order (`last_activity_at, id`: the organization's, migration 0017, and the
@@ -1543,14 +1558,13 @@ impl Visible {
     /// requester's are ranked from their indexes, the CCs read whole; each costs what the
     /// customer sees.
     fn of(viewer: &Actor, sort: Sort) -> Self {
-        let walks = sort.is_default_order();
-        let branch = |cond: String, binds: Vec<Bind>, indexed: bool| Branch {
+        let branch = |cond: String, binds: Vec<Bind>, owned: bool| Branch {
             cond,
             binds,
-            read: match (indexed, walks) {
-                (true, true) => Read::Walk,
-                (true, false) => Read::Ranked,
-                (false, _) => Read::Whole,
+            read: if owned {
+                Read::of_owner(sort)
+            } else {
+                Read::Whole
             },
         };
         let me = Bind::Text(viewer.id.clone());
