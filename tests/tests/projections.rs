@@ -299,16 +299,39 @@ fn list_of(viewer: &Actor, sort: Sort) -> ListQuery {
 }
 
 /// The tickets of every page of `q` under `plan`, in order.
-async fn every_page(db: &Database, mut q: ListQuery, plan: TextPlan) -> Vec<Uuid> {
+async fn every_page(db: &Database, q: ListQuery, plan: TextPlan) -> Vec<Uuid> {
+    first_pages(db, q, plan, usize::MAX).await
+}
+
+/// The ids of the first `most` pages of `q`, read as `plan`.
+async fn first_pages(db: &Database, mut q: ListQuery, plan: TextPlan, most: usize) -> Vec<Uuid> {
     let mut all = Vec::new();
-    loop {
+    for _ in 0..most {
         let (page, next) = tickets::list_with(db, &q, plan).await.expect("list");
         all.extend(page.iter().map(|t| t.id));
         match next {
             Some(c) => q.after = Some(c),
-            None => return all,
+            None => break,
         }
     }
+    all
+}
+
+/// The plan of `q`'s first page: PostgreSQL's `EXPLAIN` lines, SQLite's `EXPLAIN QUERY PLAN`
+/// details; and the statement, for messages.
+async fn plan_of(conn: &mut Conn<'_>, q: &ListQuery) -> (String, Vec<String>) {
+    let postgres = matches!(conn, Conn::Postgres(_));
+    let (sql, binds) = tickets::first_page_statement(q, postgres);
+    let plan = if postgres {
+        conn.fetch_column::<String>(&format!("EXPLAIN {sql}"), &binds)
+            .await
+    } else {
+        let rows: Result<Vec<(i64, i64, i64, String)>, _> = conn
+            .fetch_rows(&format!("EXPLAIN QUERY PLAN {sql}"), &binds)
+            .await;
+        rows.map(|rows| rows.into_iter().map(|r| r.3).collect())
+    };
+    (sql, plan.expect("explain"))
 }
 
 /// A ticket as the search model sees it: id, index of its requester, parts (text, private).
@@ -610,6 +633,11 @@ async fn a_customer_lists_what_they_may_see_once(store: Arc<dyn EventStore>) {
     }
 }
 
+/// `tickets` rows written as plain SQL, without events: the columns, for an `INSERT … SELECT`.
+const FILL_TICKETS: &str = "INSERT INTO tickets (id, number, status, active, priority, \
+     priority_rank, channel, requester, org, assignee, created_at, last_activity_at, due_sort, \
+     version, position_tx, position_seq, state)";
+
 /// Lists are read from an index in their order, a page's rows only: neither a scan of the
 /// table nor a sort of every ticket the filters admit. "My overdue requests" (a customer's
 /// `view=mine&overdue=true`, default sort) makes its overdue test in the index too. On
@@ -623,9 +651,7 @@ async fn lists_read_their_indexes_in_order(store: Arc<dyn EventStore>) {
     let now_us = now.timestamp_micros();
     let (with, source, id) = numbered_rows(&db, 40_000);
     let fill = format!(
-        "{with}INSERT INTO tickets (id, number, status, active, priority, priority_rank, \
-         channel, requester, org, assignee, created_at, last_activity_at, due_sort, version, \
-         position_tx, position_seq, state) \
+        "{with}{FILL_TICKETS} \
          SELECT {id}, i, CASE i % 3 WHEN 0 THEN 'open' ELSE 'closed' END, \
          CASE i % 3 WHEN 0 THEN 1 ELSE 0 END, CASE i % 2 WHEN 0 THEN 'high' ELSE 'low' END, \
          CASE i % 2 WHEN 0 THEN 3 ELSE 1 END, 'web', 'user-' || (i % 100), 'org-' || (i % 50), \
@@ -700,17 +726,7 @@ async fn lists_read_their_indexes_in_order(store: Arc<dyn EventStore>) {
     ];
     for (q, pg_index, sqlite_index) in cases {
         let index = if postgres { pg_index } else { sqlite_index };
-        let (sql, binds) = tickets::first_page_statement(&q, postgres);
-        let plan = if postgres {
-            let explain = format!("EXPLAIN {sql}");
-            conn.fetch_column::<String>(&explain, &binds).await
-        } else {
-            let explain = format!("EXPLAIN QUERY PLAN {sql}");
-            let rows: Result<Vec<(i64, i64, i64, String)>, _> =
-                conn.fetch_rows(&explain, &binds).await;
-            rows.map(|rows| rows.into_iter().map(|r| r.3).collect())
-        };
-        let plan = plan.expect("explain");
+        let (sql, plan) = plan_of(&mut conn, &q).await;
         let text = plan.join("\n");
         assert!(
             plan.iter()
@@ -810,11 +826,7 @@ async fn lists_read_their_indexes_in_order(store: Arc<dyn EventStore>) {
                 ["tickets_assignee"].as_slice(),
             ),
         ] {
-            let (sql, binds) = tickets::first_page_statement(&q, postgres);
-            let lines = conn
-                .fetch_column::<String>(&format!("EXPLAIN {sql}"), &binds)
-                .await
-                .expect("explain");
+            let (sql, lines) = plan_of(&mut conn, &q).await;
             let plan = lines.join("\n");
             for index in reads {
                 assert!(plan.contains(index), "{sql}\nshould read {index}:\n{plan}");
@@ -866,9 +878,7 @@ async fn lists_read_their_indexes_in_order(store: Arc<dyn EventStore>) {
         // active ticket of the table.
         conn.execute(
             &format!(
-                "INSERT INTO tickets (id, number, status, active, priority, priority_rank, \
-                 channel, requester, org, assignee, created_at, last_activity_at, due_sort, \
-                 version, position_tx, position_seq, state) \
+                "{FILL_TICKETS} \
                  SELECT gen_random_uuid(), 100000 + i, 'closed', 0, 'low', 1, 'web', \
                  'user-big', 'org-big', NULL, {now_us} - i, {now_us} - i, {now_us} - i, 3, i, 2, \
                  '{{}}' FROM generate_series(CAST(1 AS bigint), 40000) AS s(i)"
@@ -892,12 +902,8 @@ async fn lists_read_their_indexes_in_order(store: Arc<dyn EventStore>) {
                 ..all(Sort::Due)
             },
         ] {
-            let (sql, binds) = tickets::first_page_statement(&q, postgres);
-            let plan = conn
-                .fetch_column::<String>(&format!("EXPLAIN {sql}"), &binds)
-                .await
-                .expect("explain")
-                .join("\n");
+            let (sql, lines) = plan_of(&mut conn, &q).await;
+            let plan = lines.join("\n");
             assert!(
                 plan.contains("Index Only Scan using tickets_org") && !plan.contains("tickets_due"),
                 "{sql}\nshould rank from tickets_org:\n{plan}"
@@ -1389,22 +1395,6 @@ async fn sqlite_search_plans_follow_the_words_counts() {
         .await
         .expect("caught up");
     let db = p.database().clone();
-    let first_pages = |q: ListQuery, plan: TextPlan| {
-        let db = db.clone();
-        async move {
-            let mut q = q;
-            let mut ids = Vec::new();
-            for _ in 0..3 {
-                let (page, next) = tickets::list_with(&db, &q, plan).await.expect("list");
-                ids.extend(page.iter().map(|t| t.id));
-                match next {
-                    Some(c) => q.after = Some(c),
-                    None => break,
-                }
-            }
-            ids
-        }
-    };
     for (words, want) in [
         (vec!["alpha", "delta"], TextPlan::WalkWithSet),
         (vec!["alpha"], TextPlan::WalkWithSet),
@@ -1418,7 +1408,7 @@ async fn sqlite_search_plans_follow_the_words_counts() {
         };
         let chosen = tickets::auto_plan(&db, &q).await.expect("plan");
         assert_eq!(chosen, want, "{words:?}");
-        let walked = first_pages(q.clone(), TextPlan::Walk).await;
+        let walked = first_pages(&db, q.clone(), TextPlan::Walk, 3).await;
         assert!(!walked.is_empty(), "{words:?}");
         for plan in [
             TextPlan::Auto,
@@ -1427,7 +1417,7 @@ async fn sqlite_search_plans_follow_the_words_counts() {
             TextPlan::WalkWithSet,
         ] {
             assert_eq!(
-                first_pages(q.clone(), plan).await,
+                first_pages(&db, q.clone(), plan, 3).await,
                 walked,
                 "{words:?} {plan:?}"
             );
