@@ -2,7 +2,8 @@
 //!
 //! State comes from a bounded cache of recent tickets; a stale entry (another process wrote
 //! since) shows up as a version conflict at append time, which reloads and retries. With
-//! `If-Match` there is no retry: the caller asked for that exact version.
+//! `If-Match` there is no retry: the caller asked for that exact version. A command that
+//! appends nothing (refused, or a no-op) is answered from the store's state, never the cache's.
 
 use std::num::NonZeroUsize;
 use std::sync::{Arc, Mutex};
@@ -200,11 +201,11 @@ impl CommandHandler {
         Ok(loaded)
     }
 
-    /// The ticket's state from the cache, or the store on a miss.
-    async fn load(&self, id: Uuid) -> Result<Loaded, StoreError> {
+    /// The ticket's state from the cache, or the store on a miss; true when from the store.
+    async fn load(&self, id: Uuid) -> Result<(Loaded, bool), StoreError> {
         match self.cached(id) {
-            Some(loaded) => Ok(loaded),
-            None => self.load_fresh(id).await,
+            Some(loaded) => Ok((loaded, false)),
+            None => Ok((self.load_fresh(id).await?, true)),
         }
     }
 
@@ -250,14 +251,16 @@ impl CommandHandler {
             _ => None,
         };
         let _serial = self.lock_for(ticket_id).lock().await;
-        let mut loaded = match kind {
+        // `refreshed`: the state was read from the store during this command. Only an append
+        // checks a cached state; an answer that appends nothing (a refusal, a no-op) is given
+        // from a refreshed one, or another process's writes would go unseen.
+        let (mut loaded, mut refreshed) = match kind {
             // `open` drew this id just now (UUIDv7), so the store has no stream to read: no
             // round trip. Were one there, the append at version 0 would conflict and the retry
             // below would read it.
-            CommandKind::Open(_) => Loaded::empty(),
+            CommandKind::Open(_) => (Loaded::empty(), true),
             _ => self.load(ticket_id).await?,
         };
-        let mut refreshed = false;
         for _ in 0..MAX_ATTEMPTS {
             let cmd = Command {
                 actor: actor.clone(),
@@ -294,8 +297,16 @@ impl CommandHandler {
                     });
                 }
             }
-            let events = decide(&loaded.state, &cmd, &self.sla)?;
-            if events.is_empty() && options.idempotency.is_none() {
+            let decided = decide(&loaded.state, &cmd, &self.sla);
+            let appends = matches!(&decided, Ok(events)
+                if !events.is_empty() || options.idempotency.is_some());
+            if !appends && !refreshed {
+                loaded = self.load_fresh(ticket_id).await?;
+                refreshed = true;
+                continue;
+            }
+            let events = decided?;
+            if !appends {
                 return outcome(&loaded, vec![], comment_id, false);
             }
             let request =

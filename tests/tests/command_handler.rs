@@ -1,6 +1,8 @@
 //! What the command handler asks of the store, on SQLite and PostgreSQL: an open reads no
 //! stream (its id was just drawn), and an open whose id a stream somehow holds already fails
-//! on the append's version check, reads the stream on its retry, and appends nothing.
+//! on the append's version check, reads the stream on its retry, and appends nothing. A
+//! handler whose cached state another process's writes made stale answers a command that
+//! appends nothing (a no-op, a refusal, an `If-Match`) from the store's state.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -11,7 +13,9 @@ use uuid::Uuid;
 use ticketd_commands::{
     AppendRequest, CommandError, CommandHandler, EventStore, Options, StoreResult,
 };
-use ticketd_domain::{Actor, DomainError, OpenTicket, Role, SlaPolicy};
+use ticketd_domain::{
+    Actor, ChangeStatus, CommandKind, DomainError, OpenTicket, Role, SlaPolicy, Status, Withdraw,
+};
 use ticketd_tests::both_backends;
 use ticketd_tests::hooked::{Hooked, StoreHooks};
 
@@ -112,7 +116,112 @@ async fn an_open_of_a_taken_id_conflicts_and_appends_nothing(store: Arc<dyn Even
     assert_eq!(stream.len(), 1, "only the rival's opening: {stream:?}");
 }
 
+fn agent() -> Actor {
+    Actor {
+        id: "bob".into(),
+        name: None,
+        role: Role::Agent,
+        org: None,
+        org_wide: false,
+    }
+}
+
+fn set_status(status: Status) -> CommandKind {
+    CommandKind::ChangeStatus(ChangeStatus {
+        status,
+        reason: None,
+    })
+}
+
+/// Two handlers on one store, as two `ticketd` processes on one PostgreSQL: `here` caches the
+/// ticket as opened, `there` then changes it.
+async fn a_stale_cache_answers_nothing(store: Arc<dyn EventStore>) {
+    let here = CommandHandler::new(store.clone(), SlaPolicy::default(), 100);
+    let there = CommandHandler::new(store.clone(), SlaPolicy::default(), 100);
+    let no_match = Options::default();
+    let at = |version| Options {
+        expected_version: Some(version),
+        ..Options::default()
+    };
+
+    // The same status is a no-op: on the stale state it would answer 200 with version 1.
+    let id = here
+        .open(customer(), printer(), no_match.clone())
+        .await
+        .expect("open")
+        .ticket
+        .id;
+    let withdraw = CommandKind::Withdraw(Withdraw {
+        reason: "Fixed it myself".into(),
+        comment: None,
+    });
+    there
+        .execute(id, customer(), withdraw, no_match.clone())
+        .await
+        .expect("withdraw there");
+    let stale = here
+        .execute(id, agent(), set_status(Status::Open), no_match.clone())
+        .await;
+    assert!(
+        matches!(
+            stale,
+            Err(CommandError::Domain(DomainError::InvalidTransition(_)))
+        ),
+        "a no-op on a ticket withdrawn elsewhere: {stale:?}"
+    );
+
+    // `If-Match` of the cached version, which is no longer current, on what the stale state
+    // calls a no-op: 412, nothing appended.
+    let id = here
+        .open(customer(), printer(), no_match.clone())
+        .await
+        .expect("open")
+        .ticket
+        .id;
+    there
+        .execute(
+            id,
+            agent(),
+            set_status(Status::InProgress),
+            no_match.clone(),
+        )
+        .await
+        .expect("a status change there");
+    let stale = here
+        .execute(id, agent(), set_status(Status::Open), at(1))
+        .await;
+    assert!(
+        matches!(
+            stale,
+            Err(CommandError::VersionMismatch {
+                expected: 1,
+                current: 2
+            })
+        ),
+        "If-Match of a version changed elsewhere: {stale:?}"
+    );
+    // And without it, the same command is a no-op on the ticket as it is.
+    let now = here
+        .execute(
+            id,
+            agent(),
+            set_status(Status::InProgress),
+            no_match.clone(),
+        )
+        .await
+        .expect("a no-op");
+    assert_eq!((now.version, now.ticket.status), (2, Status::InProgress));
+    assert!(now.appended.is_empty(), "{:?}", now.appended);
+    let stream = store.read_stream(id, 0).await.expect("read the stream");
+    assert_eq!(
+        stream.len(),
+        2,
+        "nothing appended by the refusals: {stream:?}"
+    );
+}
+
 both_backends!(
     an_open_reads_no_stream,
-    an_open_of_a_taken_id_conflicts_and_appends_nothing
+    an_open_of_a_taken_id_conflicts_and_appends_nothing,
+    a_stale_cache_answers_nothing
 );
