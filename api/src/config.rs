@@ -228,7 +228,8 @@ fn parse_role(s: &str) -> Result<Role, String> {
 }
 
 fn parse_ttl(s: &str) -> Result<Duration, String> {
-    let (digits, unit) = s.split_at(s.len().saturating_sub(1));
+    // At the last character, not byte: `1ü` is an error, not a panic.
+    let (digits, unit) = s.split_at(s.char_indices().last().map_or(0, |(i, _)| i));
     let n: u64 = digits
         .parse()
         .ok()
@@ -322,6 +323,9 @@ mod tests {
         assert_eq!(parse_ttl("90m"), Ok(Duration::from_secs(5400)));
         assert!(parse_ttl("0h").is_err());
         assert!(parse_ttl("5").is_err());
+        // A unit of more than one byte: refused, not a panic.
+        assert!(parse_ttl("1ü").is_err());
+        assert!(parse_ttl("ü").is_err());
         assert!(parse_role("public").is_err());
         assert_eq!(parse_role("agent"), Ok(Role::Agent));
     }

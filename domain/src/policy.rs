@@ -52,7 +52,9 @@ impl SlaPolicy {
             let duration = if value == "off" {
                 None
             } else {
-                let (digits, unit) = value.split_at(value.len().saturating_sub(1));
+                // At the last character, not byte: `4ü` is an error, not a panic.
+                let (digits, unit) =
+                    value.split_at(value.char_indices().last().map_or(0, |(i, _)| i));
                 let n: i64 = digits
                     .parse()
                     .ok()

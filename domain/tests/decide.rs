@@ -572,6 +572,13 @@ fn due_date_follows_a_configured_sla_policy() {
 }
 
 #[test]
+fn a_policy_with_a_unit_of_several_bytes_is_refused() {
+    for spec in ["urgent=4ü", "urgent=ü", "high=1h,low=2€"] {
+        assert!(SlaPolicy::parse(spec).is_err(), "{spec}");
+    }
+}
+
+#[test]
 fn staff_may_give_an_explicit_due_date_that_beats_the_policy() {
     let due = t0() + Duration::days(10);
     let t = nothing()
