@@ -7,7 +7,7 @@ use std::sync::{LazyLock, Mutex};
 use std::time::Instant;
 
 use axum::extract::{MatchedPath, Request, State};
-use axum::http::{header, HeaderValue};
+use axum::http::{header, HeaderValue, Method};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
@@ -44,7 +44,7 @@ pub async fn track(req: Request, next: Next) -> Response {
         .extensions()
         .get::<MatchedPath>()
         .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
-    let method = req.method().as_str().to_owned();
+    let method = method_label(req.method()).to_owned();
     let start = Instant::now();
     let response = next.run(req).await;
     let seconds = start.elapsed().as_secs_f64();
@@ -61,6 +61,25 @@ pub async fn track(req: Request, next: Next) -> Response {
         }
     }
     response
+}
+
+/// A request's method as a label: HTTP admits any token as a method, and each would be a
+/// series kept for the life of the process.
+fn method_label(method: &Method) -> &'static str {
+    [
+        Method::GET,
+        Method::HEAD,
+        Method::POST,
+        Method::PUT,
+        Method::PATCH,
+        Method::DELETE,
+        Method::OPTIONS,
+        Method::TRACE,
+        Method::CONNECT,
+    ]
+    .iter()
+    .find(|m| *m == method)
+    .map_or("other", Method::as_str)
 }
 
 /// Escapes a label value per the exposition format.

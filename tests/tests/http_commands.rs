@@ -1283,6 +1283,10 @@ async fn metrics_count_requests_and_events(s: TestServer) {
     let id = alice_ticket(&s).await;
     s.get(&format!("/v1/tickets/{id}"), &s.customer("alice"))
         .await;
+    // Any token is a method to HTTP: each would otherwise be a series for good.
+    let odd = Method::from_bytes(b"FROBNICATE").expect("a method token");
+    let refused = s.call(odd, "/v1/tickets", None, None, &[]).await;
+    assert_eq!(refused.status, StatusCode::METHOD_NOT_ALLOWED);
     let a = s.call(Method::GET, "/metrics", None, None, &[]).await;
     assert_eq!(a.status, StatusCode::OK);
     assert!(a
@@ -1296,6 +1300,10 @@ async fn metrics_count_requests_and_events(s: TestServer) {
         r#"ticketd_http_request_duration_seconds_bucket{method="GET",route="/v1/tickets/{id}",le="+Inf"}"#
     ));
     assert!(!text.contains(&id), "routes are templates, not paths");
+    assert!(!text.contains("FROBNICATE"), "methods are a closed set");
+    assert!(text.contains(
+        r#"ticketd_http_requests_total{method="other",route="/v1/tickets",status="405"}"#
+    ));
     let appended: u64 = text
         .lines()
         .find_map(|l| l.strip_prefix("ticketd_events_appended_total "))
