@@ -7,8 +7,8 @@ use utoipa::ToSchema;
 use uuid::Uuid;
 
 use ticketd_domain::{
-    AddComment, ChangeStatus, Channel, EditTicket, Escalate, Fields, OpenTicket, Priority, Status,
-    Ticket, Visibility, Withdraw,
+    AddComment, ChangeStatus, Channel, EditTicket, Escalate, Fields, FieldsPatch, OpenTicket,
+    Priority, Status, Ticket, Visibility, Withdraw,
 };
 
 use crate::extract::double_option;
@@ -128,14 +128,17 @@ impl From<EscalateBody> for Escalate {
 }
 
 /// CONTRACT §4.7. Absent fields are left alone; `assignee: null` and `due_at: null` clear.
+/// `fields` is merged into the ticket's as RFC 7396 merges an object (Zendesk's custom fields
+/// behave alike): each key given is set, a key given `null` is removed, others are kept.
 #[derive(Debug, Clone, Default, Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct EditBody {
     pub subject: Option<String>,
     pub description: Option<String>,
     pub priority: Option<Priority>,
+    /// Keys to set, or with `null` to remove; keys not named are kept.
     #[schema(value_type = Option<Object>)]
-    pub fields: Option<Fields>,
+    pub fields: Option<FieldsPatch>,
     pub cc: Option<Vec<String>>,
     #[serde(
         default,

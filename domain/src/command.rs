@@ -3,7 +3,7 @@
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
-use crate::types::{Actor, Channel, Fields, Priority, Status, Visibility};
+use crate::types::{Actor, Channel, Fields, FieldsPatch, Priority, Status, Visibility};
 
 /// A command with who issued it and when. `at` comes from the caller so `decide` stays pure.
 #[derive(Debug, Clone, PartialEq)]
@@ -70,13 +70,13 @@ pub struct Escalate {
 }
 
 /// CONTRACT §4.7. The outer `Option` is "not given"; for `assignee` and `due_at` an inner
-/// `None` clears the value.
+/// `None` clears the value. `fields` is merged into the ticket's (see [`FieldsPatch`]).
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct EditTicket {
     pub subject: Option<String>,
     pub description: Option<String>,
     pub priority: Option<Priority>,
-    pub fields: Option<Fields>,
+    pub fields: Option<FieldsPatch>,
     pub cc: Option<Vec<String>>,
     pub assignee: Option<Option<String>>,
     pub due_at: Option<Option<DateTime<Utc>>>,

@@ -9,7 +9,9 @@ use crate::error::{DomainError, FieldError};
 use crate::event::{self, Change, Edited, Event};
 use crate::policy::SlaPolicy;
 use crate::ticket::{State, Ticket};
-use crate::types::{Actor, Channel, FieldValue, Fields, Priority, Role, Status, Visibility};
+use crate::types::{
+    Actor, Channel, FieldValue, Fields, FieldsPatch, Priority, Role, Status, Visibility,
+};
 
 /// Input limits (CONTRACT §3, §4).
 pub mod limits {
@@ -277,9 +279,12 @@ fn decide_edit(t: &Ticket, actor: &Actor, c: &EditTicket) -> Result<Vec<Event>, 
         v.text("description", d);
     }
     let cc = c.cc.as_ref().map(|cc| v.cc("cc", cc));
-    if let Some(f) = &c.fields {
-        v.fields("fields", f);
-    }
+    // Checked as merged: the ticket's keys and the edit's together must stay within bounds.
+    let fields = c.fields.as_ref().map(|patch| {
+        let merged = merge_fields(&t.fields, patch);
+        v.fields("fields", &merged);
+        merged
+    });
     if let Some(Some(a)) = &c.assignee {
         v.id("assignee", a);
     }
@@ -310,7 +315,7 @@ fn decide_edit(t: &Ticket, actor: &Actor, c: &EditTicket) -> Result<Vec<Event>, 
         subject: diff(&t.subject, subject.as_ref()),
         description: diff(&t.description, c.description.as_ref()),
         priority: diff(&t.priority, c.priority.as_ref()),
-        fields: diff(&t.fields, c.fields.as_ref()),
+        fields: diff(&t.fields, fields.as_ref()),
         cc: diff(&t.cc, cc.as_ref()),
         assignee: diff(&t.assignee, c.assignee.as_ref()),
         due_at: diff(&t.due_at, c.due_at.as_ref()),
@@ -319,6 +324,18 @@ fn decide_edit(t: &Ticket, actor: &Actor, c: &EditTicket) -> Result<Vec<Event>, 
         return Ok(vec![]);
     }
     Ok(vec![Event::Edited(edited)])
+}
+
+/// `fields` with `patch` merged in (RFC 7396): keys given a value set, keys given `None` gone.
+fn merge_fields(fields: &Fields, patch: &FieldsPatch) -> Fields {
+    let mut merged = fields.clone();
+    for (key, value) in patch {
+        match value {
+            Some(v) => merged.insert(key.clone(), v.clone()),
+            None => merged.remove(key),
+        };
+    }
+    merged
 }
 
 /// Collects every invalid field of a command, so one answer names them all.

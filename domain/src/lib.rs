@@ -23,5 +23,6 @@ pub use hash::{event_hash, HashInput, HASH_LEN, ZERO_HASH};
 pub use policy::SlaPolicy;
 pub use ticket::{evolve, State, Ticket};
 pub use types::{
-    Actor, Channel, FieldValue, Fields, Priority, Role, Status, UnknownValue, Visibility,
+    Actor, Channel, FieldValue, Fields, FieldsPatch, Priority, Role, Status, UnknownValue,
+    Visibility,
 };

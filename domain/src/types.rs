@@ -143,6 +143,10 @@ pub enum FieldValue {
 /// Custom form fields, ordered by key so that equal maps encode to equal bytes.
 pub type Fields = BTreeMap<String, FieldValue>;
 
+/// An edit of custom form fields, merged into the ticket's as RFC 7396 merges a JSON object:
+/// each key given is set, a key given `None` (JSON `null`) is removed, the rest are kept.
+pub type FieldsPatch = BTreeMap<String, Option<FieldValue>>;
+
 /// Who issued a command; copied into every event's metadata.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Actor {

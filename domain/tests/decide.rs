@@ -9,8 +9,8 @@ use chrono::{DateTime, Duration, TimeZone, Utc};
 use ticketd_domain::event::{self, Change, Edited};
 use ticketd_domain::{
     decide, evolve, limits, Actor, AddComment, ChangeStatus, Channel, Command, CommandKind,
-    DomainError, EditTicket, Escalate, Event, FieldValue, Fields, OpenTicket, Priority, Recorded,
-    Role, SlaPolicy, State, Status, Ticket, Visibility, Withdraw,
+    DomainError, EditTicket, Escalate, Event, FieldValue, Fields, FieldsPatch, OpenTicket,
+    Priority, Recorded, Role, SlaPolicy, State, Status, Ticket, Visibility, Withdraw,
 };
 use uuid::Uuid;
 
@@ -427,6 +427,18 @@ fn fields_with(n: usize) -> Fields {
     (0..n)
         .map(|i| (format!("k{i:02}"), FieldValue::Text(format!("v{i}"))))
         .collect()
+}
+
+/// An edit that sets each of `fields`.
+fn setting(fields: &Fields) -> FieldsPatch {
+    fields
+        .iter()
+        .map(|(k, v)| (k.clone(), Some(v.clone())))
+        .collect()
+}
+
+fn text(s: &str) -> FieldValue {
+    FieldValue::Text(s.into())
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -912,7 +924,7 @@ fn fields_have_at_most_50_keys() {
         .when(
             agent(),
             edit(EditTicket {
-                fields: Some(fields_with(51)),
+                fields: Some(setting(&fields_with(51))),
                 ..EditTicket::default()
             }),
         )
@@ -1427,7 +1439,7 @@ fn staff_may_edit_every_field_and_changes_carry_from_and_to() {
                 subject: Some("  Printer smoking  ".into()),
                 description: Some("Smoke, not fire.".into()),
                 priority: Some(Priority::Urgent),
-                fields: Some(fields.clone()),
+                fields: Some(setting(&fields)),
                 cc: Some(vec!["bob".into(), "dave".into()]),
                 assignee: Some(Some("sam".into())),
                 due_at: Some(Some(due)),
@@ -1571,7 +1583,7 @@ fn the_requester_may_not_edit_staff_fields() {
             ..EditTicket::default()
         },
         EditTicket {
-            fields: Some(fields_with(1)),
+            fields: Some(setting(&fields_with(1))),
             ..EditTicket::default()
         },
         EditTicket {
@@ -1617,6 +1629,113 @@ fn a_customer_who_is_not_the_requester_may_not_edit() {
     }
 }
 
+/// Alice's ticket with custom fields `a` and `b`.
+fn ticket_with_fields() -> Given {
+    given(vec![(
+        alice(),
+        Event::Opened(event::Opened {
+            fields: [("a".to_owned(), text("A")), ("b".to_owned(), text("B"))].into(),
+            ..opened()
+        }),
+    )])
+}
+
+#[test]
+fn an_edit_of_fields_merges_them_and_null_removes_a_key() {
+    let then = ticket_with_fields()
+        .when(
+            agent(),
+            edit(EditTicket {
+                fields: Some(
+                    [
+                        ("a".to_owned(), None),
+                        ("b".to_owned(), Some(text("B2"))),
+                        ("c".to_owned(), Some(FieldValue::List(vec!["DE".into()]))),
+                    ]
+                    .into(),
+                ),
+                ..EditTicket::default()
+            }),
+        )
+        .then(vec![Event::Edited(Edited {
+            fields: Some(Change {
+                from: [("a".to_owned(), text("A")), ("b".to_owned(), text("B"))].into(),
+                to: [
+                    ("b".to_owned(), text("B2")),
+                    ("c".to_owned(), FieldValue::List(vec!["DE".into()])),
+                ]
+                .into(),
+            }),
+            ..Edited::default()
+        })]);
+    assert_eq!(then.ticket_after().fields.len(), 2);
+    // Keys not named are kept: setting one leaves the other.
+    ticket_with_fields()
+        .when(
+            agent(),
+            edit(EditTicket {
+                fields: Some([("b".to_owned(), Some(text("B2")))].into()),
+                ..EditTicket::default()
+            }),
+        )
+        .then(vec![Event::Edited(Edited {
+            fields: Some(Change {
+                from: [("a".to_owned(), text("A")), ("b".to_owned(), text("B"))].into(),
+                to: [("a".to_owned(), text("A")), ("b".to_owned(), text("B2"))].into(),
+            }),
+            ..Edited::default()
+        })]);
+    // Removing a key the ticket lacks, or setting one to its value, changes nothing.
+    ticket_with_fields()
+        .when(
+            agent(),
+            edit(EditTicket {
+                fields: Some([("z".to_owned(), None), ("a".to_owned(), Some(text("A")))].into()),
+                ..EditTicket::default()
+            }),
+        )
+        .then_nothing();
+}
+
+#[test]
+fn fields_are_bounded_as_merged() {
+    let full = || {
+        given(vec![(
+            alice(),
+            Event::Opened(event::Opened {
+                fields: fields_with(limits::FIELDS_MAX),
+                ..opened()
+            }),
+        )])
+    };
+    // One more key than the bound, though the edit names one key only.
+    full()
+        .when(
+            agent(),
+            edit(EditTicket {
+                fields: Some([("new".to_owned(), Some(text("x")))].into()),
+                ..EditTicket::default()
+            }),
+        )
+        .then_invalid(&["fields"]);
+    // One removed, one added: within it.
+    full()
+        .when(
+            agent(),
+            edit(EditTicket {
+                fields: Some(
+                    [
+                        ("k00".to_owned(), None),
+                        ("new".to_owned(), Some(text("x"))),
+                    ]
+                    .into(),
+                ),
+                ..EditTicket::default()
+            }),
+        )
+        .then_ok();
+}
+
 #[test]
 fn an_edit_that_changes_nothing_appends_nothing() {
     ticket_in(Status::Open)
@@ -1629,7 +1748,7 @@ fn an_edit_that_changes_nothing_appends_nothing() {
                 subject: Some("Printer on fire".into()),
                 description: Some("It is actually on fire.".into()),
                 priority: Some(Priority::Medium),
-                fields: Some(Fields::new()),
+                fields: Some(FieldsPatch::new()),
                 cc: Some(vec!["bob".into(), "bob".into()]),
                 assignee: Some(None),
                 due_at: Some(Some(t0() + Duration::hours(72))),

@@ -937,7 +937,21 @@ async fn edit_rules(s: TestServer) {
     assert_eq!(staff.status, StatusCode::OK, "{}", staff.body);
     assert_eq!(staff.body["assignee"], "agent-1");
     assert_eq!(staff.body["due_at"], Value::Null);
-    assert_eq!(staff.body["fields"], json!({"k": "v"}));
+    // Merged, as RFC 7396 merges an object: the keys not named are kept.
+    assert_eq!(
+        staff.body["fields"],
+        json!({"event_id": "E-77", "countries": ["DE", "FR"], "k": "v"})
+    );
+    let removed = patch(
+        s.agent("agent-1"),
+        json!({"fields": {"countries": null, "event_id": "E-78"}}),
+    )
+    .await;
+    assert_eq!(removed.status, StatusCode::OK, "{}", removed.body);
+    assert_eq!(
+        removed.body["fields"],
+        json!({"event_id": "E-78", "k": "v"})
+    );
     let cleared = patch(s.agent("agent-1"), json!({"assignee": null})).await;
     assert_eq!(cleared.body["assignee"], Value::Null);
     set_status(&s, &id, "resolved").await;
