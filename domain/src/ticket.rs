@@ -29,6 +29,7 @@ pub struct Ticket {
     pub version: u64,
     /// Moves from `resolved`/`closed` back to an active status.
     pub reopens: u32,
+    /// Moves to `escalated`: by escalating, or by a status change.
     pub escalations: u32,
 }
 
@@ -96,6 +97,10 @@ pub fn evolve(state: State, recorded: &Recorded) -> State {
             t.status = e.to;
             if e.reopen {
                 t.reopens += 1;
+            }
+            // A move to `escalated` by status is an escalation too (CONTRACT §3).
+            if e.to == Status::Escalated {
+                t.escalations += 1;
             }
             t.last_activity_at = at;
         }

@@ -1043,7 +1043,14 @@ fn staff_may_move_an_active_ticket_to_any_status_but_withdrawn() {
                         reopen: false,
                         automatic: false,
                     })]);
-                assert_eq!(then.ticket_after().status, to);
+                let after = then.ticket_after();
+                assert_eq!(after.status, to);
+                // A move to `escalated` counts as an escalation, by whichever command.
+                let escalated = u32::from(to == Status::Escalated);
+                assert_eq!(
+                    after.escalations,
+                    u32::from(from == Status::Escalated) + escalated
+                );
             }
         }
     }

@@ -180,6 +180,13 @@ pub fn fold(prev: Option<Facts>, id: Uuid, r: &Recorded) -> Option<Applied> {
                             kinds.push("closed");
                             daily.closed = 1;
                         }
+                        // Staff may move a ticket to `escalated` by its status as well as by
+                        // escalating it (CONTRACT §3): either way it was escalated.
+                        Status::Escalated => {
+                            f.escalations += 1;
+                            kinds.push("escalated");
+                            daily.escalated = 1;
+                        }
                         _ => {}
                     }
                     f.closed_at = (s.to == Status::Closed).then_some(at);

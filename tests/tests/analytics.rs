@@ -163,7 +163,8 @@ struct Script {
     t2: (Uuid, Ticket),
     /// No org, no priority, web: given a due time that then passes; open.
     t3: (Uuid, Ticket),
-    /// globex, medium (due day 3 23:30), chat, opened just before midnight: in progress.
+    /// globex, medium (due day 3 23:30), chat, opened just before midnight: escalated by its
+    /// status, then in progress.
     t4: (Uuid, Ticket),
     /// globex, due in 2099, api: on hold.
     t5: (Uuid, Ticket),
@@ -281,6 +282,8 @@ async fn script(store: &dyn EventStore) -> Script {
                 t(0, 23, 30),
                 CommandKind::Open(open(Priority::Medium, Channel::Chat, Some("globex"), "gus")),
             ),
+            // Escalated by its status, not the escalate command: an escalation all the same.
+            (agent(), t(1, 0, 15), status(Status::Escalated)),
             (agent(), t(1, 0, 30), status(Status::InProgress)),
         ],
     )
@@ -463,6 +466,7 @@ async fn facts_daily_and_rebuild(store: Arc<dyn EventStore>) {
     assert_eq!(f4.due_at, Some(us(t(3, 23, 30))));
     // Overdue now by the clock, but no event says so: not a stored breach.
     assert_eq!((f4.status, f4.breached_at), (Status::InProgress, None));
+    assert_eq!(f4.escalations, 1);
 
     let f5 = facts(&db, s.t5.0).await;
     assert_agrees_with_fold(&f5, &s.t5.1);
@@ -478,7 +482,7 @@ async fn facts_daily_and_rebuild(store: Arc<dyn EventStore>) {
             daily("2026-03-02", "globex", [1, 0, 0, 0, 0, 0, 0, 0, 0, 0]),
             daily("2026-03-03", "", [1, 0, 0, 0, 0, 0, 0, 0, 0, 0]),
             daily("2026-03-03", "acme", [0, 0, 0, 1, 1, 0, 0, 1, 0, 1]),
-            daily("2026-03-03", "globex", [1, 0, 0, 0, 0, 0, 0, 0, 0, 0]),
+            daily("2026-03-03", "globex", [1, 0, 0, 0, 0, 0, 0, 0, 1, 0]),
         ]
     );
     let events = event_rows(&db).await;
@@ -506,6 +510,10 @@ async fn facts_daily_and_rebuild(store: Arc<dyn EventStore>) {
             (2, "escalated".to_owned()),
             (4, "withdrawn".to_owned()),
         ]
+    );
+    assert_eq!(
+        kinds(s.t4.0),
+        [(1, "opened".to_owned()), (2, "escalated".to_owned())]
     );
     assert!(events
         .iter()
@@ -600,8 +608,9 @@ async fn summary_figures(store: Arc<dyn EventStore>) {
     };
 
     let b = get(two_days.clone()).await;
-    // T3 and T4 are active and past due now; T5 is due in 2099.
-    assert_eq!(counts(&b), [5, 2, 1, 1, 1, 1, 2], "{b}");
+    // T3 and T4 are active and past due now; T5 is due in 2099. Escalated: T2 by the command,
+    // T4 by its status.
+    assert_eq!(counts(&b), [5, 2, 1, 1, 2, 1, 2], "{b}");
     assert_eq!(
         b["backlog"],
         json!({"open": 1, "in_progress": 1, "awaiting_customer": 0, "on_hold": 1, "escalated": 0})
@@ -629,16 +638,17 @@ async fn summary_figures(store: Arc<dyn EventStore>) {
     assert_eq!(b["org"], "acme");
 
     let b = get(format!("{two_days}&org=globex")).await;
-    assert_eq!(counts(&b), [2, 0, 0, 0, 0, 0, 1], "{b}");
+    assert_eq!(counts(&b), [2, 0, 0, 0, 1, 0, 1], "{b}");
     assert_eq!(b["backlog"]["in_progress"], 1);
     assert_eq!(b["backlog"]["on_hold"], 1);
     assert!(b["first_response_seconds"].is_null(), "{b}");
     assert!(b["resolution_seconds"].is_null(), "{b}");
 
     // Day 1 only: T4 opened at 23:30 the day before does not count; T1's reopen, second
-    // resolution and close, and T2's withdrawal do. No ticket opened that day got a response.
+    // resolution and close, T2's withdrawal and T4's escalation do. No ticket opened that day
+    // got a response.
     let b = get(window(t(1, 0, 0), t(2, 0, 0))).await;
-    assert_eq!(counts(&b), [2, 1, 1, 1, 0, 1, 2], "{b}");
+    assert_eq!(counts(&b), [2, 1, 1, 1, 1, 1, 2], "{b}");
     assert!(b["first_response_seconds"].is_null(), "{b}");
     assert!(b["resolution_seconds"].is_null(), "{b}");
 
