@@ -33,6 +33,10 @@ const MAX_ATTEMPTS: usize = 8;
 /// share a stripe only by hash collision, which merely orders them.
 const LOCK_STRIPES: usize = 4096;
 
+/// The most the state cache holds, by [`Ticket::weight`]: at a few kB a ticket its count bounds
+/// it first; this bounds it when tickets carry large custom fields (up to most of 1 MiB each).
+const CACHE_BYTES: usize = 128 << 20;
+
 /// A ticket's state with what an append needs to follow it.
 #[derive(Debug, Clone)]
 pub struct Loaded {
@@ -44,6 +48,11 @@ pub struct Loaded {
 }
 
 impl Loaded {
+    /// About its bytes in memory.
+    fn weight(&self) -> usize {
+        std::mem::size_of::<Loaded>() + self.state.as_ref().map_or(0, Ticket::weight)
+    }
+
     fn empty() -> Self {
         Loaded {
             state: None,
@@ -69,6 +78,56 @@ impl Loaded {
             self.last_position = stored.position;
         }
         Ok(())
+    }
+}
+
+/// Recent tickets' states, least recently used first out, bounded by count and by weight.
+struct StateCache {
+    entries: lru::LruCache<Uuid, Loaded>,
+    bytes: usize,
+    max_bytes: usize,
+}
+
+impl StateCache {
+    fn new(capacity: NonZeroUsize, max_bytes: usize) -> Self {
+        StateCache {
+            entries: lru::LruCache::new(capacity),
+            bytes: 0,
+            max_bytes,
+        }
+    }
+
+    fn get(&mut self, id: &Uuid) -> Option<Loaded> {
+        self.entries.get(id).cloned()
+    }
+
+    fn version(&self, id: &Uuid) -> Option<u64> {
+        self.entries.peek(id).map(|l| l.version)
+    }
+
+    fn put(&mut self, id: Uuid, loaded: Loaded) {
+        let weight = loaded.weight();
+        if weight > self.max_bytes {
+            self.pop(&id);
+            return;
+        }
+        // The entry it replaces, or the one the count bound pushed out.
+        if let Some((_, old)) = self.entries.push(id, loaded) {
+            self.bytes = self.bytes.saturating_sub(old.weight());
+        }
+        self.bytes += weight;
+        while self.bytes > self.max_bytes {
+            match self.entries.pop_lru() {
+                Some((_, old)) => self.bytes = self.bytes.saturating_sub(old.weight()),
+                None => break,
+            }
+        }
+    }
+
+    fn pop(&mut self, id: &Uuid) {
+        if let Some(old) = self.entries.pop(id) {
+            self.bytes = self.bytes.saturating_sub(old.weight());
+        }
     }
 }
 
@@ -135,7 +194,7 @@ struct Remembered {
 pub struct CommandHandler {
     store: Arc<dyn EventStore>,
     sla: SlaPolicy,
-    cache: Mutex<lru::LruCache<Uuid, Loaded>>,
+    cache: Mutex<StateCache>,
     locks: Box<[tokio::sync::Mutex<()>]>,
     appended: std::sync::atomic::AtomicU64,
 }
@@ -146,7 +205,7 @@ impl CommandHandler {
         CommandHandler {
             store,
             sla,
-            cache: Mutex::new(lru::LruCache::new(capacity)),
+            cache: Mutex::new(StateCache::new(capacity, CACHE_BYTES)),
             appended: std::sync::atomic::AtomicU64::new(0),
             locks: (0..LOCK_STRIPES)
                 .map(|_| tokio::sync::Mutex::new(()))
@@ -172,13 +231,13 @@ impl CommandHandler {
     fn cached(&self, id: Uuid) -> Option<Loaded> {
         // A poisoned lock only means another task panicked mid-update of a cache; treat it as
         // a miss rather than spreading the panic.
-        self.cache.lock().ok().and_then(|mut c| c.get(&id).cloned())
+        self.cache.lock().ok().and_then(|mut c| c.get(&id))
     }
 
     fn remember(&self, id: Uuid, loaded: &Loaded) {
         if let Ok(mut c) = self.cache.lock() {
             // Never let a slower writer put back an older state.
-            if c.peek(&id).is_none_or(|old| old.version <= loaded.version) {
+            if c.version(&id).is_none_or(|old| old <= loaded.version) {
                 c.put(id, loaded.clone());
             }
         }
@@ -462,4 +521,86 @@ fn outcome(
 pub fn now_micros() -> DateTime<Utc> {
     let now = Utc::now();
     DateTime::from_timestamp_micros(now.timestamp_micros()).unwrap_or(now)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ticketd_domain::FieldValue;
+
+    /// A ticket whose custom fields come to about `bytes`.
+    fn loaded_with(bytes: usize) -> Loaded {
+        let opened = ticketd_domain::event::Opened {
+            ticket_id: Uuid::now_v7(),
+            number: 1,
+            subject: "s".into(),
+            description: "d".into(),
+            priority: ticketd_domain::Priority::None,
+            channel: ticketd_domain::Channel::Web,
+            requester: "alice".into(),
+            requester_name: None,
+            org: None,
+            cc: vec![],
+            fields: [("k".to_owned(), FieldValue::Text("x".repeat(bytes)))].into(),
+            due_at: None,
+            contact_email: None,
+        };
+        let recorded = Recorded {
+            version: 1,
+            recorded_at: Utc::now(),
+            actor: ticketd_domain::Actor {
+                id: "alice".into(),
+                name: None,
+                role: ticketd_domain::Role::Customer,
+                org: None,
+                org_wide: false,
+            },
+            event: Event::Opened(opened),
+        };
+        Loaded {
+            state: evolve(None, &recorded),
+            version: 1,
+            last_hash: ZERO_HASH,
+            last_position: Position::START,
+        }
+    }
+
+    #[test]
+    fn the_state_cache_is_bounded_by_weight_as_well_as_count() {
+        let capacity = NonZeroUsize::new(1_000).expect("non-zero");
+        let mut cache = StateCache::new(capacity, 1 << 20);
+        let ids: Vec<Uuid> = (0..20).map(|_| Uuid::now_v7()).collect();
+        for id in &ids {
+            cache.put(*id, loaded_with(100_000));
+        }
+        // 20 tickets of ~100 kB in 1 MiB: the oldest went, the newest stayed.
+        assert!(cache.bytes <= 1 << 20, "{} bytes", cache.bytes);
+        assert!(cache.entries.len() < 11, "{} entries", cache.entries.len());
+        assert!(cache.get(&ids[19]).is_some() && cache.get(&ids[0]).is_none());
+        let counted: usize = cache.entries.iter().map(|(_, l)| l.weight()).sum();
+        assert_eq!(cache.bytes, counted, "the running total is the entries'");
+        // Replacing and removing keep the total true.
+        cache.put(ids[19], loaded_with(10));
+        cache.pop(&ids[18]);
+        let counted: usize = cache.entries.iter().map(|(_, l)| l.weight()).sum();
+        assert_eq!(cache.bytes, counted);
+        // A ticket heavier than the whole bound is not kept (and drops its older state).
+        cache.put(ids[19], loaded_with(2 << 20));
+        assert!(cache.get(&ids[19]).is_none());
+        // Small ones are bounded by the count.
+        let mut small = StateCache::new(NonZeroUsize::new(3).expect("non-zero"), 1 << 20);
+        for id in &ids {
+            small.put(*id, loaded_with(10));
+        }
+        assert_eq!(small.entries.len(), 3);
+        let counted: usize = small.entries.iter().map(|(_, l)| l.weight()).sum();
+        assert_eq!(small.bytes, counted);
+    }
+
+    #[test]
+    fn a_ticket_weighs_its_custom_fields() {
+        let light = loaded_with(10).weight();
+        let heavy = loaded_with(500_000).weight();
+        assert_eq!(heavy - light, 500_000 - 10, "{light} {heavy}");
+    }
 }

@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::event::{Event, Recorded};
-use crate::types::{Actor, Channel, Fields, Priority, Role, Status};
+use crate::types::{Actor, Channel, FieldValue, Fields, Priority, Role, Status};
 
 /// A ticket as its events leave it.
 /// Deserialize: the `tickets` read model keeps each ticket's state as JSON.
@@ -34,6 +34,31 @@ pub struct Ticket {
 }
 
 impl Ticket {
+    /// About how many bytes the ticket holds in memory, its text and custom fields included
+    /// (a ticket's fields alone may come to most of a 1 MiB request): what caches weigh it by.
+    pub fn weight(&self) -> usize {
+        let text = |s: &str| s.len() + 24;
+        let fields: usize = self
+            .fields
+            .iter()
+            .map(|(k, v)| {
+                48 + text(k)
+                    + match v {
+                        FieldValue::Text(s) => text(s),
+                        FieldValue::List(items) => items.iter().map(|s| text(s)).sum(),
+                    }
+            })
+            .sum();
+        std::mem::size_of::<Ticket>()
+            + self.subject.len()
+            + self.description.len()
+            + self.requester.len()
+            + self.org.as_deref().map_or(0, text)
+            + self.assignee.as_deref().map_or(0, text)
+            + self.cc.iter().map(|c| text(c)).sum::<usize>()
+            + fields
+    }
+
     /// `due_at` is past and the ticket is active (CONTRACT §3).
     pub fn is_overdue(&self, now: DateTime<Utc>) -> bool {
         self.status.is_active() && self.due_at.is_some_and(|due| due < now)

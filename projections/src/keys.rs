@@ -69,6 +69,11 @@ pub(crate) struct KeyChange(i64, i64, i64, i64, i64, i64);
 pub(crate) struct RecentKeys(Vec<KeyChange>);
 
 impl RecentKeys {
+    /// About its bytes in memory.
+    pub(crate) fn weight(&self) -> usize {
+        self.0.len() * std::mem::size_of::<KeyChange>()
+    }
+
     /// A row's `recent_keys`: the compact form of [`RecentKeys::encode`], or the JSON array of
     /// migration 0009 (it starts with `[`, which base64url never holds).
     pub(crate) fn parse(text: &str) -> Result<RecentKeys, StoreError> {

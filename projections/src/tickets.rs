@@ -74,13 +74,9 @@ impl TicketRow {
 }
 
 impl Weigh for TicketRow {
-    /// Its strings and a fixed part.
+    /// The ticket's, its recent keys', and a fixed part.
     fn weight(&self) -> usize {
-        let t = &self.t;
-        512 + t.subject.len()
-            + t.description.len()
-            + t.requester.len()
-            + t.cc.iter().map(|c| c.len() + 24).sum::<usize>()
+        64 + self.t.weight() + self.recent.weight()
     }
 }
 
