@@ -380,14 +380,11 @@ impl CommandHandler {
                     self.remember(ticket_id, &loaded);
                     return outcome(&loaded, appended.events, comment_id, false);
                 }
-                Err(StoreError::Conflict { actual, .. }) => {
+                Err(StoreError::Conflict { .. }) => {
+                    // Another writer came first. With `If-Match`, the next round answers from
+                    // the ticket as it is now: the command's own refusal if it fails there
+                    // (on a withdrawn ticket, 409), else 412.
                     self.forget(ticket_id);
-                    if let Some(expected) = options.expected_version {
-                        return Err(CommandError::VersionMismatch {
-                            expected,
-                            current: actual,
-                        });
-                    }
                     loaded = self.load_fresh(ticket_id).await?;
                     refreshed = true;
                 }

@@ -200,6 +200,32 @@ async fn a_stale_cache_answers_nothing(store: Arc<dyn EventStore>) {
         ),
         "If-Match of a version changed elsewhere: {stale:?}"
     );
+    // A command that appends, with `If-Match` of the cached version, on a ticket withdrawn
+    // elsewhere: the append conflicts, and the answer is the withdrawn ticket's 409, not 412.
+    let gone = here
+        .open(customer(), printer(), no_match.clone())
+        .await
+        .expect("open")
+        .ticket
+        .id;
+    let withdraw = CommandKind::Withdraw(Withdraw {
+        reason: "Not needed".into(),
+        comment: None,
+    });
+    there
+        .execute(gone, customer(), withdraw, no_match.clone())
+        .await
+        .expect("withdraw there");
+    let stale = here
+        .execute(gone, agent(), set_status(Status::InProgress), at(1))
+        .await;
+    assert!(
+        matches!(
+            stale,
+            Err(CommandError::Domain(DomainError::InvalidTransition(_)))
+        ),
+        "If-Match on a ticket withdrawn elsewhere: {stale:?}"
+    );
     // And without it, the same command is a no-op on the ticket as it is.
     let now = here
         .execute(
