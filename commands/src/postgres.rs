@@ -67,10 +67,56 @@ pub async fn migrate_pool(pool: &sqlx::PgPool) -> StoreResult<()> {
 /// Safe because an event's position is its appending transaction's id: leaving out of the
 /// gate a transaction that inserts no event cannot let a reader pass an event that commits
 /// later. A transaction registered here must therefore never insert into `events`.
+///
+/// Long transactions that never append, of this process or another (a rebuild's loads and
+/// index builds), register with every process on the store instead: [`Bystanders::enter_shared`]
+/// puts them in the table `log_bystanders` (migration 0019), which the gate reads too.
 #[derive(Clone, Default)]
-pub struct Bystanders(Arc<Mutex<Vec<i64>>>);
+pub struct Bystanders {
+    list: Arc<Mutex<Vec<i64>>>,
+    /// The store's pool, for `log_bystanders` (`None` in a value made by `default`).
+    store: Option<PgPool>,
+}
 
 impl Bystanders {
+    fn of_store(pool: PgPool) -> Self {
+        Bystanders {
+            list: Arc::default(),
+            store: Some(pool),
+        }
+    }
+
+    /// Registers the transaction open on `conn` (giving it a transaction id now) with every
+    /// process on the store, until the returned guard drops. The caller promises it appends no
+    /// event. Costs a statement on the store's pool; meant for transactions that run long
+    /// (seconds), not for each projection batch.
+    pub async fn enter_shared(&self, conn: &mut PgConnection) -> StoreResult<SharedBystander> {
+        let Some(pool) = &self.store else {
+            return Err(StoreError::Unavailable(
+                "no store to register a bystander with".into(),
+            ));
+        };
+        let xid: i64 = sqlx::query_scalar("SELECT pg_current_xact_id()::text::bigint")
+            .fetch_one(&mut *conn)
+            .await
+            .map_err(unavailable)?;
+        // Rows of transactions that ended (their guards dropped in a process that died) go
+        // with the next registration; the new one is running, so above the horizon.
+        sqlx::query(
+            "WITH ended AS (DELETE FROM log_bystanders \
+             WHERE xid < pg_snapshot_xmin(pg_current_snapshot())::text::bigint) \
+             INSERT INTO log_bystanders (xid) VALUES ($1) ON CONFLICT DO NOTHING",
+        )
+        .bind(xid)
+        .execute(pool)
+        .await
+        .map_err(unavailable)?;
+        Ok(SharedBystander {
+            pool: pool.clone(),
+            xid,
+        })
+    }
+
     /// Registers the transaction open on `conn` (giving it a transaction id now, if it has
     /// none yet) until the returned guard drops. The caller promises it appends no event.
     pub async fn enter(&self, conn: &mut PgConnection) -> StoreResult<Bystander> {
@@ -78,7 +124,10 @@ impl Bystanders {
             .fetch_one(conn)
             .await
             .map_err(unavailable)?;
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).push(xid);
+        self.list
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(xid);
         Ok(Bystander {
             list: self.clone(),
             xid,
@@ -87,7 +136,29 @@ impl Bystanders {
 
     /// The registered transaction ids, for a gate's `ALL (...)` list.
     pub fn current(&self) -> Vec<i64> {
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        self.list.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
+/// A registration in `log_bystanders` ([`Bystanders::enter_shared`]); dropping it (after the
+/// transaction ends) removes the row in the background. Removing it early only makes the gate
+/// wait for the transaction again; a row left behind is harmless (see migration 0019).
+pub struct SharedBystander {
+    pool: PgPool,
+    xid: i64,
+}
+
+impl Drop for SharedBystander {
+    fn drop(&mut self) {
+        let (pool, xid) = (self.pool.clone(), self.xid);
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                let _ = sqlx::query("DELETE FROM log_bystanders WHERE xid = $1")
+                    .bind(xid)
+                    .execute(&pool)
+                    .await;
+            });
+        }
     }
 }
 
@@ -100,7 +171,7 @@ pub struct Bystander {
 
 impl Drop for Bystander {
     fn drop(&mut self) {
-        let mut list = self.list.0.lock().unwrap_or_else(|p| p.into_inner());
+        let mut list = self.list.list.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(i) = list.iter().position(|x| *x == self.xid) {
             list.swap_remove(i);
         }
@@ -108,13 +179,14 @@ impl Drop for Bystander {
 }
 
 /// The snapshot gate as SQL, for a statement's own snapshot: the oldest transaction running
-/// when it began, other than the bystanders in `skip` (an SQL `bigint[]` expression); if
-/// none, the first transaction id not yet assigned. Every transaction below it that is not a
-/// bystander has ended.
+/// when it began, other than the bystanders in `skip` (an SQL `bigint[]` expression) and those
+/// in `log_bystanders`; if none, the first transaction id not yet assigned. Every transaction
+/// below it that is not a bystander has ended.
 fn gate_sql(skip: &str) -> String {
     format!(
         "COALESCE((SELECT min(x) FROM pg_snapshot_xip(pg_current_snapshot()) AS x \
-         WHERE x::text::bigint <> ALL ({skip})), pg_snapshot_xmax(pg_current_snapshot()))"
+         WHERE x::text::bigint <> ALL ({skip}) AND NOT EXISTS (SELECT 1 FROM log_bystanders b \
+         WHERE b.xid = x::text::bigint)), pg_snapshot_xmax(pg_current_snapshot()))"
     )
 }
 
@@ -292,13 +364,13 @@ struct Shared {
 }
 
 impl Shared {
-    fn new() -> Self {
+    fn new(pool: PgPool) -> Self {
         Shared {
             ticks: watch::channel(0).0,
             pending: AtomicU64::new(0),
             announced: AtomicU64::new(0),
             gate: AtomicU64::new(0),
-            bystanders: Bystanders::default(),
+            bystanders: Bystanders::of_store(pool),
             local: AtomicU64::new(0),
             local_visible: AtomicU64::new(0),
             wake: Notify::new(),
@@ -374,7 +446,7 @@ impl PostgresStore {
     pub fn from_pool(pool: PgPool) -> StoreResult<PostgresStore> {
         let runtime = tokio::runtime::Handle::try_current()
             .map_err(|e| StoreError::Unavailable(format!("no Tokio runtime: {e}")))?;
-        let shared = Arc::new(Shared::new());
+        let shared = Arc::new(Shared::new(pool.clone()));
         // Its own one-connection pool, so listening never takes a connection from appends.
         let listen_pool = PgPoolOptions::new()
             .max_connections(1)

@@ -1475,6 +1475,65 @@ async fn postgres_a_long_batch_holds_no_other_back() {
     );
 }
 
+/// PostgreSQL: a long transaction of another process that appends nothing (a rebuild's loads
+/// and index builds, run by `ticketd rebuild`) holds no log reader back once registered in
+/// `log_bystanders` (migration 0019); unregistered, it holds every reader back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_a_bystander_of_another_process_holds_no_reader_back() {
+    use sqlx::Connection;
+    let Some(t) = ticketd_tests::postgres_store(8).await else {
+        return;
+    };
+    let store: Arc<dyn EventStore> = t.store.clone();
+    let Some(Database::Postgres(pool)) = store.database() else {
+        panic!("a PostgreSQL store");
+    };
+    // Another process on the same store: a pool and a registry of its own.
+    let other_pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(2)
+        .connect_with((*pool.connect_options()).clone())
+        .await
+        .expect("another pool");
+    let other = ticketd_commands::PostgresStore::from_pool(other_pool).expect("another store");
+    let by = other.bystanders().expect("a registry");
+    let h = CommandHandler::new(store.clone(), SlaPolicy::default(), 100);
+    let mut conn = sqlx::PgConnection::connect_with(&pool.connect_options())
+        .await
+        .expect("a connection");
+    let reaches = |at| ticketd_commands::log_reaches(store.as_ref(), at, Duration::from_secs(5));
+
+    // Unregistered: an open transaction with an id hides what is appended after it began.
+    let mut plain = conn.begin().await.expect("begin");
+    sqlx::query("SELECT pg_current_xact_id()")
+        .execute(&mut *plain)
+        .await
+        .expect("an id");
+    let (_, held) = open(&h, "held").await;
+    assert!(
+        !ticketd_commands::log_reaches(store.as_ref(), held, Duration::from_millis(500))
+            .await
+            .expect("read"),
+        "an unregistered transaction holds the log back"
+    );
+    plain.rollback().await.expect("rollback");
+    assert!(reaches(held).await.expect("read"), "once it ends");
+
+    // Registered from the other process: the reader looks past it while it is open.
+    let mut tx = conn.begin().await.expect("begin");
+    let standing = by.enter_shared(&mut tx).await.expect("registered");
+    let (_, passed) = open(&h, "passes").await;
+    assert!(
+        reaches(passed).await.expect("read"),
+        "a registered transaction holds nothing back"
+    );
+    sqlx::query("SELECT 1")
+        .execute(&mut *tx)
+        .await
+        .expect("still open");
+    tx.commit().await.expect("commit");
+    drop(standing);
+}
+
 /// PostgreSQL: a projector that leads nothing stops at once when shut down: its runners'
 /// waits to retry the lock (2 s) end with the stop.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
