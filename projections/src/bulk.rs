@@ -36,9 +36,11 @@ use uuid::Uuid;
 
 use ticketd_commands::handler::decode;
 use ticketd_commands::pgcopy::{copy_in_header, copy_in_trailer};
+use ticketd_commands::postgres::Bystanders;
 use ticketd_commands::{EventStore, Position, StoreError, StoredEvent};
 use ticketd_domain::Recorded;
 
+use crate::rebuild::stand_by;
 use crate::sql::{unavailable, Bind, Conn, CopyRows};
 use crate::{micros, tx_i64, Projection};
 
@@ -147,11 +149,12 @@ impl Lanes {
         &self,
         conn: &mut PgConnection,
         definitions: &[String],
+        by: Option<&Bystanders>,
     ) -> Result<(), StoreError> {
         for definition in definitions {
             let one = std::slice::from_ref(definition);
             if is_gin(definition) {
-                crate::rebuild::build_indexes(conn, one).await?;
+                crate::rebuild::build_indexes(conn, one, by).await?;
                 continue;
             }
             let _lane = self
@@ -164,7 +167,7 @@ impl Lanes {
             conn.execute("SET max_parallel_maintenance_workers = 0")
                 .await
                 .map_err(unavailable)?;
-            crate::rebuild::build_indexes(conn, one).await?;
+            crate::rebuild::build_indexes(conn, one, by).await?;
             conn.execute("RESET max_parallel_maintenance_workers")
                 .await
                 .map_err(unavailable)?;
@@ -208,7 +211,11 @@ impl Loader {
     /// transaction that truncates the table first (so `FREEZE` applies); `Insert` steps, whose
     /// SQL costs the server more than parsing, on two connections at once, each statement on
     /// its own (a pass that stops short leaves rows the next one truncates).
-    async fn start(pool: &PgPool, first: &Step) -> Result<Loader, StoreError> {
+    async fn start(
+        pool: &PgPool,
+        first: &Step,
+        by: Option<Bystanders>,
+    ) -> Result<Loader, StoreError> {
         let connect = || async {
             PgConnection::connect_with(&crate::writer_options(pool))
                 .await
@@ -218,13 +225,16 @@ impl Loader {
         let (table, task) = match first {
             Step::Copy { insert, .. } => {
                 let table = table_of(insert)?.to_owned();
-                let task = tokio::spawn(load_copies(connect().await?, table.clone(), rx));
+                let task = tokio::spawn(load_copies(connect().await?, table.clone(), rx, by));
                 (table, task)
             }
             Step::Insert { head, .. } => {
                 let table = table_of(head)?.to_owned();
                 let conns = [connect().await?, connect().await?];
-                (table.clone(), tokio::spawn(load_inserts(conns, table, rx)))
+                (
+                    table.clone(),
+                    tokio::spawn(load_inserts(conns, table, rx, by)),
+                )
             }
         };
         Ok(Loader { table, queue, task })
@@ -273,8 +283,11 @@ async fn load_copies(
     mut conn: PgConnection,
     table: String,
     mut queue: mpsc::Receiver<Load>,
+    by: Option<Bystanders>,
 ) -> Result<bool, StoreError> {
     let mut tx = conn.begin().await.map_err(unavailable)?;
+    // Open for most of the pass: the live log readers look past it.
+    let standing = stand_by(by.as_ref(), &mut tx).await?;
     let name = crate::rebuild::ident(&table);
     tx.execute(format!("TRUNCATE {name}").as_str())
         .await
@@ -299,8 +312,12 @@ async fn load_copies(
             Load::Step(Step::Insert { .. }) => return Err(mixed(&table)),
             Load::Commit(indexes, lanes) => {
                 tx.commit().await.map_err(unavailable)?;
+                drop(standing);
                 // Frozen and all-visible already: the switch analyzes it with the rest.
-                return lanes.build(&mut conn, &indexes).await.map(|()| false);
+                return lanes
+                    .build(&mut conn, &indexes, by.as_ref())
+                    .await
+                    .map(|()| false);
             }
         }
     }
@@ -316,7 +333,9 @@ async fn load_inserts(
     mut conns: [PgConnection; 2],
     table: String,
     mut queue: mpsc::Receiver<Load>,
+    by: Option<Bystanders>,
 ) -> Result<bool, StoreError> {
+    let by = by.as_ref();
     let name = crate::rebuild::ident(&table);
     conns[0]
         .execute(format!("TRUNCATE {name}").as_str())
@@ -329,8 +348,8 @@ async fn load_inserts(
                 let mut rows = rows;
                 let second = rows.split_off(rows.len() / 2);
                 futures::future::try_join(
-                    Conn::Postgres(a).insert_rows_as(head, one, rows, ""),
-                    Conn::Postgres(b).insert_rows_as(head, one, second, ""),
+                    insert_standing_by(a, by, head, one, rows),
+                    insert_standing_by(b, by, head, one, second),
                 )
                 .await?;
             }
@@ -338,8 +357,11 @@ async fn load_inserts(
             Load::Commit(mut indexes, lanes) => {
                 let complete = !indexes.is_empty();
                 let second = indexes.split_off(indexes.len() / 2);
-                futures::future::try_join(lanes.build(a, &indexes), lanes.build(b, &second))
-                    .await?;
+                futures::future::try_join(
+                    lanes.build(a, &indexes, by),
+                    lanes.build(b, &second, by),
+                )
+                .await?;
                 if complete {
                     a.execute(format!("VACUUM (ANALYZE) {name}").as_str())
                         .await
@@ -351,9 +373,29 @@ async fn load_inserts(
     }
 }
 
+/// One chunk of an `Insert` loader's rows, in a transaction of its own that the live log
+/// readers look past (a chunk of search rows takes a while: `to_tsvector`).
+async fn insert_standing_by(
+    conn: &mut PgConnection,
+    by: Option<&Bystanders>,
+    head: &'static str,
+    one: &'static str,
+    rows: Vec<Vec<Bind>>,
+) -> Result<(), StoreError> {
+    let mut tx = conn.begin().await.map_err(unavailable)?;
+    let standing = stand_by(by, &mut tx).await?;
+    Conn::Postgres(&mut tx)
+        .insert_rows_as(head, one, rows, "")
+        .await?;
+    tx.commit().await.map_err(unavailable)?;
+    drop(standing);
+    Ok(())
+}
+
 /// The loaders of a pass, one per table, started as their tables' first steps come.
 struct Loaders<'p> {
     pool: &'p PgPool,
+    by: Option<Bystanders>,
     started: Vec<Loader>,
 }
 
@@ -366,7 +408,8 @@ impl Loaders<'_> {
         let i = match self.started.iter().position(|l| l.table == table) {
             Some(i) => i,
             None => {
-                self.started.push(Loader::start(self.pool, &step).await?);
+                self.started
+                    .push(Loader::start(self.pool, &step, self.by.clone()).await?);
                 self.started.len() - 1
             }
         };
@@ -469,8 +512,10 @@ pub(crate) async fn pass(
     upto: Option<Position>,
     limit: usize,
 ) -> Result<(Position, u64, Vec<String>), StoreError> {
+    let by = store.bystanders();
     let mut loaders = Loaders {
         pool,
+        by: by.clone(),
         started: Vec::new(),
     };
     // Each page is decoded once, on a thread of its own, and handed to every fold, each on a
@@ -577,6 +622,7 @@ pub(crate) async fn pass(
         .await
         .map_err(unavailable)?;
     let mut tx = conn.begin().await.map_err(unavailable)?;
+    let standing = stand_by(by.as_ref(), &mut tx).await?;
     for t in tables.iter().filter(|t| !loaded.iter().any(|l| l == *t)) {
         tx.execute(format!("TRUNCATE {}", crate::rebuild::ident(t)).as_str())
             .await
@@ -613,6 +659,7 @@ pub(crate) async fn pass(
             .await?;
     }
     tx.commit().await.map_err(unavailable)?;
+    drop(standing);
     let _ = conn.close().await;
     Ok((at, folded, vacuumed))
 }

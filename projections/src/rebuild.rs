@@ -26,6 +26,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use sqlx::{ConnectOptions, Connection, Executor, PgPool, Row};
 use uuid::Uuid;
 
+use ticketd_commands::postgres::{Bystanders, SharedBystander};
 use ticketd_commands::{Database, EventStore, Position, StoreError, StoredEvent};
 
 use crate::bulk::{self, BULK_TICKETS};
@@ -319,7 +320,7 @@ impl Scratch {
             if !deferred.is_empty() {
                 let started = std::time::Instant::now();
                 let left = deferred.into_iter().map(|(_, d)| d).collect();
-                restore_indexes(pool, left).await?;
+                restore_indexes(pool, left, store.bystanders().as_ref()).await?;
                 tracing::info!(
                     secs = started.elapsed().as_secs_f64(),
                     "rebuild: secondary indexes built"
@@ -839,9 +840,12 @@ async fn defer_indexes(
 const INDEX_BUILD_MEMORY: &str = "256MB";
 
 /// Runs index `definitions` (of [`defer_indexes`]) on `conn`, one after the other.
+/// Each build is a transaction the live log readers look past (`by`): a GIN build over a
+/// million tickets takes a core for tens of seconds.
 pub(crate) async fn build_indexes(
     conn: &mut sqlx::PgConnection,
     definitions: &[String],
+    by: Option<&Bystanders>,
 ) -> Result<(), StoreError> {
     if definitions.is_empty() {
         return Ok(());
@@ -850,9 +854,11 @@ pub(crate) async fn build_indexes(
         .await
         .map_err(unavailable)?;
     for definition in definitions {
-        conn.execute(definition.as_str())
-            .await
-            .map_err(unavailable)?;
+        let mut tx = conn.begin().await.map_err(unavailable)?;
+        let standing = stand_by(by, &mut tx).await?;
+        tx.execute(definition.as_str()).await.map_err(unavailable)?;
+        tx.commit().await.map_err(unavailable)?;
+        drop(standing);
     }
     conn.execute("RESET maintenance_work_mem")
         .await
@@ -885,12 +891,30 @@ async fn vacuum_all(pool: &PgPool, schema: &str, tables: &[&Table]) -> Result<()
 }
 
 /// Runs the `definitions` that [`defer_indexes`] returned, two at a time.
-async fn restore_indexes(pool: &PgPool, definitions: Vec<String>) -> Result<(), StoreError> {
+async fn restore_indexes(
+    pool: &PgPool,
+    definitions: Vec<String>,
+    by: Option<&Bystanders>,
+) -> Result<(), StoreError> {
     two_at_a_time(definitions, |definition| async move {
         let mut conn = pool.acquire().await.map_err(unavailable)?;
-        build_indexes(&mut conn, &[definition]).await
+        build_indexes(&mut conn, &[definition], by).await
     })
     .await
+}
+
+/// Registers the transaction open on `conn` with every process on the store, where the store
+/// keeps such a registry (PostgreSQL, migration 0019): a rebuild's transactions append no
+/// event, and those that run long would otherwise hold every live projection and
+/// `min_position` wait back until they end, the service's own included.
+pub(crate) async fn stand_by(
+    by: Option<&Bystanders>,
+    conn: &mut sqlx::PgConnection,
+) -> Result<Option<SharedBystander>, StoreError> {
+    match by {
+        Some(by) => by.enter_shared(conn).await.map(Some),
+        None => Ok(None),
+    }
 }
 
 /// Runs `work` on each of `items` in their order, two at a time: the machine's two cores, and
