@@ -8,8 +8,9 @@
 //! (new or existing stream, with or without idempotency record, zero, one or many events).
 //!
 //! The whole-log order is `(tx_id, seq)`. `read_all` only returns rows of transactions below
-//! the snapshot gate: its snapshot's oldest running transaction, leaving out this process's
-//! [`Bystanders`] (transactions known never to append). Every transaction below the gate that
+//! the snapshot gate: its snapshot's oldest running transaction, leaving out the
+//! [`Bystanders`] (transactions known never to append: this process's projection batches, and
+//! any process's long transactions listed in `log_bystanders`). Every transaction below the gate that
 //! could append has ended, so no event can later commit before the returned ones, and paging
 //! never skips an event (no timeouts, no gaps). The price: an append shows in `read_all` only
 //! once every older transaction on the server that is not a bystander has ended, usually
