@@ -9,8 +9,10 @@ use anyhow::Context;
 use axum::extract::{FromRef, FromRequestParts};
 use axum::http::header;
 use axum::http::request::Parts;
+use hmac::{Hmac, Mac};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 
 use ticketd_domain::{Actor, Role};
 
@@ -40,12 +42,19 @@ struct Claims {
     exp: serde_json::Number,
 }
 
-/// Verifies and mints tokens with one HS256 secret.
+/// Verifies and mints tokens with one HS256 secret, and signs the list cursors with a key
+/// derived from it.
 pub struct Auth {
     encoding: EncodingKey,
     decoding: DecodingKey,
     validation: Validation,
+    /// Keyed with its own key, derived from the secret, so that a cursor's tag is never a
+    /// token's signature.
+    cursor_mac: Hmac<Sha256>,
 }
+
+/// The bytes of a cursor's tag kept (of HMAC-SHA256's 32).
+const CURSOR_TAG: usize = 16;
 
 impl Auth {
     /// An authenticator over `secret`, which must be at least [`SECRET_MIN`] bytes.
@@ -60,11 +69,56 @@ impl Auth {
         validation.leeway = 0;
         validation.validate_aud = false;
         validation.set_required_spec_claims(&["exp", "sub"]);
+        let cursor_key = Sha256::new()
+            .chain_update(b"ticketd list cursor\0")
+            .chain_update(&secret)
+            .finalize();
+        let cursor_mac =
+            <Hmac<Sha256> as Mac>::new_from_slice(&cursor_key).context("a cursor key")?;
         Ok(Auth {
             encoding: EncodingKey::from_secret(&secret),
             decoding: DecodingKey::from_secret(&secret),
             validation,
+            cursor_mac,
         })
+    }
+
+    /// `cursor` (a list's `next_cursor`) with a tag that shows this service made it:
+    /// `<cursor>.<tag>`, both hex. A cursor names where its paging session started, and a
+    /// later page reads every ticket changed since then: a made-up start would make one
+    /// request read the whole table.
+    pub fn sign_cursor(&self, cursor: &str) -> String {
+        let tag = self.cursor_mac(cursor).finalize().into_bytes();
+        let hex: String = tag[..CURSOR_TAG]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        format!("{cursor}.{hex}")
+    }
+
+    /// The cursor inside `signed` and whether it carried a tag, or `None` when its tag is not
+    /// this service's. Cursors made before they were signed carry none: the caller decides
+    /// what those may do.
+    pub fn open_cursor<'a>(&self, signed: &'a str) -> Option<(&'a str, bool)> {
+        let Some((cursor, hex)) = signed.split_once('.') else {
+            return Some((signed, false));
+        };
+        if hex.len() != 2 * CURSOR_TAG || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return None;
+        }
+        let tag: Vec<u8> = (0..CURSOR_TAG)
+            .map(|i| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).ok())
+            .collect::<Option<_>>()?;
+        self.cursor_mac(cursor)
+            .verify_truncated_left(&tag)
+            .ok()
+            .map(|()| (cursor, true))
+    }
+
+    fn cursor_mac(&self, cursor: &str) -> Hmac<Sha256> {
+        let mut mac = self.cursor_mac.clone();
+        mac.update(cursor.as_bytes());
+        mac
     }
 
     /// The secret from `TICKETD_JWT_SECRET` if given, else the one in `data_dir`, created

@@ -19,7 +19,7 @@ use ticketd_projections::{Projector, WaitError};
 
 use crate::app::AppState;
 use crate::audit::QueryParams;
-use crate::auth::Caller;
+use crate::auth::{Auth, Caller};
 use crate::dto::TicketView;
 use crate::error::{ApiError, Problem};
 use crate::extract::IdPath;
@@ -157,7 +157,7 @@ fn org_param(params: &QueryParams) -> Result<Option<String>, ApiError> {
     }
 }
 
-fn parse_list(actor: Actor, params: &QueryParams) -> Result<ListQuery, ApiError> {
+fn parse_list(actor: Actor, params: &QueryParams, auth: &Auth) -> Result<ListQuery, ApiError> {
     let now = chrono::Utc::now();
     params.only(LIST_PARAMS)?;
     let view: View = match params.get("view") {
@@ -188,13 +188,23 @@ fn parse_list(actor: Actor, params: &QueryParams) -> Result<ListQuery, ApiError>
     };
     let after = match params.get("cursor") {
         None => None,
-        Some(raw) => match Cursor::decode(raw) {
-            Some(c) if c.expired(now) => {
+        Some(raw) => match auth
+            .open_cursor(raw)
+            .and_then(|(text, signed)| Cursor::decode(text).map(|c| (c, signed)))
+        {
+            // One that names where its paging session started must be this service's own
+            // (`Auth::sign_cursor`); those from before sessions were kept need no tag.
+            Some((c, false)) if c.from.is_some() => {
+                return Err(ApiError::malformed(
+                    "cursor is not one this service made; pass `next_cursor` as given.",
+                ))
+            }
+            Some((c, _)) if c.expired(now) => {
                 return Err(ApiError::malformed(
                     "This cursor has expired (a cursor lasts an hour); start again from the first page.",
                 ))
             }
-            Some(c) if c.sort == sort => Some(c),
+            Some((c, _)) if c.sort == sort => Some(c),
             Some(_) => {
                 return Err(ApiError::malformed(
                     "This cursor belongs to another sort order; keep `sort` while paging.",
@@ -271,14 +281,14 @@ pub async fn list(
     Caller(actor): Caller,
     params: QueryParams,
 ) -> Result<Response, ApiError> {
-    let query = parse_list(actor, &params)?;
+    let query = parse_list(actor, &params, &app.auth)?;
     let reads = projector(&app)?;
     consistent(reads, &params, tickets::NAME).await?;
     let (items, next) = tickets::list(reads.database(), &query).await?;
     let now = chrono::Utc::now();
     let page = TicketPage {
         items: items.iter().map(|t| TicketView::new(t, now)).collect(),
-        next_cursor: next.map(|c| c.encode()),
+        next_cursor: next.map(|c| app.auth.sign_cursor(&c.encode())),
     };
     Ok(axum::Json(page).into_response())
 }

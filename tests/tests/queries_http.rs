@@ -583,13 +583,53 @@ async fn bad_parameters_are_400(s: TestServer) {
         let a = s.get(&format!("/v1/tickets?{q}"), &agent).await;
         a.assert_problem(400, "malformed_request");
     }
-    // A cursor lasts an hour: one issued at the epoch has expired.
+    // A cursor lasts an hour: one issued at the epoch, signed as the service signs, has expired.
     let hex = |t: &str| t.bytes().map(|b| format!("{b:02x}")).collect::<String>();
     let nil = uuid::Uuid::nil();
-    let expired = hex(&format!("-last_activity|0|{nil}|1|1|0"));
-    s.get(&format!("/v1/tickets?cursor={expired}"), &agent)
-        .await
-        .assert_problem(400, "malformed_request");
+    let auth = ticketd_api::auth::Auth::new(ticketd_tests::http::SECRET.as_bytes().to_vec())
+        .expect("the test secret");
+    let expired = auth.sign_cursor(&hex(&format!("-last_activity|0|{nil}|1|1|0")));
+    let a = s
+        .get(&format!("/v1/tickets?cursor={expired}"), &agent)
+        .await;
+    a.assert_problem(400, "malformed_request");
+    assert!(
+        a.body["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("expired")),
+        "{}",
+        a.body
+    );
+    // One that names where its session started must carry the service's tag: made up, it
+    // could start at the log's beginning and make a page read every ticket there is.
+    let now_us = chrono::Utc::now().timestamp_micros();
+    let made_up = hex(&format!("-last_activity|0|{nil}|0|0|{now_us}"));
+    let signed = auth.sign_cursor(&made_up);
+    let a = s.get(&format!("/v1/tickets?cursor={signed}"), &agent).await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.body);
+    let other = ticketd_api::auth::Auth::new(vec![b'x'; 32]).expect("another secret");
+    let tampered = format!(
+        "{}{}",
+        &signed[..signed.len() - 1],
+        if signed.ends_with('0') { '1' } else { '0' }
+    );
+    for forged in [
+        made_up.clone(),
+        other.sign_cursor(&made_up),
+        tampered,
+        format!("{made_up}."),
+        format!("{made_up}.zz"),
+    ] {
+        let a = s.get(&format!("/v1/tickets?cursor={forged}"), &agent).await;
+        a.assert_problem(400, "malformed_request");
+        assert!(
+            a.body["detail"]
+                .as_str()
+                .is_some_and(|d| d.contains("not one this service made")),
+            "{forged}: {}",
+            a.body
+        );
+    }
     // A cursor from before walks kept their order (no snapshot) still pages, by the keys of now.
     let old = hex(&format!("created|0|{nil}"));
     let a = s
