@@ -133,57 +133,73 @@ fn set_status(status: Status) -> CommandKind {
     })
 }
 
+/// Opens a ticket through `h` (which caches it at version 1).
+async fn opened(h: &CommandHandler) -> Uuid {
+    h.open(customer(), printer(), Options::default())
+        .await
+        .expect("open")
+        .ticket
+        .id
+}
+
+/// The requester withdraws ticket `id` through `h`.
+async fn withdraw(h: &CommandHandler, id: Uuid) {
+    let kind = CommandKind::Withdraw(Withdraw {
+        reason: "Not needed".into(),
+        comment: None,
+    });
+    h.execute(id, customer(), kind, Options::default())
+        .await
+        .expect("withdraw");
+}
+
+#[track_caller]
+fn assert_withdrawn_refusal<T: std::fmt::Debug>(answer: Result<T, CommandError>, what: &str) {
+    assert!(
+        matches!(
+            answer,
+            Err(CommandError::Domain(DomainError::InvalidTransition(_)))
+        ),
+        "{what}: {answer:?}"
+    );
+}
+
 /// Two handlers on one store, as two `ticketd` processes on one PostgreSQL: `here` caches the
 /// ticket as opened, `there` then changes it.
 async fn a_stale_cache_answers_nothing(store: Arc<dyn EventStore>) {
     let here = CommandHandler::new(store.clone(), SlaPolicy::default(), 100);
     let there = CommandHandler::new(store.clone(), SlaPolicy::default(), 100);
-    let no_match = Options::default();
     let at = |version| Options {
         expected_version: Some(version),
         ..Options::default()
     };
 
     // The same status is a no-op: on the stale state it would answer 200 with version 1.
-    let id = here
-        .open(customer(), printer(), no_match.clone())
-        .await
-        .expect("open")
-        .ticket
-        .id;
-    let withdraw = CommandKind::Withdraw(Withdraw {
-        reason: "Fixed it myself".into(),
-        comment: None,
-    });
-    there
-        .execute(id, customer(), withdraw, no_match.clone())
-        .await
-        .expect("withdraw there");
+    let id = opened(&here).await;
+    withdraw(&there, id).await;
     let stale = here
-        .execute(id, agent(), set_status(Status::Open), no_match.clone())
+        .execute(id, agent(), set_status(Status::Open), Options::default())
         .await;
-    assert!(
-        matches!(
-            stale,
-            Err(CommandError::Domain(DomainError::InvalidTransition(_)))
-        ),
-        "a no-op on a ticket withdrawn elsewhere: {stale:?}"
-    );
+    assert_withdrawn_refusal(stale, "a no-op on a ticket withdrawn elsewhere");
+
+    // A command that appends, with `If-Match` of the cached version, on a ticket withdrawn
+    // elsewhere: the append conflicts, and the answer is the withdrawn ticket's 409, not 412.
+    let id = opened(&here).await;
+    withdraw(&there, id).await;
+    let stale = here
+        .execute(id, agent(), set_status(Status::InProgress), at(1))
+        .await;
+    assert_withdrawn_refusal(stale, "If-Match on a ticket withdrawn elsewhere");
 
     // `If-Match` of the cached version, which is no longer current, on what the stale state
     // calls a no-op: 412, nothing appended.
-    let id = here
-        .open(customer(), printer(), no_match.clone())
-        .await
-        .expect("open")
-        .ticket
-        .id;
+    let id = opened(&here).await;
     there
         .execute(
             id,
             agent(),
             set_status(Status::InProgress),
-            no_match.clone(),
+            Options::default(),
         )
         .await
         .expect("a status change there");
@@ -200,39 +216,13 @@ async fn a_stale_cache_answers_nothing(store: Arc<dyn EventStore>) {
         ),
         "If-Match of a version changed elsewhere: {stale:?}"
     );
-    // A command that appends, with `If-Match` of the cached version, on a ticket withdrawn
-    // elsewhere: the append conflicts, and the answer is the withdrawn ticket's 409, not 412.
-    let gone = here
-        .open(customer(), printer(), no_match.clone())
-        .await
-        .expect("open")
-        .ticket
-        .id;
-    let withdraw = CommandKind::Withdraw(Withdraw {
-        reason: "Not needed".into(),
-        comment: None,
-    });
-    there
-        .execute(gone, customer(), withdraw, no_match.clone())
-        .await
-        .expect("withdraw there");
-    let stale = here
-        .execute(gone, agent(), set_status(Status::InProgress), at(1))
-        .await;
-    assert!(
-        matches!(
-            stale,
-            Err(CommandError::Domain(DomainError::InvalidTransition(_)))
-        ),
-        "If-Match on a ticket withdrawn elsewhere: {stale:?}"
-    );
     // And without it, the same command is a no-op on the ticket as it is.
     let now = here
         .execute(
             id,
             agent(),
             set_status(Status::InProgress),
-            no_match.clone(),
+            Options::default(),
         )
         .await
         .expect("a no-op");
