@@ -11,7 +11,7 @@ use async_trait::async_trait;
 use uuid::Uuid;
 
 use ticketd_commands::{
-    AppendRequest, CommandError, CommandHandler, EventStore, Options, StoreResult,
+    AppendRequest, CommandError, CommandHandler, EventStore, Options, Outcome, StoreResult,
 };
 use ticketd_domain::{
     Actor, ChangeStatus, CommandKind, DomainError, OpenTicket, Role, SlaPolicy, Status, Withdraw,
@@ -126,11 +126,18 @@ fn agent() -> Actor {
     }
 }
 
-fn set_status(status: Status) -> CommandKind {
-    CommandKind::ChangeStatus(ChangeStatus {
+/// An agent sets `status` on ticket `id` through `h`.
+async fn staff_sets(
+    h: &CommandHandler,
+    id: Uuid,
+    status: Status,
+    options: Options,
+) -> Result<Outcome, CommandError> {
+    let kind = CommandKind::ChangeStatus(ChangeStatus {
         status,
         reason: None,
-    })
+    });
+    h.execute(id, agent(), kind, options).await
 }
 
 /// Opens a ticket through `h` (which caches it at version 1).
@@ -177,35 +184,23 @@ async fn a_stale_cache_answers_nothing(store: Arc<dyn EventStore>) {
     // The same status is a no-op: on the stale state it would answer 200 with version 1.
     let id = opened(&here).await;
     withdraw(&there, id).await;
-    let stale = here
-        .execute(id, agent(), set_status(Status::Open), Options::default())
-        .await;
+    let stale = staff_sets(&here, id, Status::Open, Options::default()).await;
     assert_withdrawn_refusal(stale, "a no-op on a ticket withdrawn elsewhere");
 
     // A command that appends, with `If-Match` of the cached version, on a ticket withdrawn
     // elsewhere: the append conflicts, and the answer is the withdrawn ticket's 409, not 412.
     let id = opened(&here).await;
     withdraw(&there, id).await;
-    let stale = here
-        .execute(id, agent(), set_status(Status::InProgress), at(1))
-        .await;
+    let stale = staff_sets(&here, id, Status::InProgress, at(1)).await;
     assert_withdrawn_refusal(stale, "If-Match on a ticket withdrawn elsewhere");
 
     // `If-Match` of the cached version, which is no longer current, on what the stale state
     // calls a no-op: 412, nothing appended.
     let id = opened(&here).await;
-    there
-        .execute(
-            id,
-            agent(),
-            set_status(Status::InProgress),
-            Options::default(),
-        )
+    staff_sets(&there, id, Status::InProgress, Options::default())
         .await
         .expect("a status change there");
-    let stale = here
-        .execute(id, agent(), set_status(Status::Open), at(1))
-        .await;
+    let stale = staff_sets(&here, id, Status::Open, at(1)).await;
     assert!(
         matches!(
             stale,
@@ -217,13 +212,7 @@ async fn a_stale_cache_answers_nothing(store: Arc<dyn EventStore>) {
         "If-Match of a version changed elsewhere: {stale:?}"
     );
     // And without it, the same command is a no-op on the ticket as it is.
-    let now = here
-        .execute(
-            id,
-            agent(),
-            set_status(Status::InProgress),
-            Options::default(),
-        )
+    let now = staff_sets(&here, id, Status::InProgress, Options::default())
         .await
         .expect("a no-op");
     assert_eq!((now.version, now.ticket.status), (2, Status::InProgress));
