@@ -546,6 +546,17 @@ async fn feed_visibility_does_not_wait_on_the_tickets_model(s: TestServer) {
     }
 }
 
+/// A list page with `cursor` is a 400 whose detail says `why`.
+async fn cursor_refused(s: &TestServer, token: &str, cursor: &str, why: &str) {
+    let a = s.get(&format!("/v1/tickets?cursor={cursor}"), token).await;
+    a.assert_problem(400, "malformed_request");
+    assert!(
+        a.body["detail"].as_str().is_some_and(|d| d.contains(why)),
+        "{cursor}: {}",
+        a.body
+    );
+}
+
 async fn bad_parameters_are_400(s: TestServer) {
     let agent = s.agent("agent-1");
     for _ in 0..2 {
@@ -589,17 +600,7 @@ async fn bad_parameters_are_400(s: TestServer) {
     let auth = ticketd_api::auth::Auth::new(ticketd_tests::http::SECRET.as_bytes().to_vec())
         .expect("the test secret");
     let expired = auth.sign_cursor(&hex(&format!("-last_activity|0|{nil}|1|1|0")));
-    let a = s
-        .get(&format!("/v1/tickets?cursor={expired}"), &agent)
-        .await;
-    a.assert_problem(400, "malformed_request");
-    assert!(
-        a.body["detail"]
-            .as_str()
-            .is_some_and(|d| d.contains("expired")),
-        "{}",
-        a.body
-    );
+    cursor_refused(&s, &agent, &expired, "expired").await;
     // One that names where its session started must carry the service's tag: made up, it
     // could start at the log's beginning and make a page read every ticket there is.
     let now_us = chrono::Utc::now().timestamp_micros();
@@ -620,15 +621,7 @@ async fn bad_parameters_are_400(s: TestServer) {
         format!("{made_up}."),
         format!("{made_up}.zz"),
     ] {
-        let a = s.get(&format!("/v1/tickets?cursor={forged}"), &agent).await;
-        a.assert_problem(400, "malformed_request");
-        assert!(
-            a.body["detail"]
-                .as_str()
-                .is_some_and(|d| d.contains("not one this service made")),
-            "{forged}: {}",
-            a.body
-        );
+        cursor_refused(&s, &agent, &forged, "not one this service made").await;
     }
     // A cursor from before walks kept their order (no snapshot) still pages, by the keys of now.
     let old = hex(&format!("created|0|{nil}"));
