@@ -1112,19 +1112,31 @@ impl EventStore for PostgresStore {
         read_all_on(&mut conn, after, limit, &self.shared.bystanders.current()).await
     }
 
-    async fn read_batch(&self, after: Position, limit: usize) -> StoreResult<EventBatch> {
+    async fn read_batch_within(
+        &self,
+        after: Position,
+        limit: usize,
+        max_bytes: usize,
+    ) -> StoreResult<EventBatch> {
         if limit == 0 {
             return Ok(Vec::new().into());
         }
-        // read_all's query, WHERE and ORDER BY included, as binary COPY rows. COPY takes no
-        // parameters: the values are plain integers, formatted here.
+        // read_all's query, WHERE and ORDER BY included, as binary COPY rows, cut where the
+        // bytes before an event reach the bound (a running sum over the page, which is cut
+        // to `limit` first). COPY takes no parameters: the values are plain integers,
+        // formatted here.
         let after_seq = i64::try_from(after.seq).unwrap_or(i64::MAX);
         let rows = i64::try_from(limit).unwrap_or(i64::MAX);
+        let max_bytes = i64::try_from(max_bytes.max(1)).unwrap_or(i64::MAX);
         let gate = gate_sql(&bigint_array(&self.shared.bystanders.current()));
+        let size = "(coalesce(octet_length(payload), 0) + coalesce(octet_length(metadata), 0))";
         let sql = format!(
-            "COPY (SELECT {PAGE_COLUMNS} FROM events \
+            "COPY (SELECT {PAGE_COLUMNS} FROM (SELECT {PAGE_COLUMNS}, \
+             sum({size}) OVER (ORDER BY tx_id, seq ROWS UNBOUNDED PRECEDING) - {size} AS before \
+             FROM (SELECT {PAGE_COLUMNS} FROM events \
              WHERE (tx_id, seq) > ('{}'::xid8, {after_seq}) AND tx_id < {gate} \
-             ORDER BY tx_id, seq LIMIT {rows}) TO STDOUT (FORMAT binary)",
+             ORDER BY tx_id, seq LIMIT {rows}) page) sized \
+             WHERE before < {max_bytes} ORDER BY tx_id, seq) TO STDOUT (FORMAT binary)",
             after.tx
         );
         let mut chunks = self.pool.copy_out_raw(&sql).await.map_err(unavailable)?;

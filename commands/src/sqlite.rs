@@ -35,8 +35,8 @@ use uuid::Uuid;
 use ticketd_domain::{event_hash, HashInput, HASH_LEN, ZERO_HASH};
 
 use crate::store::{
-    AppendRequest, Appended, EventStore, IdempotencyHit, IdempotencyRecord, Position, StoreError,
-    StoreResult, StoredEvent,
+    AppendRequest, Appended, EventBatch, EventStore, IdempotencyHit, IdempotencyRecord, Position,
+    StoreError, StoreResult, StoredEvent,
 };
 
 static MIGRATOR: Migrator = sqlx::migrate!("../migrations/sqlite");
@@ -315,6 +315,37 @@ impl EventStore for SqliteStore {
         .await
         .map_err(unavailable)?;
         rows.iter().map(event_from_row).collect()
+    }
+
+    async fn read_batch_within(
+        &self,
+        after: Position,
+        limit: usize,
+        max_bytes: usize,
+    ) -> StoreResult<EventBatch> {
+        if after.tx > 0 || limit == 0 {
+            return Ok(Vec::new().into());
+        }
+        let after_seq = i64::try_from(after.seq).unwrap_or(i64::MAX);
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let max_bytes = i64::try_from(max_bytes.max(1)).unwrap_or(i64::MAX);
+        // read_all's page, cut where the bytes before an event reach the bound (a running sum
+        // over the page, which is cut to `limit` first).
+        let size = "(coalesce(length(payload), 0) + coalesce(length(metadata), 0))";
+        let rows = sqlx::query(&format!(
+            "SELECT {EVENT_COLUMNS} FROM (SELECT {EVENT_COLUMNS}, \
+             sum({size}) OVER (ORDER BY seq ROWS UNBOUNDED PRECEDING) - {size} AS before \
+             FROM (SELECT {EVENT_COLUMNS} FROM events WHERE seq > ? ORDER BY seq LIMIT ?)) \
+             WHERE before < ? ORDER BY seq"
+        ))
+        .bind(after_seq)
+        .bind(limit)
+        .bind(max_bytes)
+        .fetch_all(&self.reads)
+        .await
+        .map_err(unavailable)?;
+        let events: StoreResult<Vec<StoredEvent>> = rows.iter().map(event_from_row).collect();
+        Ok(events?.into())
     }
 
     async fn idempotency(

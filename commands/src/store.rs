@@ -299,10 +299,35 @@ pub trait EventStore: Send + Sync + 'static {
     /// it is visible too.
     async fn read_all(&self, after: Position, limit: usize) -> StoreResult<Vec<StoredEvent>>;
 
-    /// The events `read_all` returns, for bulk readers (export, the NDJSON stream) that encode
-    /// each in place rather than keep it. PostgreSQL sends raw `COPY` rows for this.
+    /// The events `read_all` returns, for bulk readers (export, the NDJSON stream, a rebuild)
+    /// that encode each in place rather than keep it. PostgreSQL sends raw `COPY` rows for
+    /// this. At most `limit` events and about [`BATCH_BYTES`]: a short page is not the end of
+    /// the log, an empty one is.
     async fn read_batch(&self, after: Position, limit: usize) -> StoreResult<EventBatch> {
-        Ok(self.read_all(after, limit).await?.into())
+        self.read_batch_within(after, limit, BATCH_BYTES).await
+    }
+
+    /// [`EventStore::read_batch`] with its bound in bytes given: the page holds each event
+    /// whose predecessors in it hold less than `max_bytes` of payload and metadata (so at
+    /// least one). The stores bound it in SQL; this default reads the page whole first.
+    async fn read_batch_within(
+        &self,
+        after: Position,
+        limit: usize,
+        max_bytes: usize,
+    ) -> StoreResult<EventBatch> {
+        let mut events = self.read_all(after, limit).await?;
+        let mut before = 0;
+        let keep = events
+            .iter()
+            .position(|e| {
+                let over = before >= max_bytes.max(1);
+                before += e.payload.len() + e.metadata.len();
+                over
+            })
+            .unwrap_or(events.len());
+        events.truncate(keep);
+        Ok(events.into())
     }
 
     /// The idempotency record of `user`'s `key`, if written after `since`.
@@ -350,6 +375,12 @@ pub trait EventStore: Send + Sync + 'static {
         None
     }
 }
+
+/// What one [`EventStore::read_batch`] page holds at most of its events' payloads and metadata
+/// (past it the page ends after the event that crossed it). Events are small, but a ticket's
+/// custom fields may fill most of a 1 MiB request: thousands of such events in a row made a
+/// page of 5,000 as many GB, in the NDJSON stream (a few pages in flight) and in a rebuild.
+pub const BATCH_BYTES: usize = 64 << 20;
 
 /// Waits until `read_all` shows the log up to `position`, that is until some event ordered at
 /// or after it is visible (a log reader only ever sees a prefix of the log), or until

@@ -29,6 +29,7 @@ both_backends!(
     read_stream_order_and_after_version,
     read_all_log_order_and_paging,
     read_batch_is_read_all,
+    read_batch_stops_at_its_byte_bound,
     hash_chain_verifies,
     stored_bytes_and_times_round_trip,
     idempotency_record_is_kept_with_the_append,
@@ -615,6 +616,63 @@ async fn read_batch_is_read_all(store: Arc<dyn EventStore>) {
         seq: u64::MAX,
     };
     assert!(batch(&*store, beyond, 10).await.is_empty());
+}
+
+/// A bulk page stops at its byte bound: each event whose predecessors in the page hold less
+/// than the bound (so at least one), and paging on gives every event once, in log order.
+async fn read_batch_stops_at_its_byte_bound(store: Arc<dyn EventStore>) {
+    let mut events = new_events(10);
+    for (i, e) in events.iter_mut().enumerate() {
+        // Sizes that differ, one of them empty.
+        e.payload = vec![b'x'; 1000 * (i % 3)];
+    }
+    let appended = store
+        .append(request(Uuid::now_v7(), 0, ZERO_HASH, events))
+        .await
+        .expect("append");
+    let written = read_until(&*store, appended.events[9].position).await;
+    let size = |e: &StoredEvent| e.payload.len() + e.metadata.len();
+    for max_bytes in [0, 1, 1500, 2500, 100_000] {
+        let (mut after, mut pages, mut read) = (Position::START, 0, Vec::new());
+        loop {
+            let batch = store
+                .read_batch_within(after, 1000, max_bytes)
+                .await
+                .expect("read_batch_within");
+            let page: Vec<StoredEvent> = batch
+                .iter()
+                .map(|e| e.map(|e| e.to_stored()))
+                .collect::<Result<_, _>>()
+                .expect("every event of the page");
+            let Some(last) = page.last() else { break };
+            // Every event but the last had less than the bound before it.
+            let before: usize = page[..page.len() - 1].iter().map(size).sum();
+            assert!(
+                page.len() == 1 || before < max_bytes,
+                "bound {max_bytes}: {} events, {before} bytes before the last",
+                page.len()
+            );
+            // And the page stopped only at the bound, or the log's end.
+            let all: usize = page.iter().map(size).sum();
+            assert!(
+                all >= max_bytes || read.len() + page.len() == written.len(),
+                "bound {max_bytes}: a page of {all} bytes stopped short"
+            );
+            after = last.position;
+            pages += 1;
+            read.extend(page);
+        }
+        assert_eq!(
+            read, written,
+            "bound {max_bytes}: every event once, in order"
+        );
+        if max_bytes <= 1 {
+            assert_eq!(pages, written.len(), "one event a page");
+        }
+        if max_bytes == 100_000 {
+            assert_eq!(pages, 1);
+        }
+    }
 }
 
 async fn hash_chain_verifies(store: Arc<dyn EventStore>) {
