@@ -21,6 +21,11 @@ pub mod limits {
     pub const ID_MAX: usize = 128;
     pub const CC_MAX: usize = 100;
     pub const FIELDS_MAX: usize = 50;
+    /// The bytes (UTF-8) of a ticket's custom fields together, keys and values: what a whole
+    /// map could come to in a request under the 1 MiB body limit. An edit merges into the
+    /// map, so without it edits could grow the map past any one request, and each later edit
+    /// event, which carries the map before and after, with it.
+    pub const FIELDS_BYTES_MAX: usize = 1 << 20;
     pub const FIELD_KEY_MAX: usize = 100;
     pub const FIELD_VALUE_MAX: usize = 5_000;
     pub const FIELD_LIST_MAX: usize = 100;
@@ -431,6 +436,25 @@ impl Validator {
             self.push(
                 field,
                 &format!("must have at most {} keys", limits::FIELDS_MAX),
+            );
+        }
+        let bytes: usize = fields
+            .iter()
+            .map(|(k, v)| {
+                k.len()
+                    + match v {
+                        FieldValue::Text(s) => s.len(),
+                        FieldValue::List(items) => items.iter().map(String::len).sum(),
+                    }
+            })
+            .sum();
+        if bytes > limits::FIELDS_BYTES_MAX {
+            self.push(
+                field,
+                &format!(
+                    "must come to at most {} bytes of keys and values together",
+                    limits::FIELDS_BYTES_MAX
+                ),
             );
         }
         for (key, value) in fields {

@@ -1725,6 +1725,45 @@ fn fields_are_bounded_as_merged() {
             }),
         )
         .then_invalid(&["fields"]);
+    // Under the key bound, but the merge would pass the byte bound: 20 keys of 100 values of
+    // 5,000 characters (10 MB) sent 2 at a time (about 1 MB a request) would otherwise pile
+    // up on one ticket.
+    let value = || {
+        Some(FieldValue::List(vec![
+            "v".repeat(limits::FIELD_VALUE_MAX);
+            100
+        ]))
+    };
+    let heavy = |keys: std::ops::Range<usize>| {
+        given(vec![(
+            alice(),
+            Event::Opened(event::Opened {
+                fields: keys
+                    .map(|i| (format!("h{i}"), value().expect("a value")))
+                    .collect(),
+                ..opened()
+            }),
+        )])
+    };
+    heavy(0..2)
+        .when(
+            agent(),
+            edit(EditTicket {
+                fields: Some([("h2".to_owned(), value()), ("h3".to_owned(), value())].into()),
+                ..EditTicket::default()
+            }),
+        )
+        .then_invalid(&["fields"]);
+    // Replacing what is there, within it.
+    heavy(0..2)
+        .when(
+            agent(),
+            edit(EditTicket {
+                fields: Some([("h0".to_owned(), None), ("h2".to_owned(), value())].into()),
+                ..EditTicket::default()
+            }),
+        )
+        .then_ok();
     // One removed, one added: within it.
     full()
         .when(
