@@ -101,17 +101,20 @@ impl Bystanders {
             .fetch_one(&mut *conn)
             .await
             .map_err(unavailable)?;
+        sqlx::query("INSERT INTO log_bystanders (xid) VALUES ($1) ON CONFLICT DO NOTHING")
+            .bind(xid)
+            .execute(pool)
+            .await
+            .map_err(unavailable)?;
         // Rows of transactions that ended (their guards dropped in a process that died) go
-        // with the next registration; the new one is running, so above the horizon.
-        sqlx::query(
-            "WITH ended AS (DELETE FROM log_bystanders \
-             WHERE xid < pg_snapshot_xmin(pg_current_snapshot())::text::bigint) \
-             INSERT INTO log_bystanders (xid) VALUES ($1) ON CONFLICT DO NOTHING",
+        // with the next registration; the new one is running, so above the horizon. Best
+        // effort, apart from the insert: two of these at once may wait on each other's rows.
+        let _ = sqlx::query(
+            "DELETE FROM log_bystanders \
+             WHERE xid < pg_snapshot_xmin(pg_current_snapshot())::text::bigint",
         )
-        .bind(xid)
         .execute(pool)
-        .await
-        .map_err(unavailable)?;
+        .await;
         Ok(SharedBystander {
             pool: pool.clone(),
             xid,

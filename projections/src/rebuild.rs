@@ -907,13 +907,26 @@ async fn restore_indexes(
 /// keeps such a registry (PostgreSQL, migration 0019): a rebuild's transactions append no
 /// event, and those that run long would otherwise hold every live projection and
 /// `min_position` wait back until they end, the service's own included.
+/// A registration that fails (the store's pool busy, say, under `verify` in a loaded service)
+/// only leaves the transaction holding the readers back, as before registries: the rebuild
+/// goes on, with a warning.
 pub(crate) async fn stand_by(
     by: Option<&Bystanders>,
     conn: &mut sqlx::PgConnection,
 ) -> Result<Option<SharedBystander>, StoreError> {
-    match by {
-        Some(by) => by.enter_shared(conn).await.map(Some),
-        None => Ok(None),
+    let Some(by) = by else {
+        return Ok(None);
+    };
+    match by.enter_shared(conn).await {
+        Ok(standing) => Ok(Some(standing)),
+        Err(e) => {
+            tracing::warn!(
+                error = %e,
+                "a rebuild transaction could not register as a bystander; live projections \
+                 wait for it"
+            );
+            Ok(None)
+        }
     }
 }
 
