@@ -136,7 +136,9 @@ pub struct EditBody {
     pub subject: Option<String>,
     pub description: Option<String>,
     pub priority: Option<Priority>,
-    /// Keys to set, or with `null` to remove; keys not named are kept.
+    /// Keys to set, or with `null` to remove; keys not named are kept (`"fields": null` itself
+    /// changes nothing). The merged map must stay within 50 keys and 1 MiB of keys and values;
+    /// an error may name a key the ticket already had.
     #[schema(value_type = Option<Object>)]
     pub fields: Option<FieldsPatch>,
     pub cc: Option<Vec<String>>,

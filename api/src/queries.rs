@@ -436,6 +436,7 @@ pub struct Summary {
     pub resolved: i64,
     pub closed: i64,
     pub withdrawn: i64,
+    /// Escalations: by the escalate command, or by staff setting the status `escalated`.
     pub escalated: i64,
     /// Reopens: moves from `resolved` or `closed` back to `open` (by a customer's reply, or by
     /// staff setting `open`), as recorded in the status-change event's `reopen` flag.
