@@ -309,26 +309,13 @@ pub trait EventStore: Send + Sync + 'static {
 
     /// [`EventStore::read_batch`] with its bound in bytes given: the page holds each event
     /// whose predecessors in it hold less than `max_bytes` of payload and metadata (so at
-    /// least one). The stores bound it in SQL; this default reads the page whole first.
+    /// least one). Each store bounds it in its SQL, so a page is never read whole first.
     async fn read_batch_within(
         &self,
         after: Position,
         limit: usize,
         max_bytes: usize,
-    ) -> StoreResult<EventBatch> {
-        let mut events = self.read_all(after, limit).await?;
-        let mut before = 0;
-        let keep = events
-            .iter()
-            .position(|e| {
-                let over = before >= max_bytes.max(1);
-                before += e.payload.len() + e.metadata.len();
-                over
-            })
-            .unwrap_or(events.len());
-        events.truncate(keep);
-        Ok(events.into())
-    }
+    ) -> StoreResult<EventBatch>;
 
     /// The idempotency record of `user`'s `key`, if written after `since`.
     async fn idempotency(

@@ -8,7 +8,8 @@ use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use ticketd_commands::{
-    AppendRequest, Appended, EventStore, IdempotencyHit, Position, StoreResult, StoredEvent,
+    AppendRequest, Appended, EventBatch, EventStore, IdempotencyHit, Position, StoreResult,
+    StoredEvent,
 };
 
 /// What a test does before a call reaches the real store; each default does nothing.
@@ -56,6 +57,15 @@ impl<H: StoreHooks> EventStore for Hooked<H> {
     async fn read_all(&self, after: Position, limit: usize) -> StoreResult<Vec<StoredEvent>> {
         self.hooks.before_read_all().await?;
         self.inner.read_all(after, limit).await
+    }
+    async fn read_batch_within(
+        &self,
+        after: Position,
+        limit: usize,
+        max_bytes: usize,
+    ) -> StoreResult<EventBatch> {
+        self.hooks.before_read_all().await?;
+        self.inner.read_batch_within(after, limit, max_bytes).await
     }
     async fn idempotency(
         &self,
