@@ -40,7 +40,7 @@ use ticketd_commands::postgres::Bystanders;
 use ticketd_commands::{EventStore, Position, StoreError, StoredEvent};
 use ticketd_domain::Recorded;
 
-use crate::rebuild::stand_by;
+use crate::rebuild::Standing;
 use crate::sql::{unavailable, Bind, Conn, CopyRows};
 use crate::{micros, tx_i64, Projection};
 
@@ -285,9 +285,8 @@ async fn load_copies(
     mut queue: mpsc::Receiver<Load>,
     by: Option<Bystanders>,
 ) -> Result<bool, StoreError> {
-    let mut tx = conn.begin().await.map_err(unavailable)?;
     // Open for most of the pass: the live log readers look past it.
-    let standing = stand_by(by.as_ref(), &mut tx).await?;
+    let mut tx = Standing::begin(&mut conn, by.as_ref()).await?;
     let name = crate::rebuild::ident(&table);
     tx.execute(format!("TRUNCATE {name}").as_str())
         .await
@@ -311,8 +310,7 @@ async fn load_copies(
             }
             Load::Step(Step::Insert { .. }) => return Err(mixed(&table)),
             Load::Commit(indexes, lanes) => {
-                tx.commit().await.map_err(unavailable)?;
-                drop(standing);
+                tx.commit().await?;
                 // Frozen and all-visible already: the switch analyzes it with the rest.
                 return lanes
                     .build(&mut conn, &indexes, by.as_ref())
@@ -382,14 +380,11 @@ async fn insert_standing_by(
     one: &'static str,
     rows: Vec<Vec<Bind>>,
 ) -> Result<(), StoreError> {
-    let mut tx = conn.begin().await.map_err(unavailable)?;
-    let standing = stand_by(by, &mut tx).await?;
+    let mut tx = Standing::begin(conn, by).await?;
     Conn::Postgres(&mut tx)
         .insert_rows_as(head, one, rows, "")
         .await?;
-    tx.commit().await.map_err(unavailable)?;
-    drop(standing);
-    Ok(())
+    tx.commit().await
 }
 
 /// The loaders of a pass, one per table, started as their tables' first steps come.
@@ -621,8 +616,7 @@ pub(crate) async fn pass(
     let mut conn = PgConnection::connect_with(&crate::writer_options(pool))
         .await
         .map_err(unavailable)?;
-    let mut tx = conn.begin().await.map_err(unavailable)?;
-    let standing = stand_by(by.as_ref(), &mut tx).await?;
+    let mut tx = Standing::begin(&mut conn, by.as_ref()).await?;
     for t in tables.iter().filter(|t| !loaded.iter().any(|l| l == *t)) {
         tx.execute(format!("TRUNCATE {}", crate::rebuild::ident(t)).as_str())
             .await
@@ -658,8 +652,7 @@ pub(crate) async fn pass(
             )
             .await?;
     }
-    tx.commit().await.map_err(unavailable)?;
-    drop(standing);
+    tx.commit().await?;
     let _ = conn.close().await;
     Ok((at, folded, vacuumed))
 }

@@ -854,11 +854,9 @@ pub(crate) async fn build_indexes(
         .await
         .map_err(unavailable)?;
     for definition in definitions {
-        let mut tx = conn.begin().await.map_err(unavailable)?;
-        let standing = stand_by(by, &mut tx).await?;
+        let mut tx = Standing::begin(conn, by).await?;
         tx.execute(definition.as_str()).await.map_err(unavailable)?;
-        tx.commit().await.map_err(unavailable)?;
-        drop(standing);
+        tx.commit().await?;
     }
     conn.execute("RESET maintenance_work_mem")
         .await
@@ -903,30 +901,61 @@ async fn restore_indexes(
     .await
 }
 
-/// Registers the transaction open on `conn` with every process on the store, where the store
-/// keeps such a registry (PostgreSQL, migration 0019): a rebuild's transactions append no
-/// event, and those that run long would otherwise hold every live projection and
-/// `min_position` wait back until they end, the service's own included.
-/// A registration that fails (the store's pool busy, say, under `verify` in a loaded service)
-/// only leaves the transaction holding the readers back, as before registries: the rebuild
-/// goes on, with a warning.
-pub(crate) async fn stand_by(
-    by: Option<&Bystanders>,
-    conn: &mut sqlx::PgConnection,
-) -> Result<Option<SharedBystander>, StoreError> {
-    let Some(by) = by else {
-        return Ok(None);
-    };
-    match by.enter_shared(conn).await {
-        Ok(standing) => Ok(Some(standing)),
-        Err(e) => {
-            tracing::warn!(
-                error = %e,
-                "a rebuild transaction could not register as a bystander; live projections \
-                 wait for it"
-            );
-            Ok(None)
-        }
+/// A rebuild's transaction, registered with every process on the store while it runs, where
+/// the store keeps such a registry (PostgreSQL, migration 0019): a rebuild's transactions
+/// append no event, and those that run long would otherwise hold every live projection and
+/// `min_position` wait back until they end, the service's own included. A registration that
+/// fails (the store's pool busy, say, under `verify` in a loaded service) only leaves the
+/// transaction holding the readers back, as before registries: the rebuild goes on, with a
+/// warning.
+pub(crate) struct Standing<'c> {
+    tx: sqlx::Transaction<'c, sqlx::Postgres>,
+    /// Dropped after `tx` (fields drop in order): the registration outlives the transaction.
+    _registered: Option<SharedBystander>,
+}
+
+impl<'c> Standing<'c> {
+    pub(crate) async fn begin(
+        conn: &'c mut sqlx::PgConnection,
+        by: Option<&Bystanders>,
+    ) -> Result<Standing<'c>, StoreError> {
+        let mut tx = conn.begin().await.map_err(unavailable)?;
+        let registered = match by {
+            None => None,
+            Some(by) => match by.enter_shared(&mut tx).await {
+                Ok(registered) => Some(registered),
+                Err(e) => {
+                    tracing::warn!(
+                        error = %e,
+                        "a rebuild transaction could not register as a bystander; live \
+                         projections wait for it"
+                    );
+                    None
+                }
+            },
+        };
+        Ok(Standing {
+            tx,
+            _registered: registered,
+        })
+    }
+
+    /// Commits, then ends the registration.
+    pub(crate) async fn commit(self) -> Result<(), StoreError> {
+        self.tx.commit().await.map_err(unavailable)
+    }
+}
+
+impl std::ops::Deref for Standing<'_> {
+    type Target = sqlx::PgConnection;
+    fn deref(&self) -> &sqlx::PgConnection {
+        &self.tx
+    }
+}
+
+impl std::ops::DerefMut for Standing<'_> {
+    fn deref_mut(&mut self) -> &mut sqlx::PgConnection {
+        &mut self.tx
     }
 }
 
