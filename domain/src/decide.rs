@@ -438,16 +438,7 @@ impl Validator {
                 &format!("must have at most {} keys", limits::FIELDS_MAX),
             );
         }
-        let bytes: usize = fields
-            .iter()
-            .map(|(k, v)| {
-                k.len()
-                    + match v {
-                        FieldValue::Text(s) => s.len(),
-                        FieldValue::List(items) => items.iter().map(String::len).sum(),
-                    }
-            })
-            .sum();
+        let bytes: usize = fields.iter().map(|(k, v)| k.len() + v.text_bytes()).sum();
         if bytes > limits::FIELDS_BYTES_MAX {
             self.push(
                 field,

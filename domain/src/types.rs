@@ -140,6 +140,16 @@ pub enum FieldValue {
     List(Vec<String>),
 }
 
+impl FieldValue {
+    /// The bytes (UTF-8) of its text, or of its values' together.
+    pub fn text_bytes(&self) -> usize {
+        match self {
+            FieldValue::Text(s) => s.len(),
+            FieldValue::List(items) => items.iter().map(String::len).sum(),
+        }
+    }
+}
+
 /// Custom form fields, ordered by key so that equal maps encode to equal bytes.
 pub type Fields = BTreeMap<String, FieldValue>;
 
