@@ -952,6 +952,11 @@ async fn edit_rules(s: TestServer) {
         removed.body["fields"],
         json!({"event_id": "E-78", "k": "v"})
     );
+    // `"fields": null` names no key: nothing changes, nothing is appended.
+    let unchanged = patch(s.agent("agent-1"), json!({"fields": null})).await;
+    assert_eq!(unchanged.status, StatusCode::OK, "{}", unchanged.body);
+    assert_eq!(unchanged.body["fields"], removed.body["fields"]);
+    assert_eq!(unchanged.body["version"], removed.body["version"]);
     let cleared = patch(s.agent("agent-1"), json!({"assignee": null})).await;
     assert_eq!(cleared.body["assignee"], Value::Null);
     set_status(&s, &id, "resolved").await;

@@ -1538,7 +1538,21 @@ async fn postgres_a_bystander_of_another_process_holds_no_reader_back() {
         .await
         .expect("still open");
     tx.commit().await.expect("commit");
+    // Its row goes once the guard drops (in the background): the registry keeps no ended
+    // transaction.
     drop(standing);
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM log_bystanders")
+            .fetch_one(&pool)
+            .await
+            .expect("count");
+        if rows == 0 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{rows} rows left");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 /// PostgreSQL: a projector that leads nothing stops at once when shut down: its runners'
