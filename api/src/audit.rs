@@ -189,7 +189,7 @@ fn wants_ndjson(headers: &HeaderMap) -> bool {
 #[utoipa::path(get, path = "/v1/audit/events", tag = "audit",
     params(
         ("after" = Option<String>, Query, description = "A position from an earlier answer; default: the start of the log"),
-        ("limit" = Option<u32>, Query, description = "1–1000, default 100; no default limit for NDJSON"),
+        ("limit" = Option<u32>, Query, description = "1–1000, default 100; no default limit for NDJSON. A JSON page ends early once its events' payloads and metadata reach 8 MiB: only an empty page ends the log"),
         ("min_position" = Option<String>, Query, description = "wait (up to 5 s, else 503) until the log shows this position"),
         ("Accept" = Option<String>, Header, description = "application/x-ndjson for a stream")),
     responses(

@@ -20,5 +20,5 @@ pub use sqlite::SqliteStore;
 pub use store::{
     log_reaches, AppendRequest, Appended, BadPosition, Database, EventBatch, EventRef, EventStore,
     IdempotencyHit, IdempotencyRecord, NewEvent, Position, StoreError, StoreResult, StoredEvent,
-    BATCH_BYTES,
+    BATCH_BYTES, PAGE_BYTES,
 };

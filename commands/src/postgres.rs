@@ -46,7 +46,7 @@ use crate::pgcopy::{CopyRows, PAGE_COLUMNS};
 use crate::sqlite::{chain, corrupt, hash_from, is_unique_violation, unavailable};
 use crate::store::{
     AppendRequest, Appended, EventBatch, EventStore, IdempotencyHit, Position, StoreError,
-    StoreResult, StoredEvent,
+    StoreResult, StoredEvent, PAGE_BYTES,
 };
 
 static MIGRATOR: Migrator = sqlx::migrate!("../migrations/postgres");
@@ -194,14 +194,39 @@ fn gate_sql(skip: &str) -> String {
     )
 }
 
-/// The whole log's next page: `$1`, `$2` the position after which, `$3` the most rows, `$4`
-/// the bystanders.
-static READ_ALL_SQL: LazyLock<String> = LazyLock::new(|| {
+/// A page of the whole log as `out` columns: the events after (`after_tx`, `after_seq`) below
+/// the gate, at most `limit` of them, cut where the bytes of payload and metadata before an
+/// event reach `max_bytes` (a running sum over the page, which is cut to `limit` first). Each
+/// argument is an SQL expression: a parameter, or a literal for `COPY`, which takes none.
+fn page_sql(
+    out: &str,
+    after_tx: &str,
+    after_seq: &str,
+    limit: &str,
+    gate: &str,
+    max_bytes: &str,
+) -> String {
+    let size = "(coalesce(octet_length(payload), 0) + coalesce(octet_length(metadata), 0))";
     format!(
-        "SELECT {EVENT_COLUMNS} FROM events \
-         WHERE (tx_id, seq) > ($1::text::xid8, $2) AND tx_id < {} \
-         ORDER BY tx_id, seq LIMIT $3",
-        gate_sql("$4::bigint[]")
+        "SELECT {out} FROM (SELECT {PAGE_COLUMNS}, \
+         sum({size}) OVER (ORDER BY tx_id, seq ROWS UNBOUNDED PRECEDING) - {size} AS before \
+         FROM (SELECT {PAGE_COLUMNS} FROM events \
+         WHERE (tx_id, seq) > ({after_tx}::xid8, {after_seq}) AND tx_id < {gate} \
+         ORDER BY tx_id, seq LIMIT {limit}) page) sized \
+         WHERE before < {max_bytes} ORDER BY tx_id, seq"
+    )
+}
+
+/// The whole log's next page: `$1`, `$2` the position after which, `$3` the most rows, `$4`
+/// the bystanders, `$5` the bound in bytes.
+static READ_ALL_SQL: LazyLock<String> = LazyLock::new(|| {
+    page_sql(
+        EVENT_COLUMNS,
+        "$1::text",
+        "$2",
+        "$3",
+        &gate_sql("$4::bigint[]"),
+        "$5",
     )
 });
 
@@ -1124,24 +1149,21 @@ impl EventStore for PostgresStore {
         if limit == 0 {
             return Ok(Vec::new().into());
         }
-        // read_all's query, WHERE and ORDER BY included, as binary COPY rows, cut where the
-        // bytes before an event reach the bound (a running sum over the page, which is cut
-        // to `limit` first). COPY takes no parameters: the values are plain integers,
-        // formatted here.
+        // read_all's page as binary COPY rows. COPY takes no parameters: the values are plain
+        // integers, formatted here.
         let after_seq = i64::try_from(after.seq).unwrap_or(i64::MAX);
         let rows = i64::try_from(limit).unwrap_or(i64::MAX);
         let max_bytes = i64::try_from(max_bytes.max(1)).unwrap_or(i64::MAX);
         let gate = gate_sql(&bigint_array(&self.shared.bystanders.current()));
-        let size = "(coalesce(octet_length(payload), 0) + coalesce(octet_length(metadata), 0))";
-        let sql = format!(
-            "COPY (SELECT {PAGE_COLUMNS} FROM (SELECT {PAGE_COLUMNS}, \
-             sum({size}) OVER (ORDER BY tx_id, seq ROWS UNBOUNDED PRECEDING) - {size} AS before \
-             FROM (SELECT {PAGE_COLUMNS} FROM events \
-             WHERE (tx_id, seq) > ('{}'::xid8, {after_seq}) AND tx_id < {gate} \
-             ORDER BY tx_id, seq LIMIT {rows}) page) sized \
-             WHERE before < {max_bytes} ORDER BY tx_id, seq) TO STDOUT (FORMAT binary)",
-            after.tx
+        let page = page_sql(
+            PAGE_COLUMNS,
+            &format!("'{}'", after.tx),
+            &after_seq.to_string(),
+            &rows.to_string(),
+            &gate,
+            &max_bytes.to_string(),
         );
+        let sql = format!("COPY ({page}) TO STDOUT (FORMAT binary)");
         let mut chunks = self.pool.copy_out_raw(&sql).await.map_err(unavailable)?;
         let mut data = Vec::with_capacity(limit.min(100_000) * 600);
         while let Some(chunk) = chunks.next().await {
@@ -1284,11 +1306,13 @@ pub async fn read_all_on(
     // seq never exceeds i64::MAX, so clamping keeps "(tx, seq) > after" exact.
     let after_seq = i64::try_from(after.seq).unwrap_or(i64::MAX);
     let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+    let max_bytes = i64::try_from(PAGE_BYTES).unwrap_or(i64::MAX);
     let rows = sqlx::query(&READ_ALL_SQL)
         .bind(after.tx.to_string())
         .bind(after_seq)
         .bind(limit)
         .bind(bystanders)
+        .bind(max_bytes)
         .fetch_all(conn)
         .await
         .map_err(unavailable)?;

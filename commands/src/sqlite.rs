@@ -36,7 +36,7 @@ use ticketd_domain::{event_hash, HashInput, HASH_LEN, ZERO_HASH};
 
 use crate::store::{
     AppendRequest, Appended, EventBatch, EventStore, IdempotencyHit, IdempotencyRecord, Position,
-    StoreError, StoreResult, StoredEvent,
+    StoreError, StoreResult, StoredEvent, PAGE_BYTES,
 };
 
 static MIGRATOR: Migrator = sqlx::migrate!("../migrations/sqlite");
@@ -263,6 +263,38 @@ impl SqliteStore {
         rx.await
             .map_err(|_| StoreError::Unavailable("the SQLite writer has stopped".into()))?
     }
+
+    /// A page of the whole log: at most `limit` events after `after`, cut where the bytes of
+    /// payload and metadata before an event reach `max_bytes` (a running sum over the page,
+    /// which is cut to `limit` first).
+    async fn page(
+        &self,
+        after: Position,
+        limit: usize,
+        max_bytes: usize,
+    ) -> StoreResult<Vec<StoredEvent>> {
+        // Every SQLite position has tx 0, so one with a larger tx is after the whole log.
+        if after.tx > 0 || limit == 0 {
+            return Ok(Vec::new());
+        }
+        let after_seq = i64::try_from(after.seq).unwrap_or(i64::MAX);
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let max_bytes = i64::try_from(max_bytes.max(1)).unwrap_or(i64::MAX);
+        let size = "(coalesce(length(payload), 0) + coalesce(length(metadata), 0))";
+        let rows = sqlx::query(&format!(
+            "SELECT {EVENT_COLUMNS} FROM (SELECT {EVENT_COLUMNS}, \
+             sum({size}) OVER (ORDER BY seq ROWS UNBOUNDED PRECEDING) - {size} AS before \
+             FROM (SELECT {EVENT_COLUMNS} FROM events WHERE seq > ? ORDER BY seq LIMIT ?)) \
+             WHERE before < ? ORDER BY seq"
+        ))
+        .bind(after_seq)
+        .bind(limit)
+        .bind(max_bytes)
+        .fetch_all(&self.reads)
+        .await
+        .map_err(unavailable)?;
+        rows.iter().map(event_from_row).collect()
+    }
 }
 
 #[async_trait]
@@ -300,21 +332,7 @@ impl EventStore for SqliteStore {
     }
 
     async fn read_all(&self, after: Position, limit: usize) -> StoreResult<Vec<StoredEvent>> {
-        // Every SQLite position has tx 0, so one with a larger tx is after the whole log.
-        if after.tx > 0 || limit == 0 {
-            return Ok(Vec::new());
-        }
-        let after_seq = i64::try_from(after.seq).unwrap_or(i64::MAX);
-        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        let rows = sqlx::query(&format!(
-            "SELECT {EVENT_COLUMNS} FROM events WHERE seq > ? ORDER BY seq LIMIT ?"
-        ))
-        .bind(after_seq)
-        .bind(limit)
-        .fetch_all(&self.reads)
-        .await
-        .map_err(unavailable)?;
-        rows.iter().map(event_from_row).collect()
+        self.page(after, limit, PAGE_BYTES).await
     }
 
     async fn read_batch_within(
@@ -323,29 +341,7 @@ impl EventStore for SqliteStore {
         limit: usize,
         max_bytes: usize,
     ) -> StoreResult<EventBatch> {
-        if after.tx > 0 || limit == 0 {
-            return Ok(Vec::new().into());
-        }
-        let after_seq = i64::try_from(after.seq).unwrap_or(i64::MAX);
-        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        let max_bytes = i64::try_from(max_bytes.max(1)).unwrap_or(i64::MAX);
-        // read_all's page, cut where the bytes before an event reach the bound (a running sum
-        // over the page, which is cut to `limit` first).
-        let size = "(coalesce(length(payload), 0) + coalesce(length(metadata), 0))";
-        let rows = sqlx::query(&format!(
-            "SELECT {EVENT_COLUMNS} FROM (SELECT {EVENT_COLUMNS}, \
-             sum({size}) OVER (ORDER BY seq ROWS UNBOUNDED PRECEDING) - {size} AS before \
-             FROM (SELECT {EVENT_COLUMNS} FROM events WHERE seq > ? ORDER BY seq LIMIT ?)) \
-             WHERE before < ? ORDER BY seq"
-        ))
-        .bind(after_seq)
-        .bind(limit)
-        .bind(max_bytes)
-        .fetch_all(&self.reads)
-        .await
-        .map_err(unavailable)?;
-        let events: StoreResult<Vec<StoredEvent>> = rows.iter().map(event_from_row).collect();
-        Ok(events?.into())
+        Ok(self.page(after, limit, max_bytes).await?.into())
     }
 
     async fn idempotency(

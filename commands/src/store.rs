@@ -294,9 +294,10 @@ pub trait EventStore: Send + Sync + 'static {
         after_version: u64,
     ) -> StoreResult<Vec<StoredEvent>>;
 
-    /// Up to `limit` events of the whole log after `after`, in log order. Never skips an event
-    /// that commits later: an event becomes visible here only once every event ordered before
-    /// it is visible too.
+    /// Up to `limit` events of the whole log after `after`, in log order, and about
+    /// [`PAGE_BYTES`] (a short page is not the end of the log, an empty one is). Never skips
+    /// an event that commits later: an event becomes visible here only once every event
+    /// ordered before it is visible too.
     async fn read_all(&self, after: Position, limit: usize) -> StoreResult<Vec<StoredEvent>>;
 
     /// The events `read_all` returns, for bulk readers (export, the NDJSON stream, a rebuild)
@@ -368,6 +369,11 @@ pub trait EventStore: Send + Sync + 'static {
 /// custom fields may fill most of a 1 MiB request: thousands of such events in a row made a
 /// page of 5,000 as many GB, in the NDJSON stream (a few pages in flight) and in a rebuild.
 pub const BATCH_BYTES: usize = 64 << 20;
+
+/// [`BATCH_BYTES`] for [`EventStore::read_all`] pages, which their readers keep whole and
+/// decode (a projection's batch, the audit JSON page, `verify`): far above what hundreds of
+/// ordinary events hold, far below what hundreds of edits of large custom fields would.
+pub const PAGE_BYTES: usize = 8 << 20;
 
 /// Waits until `read_all` shows the log up to `position`, that is until some event ordered at
 /// or after it is visible (a log reader only ever sees a prefix of the log), or until

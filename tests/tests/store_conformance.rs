@@ -9,7 +9,7 @@ use uuid::Uuid;
 
 use sqlx::ConnectOptions;
 use ticketd_commands::{
-    log_reaches, Database, EventStore, Position, SqliteStore, StoreError, StoredEvent,
+    log_reaches, Database, EventStore, Position, SqliteStore, StoreError, StoredEvent, PAGE_BYTES,
 };
 use ticketd_domain::ZERO_HASH;
 use ticketd_tests::{
@@ -30,6 +30,7 @@ both_backends!(
     read_all_log_order_and_paging,
     read_batch_is_read_all,
     read_batch_stops_at_its_byte_bound,
+    read_all_stops_at_its_byte_bound,
     hash_chain_verifies,
     stored_bytes_and_times_round_trip,
     idempotency_record_is_kept_with_the_append,
@@ -673,6 +674,34 @@ async fn read_batch_stops_at_its_byte_bound(store: Arc<dyn EventStore>) {
             assert_eq!(pages, 1);
         }
     }
+}
+
+/// A `read_all` page (what a projection applies in one batch) stops at [`PAGE_BYTES`] too:
+/// events of a third of it each come three a page, each once and in order.
+async fn read_all_stops_at_its_byte_bound(store: Arc<dyn EventStore>) {
+    let mut events = new_events(7);
+    for e in &mut events {
+        e.payload = vec![b'x'; PAGE_BYTES / 3 + 1];
+    }
+    let appended = store
+        .append(request(Uuid::now_v7(), 0, ZERO_HASH, events))
+        .await
+        .expect("append");
+    let written = read_until(&*store, appended.events[6].position).await;
+    let (mut after, mut sizes, mut read) = (Position::START, Vec::new(), Vec::new());
+    loop {
+        let page = store.read_all(after, 500).await.expect("read_all");
+        let Some(last) = page.last() else { break };
+        after = last.position;
+        sizes.push(page.len());
+        read.extend(page);
+    }
+    assert_eq!(
+        sizes,
+        [3, 3, 1],
+        "pages of at most PAGE_BYTES and one event more"
+    );
+    assert_eq!(read, written, "every event once, in order");
 }
 
 async fn hash_chain_verifies(store: Arc<dyn EventStore>) {
