@@ -413,13 +413,16 @@ impl Validator {
         }
     }
 
-    /// Validates CC user ids and returns them without duplicates, in the order given.
+    /// Validates CC user ids and returns them without duplicates, in the order given. A list
+    /// over the bound is one error, its entries unchecked: a 1 MiB body holds hundreds of
+    /// thousands, and each would be an error of its own and a scan of the others.
     fn cc(&mut self, field: &str, cc: &[String]) -> Vec<String> {
         if cc.len() > limits::CC_MAX {
             self.push(
                 field,
                 &format!("must list at most {} users", limits::CC_MAX),
             );
+            return Vec::new();
         }
         let mut out: Vec<String> = Vec::with_capacity(cc.len());
         for (i, user) in cc.iter().enumerate() {
@@ -431,12 +434,14 @@ impl Validator {
         out
     }
 
+    /// Over the bound on keys, one error and no key checked (as with `cc`).
     fn fields(&mut self, field: &str, fields: &Fields) {
         if fields.len() > limits::FIELDS_MAX {
             self.push(
                 field,
                 &format!("must have at most {} keys", limits::FIELDS_MAX),
             );
+            return;
         }
         let bytes: usize = fields.iter().map(|(k, v)| k.len() + v.text_bytes()).sum();
         if bytes > limits::FIELDS_BYTES_MAX {

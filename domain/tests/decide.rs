@@ -974,6 +974,26 @@ fn cc_lists_user_ids_of_1_to_128_characters() {
 }
 
 #[test]
+fn an_overlong_list_is_one_error() {
+    // A 1 MiB body holds hundreds of thousands of entries: the answer names the list once,
+    // not each bad entry of it (nor each bad key of too many fields).
+    nothing()
+        .when(
+            alice(),
+            open(OpenTicket {
+                cc: Some(vec![String::new(); 100_000]),
+                fields: Some(
+                    (0..=limits::FIELDS_MAX)
+                        .map(|i| (format!("{i:>101}"), text("v")))
+                        .collect(),
+                ),
+                ..open_cmd("S", "D")
+            }),
+        )
+        .then_invalid(&["cc", "fields"]);
+}
+
+#[test]
 fn cc_is_stored_without_duplicates_in_the_order_given() {
     let t = nothing()
         .when(
