@@ -108,8 +108,10 @@ async fn consistent(
     }
 }
 
-/// A comma-separated list of enumeration values; empty means no filter.
-fn list_of<T: std::str::FromStr>(
+/// A comma-separated list of enumeration values, each once; empty means no filter. Repeats
+/// are dropped: each value is a bound parameter of each branch of the query, and PostgreSQL
+/// takes 65,535 at most.
+fn list_of<T: std::str::FromStr + PartialEq>(
     params: &QueryParams,
     name: &str,
     allowed: &[&str],
@@ -117,16 +119,19 @@ fn list_of<T: std::str::FromStr>(
     let Some(raw) = params.get(name) else {
         return Ok(Vec::new());
     };
-    raw.split(',')
-        .map(|v| {
-            v.trim().parse().map_err(|_| {
-                ApiError::malformed(format!(
-                    "{name}={raw:?}: {v:?} is not one of {}.",
-                    allowed.join(", ")
-                ))
-            })
-        })
-        .collect()
+    let mut values = Vec::new();
+    for v in raw.split(',') {
+        let value: T = v.trim().parse().map_err(|_| {
+            ApiError::malformed(format!(
+                "{name}={raw:?}: {v:?} is not one of {}.",
+                allowed.join(", ")
+            ))
+        })?;
+        if !values.contains(&value) {
+            values.push(value);
+        }
+    }
+    Ok(values)
 }
 
 fn boolean(params: &QueryParams, name: &str) -> Result<Option<bool>, ApiError> {
