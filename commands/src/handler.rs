@@ -280,7 +280,7 @@ impl CommandHandler {
         }
         open.id = Uuid::now_v7();
         open.number = self.store.next_ticket_number().await?;
-        self.run(open.id, actor, CommandKind::Open(open), options)
+        self.run(open.id, &actor, CommandKind::Open(open), &options)
             .await
     }
 
@@ -295,15 +295,27 @@ impl CommandHandler {
         if let Some(outcome) = self.replay(&actor, &options).await? {
             return Ok(outcome);
         }
-        self.run(ticket_id, actor, kind, options).await
+        match self.run(ticket_id, &actor, kind, &options).await {
+            // A retry that overlapped its first attempt can be refused for what the first did
+            // (412 on the version it moved, 409 on the ticket it withdrew) without reaching an
+            // append, which would have found the key. The first's events came with its key's
+            // record, so if the refusal saw them, the record is there: answer as the first did.
+            Err(e) if !matches!(e, CommandError::Store(_)) => {
+                match self.replay(&actor, &options).await? {
+                    Some(outcome) => Ok(outcome),
+                    None => Err(e),
+                }
+            }
+            answer => answer,
+        }
     }
 
     async fn run(
         &self,
         ticket_id: Uuid,
-        actor: Actor,
+        actor: &Actor,
         kind: CommandKind,
-        options: Options,
+        options: &Options,
     ) -> Result<Outcome, CommandError> {
         let comment_id = match &kind {
             CommandKind::Comment(c) => Some(c.comment_id),
@@ -329,7 +341,7 @@ impl CommandHandler {
             // Visibility first, so If-Match cannot reveal that a hidden ticket exists.
             if !matches!(kind, CommandKind::Open(_)) {
                 match &loaded.state {
-                    Some(t) if t.visible_to(&actor) => {}
+                    Some(t) if t.visible_to(actor) => {}
                     _ if !refreshed => {
                         // A cached miss may be stale: check the store before saying 404.
                         loaded = self.load_fresh(ticket_id).await?;
@@ -369,7 +381,7 @@ impl CommandHandler {
                 return outcome(&loaded, vec![], comment_id, false);
             }
             let request =
-                self.append_request(ticket_id, &loaded, &cmd, &events, &options, comment_id)?;
+                self.append_request(ticket_id, &loaded, &cmd, &events, options, comment_id)?;
             match self.store.append(request).await {
                 Ok(appended) => {
                     self.appended.fetch_add(
@@ -390,7 +402,7 @@ impl CommandHandler {
                 }
                 Err(StoreError::IdempotencyKeyTaken) => {
                     // A concurrent request with the same key won; answer as it did.
-                    if let Some(outcome) = self.replay(&actor, &options).await? {
+                    if let Some(outcome) = self.replay(actor, options).await? {
                         return Ok(outcome);
                     }
                     // The key's record is older than the window, which no longer counts it

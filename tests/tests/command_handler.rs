@@ -2,7 +2,8 @@
 //! stream (its id was just drawn), and an open whose id a stream somehow holds already fails
 //! on the append's version check, reads the stream on its retry, and appends nothing. A
 //! handler whose cached state another process's writes made stale answers a command that
-//! appends nothing (a no-op, a refusal, an `If-Match`) from the store's state.
+//! appends nothing (a no-op, a refusal, an `If-Match`) from the store's state, and a retry that
+//! overlapped its first attempt answers as the first did.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -11,7 +12,8 @@ use async_trait::async_trait;
 use uuid::Uuid;
 
 use ticketd_commands::{
-    AppendRequest, CommandError, CommandHandler, EventStore, Options, Outcome, StoreResult,
+    AppendRequest, CommandError, CommandHandler, EventStore, Idempotency, Options, Outcome,
+    StoreResult,
 };
 use ticketd_domain::{
     Actor, ChangeStatus, CommandKind, DomainError, OpenTicket, Role, SlaPolicy, Status, Withdraw,
@@ -225,8 +227,69 @@ async fn a_stale_cache_answers_nothing(store: Arc<dyn EventStore>) {
     );
 }
 
+/// Hooks that, before the next append, let the first attempt of a request (another process,
+/// `first`) run whole: a retry that overlaps it, as a client's after a timeout.
+struct Overlapped {
+    first: CommandHandler,
+    pending: tokio::sync::Mutex<Option<(Uuid, Options)>>,
+}
+
+#[async_trait]
+impl StoreHooks for Overlapped {
+    async fn before_append(&self, _: &dyn EventStore, _: &AppendRequest) -> StoreResult<()> {
+        if let Some((id, options)) = self.pending.lock().await.take() {
+            let kind = CommandKind::Withdraw(Withdraw {
+                reason: "Not needed".into(),
+                comment: None,
+            });
+            let first = self.first.execute(id, customer(), kind, options).await;
+            assert_eq!(first.expect("the first attempt").version, 2);
+        }
+        Ok(())
+    }
+}
+
+/// A retry with the first attempt's `Idempotency-Key` that found no record (the first had not
+/// committed) and then lost the race to it answers as the first did (CONTRACT §4), with or
+/// without `If-Match`, not 412 or the withdrawn ticket's 409.
+async fn an_overlapping_retry_answers_as_the_first(store: Arc<dyn EventStore>) {
+    let hooked = Hooked::new(
+        store.clone(),
+        Overlapped {
+            first: CommandHandler::new(store.clone(), SlaPolicy::default(), 100),
+            pending: tokio::sync::Mutex::new(None),
+        },
+    );
+    let retry = CommandHandler::new(hooked.clone(), SlaPolicy::default(), 100);
+    for (i, expected_version) in [Some(1), None].into_iter().enumerate() {
+        let id = opened(&retry).await;
+        let options = Options {
+            expected_version,
+            idempotency: Some(Idempotency {
+                key: format!("withdraw-{i}"),
+                fingerprint: vec![7; 32],
+            }),
+            ..Options::default()
+        };
+        *hooked.hooks.pending.lock().await = Some((id, options.clone()));
+        let kind = CommandKind::Withdraw(Withdraw {
+            reason: "Not needed".into(),
+            comment: None,
+        });
+        let answer = retry.execute(id, customer(), kind, options).await;
+        let answer = answer.unwrap_or_else(|e| panic!("If-Match {expected_version:?}: {e:?}"));
+        assert_eq!(
+            (answer.version, answer.ticket.status),
+            (2, Status::Withdrawn)
+        );
+        let stream = store.read_stream(id, 0).await.expect("read the stream");
+        assert_eq!(stream.len(), 2, "one withdrawal: {stream:?}");
+    }
+}
+
 both_backends!(
     an_open_reads_no_stream,
     an_open_of_a_taken_id_conflicts_and_appends_nothing,
-    a_stale_cache_answers_nothing
+    a_stale_cache_answers_nothing,
+    an_overlapping_retry_answers_as_the_first
 );
