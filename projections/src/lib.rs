@@ -455,7 +455,7 @@ pub async fn read_checkpoint(db: &Database, name: &str) -> Result<Position, Stor
     checkpoint_on(&mut Pooled::acquire(db).await?.conn(), name).await
 }
 
-async fn checkpoint_on(conn: &mut Conn<'_>, name: &str) -> Result<Position, StoreError> {
+pub(crate) async fn checkpoint_on(conn: &mut Conn<'_>, name: &str) -> Result<Position, StoreError> {
     let rows: Vec<(i64, i64)> = conn
         .fetch_pairs(
             "SELECT position_tx, position_seq FROM projection_checkpoints WHERE name = ?",
@@ -565,7 +565,7 @@ impl From<StoreError> for BatchError {
 /// Applies `events` and moves the checkpoint from `from` to the last of them, in one
 /// transaction; the checkpoint moves only if it still is `from`, so two runners can never both
 /// apply a batch.
-async fn apply_in(
+pub(crate) async fn apply_in(
     conn: &mut Conn<'_>,
     p: &dyn Projection,
     from: Position,

@@ -31,9 +31,10 @@ use ticketd_commands::{Database, EventStore, Position, StoreError, StoredEvent};
 
 use crate::bulk::{self, BULK_TICKETS};
 use crate::sql::unavailable;
+use crate::sql::Conn;
 use crate::{
-    commit_batch, describe, ensure_checkpoint, read_checkpoint, tx_i64, BatchError, Projection,
-    Writer,
+    apply_in, checkpoint_on, commit_batch, describe, ensure_checkpoint, read_checkpoint, tx_i64,
+    BatchError, Projection, Writer,
 };
 
 /// The four counts of a comparison query.
@@ -331,20 +332,45 @@ impl Scratch {
     }
 
     /// Puts the scratch tables of `projections` in place of the live ones, with their
-    /// checkpoints, in one transaction (see the module's doc).
+    /// checkpoints, in one transaction (see the module's doc). The live projections have gone
+    /// on meanwhile: the scratch first follows to where they stand, and in the switch's
+    /// transaction the switched-in tables take what they applied since (see [`follow_live`]),
+    /// so no checkpoint moves back.
     pub async fn switch(
         &self,
+        store: &dyn EventStore,
         live: &Database,
         projections: &[Arc<dyn Projection>],
     ) -> Result<(), StoreError> {
+        let mut ahead = Position::START;
+        for p in projections {
+            // The row must exist to be locked and moved.
+            ahead = ahead.max(ensure_checkpoint(live, p.name()).await?);
+        }
+        let tables = live_tables(live, projections).await?;
+        if let (Database::Postgres(pool), Place::Postgres { schema, .. }) = (live, &self.place) {
+            // Fresh tables have no statistics and no visibility map until autovacuum comes
+            // by: plans over them would be guesses, and index-only scans (a search ranks its
+            // matches by the primary key alone) would read the heap anyway (1 M tickets:
+            // search p50 51 ms instead of 33). Before the switch, outside its locks, but for
+            // the tables the bulk path did as soon as they were indexed (`ticket_search`, the
+            // longest).
+            let done = self.analyzed.lock().map(|a| a.clone()).unwrap_or_default();
+            let left: Vec<&Table> = tables
+                .iter()
+                .filter(|t| !done.iter().any(|d| d == t.name))
+                .collect();
+            vacuum_all(pool, schema, &left).await?;
+            for p in projections {
+                ahead = ahead.max(read_checkpoint(live, p.name()).await?);
+            }
+        }
+        self.build(store, projections, Some(ahead)).await?;
         let mut positions = Vec::new();
         for p in projections {
             positions.push(read_checkpoint(&self.db, p.name()).await?);
-            // The row must exist to be locked and moved.
-            ensure_checkpoint(live, p.name()).await?;
         }
         let now = Utc::now().timestamp_micros();
-        let tables = live_tables(live, projections).await?;
         match (live, &self.place) {
             (
                 Database::Postgres(pool),
@@ -354,18 +380,6 @@ impl Scratch {
                     schema,
                 },
             ) => {
-                // Fresh tables have no statistics and no visibility map until autovacuum comes
-                // by: plans over them would be guesses, and index-only scans (a search ranks
-                // its matches by the primary key alone) would read the heap anyway (1 M
-                // tickets: search p50 51 ms instead of 33). Before the switch, outside its
-                // locks, but for the tables the bulk path did as soon as they were indexed
-                // (`ticket_search`, the longest).
-                let done = self.analyzed.lock().map(|a| a.clone()).unwrap_or_default();
-                let left: Vec<&Table> = tables
-                    .iter()
-                    .filter(|t| !done.iter().any(|d| d == t.name))
-                    .collect();
-                vacuum_all(pool, schema, &left).await?;
                 let old = format!("ticketd_old_{base_oid}_{}", Uuid::now_v7().simple());
                 let mut tx = pool.begin().await.map_err(unavailable)?;
                 // Tables first, then checkpoint rows: the order a live batch takes them in,
@@ -382,12 +396,14 @@ impl Scratch {
                     .await
                     .map_err(unavailable)?;
                 }
+                let mut lives = Vec::new();
                 for p in projections {
                     sqlx::query("SELECT 1 FROM projection_checkpoints WHERE name = $1 FOR UPDATE")
                         .bind(p.name())
                         .execute(&mut *tx)
                         .await
                         .map_err(unavailable)?;
+                    lives.push(checkpoint_on(&mut Conn::Postgres(&mut tx), p.name()).await?);
                 }
                 tx.execute(format!("CREATE SCHEMA {}", ident(&old)).as_str())
                     .await
@@ -421,6 +437,9 @@ impl Scratch {
                     .await
                     .map_err(unavailable)?;
                 }
+                for ((p, at), to) in projections.iter().zip(&positions).zip(&lives) {
+                    follow_live(&mut Conn::Postgres(&mut tx), store, p.as_ref(), *at, *to).await?;
+                }
                 tx.commit().await.map_err(unavailable)?;
                 drop_schema(pool, &old).await;
                 Ok(())
@@ -450,6 +469,10 @@ impl Scratch {
                         .await
                         .map_err(unavailable)?;
                     }
+                    let mut lives = Vec::new();
+                    for p in projections {
+                        lives.push(checkpoint_on(&mut Conn::Sqlite(&mut tx), p.name()).await?);
+                    }
                     for (p, at) in projections.iter().zip(&positions) {
                         let (tx_id, seq) = tx_i64(*at)?;
                         sqlx::query(
@@ -463,6 +486,10 @@ impl Scratch {
                         .execute(&mut *tx)
                         .await
                         .map_err(unavailable)?;
+                    }
+                    for ((p, at), to) in projections.iter().zip(&positions).zip(&lives) {
+                        let mut conn = Conn::Sqlite(&mut tx);
+                        follow_live(&mut conn, store, p.as_ref(), *at, *to).await?;
                     }
                     tx.commit().await.map_err(unavailable)
                 }
@@ -704,6 +731,38 @@ async fn drop_schema(pool: &PgPool, schema: &str) {
     }
 }
 
+/// In a switch's transaction, with the live projection `p` held still: its switched-in tables,
+/// at `from`, take the events up to `to`, where the live ones they replace stood, and its
+/// checkpoint moves there. The scratch followed the live projection just before the switch's
+/// locks, so these are only what it applied since (a batch or two), applied one by one.
+/// Without this the checkpoint moved back: a runner with nothing new to read did not notice,
+/// the tables lacked those events until the next append, and `min_position` waits counted
+/// them as applied.
+async fn follow_live(
+    conn: &mut Conn<'_>,
+    store: &dyn EventStore,
+    p: &dyn Projection,
+    from: Position,
+    to: Position,
+) -> Result<(), StoreError> {
+    let mut at = from;
+    while at < to {
+        let page = store.read_all(at, REBUILD_BATCH).await?;
+        let upto: Vec<StoredEvent> = page.into_iter().take_while(|e| e.position <= to).collect();
+        let Some(last) = upto.last().map(|e| e.position) else {
+            return Err(StoreError::Unavailable(format!(
+                "the log shows nothing after {at}, yet {} stands at {to}",
+                p.name()
+            )));
+        };
+        apply_in(conn, p, at, &upto, false)
+            .await
+            .map_err(|e| e.error)?;
+        at = last;
+    }
+    Ok(())
+}
+
 /// What [`rebuild`] did.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Rebuilt {
@@ -734,7 +793,7 @@ pub async fn rebuild_with(
     scratch.set_bulk_tickets(bulk_tickets);
     let done = async {
         let events = scratch.build(store, projections, None).await?;
-        scratch.switch(&live, projections).await?;
+        scratch.switch(store, &live, projections).await?;
         Ok(events)
     }
     .await;

@@ -557,8 +557,9 @@ async fn cursor_refused(s: &TestServer, token: &str, cursor: &str, why: &str) {
     );
 }
 
-/// A filter's values count once each, however often given (each is a bound parameter of
-/// every branch of the query, and PostgreSQL takes 65,535 at most), on every page.
+/// A filter's values count once each, however often given: each is a bound parameter of every
+/// branch of the query, and a 60 kB list of one value repeated passed PostgreSQL's 65,535 (a
+/// 503, which the client would retry for ever).
 async fn a_filter_value_repeated_counts_once(s: TestServer) {
     let agent = s.agent("agent-1");
     let mut mine = Vec::new();
