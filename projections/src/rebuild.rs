@@ -11,8 +11,10 @@
 //! - SQLite: one `BEGIN IMMEDIATE` transaction replaces the live rows with the rebuilt ones
 //!   (readers keep the old snapshot until it commits: WAL), then the scratch file is deleted.
 //!
-//! The live runner's next batch then finds the checkpoint moved and follows on from the
-//! rebuilt position (see `BatchError::moved`), so no event is lost or applied twice.
+//! The switch's transaction first gives the rebuilt tables what the live ones applied since
+//! the scratch last caught up, so the checkpoint never moves back and the live runner goes on
+//! from where it was. (A checkpoint moved under a runner is still safe: its next batch finds it
+//! moved and follows on from there, see `BatchError::moved`.)
 //!
 //! The same scratch build, stopped exactly at a live projection's checkpoint, is how `verify`
 //! and the tests prove that an incrementally kept read model equals a fresh rebuild.
