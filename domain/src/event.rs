@@ -50,7 +50,8 @@ pub struct Commented {
 }
 
 /// The status moved. `automatic` marks moves caused by a customer's reply; `reopen` marks a
-/// move from `resolved`/`closed` back to an active status.
+/// move from `resolved`/`closed` back to `open` (events recorded before 2026-11-23 set it for
+/// staff moves back to any active status: read it through [`StatusChanged::is_reopen`]).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StatusChanged {
     pub from: Status,
@@ -61,6 +62,14 @@ pub struct StatusChanged {
     pub reopen: bool,
     #[serde(default)]
     pub automatic: bool,
+}
+
+impl StatusChanged {
+    /// A reopen as CONTRACT §6.5 counts it: a move from `resolved` or `closed` back to `open`,
+    /// whatever older events' flag says.
+    pub fn is_reopen(&self) -> bool {
+        self.reopen && self.to == Status::Open
+    }
 }
 
 /// One edited field's old and new value.

@@ -115,7 +115,7 @@ pub fn evolve(state: State, recorded: &Recorded) -> State {
         Event::Commented(_) => t.last_activity_at = at,
         Event::StatusChanged(e) => {
             t.status = e.to;
-            if e.reopen {
+            if e.is_reopen() {
                 t.reopens += 1;
             }
             // A move to `escalated` by status is an escalation too (CONTRACT §3).

@@ -197,7 +197,7 @@ pub fn fold(prev: Option<Facts>, id: Uuid, r: &Recorded) -> Option<Applied> {
                         daily.first_resolutions = 1;
                         daily.resolution_us = at - f.opened_at;
                     }
-                    if s.reopen {
+                    if s.is_reopen() {
                         f.reopens += 1;
                         kinds.push("reopened");
                         daily.reopened = 1;
@@ -905,6 +905,28 @@ mod tests {
                 ..Daily::default()
             }
         );
+    }
+
+    #[test]
+    fn a_reopen_is_a_move_back_to_open() {
+        // Events recorded before 2026-11-23 flagged staff moves back to any active status.
+        let (f, kinds, d) = run(&[
+            rec(1, 0, Role::Customer, opened(None)),
+            rec(
+                2,
+                H,
+                Role::Agent,
+                status(Status::Open, Status::Closed, false),
+            ),
+            rec(
+                3,
+                2 * H,
+                Role::Agent,
+                status(Status::Closed, Status::InProgress, true),
+            ),
+        ]);
+        assert_eq!((f.reopens, d.reopened), (0, 0));
+        assert_eq!(kinds, ["opened", "closed"]);
     }
 
     #[test]
