@@ -286,9 +286,26 @@ pub async fn feed(
     let mut pooled = Pooled::acquire(db).await?;
     let rows: Vec<String> = pooled.conn().fetch_column(&sql, &binds).await?;
     rows.iter()
-        .map(|r| serde_json::from_str(r))
+        .map(|r| serde_json::from_str(r).map(with_every_member))
         .collect::<Result<_, _>>()
         .map_err(|e| StoreError::Corrupt(format!("a ticket_feed row of {ticket}: {e}")))
+}
+
+/// The members §6.3 names for an entry's type that its event may leave out (a status change
+/// without a reason, a withdrawal without a comment), as `null`: a client reads every listed
+/// member. Rows keep the event's own shape, so this is done as they are read.
+fn with_every_member(mut entry: Value) -> Value {
+    let optional: &[&str] = match entry.get("type").and_then(Value::as_str) {
+        Some("status_changed") => &["reason"],
+        Some("withdrawn") => &["comment"],
+        _ => &[],
+    };
+    if let Value::Object(members) = &mut entry {
+        for key in optional {
+            members.entry(*key).or_insert(Value::Null);
+        }
+    }
+    entry
 }
 
 /// One reader of a ticket.

@@ -849,6 +849,26 @@ async fn feed_and_read_by(s: TestServer) {
         .await;
     assert_eq!(a.body["items"].as_array().expect("items").len(), 2);
 
+    // Every member §6.3 lists is there, `null` when the event has none: a status change with
+    // no reason, a withdrawal with no comment.
+    let bare = s.open(&alice, body("bare")).await;
+    let bare_path = |tail: &str| format!("/v1/tickets/{bare}{tail}");
+    ok(
+        s.post(&bare_path("/status"), &agent, json!({"status": "on_hold"}))
+            .await,
+    );
+    ok(
+        s.post(&bare_path("/withdraw"), &alice, json!({"reason": "r"}))
+            .await,
+    );
+    let a = s.get(&bare_path("/feed"), &alice).await;
+    let items = a.body["items"].as_array().expect("items");
+    let member = |i: usize, key: &str| items[i].as_object().expect("entry").get(key).cloned();
+    assert_eq!(items[1]["type"], "status_changed", "{}", a.body);
+    assert_eq!(member(1, "reason"), Some(Value::Null), "{}", a.body);
+    assert_eq!(items[2]["type"], "withdrawn", "{}", a.body);
+    assert_eq!(member(2, "comment"), Some(Value::Null), "{}", a.body);
+
     let a = s.get(&path("/feed?types=read"), &agent).await;
     let readers: Vec<&Value> = a.body["items"]
         .as_array()
