@@ -13,8 +13,8 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use ticketd_domain::{
-    decide, evolve, Actor, Command, CommandKind, DomainError, Event, Metadata, Recorded, SlaPolicy,
-    State, Ticket, HASH_LEN, ZERO_HASH,
+    decide, evolve, Actor, Command, CommandKind, DomainError, Event, Metadata, Recorded, Role,
+    SlaPolicy, State, Ticket, HASH_LEN, ZERO_HASH,
 };
 
 use crate::error::CommandError;
@@ -449,7 +449,7 @@ impl CommandHandler {
         }
         let idempotency = match &options.idempotency {
             Some(i) => Some(IdempotencyRecord {
-                user: cmd.actor.id.clone(),
+                user: key_owner(&cmd.actor),
                 key: i.key.clone(),
                 fingerprint: i.fingerprint.clone(),
                 response: rmp_serde::to_vec_named(&Remembered {
@@ -480,7 +480,8 @@ impl CommandHandler {
             return Ok(None);
         };
         let since = Utc::now() - Duration::hours(IDEMPOTENCY_WINDOW_HOURS);
-        let Some(hit) = self.store.idempotency(&actor.id, &idem.key, since).await? else {
+        let owner = key_owner(actor);
+        let Some(hit) = self.store.idempotency(&owner, &idem.key, since).await? else {
             return Ok(None);
         };
         if hit.fingerprint != idem.fingerprint {
@@ -530,6 +531,16 @@ fn outcome(
 pub fn now_micros() -> DateTime<Utc> {
     let now = Utc::now();
     DateTime::from_timestamp_micros(now.timestamp_micros()).unwrap_or(now)
+}
+
+/// Whose `Idempotency-Key`s a command's is among (CONTRACT §4: per user). A public-form
+/// submitter is known only by the address they typed, which may be a signed-in user's id:
+/// their keys are kept apart, so neither can replay or block the other's.
+fn key_owner(actor: &Actor) -> String {
+    match actor.role {
+        Role::Public => format!("public form\0{}", actor.id),
+        _ => actor.id.clone(),
+    }
 }
 
 #[cfg(test)]

@@ -100,8 +100,26 @@ async fn the_public_form_opens_tickets(s: TestServer) {
     let sam = submit(&s, other, &key).await;
     assert_eq!(sam.status, StatusCode::CREATED, "{}", sam.body);
     assert_ne!(sam.body["id"], first.body["id"], "keys are per address");
-    let after = s.log_upto(&sam.body["position"]).await.len();
-    assert_eq!(after, before + 2, "only the two new tickets were appended");
+    // A signed-in user whose id is the address typed has keys of their own: the form's
+    // submitter can neither block nor answer theirs.
+    let pat = s.customer("pat@example.com");
+    let theirs = s
+        .call(
+            Method::POST,
+            "/v1/tickets",
+            Some(&pat),
+            Some(json!({"subject": "Mine", "description": "d"})),
+            &key,
+        )
+        .await;
+    assert_eq!(theirs.status, StatusCode::CREATED, "{}", theirs.body);
+    assert_ne!(theirs.body["id"], first.body["id"]);
+    let after = s.log_upto(&theirs.body["position"]).await.len();
+    assert_eq!(
+        after,
+        before + 3,
+        "only the three new tickets were appended"
+    );
 }
 
 http_both_backends!(public_submission: the_public_form_opens_tickets);
