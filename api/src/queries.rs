@@ -55,19 +55,21 @@ pub fn routes() -> Router<AppState> {
         .route("/v1/analytics/summary", get(analytics_summary))
 }
 
-/// The ticket if the caller may see it, else 404. A ticket the read model does not hold yet is
-/// read from its stream, so 404 never means "not projected yet".
+/// The ticket if the caller may see it, else 404. A ticket the read model does not hold yet, or
+/// holds as hidden from the caller, is read from its stream, so 404 never means "not projected
+/// yet" (a customer just put on the CC sees the ticket at once, as its feed does).
 async fn visible_ticket(
     app: &AppState,
     reads: &Projector,
     id: uuid::Uuid,
     actor: &Actor,
 ) -> Result<Ticket, ApiError> {
-    let ticket = match tickets::get(reads.database(), id).await? {
-        Some(t) => Some(t),
-        None => app.handler.load_fresh(id).await?.state,
-    };
-    match ticket {
+    if let Some(t) = tickets::get(reads.database(), id).await? {
+        if t.visible_to(actor) {
+            return Ok(t);
+        }
+    }
+    match app.handler.load_fresh(id).await?.state {
         Some(t) if t.visible_to(actor) => Ok(t),
         _ => Err(DomainError::NotFound.into()),
     }

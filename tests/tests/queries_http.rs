@@ -482,7 +482,7 @@ async fn paging_is_exact_while_clients_write(s: TestServer) {
 /// The feed and read-by come from the `feed` projection; who may see them is the ticket's as
 /// of now, not as of the `tickets` read model, which may lag the feed. A customer removed from
 /// the CC reads neither, even while `tickets` still lists them (simulated by writing the old
-/// CC back into its row).
+/// CC back into its row). One put on the CC reads the ticket before `tickets` shows it.
 async fn feed_visibility_does_not_wait_on_the_tickets_model(s: TestServer) {
     let alice = s.customer("alice");
     let bob = s.customer("bob");
@@ -544,6 +544,37 @@ async fn feed_visibility_does_not_wait_on_the_tickets_model(s: TestServer) {
             .await;
         assert_eq!(a.status, StatusCode::OK, "{tail}: {}", a.body);
     }
+
+    // The other way: carol is put on the CC, and the read model does not show it yet. One
+    // ticket comes from its stream rather than a 404, as its feed does.
+    let carol = s.customer("carol");
+    let added = s
+        .patch(
+            &format!("/v1/tickets/{id}"),
+            &agent,
+            json!({"cc": ["carol"]}),
+        )
+        .await;
+    assert_eq!(added.status, StatusCode::OK, "{}", added.body);
+    let at = added.body["position"].as_str().expect("position");
+    s.get(&format!("/v1/tickets/{id}?min_position={at}"), &agent)
+        .await;
+    let behind = "UPDATE tickets SET state = replace(state, '\"cc\":[\"carol\"]', '\"cc\":[]')";
+    let changed = match s.store.database().expect("a SQL store") {
+        Database::Sqlite(pool) => sqlx::query(behind)
+            .execute(&pool)
+            .await
+            .map(|r| r.rows_affected()),
+        Database::Postgres(pool) => sqlx::query(behind)
+            .execute(&pool)
+            .await
+            .map(|r| r.rows_affected()),
+    }
+    .expect("put tickets behind");
+    assert_eq!(changed, 1);
+    let one = s.get(&format!("/v1/tickets/{id}"), &carol).await;
+    assert_eq!(one.status, StatusCode::OK, "{}", one.body);
+    assert_eq!(one.body["cc"], json!(["carol"]));
 }
 
 /// A list page with `cursor` is a 400 whose detail says `why`.
