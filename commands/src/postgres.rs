@@ -349,7 +349,7 @@ pub struct PostgresStore {
     shared: Arc<Shared>,
     core: Arc<Core>,
     batches: mpsc::Sender<Job>,
-    numbers: Numbers,
+    numbers: Arc<Numbers>,
     /// The LISTEN connection's own pool (see [`Self::from_pool`]).
     listen_pool: PgPool,
     tasks: Vec<JoinHandle<()>>,
@@ -497,7 +497,7 @@ impl PostgresStore {
             shared,
             core,
             batches,
-            numbers: Numbers::default(),
+            numbers: Arc::default(),
             listen_pool,
             tasks,
         })
@@ -672,10 +672,43 @@ impl Core {
     }
 }
 
-impl PostgresStore {
+impl Numbers {
+    /// Draws for every request waiting now, unless another draw is under way (it takes them,
+    /// or leaves them to the next). Whoever holds the leader lock draws numbers for everyone
+    /// waiting at that moment, in one statement. A request whose number an earlier leader drew
+    /// finds the queue empty here and its answer ready.
+    async fn serve(&self, pool: &PgPool) {
+        let mut leader = self.leader.lock().await;
+        let waiting = self
+            .waiting
+            .lock()
+            .map(|mut w| std::mem::take(&mut *w))
+            .unwrap_or_default();
+        if waiting.is_empty() {
+            return;
+        }
+        match Self::draw(pool, &mut leader, waiting.len()).await {
+            Ok(numbers) => {
+                for (done, n) in waiting.into_iter().zip(numbers) {
+                    let _ = done.send(Ok(n));
+                }
+            }
+            Err(e) => {
+                let why = e.to_string();
+                for done in waiting {
+                    let _ = done.send(Err(StoreError::Unavailable(why.clone())));
+                }
+            }
+        }
+    }
+
     /// [`draw_numbers`] on the numbers' own connection, made anew (once) when there is none
     /// or the one there fails: a server restart costs no open an error.
-    async fn draw(&self, slot: &mut Option<PgConnection>, n: usize) -> StoreResult<Vec<u64>> {
+    async fn draw(
+        pool: &PgPool,
+        slot: &mut Option<PgConnection>,
+        n: usize,
+    ) -> StoreResult<Vec<u64>> {
         if let Some(conn) = slot.as_mut() {
             match draw_numbers(conn, n).await {
                 Ok(numbers) => return Ok(numbers),
@@ -685,7 +718,7 @@ impl PostgresStore {
                 }
             }
         }
-        let options = self.pool.connect_options();
+        let options = pool.connect_options();
         let conn = match tokio::time::timeout(ACQUIRE_TIMEOUT, PgConnection::connect_with(&options))
             .await
         {
@@ -1210,34 +1243,10 @@ impl EventStore for PostgresStore {
         if let Ok(mut waiting) = self.numbers.waiting.lock() {
             waiting.push(done);
         }
-        {
-            // Whoever holds the leader lock draws numbers for everyone waiting at that moment,
-            // in one statement. A request whose number an earlier leader drew finds the queue
-            // empty here and its answer ready.
-            let mut leader = self.numbers.leader.lock().await;
-            let waiting = self
-                .numbers
-                .waiting
-                .lock()
-                .map(|mut w| std::mem::take(&mut *w))
-                .unwrap_or_default();
-            if !waiting.is_empty() {
-                let drawn = self.draw(&mut leader, waiting.len()).await;
-                match drawn {
-                    Ok(numbers) => {
-                        for (done, n) in waiting.into_iter().zip(numbers) {
-                            let _ = done.send(Ok(n));
-                        }
-                    }
-                    Err(e) => {
-                        let why = e.to_string();
-                        for done in waiting {
-                            let _ = done.send(Err(StoreError::Unavailable(why.clone())));
-                        }
-                    }
-                }
-            }
-        }
+        // The draw runs as a task of its own: in this request's future, a client that went away
+        // mid-draw would drop the answers of every open waiting on it (503s for nothing).
+        let (numbers, pool) = (self.numbers.clone(), self.pool.clone());
+        let _ = tokio::spawn(async move { numbers.serve(&pool).await }).await;
         answer
             .await
             .map_err(|_| StoreError::Unavailable("no ticket number was drawn".into()))?

@@ -38,6 +38,7 @@ both_backends!(
     idempotency_only_append,
     purge_idempotency,
     ticket_numbers_unique_and_increasing,
+    a_caller_gone_mid_draw_costs_the_others_nothing,
     subscribe_ticks_after_append,
     position_round_trips,
     log_reaches_appended_positions,
@@ -958,6 +959,35 @@ async fn ticket_numbers_unique_and_increasing(store: Arc<dyn EventStore>) {
         let n = store.next_ticket_number().await.expect("number");
         assert!(n > last);
         last = n;
+    }
+}
+
+/// A caller that goes away while numbers are drawn (a client disconnecting drops its request's
+/// future) costs the callers drawn with it nothing: each of them still gets a number.
+async fn a_caller_gone_mid_draw_costs_the_others_nothing(store: Arc<dyn EventStore>) {
+    let mut seen = HashSet::new();
+    for round in 0..100u64 {
+        let tasks: Vec<_> = (0..8)
+            .map(|_| {
+                let store = store.clone();
+                tokio::spawn(async move { store.next_ticket_number().await })
+            })
+            .collect();
+        // Let the draw begin (on the other worker), then drop every other caller wherever it
+        // is: from at once to past a draw's round trip.
+        let started = std::time::Instant::now();
+        while started.elapsed() < std::time::Duration::from_micros(round * 7 % 500) {
+            std::hint::spin_loop();
+        }
+        for task in tasks.iter().step_by(2) {
+            task.abort();
+        }
+        for task in tasks {
+            match task.await {
+                Ok(n) => assert!(seen.insert(n.expect("a number")), "handed out twice"),
+                Err(e) => assert!(e.is_cancelled(), "{e}"),
+            }
+        }
     }
 }
 
