@@ -397,12 +397,9 @@ impl Projector {
                     wanted,
                 });
             }
-            // A follower cannot be told when another process commits: it polls.
-            let step = if leader {
-                deadline - now
-            } else {
-                (deadline - now).min(Duration::from_millis(50))
-            };
+            // A follower cannot be told when another process commits: it polls. So does a
+            // leader's waiter, in case the leader steps down and another process goes on.
+            let step = (deadline - now).min(Duration::from_millis(50));
             let _ = tokio::time::timeout(step, rx.changed()).await;
         }
     }
