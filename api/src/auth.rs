@@ -67,6 +67,8 @@ impl Auth {
         // Only HS256 verifies: `alg: none` and every other algorithm are refused.
         let mut validation = Validation::new(Algorithm::HS256);
         validation.leeway = 0;
+        // A token not valid yet is refused too (RFC 7519 §4.1.5), when it says so.
+        validation.validate_nbf = true;
         validation.validate_aud = false;
         validation.set_required_spec_claims(&["exp", "sub"]);
         let cursor_key = Sha256::new()

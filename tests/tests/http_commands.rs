@@ -174,9 +174,12 @@ async fn tokens_are_checked(s: TestServer) {
         signed(json!({"sub": "alice", "role": "customer", "org": "ac\u{0}me", "exp": exp}));
     let bell_name =
         signed(json!({"sub": "alice", "name": "Al\u{7}ice", "role": "customer", "exp": exp}));
+    // Not valid before an hour from now (RFC 7519 §4.1.5).
+    let not_yet = signed(json!({"sub": "alice", "role": "customer", "exp": exp, "nbf": exp}));
     parts.truncate(2);
     let truncated = parts.join(".");
     for token in [
+        not_yet,
         bad_sig,
         alg_none,
         hs512,
@@ -223,6 +226,14 @@ async fn tokens_are_checked(s: TestServer) {
         signed(json!({"sub": "alice", "role": "customer", "org": "acme", "exp": exp as f64 + 0.5}));
     let a = s
         .call(Method::GET, &path, Some(&fractional), None, &[])
+        .await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.body);
+    // Valid since an hour ago: fine.
+    let valid_since = signed(
+        json!({"sub": "alice", "role": "customer", "org": "acme", "exp": exp, "nbf": exp - 7200}),
+    );
+    let a = s
+        .call(Method::GET, &path, Some(&valid_since), None, &[])
         .await;
     assert_eq!(a.status, StatusCode::OK, "{}", a.body);
     // Without a token, and no public form, opening is a 401 whatever the body and headers: the
