@@ -274,7 +274,7 @@ pub struct TicketPage {
         ("priority" = Option<String>, Query, description = "comma-separated priorities"),
         ("channel" = Option<String>, Query, description = "comma-separated channels"),
         ("org" = Option<String>, Query),
-        ("q" = Option<String>, Query, description = "words (case-insensitive, whole words, no query syntax), each of which must appear in the subject, the description or a comment the caller may see; words without a letter or digit are ignored, and a q of only such words matches nothing; at most 16 words of at most 100 characters each (else 400). On PostgreSQL a ticket's searchable text stops growing at about 300 kB (30,000 distinct words): comments past that are not found by their words"),
+        ("q" = Option<String>, Query, description = "words (case-insensitive, whole words, no query syntax; split at spaces and at ASCII punctuation, so alice@example.com is the words alice, example and com), each of which must appear in the subject, the description or a comment the caller may see; words without a letter or digit are ignored, and a q of only such words matches nothing; at most 16 words of at most 100 characters each (else 400). On PostgreSQL a ticket's searchable text stops growing at about 300 kB (30,000 distinct words): comments past that are not found by their words"),
         ("sort" = Option<String>, Query, description = "-last_activity (default) | last_activity | -created | created | due | -priority"),
         ("limit" = Option<u32>, Query, description = "1–200, default 50"),
         ("cursor" = Option<String>, Query, description = "`next_cursor` of the previous page"),

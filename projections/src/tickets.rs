@@ -784,20 +784,42 @@ fn head_text(t: &Ticket) -> String {
 }
 
 /// Text as both indexes take it: lowercased here, so case folds the same whatever the
-/// database's locale, and control characters (NUL, which PostgreSQL text cannot hold) blanked.
+/// database's locale, and control characters (NUL, which PostgreSQL text cannot hold) and
+/// ASCII punctuation blanked. SQLite's tokenizer splits words at punctuation anyway, but
+/// PostgreSQL's parser keeps e-mail addresses, host names, paths, versions and hyphenated
+/// words whole: `q=example` found `alice@example.com` on SQLite only. Blanked, both see the
+/// same words.
 fn search_text(s: &str) -> String {
     s.to_lowercase()
         .chars()
-        .map(|c| if c.is_control() { ' ' } else { c })
+        .map(|c| if splits_words(c) { ' ' } else { c })
         .collect()
 }
 
-/// `q`'s words: lowercased, split on whitespace (and control characters, like the text).
+/// Whether `c` ends a word for search: a control character, or ASCII that is neither a letter
+/// nor a digit. (Beyond ASCII both tokenizers agree: letters, digits and marks make words.)
+fn splits_words(c: char) -> bool {
+    c.is_control() || (c.is_ascii() && !c.is_ascii_alphanumeric())
+}
+
+/// `q`'s words: lowercased, split on whitespace, control characters and ASCII punctuation, as
+/// the text is (`alice@example.com` is the three words `alice`, `example`, `com`, each to be
+/// found). A word of punctuation alone stays as given, to find nothing.
 pub fn words(q: &str) -> Vec<String> {
-    q.split(|c: char| c.is_whitespace() || c.is_control())
+    let mut out = Vec::new();
+    for word in q
+        .split(|c: char| c.is_whitespace() || c.is_control())
         .filter(|w| !w.is_empty())
-        .map(str::to_lowercase)
-        .collect()
+    {
+        let word = word.to_lowercase();
+        let parts: Vec<&str> = word.split(splits_words).filter(|p| !p.is_empty()).collect();
+        if parts.is_empty() {
+            out.push(word.clone());
+        } else {
+            out.extend(parts.into_iter().map(str::to_owned));
+        }
+    }
+    out
 }
 
 /// One ticket as the read model has it (visibility is the caller's to check).
@@ -1975,11 +1997,21 @@ mod tests {
     use super::*;
 
     #[test]
-    fn words_are_lowercased_and_split_on_blanks() {
+    fn words_are_lowercased_and_split_on_blanks_and_punctuation() {
         assert_eq!(words("  Printer  ON\tFire "), ["printer", "on", "fire"]);
         assert_eq!(words("Ärger\u{0}über"), ["ärger", "über"]);
         assert!(words(" \t\n").is_empty());
         assert_eq!(search_text("A\u{0}B\nÜ"), "a b ü");
+        assert_eq!(
+            words("Alice@Example.com /var/log v2.5 printer,toner don't"),
+            ["alice", "example", "com", "var", "log", "v2", "5", "printer", "toner", "don", "t"]
+        );
+        assert_eq!(
+            search_text("Alice@Example.com, /var/log; e-mail_x"),
+            "alice example com   var log  e mail x"
+        );
+        // Punctuation alone stays a word (which finds nothing); beyond ASCII nothing splits.
+        assert_eq!(words("- café—naïve"), ["-", "café—naïve"]);
     }
 
     #[test]
@@ -1988,16 +2020,24 @@ mod tests {
         assert_eq!(
             text_query(&w(r#"a"b NEAR OR * -x c:d"#), true, Backend::Sqlite),
             TextQuery::Sqlite(
-                [r#""a""b""#, r#""near""#, r#""or""#, r#""-x""#, r#""c:d""#]
-                    .map(str::to_owned)
-                    .to_vec()
+                [
+                    r#""a""#,
+                    r#""b""#,
+                    r#""near""#,
+                    r#""or""#,
+                    r#""x""#,
+                    r#""c""#,
+                    r#""d""#
+                ]
+                .map(str::to_owned)
+                .to_vec()
             )
         );
         assert_eq!(
             text_query(&w("Printer & 100%"), false, Backend::Postgres),
             TextQuery::Postgres {
                 all: false,
-                words: vec!["printer".to_owned(), "100%".to_owned()]
+                words: vec!["printer".to_owned(), "100".to_owned()]
             }
         );
         assert_eq!(text_query(&w(""), true, Backend::Sqlite), TextQuery::Any);
