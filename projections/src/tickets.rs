@@ -146,6 +146,13 @@ impl FreshText {
                     self.public.push(c.body.clone());
                 }
             }
+            // As `text_op` has it: a withdrawal's comment is a public one.
+            Event::Withdrawn(w) => {
+                if let Some(c) = &w.comment {
+                    self.bytes += c.len() + 1;
+                    self.public.push(c.clone());
+                }
+            }
             _ => {}
         }
     }
@@ -593,6 +600,11 @@ fn text_op(t: &Ticket, event: &Event) -> Option<TextOp> {
         Event::Commented(c) => Some(TextOp::Comment {
             private: c.visibility == Visibility::Private,
             text: search_text(&c.body),
+        }),
+        // A withdrawal's comment is a comment everyone who sees the ticket reads (§4.4, §6.3).
+        Event::Withdrawn(w) => w.comment.as_ref().map(|c| TextOp::Comment {
+            private: false,
+            text: search_text(c),
         }),
         _ => None,
     }

@@ -1408,6 +1408,18 @@ async fn search_splits_words_at_punctuation_alike(s: TestServer) {
         assert_eq!(search(&s, q, "", &alice).await, set(&want), "{q}");
         assert_eq!(search(&s, q, "", &agent).await, set(&want), "{q}, staff");
     }
+    // A withdrawal's comment is a comment too (§4.4), for everyone who sees the ticket.
+    let w = s
+        .post(
+            &format!("/v1/tickets/{mail}/withdraw"),
+            &alice,
+            json!({"reason": "r", "comment": "Moved to the new helpdesk"}),
+        )
+        .await;
+    assert_eq!(w.status, StatusCode::OK, "{}", w.body);
+    for t in [&alice, &agent] {
+        assert_eq!(search(&s, "helpdesk", "", t).await, set(&[&mail]));
+    }
 }
 
 /// A ticket whose comments outgrow what one tsvector can hold (1 MB of words on PostgreSQL)
