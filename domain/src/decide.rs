@@ -30,6 +30,14 @@ pub mod limits {
     pub const FIELD_VALUE_MAX: usize = 5_000;
     pub const FIELD_LIST_MAX: usize = 100;
     pub const EMAIL_MAX: usize = 254;
+    /// Events a ticket's stream holds before it takes no more comments, edits or reads: the
+    /// feed, the stream reads and a cache miss load a ticket whole. (Zendesk stops a ticket at
+    /// 5,000 comments, GitHub an issue at 2,500.)
+    pub const HISTORY_EVENTS_MAX: u64 = 10_000;
+    /// The text a ticket's events carry together (`Event::text_bytes`) before it takes no
+    /// more comments or edits: 800 comments of 20,000 ASCII characters, or eight edits of a
+    /// full 1 MiB map of custom fields, each carrying the map before and after.
+    pub const HISTORY_BYTES_MAX: u64 = 16 << 20;
 }
 
 /// Decides which events a command appends to a ticket in `state`, or why it may not.
@@ -53,6 +61,8 @@ pub fn decide(state: &State, cmd: &Command, sla: &SlaPolicy) -> Result<Vec<Event
         CommandKind::ChangeStatus(c) => decide_status(ticket, actor, c),
         CommandKind::Withdraw(c) => decide_withdraw(ticket, actor, c),
         CommandKind::Escalate(c) => decide_escalate(ticket, actor, c),
+        // A full ticket's reads are no-ops: reading it must still succeed.
+        CommandKind::MarkRead if ticket.version >= limits::HISTORY_EVENTS_MAX => Ok(vec![]),
         CommandKind::MarkRead => Ok(vec![Event::Read(event::Read {})]),
         CommandKind::Edit(c) => decide_edit(ticket, actor, c),
     }
@@ -71,6 +81,23 @@ fn forbidden(msg: &str) -> DomainError {
 
 fn conflict(msg: impl Into<String>) -> DomainError {
     DomainError::InvalidTransition(msg.into())
+}
+
+/// A ticket whose history reached its bounds takes no more comments or edits: open a new one.
+fn reject_if_full(t: &Ticket) -> Result<(), DomainError> {
+    if t.version >= limits::HISTORY_EVENTS_MAX {
+        Err(conflict(format!(
+            "the ticket holds {} events, as many as a ticket may; open a new ticket",
+            limits::HISTORY_EVENTS_MAX
+        )))
+    } else if t.history_bytes >= limits::HISTORY_BYTES_MAX {
+        Err(conflict(format!(
+            "the ticket holds {} MiB of text, as much as a ticket may; open a new ticket",
+            limits::HISTORY_BYTES_MAX >> 20
+        )))
+    } else {
+        Ok(())
+    }
 }
 
 fn reject_if_withdrawn(t: &Ticket) -> Result<(), DomainError> {
@@ -162,6 +189,7 @@ fn decide_comment(t: &Ticket, actor: &Actor, c: &AddComment) -> Result<Vec<Event
     if visibility == Visibility::Private && !actor.is_staff() {
         return Err(forbidden("only staff may write private comments"));
     }
+    reject_if_full(t)?;
     let mut events = vec![Event::Commented(event::Commented {
         comment_id: c.comment_id,
         body: c.body.clone(),
@@ -327,6 +355,15 @@ fn decide_edit(t: &Ticket, actor: &Actor, c: &EditTicket) -> Result<Vec<Event>, 
     };
     if edited.is_empty() {
         return Ok(vec![]);
+    }
+    // Staff may still assign, prioritise and reschedule a full ticket (small, and what
+    // closing it out takes); what carries text waits for a new one.
+    if edited.subject.is_some()
+        || edited.description.is_some()
+        || edited.fields.is_some()
+        || edited.cc.is_some()
+    {
+        reject_if_full(t)?;
     }
     Ok(vec![Event::Edited(edited)])
 }

@@ -136,6 +136,39 @@ pub enum Event {
     Read(Read),
 }
 
+impl Event {
+    /// The bytes of text the event carries (UTF-8 of its strings, custom fields' keys and
+    /// values): what a ticket's history holds, which [`crate::limits::HISTORY_BYTES_MAX`]
+    /// bounds.
+    pub fn text_bytes(&self) -> u64 {
+        let fields =
+            |f: &Fields| -> usize { f.iter().map(|(k, v)| k.len() + v.text_bytes()).sum() };
+        let list = |l: &[String]| -> usize { l.iter().map(String::len).sum() };
+        let n = match self {
+            Event::Opened(o) => {
+                o.subject.len() + o.description.len() + fields(&o.fields) + list(&o.cc)
+            }
+            Event::Commented(c) => c.body.len(),
+            Event::StatusChanged(s) => s.reason.as_deref().map_or(0, str::len),
+            Event::Edited(e) => {
+                let text = |c: &Option<Change<String>>| {
+                    c.as_ref().map_or(0, |c| c.from.len() + c.to.len())
+                };
+                text(&e.subject)
+                    + text(&e.description)
+                    + e.fields
+                        .as_ref()
+                        .map_or(0, |c| fields(&c.from) + fields(&c.to))
+                    + e.cc.as_ref().map_or(0, |c| list(&c.from) + list(&c.to))
+            }
+            Event::Escalated(e) => e.reason.len(),
+            Event::Withdrawn(w) => w.reason.len() + w.comment.as_deref().map_or(0, str::len),
+            Event::Read(_) => 0,
+        };
+        n as u64
+    }
+}
+
 /// Why stored bytes could not become an [`Event`].
 #[derive(Debug, thiserror::Error)]
 pub enum DecodeError {

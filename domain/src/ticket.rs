@@ -31,6 +31,10 @@ pub struct Ticket {
     pub reopens: u32,
     /// Moves to `escalated`: by escalating, or by a status change.
     pub escalations: u32,
+    /// The text its events carry together ([`Event::text_bytes`]): a ticket stops taking
+    /// comments and edits at [`crate::limits::HISTORY_BYTES_MAX`].
+    #[serde(default)]
+    pub history_bytes: u64,
 }
 
 impl Ticket {
@@ -106,10 +110,12 @@ pub fn evolve(state: State, recorded: &Recorded) -> State {
             version,
             reopens: 0,
             escalations: 0,
+            history_bytes: recorded.event.text_bytes(),
         });
     }
     let mut t = state?;
     t.version = version;
+    t.history_bytes += recorded.event.text_bytes();
     match &recorded.event {
         Event::Opened(_) => {}
         Event::Commented(_) => t.last_activity_at = at,

@@ -994,6 +994,67 @@ fn an_overlong_list_is_one_error() {
 }
 
 #[test]
+fn a_full_ticket_takes_no_more_comments_text_edits_or_reads() {
+    // Full by events: the opening and reads up to the bound.
+    let by_events = || {
+        let mut history = vec![opened_by_alice()];
+        let reads = (1..limits::HISTORY_EVENTS_MAX).map(|_| (bob(), read_event()));
+        history.extend(reads);
+        given(history)
+    };
+    // Full by text: 839 comments of 20,000 ASCII characters pass 16 MiB.
+    let by_text = || {
+        let mut history = vec![opened_by_alice()];
+        let body = "x".repeat(limits::TEXT_MAX);
+        let n = limits::HISTORY_BYTES_MAX / limits::TEXT_MAX as u64 + 1;
+        history.extend((0..n).map(|_| (alice(), commented(&body, Visibility::Public))));
+        given(history)
+    };
+    for full in [by_events, by_text] {
+        full().when(alice(), comment("one more")).then_conflict();
+        full()
+            .when(agent(), private_comment("one more"))
+            .then_conflict();
+        full()
+            .when(alice(), edit_subject("New subject"))
+            .then_conflict();
+        full()
+            .when(
+                agent(),
+                edit(EditTicket {
+                    fields: Some(setting(&fields_with(1))),
+                    ..EditTicket::default()
+                }),
+            )
+            .then_conflict();
+        // What closing it out takes still goes: a status, an assignee, a withdrawal.
+        full().when(agent(), set_status(Status::Resolved)).then_ok();
+        full()
+            .when(
+                agent(),
+                edit(EditTicket {
+                    assignee: Some(Some("agent-2".into())),
+                    ..EditTicket::default()
+                }),
+            )
+            .then_ok();
+        full().when(alice(), withdraw("moving on")).then_ok();
+        // Invalid input is still named first, and an edit that changes nothing still succeeds.
+        full().when(alice(), comment("")).then_invalid(&["body"]);
+        full()
+            .when(alice(), edit_subject("Printer on fire"))
+            .then_nothing();
+    }
+    // Reads succeed and append nothing once the events reach the bound.
+    by_events().when(alice(), read()).then_nothing();
+    by_text().when(alice(), read()).then_ok();
+    // One event short of the bound, a comment still goes.
+    let mut history = vec![opened_by_alice()];
+    history.extend((2..limits::HISTORY_EVENTS_MAX).map(|_| (bob(), read_event())));
+    given(history).when(alice(), comment("last one")).then_ok();
+}
+
+#[test]
 fn cc_is_stored_without_duplicates_in_the_order_given() {
     let t = nothing()
         .when(
