@@ -28,7 +28,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use sqlx::{ConnectOptions, Connection, Executor, PgPool, Row};
 use uuid::Uuid;
 
-use ticketd_commands::postgres::{Bystanders, SharedBystander};
+use ticketd_commands::postgres::{read_all_on, Bystanders, SharedBystander};
 use ticketd_commands::{Database, EventStore, Position, StoreError, StoredEvent};
 
 use crate::bulk::{self, BULK_TICKETS};
@@ -55,6 +55,8 @@ macro_rules! row_counts {
 pub const REBUILD_BATCH: usize = 5_000;
 /// How often a comparison retries when the live projection moves under it.
 const COMPARE_TRIES: usize = 50;
+/// Rounds of following the live projections before a switch takes its locks.
+pub const FOLLOW_ROUNDS: usize = 5;
 
 /// Fresh read-model tables beside the live ones. Call [`Scratch::discard`] when done.
 pub struct Scratch {
@@ -344,10 +346,9 @@ impl Scratch {
         live: &Database,
         projections: &[Arc<dyn Projection>],
     ) -> Result<(), StoreError> {
-        let mut ahead = Position::START;
         for p in projections {
             // The row must exist to be locked and moved.
-            ahead = ahead.max(ensure_checkpoint(live, p.name()).await?);
+            ensure_checkpoint(live, p.name()).await?;
         }
         let tables = live_tables(live, projections).await?;
         if let (Database::Postgres(pool), Place::Postgres { schema, .. }) = (live, &self.place) {
@@ -363,11 +364,24 @@ impl Scratch {
                 .filter(|t| !done.iter().any(|d| d == t.name))
                 .collect();
             vacuum_all(pool, schema, &left).await?;
+        }
+        // Follow the live projections, round by round, each shorter than the one before (the
+        // scratch applies in large batches), so what is left for the switch's locks is what
+        // the live runner did during the last round.
+        for _ in 0..FOLLOW_ROUNDS {
+            let mut ahead = Position::START;
             for p in projections {
                 ahead = ahead.max(read_checkpoint(live, p.name()).await?);
             }
+            let mut behind = ahead;
+            for p in projections {
+                behind = behind.min(read_checkpoint(&self.db, p.name()).await?);
+            }
+            if ahead <= behind {
+                break;
+            }
+            self.build(store, projections, Some(ahead)).await?;
         }
-        self.build(store, projections, Some(ahead)).await?;
         let mut positions = Vec::new();
         for p in projections {
             positions.push(read_checkpoint(&self.db, p.name()).await?);
@@ -383,7 +397,10 @@ impl Scratch {
                 },
             ) => {
                 let old = format!("ticketd_old_{base_oid}_{}", Uuid::now_v7().simple());
-                let mut tx = pool.begin().await.map_err(unavailable)?;
+                let mut conn = pool.acquire().await.map_err(unavailable)?;
+                // A bystander (it appends no event): while it holds its locks and applies what
+                // the live runner did, no log reader waits for it.
+                let mut tx = Standing::begin(&mut conn, store.bystanders().as_ref()).await?;
                 // Tables first, then checkpoint rows: the order a live batch takes them in,
                 // so a batch in flight finishes (or waits) instead of deadlocking.
                 for t in &tables {
@@ -442,7 +459,7 @@ impl Scratch {
                 for ((p, at), to) in projections.iter().zip(&positions).zip(&lives) {
                     follow_live(&mut Conn::Postgres(&mut tx), store, p.as_ref(), *at, *to).await?;
                 }
-                tx.commit().await.map_err(unavailable)?;
+                tx.commit().await?;
                 drop_schema(pool, &old).await;
                 Ok(())
             }
@@ -736,10 +753,11 @@ async fn drop_schema(pool: &PgPool, schema: &str) {
 /// In a switch's transaction, with the live projection `p` held still: its switched-in tables,
 /// at `from`, take the events up to `to`, where the live ones they replace stood, and its
 /// checkpoint moves there. The scratch followed the live projection just before the switch's
-/// locks, so these are only what it applied since (a batch or two), applied one by one.
-/// Without this the checkpoint moved back: a runner with nothing new to read did not notice,
-/// the tables lacked those events until the next append, and `min_position` waits counted
-/// them as applied.
+/// locks, so these are only what the live runner applied during the last round of that
+/// (a few of its batches), applied one by one. Without this the checkpoint moved back: a
+/// runner with nothing new to read did not notice, the tables lacked those events until the
+/// next append, and `min_position` waits counted them as applied. On PostgreSQL the log is
+/// read on the transaction's own connection: the pool may have no other to give.
 async fn follow_live(
     conn: &mut Conn<'_>,
     store: &dyn EventStore,
@@ -747,9 +765,13 @@ async fn follow_live(
     from: Position,
     to: Position,
 ) -> Result<(), StoreError> {
+    let past = store.bystanders().map(|b| b.current()).unwrap_or_default();
     let mut at = from;
     while at < to {
-        let page = store.read_all(at, REBUILD_BATCH).await?;
+        let page = match conn {
+            Conn::Postgres(c) => read_all_on(c, at, REBUILD_BATCH, &past).await?,
+            Conn::Sqlite(_) => store.read_all(at, REBUILD_BATCH).await?,
+        };
         let upto: Vec<StoredEvent> = page.into_iter().take_while(|e| e.position <= to).collect();
         let Some(last) = upto.last().map(|e| e.position) else {
             return Err(StoreError::Unavailable(format!(

@@ -13,7 +13,7 @@ use serde_json::json;
 use ticketd_commands::{CommandHandler, Database, EventStore, Position, StoreError, StoredEvent};
 use ticketd_domain::{Recorded, SlaPolicy};
 use ticketd_projections::bulk::{Fold, Sink, Step};
-use ticketd_projections::rebuild::{check_all, rebuild, Scratch};
+use ticketd_projections::rebuild::{check_all, rebuild, Scratch, FOLLOW_ROUNDS};
 use ticketd_projections::sql::Conn;
 use ticketd_projections::{all, read_checkpoint, Projection, Projector};
 use ticketd_tests::both_backends;
@@ -631,14 +631,21 @@ async fn long_threads_in_live_batches_equal_rebuild(store: Arc<dyn EventStore>) 
     }
 }
 
-/// A projection that, the first time the scratch applies an event through it, has more
-/// commands run and waits until the live projections applied them: the live tables go on
-/// while a switch brings the scratch up to where they stood.
+/// What [`Meanwhile`] has left to do: rounds, and the live head as its last round began.
+struct Rounds {
+    left: usize,
+    began_at: Position,
+}
+
+/// A projection through which the scratch follows the live projections: each time the scratch
+/// applies an event past the live head of its last round (once per round of a switch's
+/// following, up to `left`), more commands run and it waits until the live projections applied
+/// them. So the live tables are always a round ahead, and the switch's locks find them ahead.
 struct Meanwhile {
     inner: Arc<dyn Projection>,
     h: Arc<CommandHandler>,
     live: Database,
-    armed: Arc<tokio::sync::Mutex<bool>>,
+    rounds: Arc<tokio::sync::Mutex<Rounds>>,
 }
 
 #[async_trait]
@@ -657,24 +664,32 @@ impl Projection for Meanwhile {
         after: Option<Position>,
         event: &StoredEvent,
     ) -> Result<(), StoreError> {
-        let mut armed = self.armed.lock().await;
-        if std::mem::take(&mut *armed) {
-            let last = history::run(&self.h, &mut Rng::new(77), 2, 20).await;
+        let mut rounds = self.rounds.lock().await;
+        if rounds.left > 0 && event.position > rounds.began_at {
+            rounds.left -= 1;
+            rounds.began_at = read_checkpoint(&self.live, self.inner.name()).await?;
+            let seed = 77 + rounds.left as u64;
+            let last = history::run(&self.h, &mut Rng::new(seed), 2, 10).await;
+            let deadline = std::time::Instant::now() + WAIT;
             for p in all() {
                 while read_checkpoint(&self.live, p.name()).await? < last {
+                    if std::time::Instant::now() > deadline {
+                        return Err(StoreError::Unavailable(format!("{} stalled", p.name())));
+                    }
                     tokio::time::sleep(Duration::from_millis(5)).await;
                 }
             }
         }
-        drop(armed);
+        drop(rounds);
         self.inner.apply(conn, after, event).await
     }
 }
 
-/// The live projections go on while a rebuild builds, and past where the scratch stood as its
-/// switch began; then nothing new comes. The switch takes what they applied, so no checkpoint
-/// moves back (a runner with nothing new to read would not notice, and `min_position` waits
-/// would count events the tables lack), and the tables equal a rebuild.
+/// The live projections go on while a rebuild builds, and in every round in which its switch
+/// follows them, so its locks find them ahead of the scratch; then nothing new comes. The
+/// switch takes what they applied, so no checkpoint moves back (a runner with nothing new to
+/// read would not notice, and `min_position` waits would count events the tables lack), and
+/// the tables equal a rebuild.
 async fn a_switch_keeps_what_the_live_projections_applied(store: Arc<dyn EventStore>) {
     let h = Arc::new(CommandHandler::new(
         store.clone(),
@@ -685,7 +700,10 @@ async fn a_switch_keeps_what_the_live_projections_applied(store: Arc<dyn EventSt
     let mut rng = Rng::new(5);
     let projector = Projector::start_with(store.clone(), db.clone(), all());
     history::run(&h, &mut rng, 4, 40).await;
-    let armed = Arc::new(tokio::sync::Mutex::new(false));
+    let rounds = Arc::new(tokio::sync::Mutex::new(Rounds {
+        left: 0,
+        began_at: Position::START,
+    }));
     let projections: Vec<Arc<dyn Projection>> = all()
         .into_iter()
         .map(|inner| {
@@ -693,7 +711,7 @@ async fn a_switch_keeps_what_the_live_projections_applied(store: Arc<dyn EventSt
                 inner,
                 h: h.clone(),
                 live: db.clone(),
-                armed: armed.clone(),
+                rounds: rounds.clone(),
             }) as Arc<dyn Projection>
         })
         .collect();
@@ -706,16 +724,13 @@ async fn a_switch_keeps_what_the_live_projections_applied(store: Arc<dyn EventSt
         .expect("build");
     let ahead = history::run(&h, &mut rng, 4, 40).await;
     wait_all(&projector, ahead).await;
-    *armed.lock().await = true;
+    rounds.lock().await.left = FOLLOW_ROUNDS;
     scratch
         .switch(store.as_ref(), &db, &projections)
         .await
         .expect("switch");
     scratch.discard(&db).await;
-    assert!(
-        !*armed.lock().await,
-        "the live projections went on during the switch"
-    );
+    assert_eq!(rounds.lock().await.left, 0, "the live projections went on");
     let last = ticketd_tests::read_everything(store.as_ref(), 1000)
         .await
         .last()
