@@ -796,39 +796,46 @@ fn head_text(t: &Ticket) -> String {
 }
 
 /// Text as both indexes take it: lowercased here, so case folds the same whatever the
-/// database's locale, and control characters (NUL, which PostgreSQL text cannot hold) and
-/// ASCII punctuation blanked. SQLite's tokenizer splits words at punctuation anyway, but
-/// PostgreSQL's parser keeps e-mail addresses, host names, paths, versions and hyphenated
-/// words whole: `q=example` found `alice@example.com` on SQLite only. Blanked, both see the
-/// same words.
+/// database's locale, with every character that is not a letter or a digit blanked (control
+/// characters, which PostgreSQL text cannot hold, punctuation, symbols). SQLite's tokenizer
+/// splits words at punctuation, while PostgreSQL's parser keeps e-mail addresses, host names,
+/// paths, versions and hyphenated words whole (`q=example` found `alice@example.com` on
+/// SQLite only) and, under a C locale, reads any character beyond ASCII as a letter. Given
+/// only letters and digits between blanks, both see the same words.
 fn search_text(s: &str) -> String {
     s.to_lowercase()
         .chars()
-        .map(|c| if splits_words(c) { ' ' } else { c })
+        .map(|c| if c.is_alphanumeric() { c } else { ' ' })
         .collect()
 }
 
-/// Whether `c` ends a word for search: a control character, or ASCII that is neither a letter
-/// nor a digit. (Beyond ASCII both tokenizers agree: letters, digits and marks make words.)
-fn splits_words(c: char) -> bool {
-    c.is_control() || (c.is_ascii() && !c.is_ascii_alphanumeric())
+/// `q` as typed: split on whitespace and control characters (what the API's bound on words
+/// counts, so that a pasted address or path is one word however many it holds).
+pub fn typed_words(q: &str) -> impl Iterator<Item = &str> {
+    q.split(|c: char| c.is_whitespace() || c.is_control())
+        .filter(|w| !w.is_empty())
 }
 
-/// `q`'s words: lowercased, split on whitespace, control characters and ASCII punctuation, as
-/// the text is (`alice@example.com` is the three words `alice`, `example`, `com`, each to be
-/// found). A word of punctuation alone stays as given, to find nothing.
+/// `q`'s words, each once: lowercased and split where the text is ([`search_text`]), so
+/// `alice@example.com` is the three words `alice`, `example` and `com`, each to be found. A
+/// typed word without a letter or digit stays as given, to find nothing.
 pub fn words(q: &str) -> Vec<String> {
-    let mut out = Vec::new();
-    for word in q
-        .split(|c: char| c.is_whitespace() || c.is_control())
-        .filter(|w| !w.is_empty())
-    {
+    let mut out: Vec<String> = Vec::new();
+    for word in typed_words(q) {
         let word = word.to_lowercase();
-        let parts: Vec<&str> = word.split(splits_words).filter(|p| !p.is_empty()).collect();
-        if parts.is_empty() {
-            out.push(word.clone());
+        let parts: Vec<&str> = word
+            .split(|c: char| !c.is_alphanumeric())
+            .filter(|p| !p.is_empty())
+            .collect();
+        let found = if parts.is_empty() {
+            vec![word.clone()]
         } else {
-            out.extend(parts.into_iter().map(str::to_owned));
+            parts.into_iter().map(str::to_owned).collect()
+        };
+        for w in found {
+            if !out.contains(&w) {
+                out.push(w);
+            }
         }
     }
     out
@@ -2022,8 +2029,13 @@ mod tests {
             search_text("Alice@Example.com, /var/log; e-mail_x"),
             "alice example com   var log  e mail x"
         );
-        // Punctuation alone stays a word (which finds nothing); beyond ASCII nothing splits.
-        assert_eq!(words("- café—naïve"), ["-", "café—naïve"]);
+        // Punctuation alone stays a word (which finds nothing); any punctuation splits, and
+        // each word comes once.
+        assert_eq!(
+            words("- café—naïve 10.0.0.1"),
+            ["-", "café", "naïve", "10", "0", "1"]
+        );
+        assert_eq!(search_text("«Größe» — 東京🖨️"), " größe    東京  ");
     }
 
     #[test]

@@ -1408,6 +1408,20 @@ async fn search_splits_words_at_punctuation_alike(s: TestServer) {
         assert_eq!(search(&s, q, "", &alice).await, set(&want), "{q}");
         assert_eq!(search(&s, q, "", &agent).await, set(&want), "{q}, staff");
     }
+    // The bound on words counts them as typed: a pasted address of many parts is one word.
+    let url = "https://support.example.com/hc/en-us/articles/360012345-reset-your-password";
+    assert_eq!(search(&s, url, "", &alice).await, BTreeSet::new());
+    let seventeen = vec!["w"; 17].join(" ");
+    // 33 distinct words in one typed word of 65 characters.
+    let parts = "0123456789abcdefghijklmnopqrstuvw"
+        .chars()
+        .map(String::from);
+    let parts = parts.collect::<Vec<_>>().join(".");
+    for q in [seventeen, "x".repeat(101), parts] {
+        s.get(&format!("/v1/tickets?q={}", encoded(&q)), &alice)
+            .await
+            .assert_problem(400, "malformed_request");
+    }
     // A withdrawal's comment is a comment too (§4.4), for everyone who sees the ticket.
     let w = s
         .post(
