@@ -300,12 +300,14 @@ impl CommandHandler {
             // (412 on the version it moved, 409 on the ticket it withdrew) without reaching an
             // append, which would have found the key. The first's events came with its key's
             // record, so if the refusal saw them, the record is there: answer as the first did.
-            Err(e) if !matches!(e, CommandError::Store(_)) => {
-                match self.replay(&actor, &options).await? {
-                    Some(outcome) => Ok(outcome),
-                    None => Err(e),
-                }
-            }
+            Err(
+                e @ (CommandError::VersionMismatch { .. }
+                | CommandError::Domain(DomainError::InvalidTransition(_))),
+            ) => match self.replay(&actor, &options).await {
+                Ok(Some(outcome)) => Ok(outcome),
+                // No record, or none to be read now: the refusal stands.
+                Ok(None) | Err(_) => Err(e),
+            },
             answer => answer,
         }
     }
