@@ -30,9 +30,11 @@ pub mod limits {
     pub const FIELD_VALUE_MAX: usize = 5_000;
     pub const FIELD_LIST_MAX: usize = 100;
     pub const EMAIL_MAX: usize = 254;
-    /// Events a ticket's stream holds before it takes no more comments, edits or reads: the
-    /// feed, the stream reads and a cache miss load a ticket whole. (Zendesk stops a ticket at
-    /// 5,000 comments, GitHub an issue at 2,500.)
+    /// Events a ticket's stream holds before it takes no more comments, edits of its text, or
+    /// reads (which succeed without appending): the feed, the stream reads and a cache miss
+    /// load a ticket whole. Status changes and staff's assignment edits still go, so a full
+    /// ticket can be closed out. (Zendesk stops a ticket at 5,000 comments, GitHub an issue at
+    /// 2,500.)
     pub const HISTORY_EVENTS_MAX: u64 = 10_000;
     /// The text a ticket's events carry together (`Event::text_bytes`) before it takes no
     /// more comments or edits: 800 comments of 20,000 ASCII characters, or eight edits of a
