@@ -479,6 +479,21 @@ async fn paging_is_exact_while_clients_write(s: TestServer) {
     tokio::join!(reader, writer(1), writer(2));
 }
 
+/// Runs `sql` on the server's read models; returns the rows it changed.
+async fn rows_changed(s: &TestServer, sql: &str) -> u64 {
+    let changed = match s.store.database().expect("a SQL store") {
+        Database::Sqlite(pool) => sqlx::query(sql)
+            .execute(&pool)
+            .await
+            .map(|r| r.rows_affected()),
+        Database::Postgres(pool) => sqlx::query(sql)
+            .execute(&pool)
+            .await
+            .map(|r| r.rows_affected()),
+    };
+    changed.expect(sql)
+}
+
 /// The feed and read-by come from the `feed` projection; who may see them is the ticket's as
 /// of now, not as of the `tickets` read model, which may lag the feed. A customer removed from
 /// the CC reads neither, even while `tickets` still lists them (simulated by writing the old
@@ -513,20 +528,8 @@ async fn feed_visibility_does_not_wait_on_the_tickets_model(s: TestServer) {
         .get(&format!("/v1/tickets/{id}?min_position={at}"), &agent)
         .await;
     assert_eq!(one.body["cc"], json!([]));
-    let db = s.store.database().expect("a SQL store");
     let stale = "UPDATE tickets SET state = replace(state, '\"cc\":[]', '\"cc\":[\"bob\"]')";
-    let changed = match db {
-        Database::Sqlite(pool) => sqlx::query(stale)
-            .execute(&pool)
-            .await
-            .map(|r| r.rows_affected()),
-        Database::Postgres(pool) => sqlx::query(stale)
-            .execute(&pool)
-            .await
-            .map(|r| r.rows_affected()),
-    }
-    .expect("make tickets stale");
-    assert_eq!(changed, 1);
+    assert_eq!(rows_changed(&s, stale).await, 1, "make tickets stale");
     assert_eq!(
         s.get(&format!("/v1/tickets/{id}"), &bob).await.status,
         StatusCode::OK,
@@ -560,18 +563,7 @@ async fn feed_visibility_does_not_wait_on_the_tickets_model(s: TestServer) {
     s.get(&format!("/v1/tickets/{id}?min_position={at}"), &agent)
         .await;
     let behind = "UPDATE tickets SET state = replace(state, '\"cc\":[\"carol\"]', '\"cc\":[]')";
-    let changed = match s.store.database().expect("a SQL store") {
-        Database::Sqlite(pool) => sqlx::query(behind)
-            .execute(&pool)
-            .await
-            .map(|r| r.rows_affected()),
-        Database::Postgres(pool) => sqlx::query(behind)
-            .execute(&pool)
-            .await
-            .map(|r| r.rows_affected()),
-    }
-    .expect("put tickets behind");
-    assert_eq!(changed, 1);
+    assert_eq!(rows_changed(&s, behind).await, 1, "put tickets behind");
     let one = s.get(&format!("/v1/tickets/{id}"), &carol).await;
     assert_eq!(one.status, StatusCode::OK, "{}", one.body);
     assert_eq!(one.body["cc"], json!(["carol"]));
