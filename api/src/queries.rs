@@ -228,18 +228,18 @@ fn parse_list(actor: Actor, params: &QueryParams, auth: &Auth) -> Result<ListQue
     };
     let org = org_param(params)?;
     let q = params.get("q").unwrap_or_default();
-    let typed: Vec<&str> = tickets::typed_words(q).collect();
-    if typed.len() > MAX_WORDS || typed.iter().any(|w| w.chars().count() > 100) {
+    if tickets::typed_words(q).count() > MAX_WORDS {
         return Err(ApiError::malformed(format!(
-            "q may have at most {MAX_WORDS} words of at most 100 characters each."
+            "q may have at most {MAX_WORDS} words."
         )));
     }
     let words = tickets::words(q);
     // Each distinct word is a condition (and on SQLite a count): a bound on them, loose enough
-    // for a pasted address or path.
-    if words.len() > MAX_SEARCH_WORDS {
+    // for a pasted address or path, which is one word as typed.
+    if words.len() > MAX_SEARCH_WORDS || words.iter().any(|w| w.chars().count() > 100) {
         return Err(ApiError::malformed(format!(
-            "q holds {} distinct words once split at punctuation; at most {MAX_SEARCH_WORDS}.",
+            "q holds {} distinct words once split at punctuation; at most {MAX_SEARCH_WORDS}, \
+             of at most 100 characters each.",
             words.len()
         )));
     }
@@ -286,7 +286,7 @@ pub struct TicketPage {
         ("priority" = Option<String>, Query, description = "comma-separated priorities"),
         ("channel" = Option<String>, Query, description = "comma-separated channels"),
         ("org" = Option<String>, Query),
-        ("q" = Option<String>, Query, description = "words (case-insensitive, whole words, no query syntax; split at spaces and at ASCII punctuation, so alice@example.com is the words alice, example and com), each of which must appear in the subject, the description or a comment the caller may see; words without a letter or digit are ignored, and a q of only such words matches nothing; at most 16 words of at most 100 characters each, and 32 distinct ones once split at punctuation (else 400). On PostgreSQL a ticket's searchable text stops growing at about 300 kB (30,000 distinct words): comments past that are not found by their words"),
+        ("q" = Option<String>, Query, description = "words (case-insensitive, whole words, no query syntax; split at spaces and at ASCII punctuation, so alice@example.com is the words alice, example and com), each of which must appear in the subject, the description or a comment the caller may see; words without a letter or digit are ignored, and a q of only such words matches nothing; at most 16 words as typed, and 32 distinct ones of at most 100 characters once split at punctuation (else 400). On PostgreSQL a ticket's searchable text stops growing at about 300 kB (30,000 distinct words): comments past that are not found by their words"),
         ("sort" = Option<String>, Query, description = "-last_activity (default) | last_activity | -created | created | due | -priority"),
         ("limit" = Option<u32>, Query, description = "1–200, default 50"),
         ("cursor" = Option<String>, Query, description = "`next_cursor` of the previous page"),

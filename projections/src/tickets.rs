@@ -796,17 +796,24 @@ fn head_text(t: &Ticket) -> String {
 }
 
 /// Text as both indexes take it: lowercased here, so case folds the same whatever the
-/// database's locale, with every character that is not a letter or a digit blanked (control
+/// database's locale, with every character that is not part of a word blanked (control
 /// characters, which PostgreSQL text cannot hold, punctuation, symbols). SQLite's tokenizer
 /// splits words at punctuation, while PostgreSQL's parser keeps e-mail addresses, host names,
 /// paths, versions and hyphenated words whole (`q=example` found `alice@example.com` on
 /// SQLite only) and, under a C locale, reads any character beyond ASCII as a letter. Given
-/// only letters and digits between blanks, both see the same words.
+/// only words between blanks, both see the same words.
 fn search_text(s: &str) -> String {
     s.to_lowercase()
         .chars()
-        .map(|c| if c.is_alphanumeric() { c } else { ' ' })
+        .map(|c| if in_word(c) { c } else { ' ' })
         .collect()
+}
+
+/// Letters, digits and combining marks make words, as SQLite's tokenizer is told (`L* N* M*`):
+/// a mark is part of its letter (`İ` lowercases to `i` and a combining dot; Devanagari's
+/// virama joins the letters of one word).
+fn in_word(c: char) -> bool {
+    c.is_alphanumeric() || unicode_normalization::char::is_combining_mark(c)
 }
 
 /// `q` as typed: split on whitespace and control characters (what the API's bound on words
@@ -824,7 +831,7 @@ pub fn words(q: &str) -> Vec<String> {
     for word in typed_words(q) {
         let word = word.to_lowercase();
         let parts: Vec<&str> = word
-            .split(|c: char| !c.is_alphanumeric())
+            .split(|c: char| !in_word(c))
             .filter(|p| !p.is_empty())
             .collect();
         let found = if parts.is_empty() {
@@ -2035,7 +2042,11 @@ mod tests {
             words("- café—naïve 10.0.0.1"),
             ["-", "café", "naïve", "10", "0", "1"]
         );
-        assert_eq!(search_text("«Größe» — 東京🖨️"), " größe    東京  ");
+        // (The emoji's variation selector is a mark: a word of no letter, which finds nothing.)
+        assert_eq!(search_text("«Größe» — 東京🖨️"), " größe    東京 \u{fe0f}");
+        // Combining marks stay in their words.
+        assert_eq!(words("İstanbul नमस्ते"), ["i\u{307}stanbul", "नमस्ते"]);
+        assert_eq!(search_text("İstanbul, नमस्ते!"), "i\u{307}stanbul  नमस्ते ");
     }
 
     #[test]

@@ -1401,7 +1401,9 @@ async fn search_splits_words_at_punctuation_alike(s: TestServer) {
         assert_eq!(search(&s, q, "", &agent).await, set(&want), "{q}, staff");
     }
     // The bound on words counts them as typed: a pasted address of many parts is one word.
-    let url = "https://support.example.com/hc/en-us/articles/360012345-reset-your-password";
+    let url = "https://support.example.com/hc/en-us/articles/360012345-reset-your-password\
+               ?utm_source=portal&utm_medium=email";
+    assert!(url.len() > 100);
     assert_eq!(search(&s, url, "", &alice).await, BTreeSet::new());
     let seventeen = vec!["w"; 17].join(" ");
     // 33 distinct words in one typed word of 65 characters.
