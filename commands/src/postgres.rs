@@ -1328,6 +1328,33 @@ pub async fn read_all_on(
     rows.iter().map(event_from_row).collect()
 }
 
+/// Up to `limit` events after `after` and up to `upto`, in log order, with no gate: for a
+/// reader that knows every event up to `upto` is settled (a log reader saw `upto`, so every
+/// transaction ordered before it had ended). A rebuild's switch reads this way what the live
+/// projections applied: the gate, computed while it holds their tables, may stop at a live
+/// runner's batch of another process that waits on its locks.
+pub async fn read_settled_on(
+    conn: &mut PgConnection,
+    after: Position,
+    upto: Position,
+    limit: usize,
+) -> StoreResult<Vec<StoredEvent>> {
+    let clamp = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+    let rows = sqlx::query(&format!(
+        "SELECT {EVENT_COLUMNS} FROM events WHERE (tx_id, seq) > ($1::text::xid8, $2) \
+         AND (tx_id, seq) <= ($3::text::xid8, $4) ORDER BY tx_id, seq LIMIT $5"
+    ))
+    .bind(after.tx.to_string())
+    .bind(clamp(after.seq))
+    .bind(upto.tx.to_string())
+    .bind(clamp(upto.seq))
+    .bind(clamp(limit as u64))
+    .fetch_all(conn)
+    .await
+    .map_err(unavailable)?;
+    rows.iter().map(event_from_row).collect()
+}
+
 fn event_from_row(row: &PgRow) -> StoreResult<StoredEvent> {
     let tx: i64 = row.try_get("tx").map_err(corrupt)?;
     let seq: i64 = row.try_get("seq").map_err(corrupt)?;

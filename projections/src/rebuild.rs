@@ -28,7 +28,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use sqlx::{ConnectOptions, Connection, Executor, PgPool, Row};
 use uuid::Uuid;
 
-use ticketd_commands::postgres::{read_all_on, Bystanders, SharedBystander};
+use ticketd_commands::postgres::{read_settled_on, Bystanders, SharedBystander};
 use ticketd_commands::{Database, EventStore, Position, StoreError, StoredEvent};
 
 use crate::bulk::{self, BULK_TICKETS};
@@ -460,6 +460,8 @@ impl Scratch {
                     follow_live(&mut Conn::Postgres(&mut tx), store, p.as_ref(), *at, *to).await?;
                 }
                 tx.commit().await?;
+                // Back to the pool first: it may hold no other connection for the drop.
+                drop(conn);
                 drop_schema(pool, &old).await;
                 Ok(())
             }
@@ -757,7 +759,9 @@ async fn drop_schema(pool: &PgPool, schema: &str) {
 /// (a few of its batches), applied one by one. Without this the checkpoint moved back: a
 /// runner with nothing new to read did not notice, the tables lacked those events until the
 /// next append, and `min_position` waits counted them as applied. On PostgreSQL the log is
-/// read on the transaction's own connection: the pool may have no other to give.
+/// read on the transaction's own connection (the pool may have no other to give) and without
+/// the gate, which a live runner's batch of another process, waiting on the switch's locks,
+/// would hold below `to`: every event up to `to` is settled, since a runner read it.
 async fn follow_live(
     conn: &mut Conn<'_>,
     store: &dyn EventStore,
@@ -765,11 +769,10 @@ async fn follow_live(
     from: Position,
     to: Position,
 ) -> Result<(), StoreError> {
-    let past = store.bystanders().map(|b| b.current()).unwrap_or_default();
     let mut at = from;
     while at < to {
         let page = match conn {
-            Conn::Postgres(c) => read_all_on(c, at, REBUILD_BATCH, &past).await?,
+            Conn::Postgres(c) => read_settled_on(c, at, to, REBUILD_BATCH).await?,
             Conn::Sqlite(_) => store.read_all(at, REBUILD_BATCH).await?,
         };
         let upto: Vec<StoredEvent> = page.into_iter().take_while(|e| e.position <= to).collect();
