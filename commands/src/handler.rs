@@ -305,8 +305,10 @@ impl CommandHandler {
                 | CommandError::Domain(DomainError::InvalidTransition(_))),
             ) => match self.replay(&actor, &options).await {
                 Ok(Some(outcome)) => Ok(outcome),
-                // No record, or none to be read now: the refusal stands.
-                Ok(None) | Err(_) => Err(e),
+                // No record, or none to be read now: the refusal stands. (A key reused for
+                // another request, or a record that does not decode, is said as such.)
+                Ok(None) | Err(CommandError::Store(StoreError::Unavailable(_))) => Err(e),
+                Err(other) => Err(other),
             },
             answer => answer,
         }
