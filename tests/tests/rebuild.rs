@@ -755,6 +755,59 @@ both_backends!(
     a_bulk_pass_cut_short_goes_on_batch_by_batch,
 );
 
+/// PostgreSQL: `ticketd rebuild` run beside the service, in a process of its own, switches in
+/// while one of the service's runner batches is open (registered with the service's process
+/// alone, so the rebuild's log reads stop below it) and the service's projections went on past
+/// it. What they applied is settled, and the switch reads it as such: the tables end where the
+/// live ones stood. (Read through the gate, the switch found nothing past the open batch and
+/// failed.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_a_rebuild_of_another_process_switches_past_the_services_batches() {
+    use sqlx::Connection;
+    let Some(t) = ticketd_tests::postgres_store(8).await else {
+        return;
+    };
+    let store: Arc<dyn EventStore> = t.store.clone();
+    let Some(Database::Postgres(pool)) = store.database() else {
+        panic!("a PostgreSQL store");
+    };
+    let db = store.database().expect("database");
+    let h = CommandHandler::new(store.clone(), SlaPolicy::default(), 100);
+    let projector = Projector::start_with(store.clone(), db.clone(), all());
+    let mut rng = Rng::new(11);
+    history::run(&h, &mut rng, 4, 20).await;
+    // A batch of the service's, open, with its transaction id taken.
+    let mut conn = sqlx::PgConnection::connect_with(&pool.connect_options())
+        .await
+        .expect("a connection");
+    let mut batch = conn.begin().await.expect("begin");
+    let registry = store.bystanders().expect("a registry");
+    let looked_past = registry.enter(&mut batch).await.expect("registered");
+    let last = history::run(&h, &mut rng, 4, 20).await;
+    wait_all(&projector, last).await;
+    // The rebuild's process: a pool and a registry of its own.
+    let other_pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(4)
+        .connect_with((*pool.connect_options()).clone())
+        .await
+        .expect("another pool");
+    let other: Arc<dyn EventStore> =
+        Arc::new(ticketd_commands::PostgresStore::from_pool(other_pool).expect("another store"));
+    let rebuilt = tokio::time::timeout(WAIT, rebuild(other.as_ref(), &all())).await;
+    rebuilt
+        .expect("the rebuild ends")
+        .expect("the rebuild switches in");
+    batch.rollback().await.expect("rollback");
+    drop(looked_past);
+    for p in all() {
+        let at = read_checkpoint(&db, p.name()).await.expect("checkpoint");
+        assert_eq!(at, last, "{} after the switch", p.name());
+    }
+    drop(projector);
+    other.close().await;
+    assert_equal_to_rebuild(&store).await;
+}
+
 /// An in-memory SQLite store (`sqlite::memory:`) has no file to lay a scratch one beside: a
 /// rebuild says so, and leaves nothing behind in the working directory.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
