@@ -631,10 +631,17 @@ async fn long_threads_in_live_batches_equal_rebuild(store: Arc<dyn EventStore>) 
     }
 }
 
+static ONE_SWITCH_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// What [`Meanwhile`] has left to do: rounds, and the live head as its last round began.
 struct Rounds {
     left: usize,
     began_at: Position,
+    /// Once the rounds are done, the next event is applied under the switch's locks: with a
+    /// store here, a command is run then and the log must show it (the switch holds no log
+    /// reader back); set to `None` once checked.
+    under_locks: Option<Arc<dyn EventStore>>,
+    checked_under_locks: bool,
 }
 
 /// A projection through which the scratch follows the live projections: each time the scratch
@@ -665,6 +672,15 @@ impl Projection for Meanwhile {
         event: &StoredEvent,
     ) -> Result<(), StoreError> {
         let mut rounds = self.rounds.lock().await;
+        if rounds.left == 0 && event.position > rounds.began_at {
+            if let Some(store) = rounds.under_locks.take() {
+                let at = history::run(&self.h, &mut Rng::new(3), 1, 0).await;
+                let shown =
+                    ticketd_commands::log_reaches(store.as_ref(), at, Duration::from_secs(3))
+                        .await?;
+                rounds.checked_under_locks = shown;
+            }
+        }
         if rounds.left > 0 && event.position > rounds.began_at {
             rounds.left -= 1;
             rounds.began_at = read_checkpoint(&self.live, self.inner.name()).await?;
@@ -685,12 +701,18 @@ impl Projection for Meanwhile {
     }
 }
 
-/// The live projections go on while a rebuild builds, and in every round in which its switch
-/// follows them, so its locks find them ahead of the scratch; then nothing new comes. The
-/// switch takes what they applied, so no checkpoint moves back (a runner with nothing new to
-/// read would not notice, and `min_position` waits would count events the tables lack), and
-/// the tables equal a rebuild.
-async fn a_switch_keeps_what_the_live_projections_applied(store: Arc<dyn EventStore>) {
+/// Builds a scratch, has the live projections go on, then switches while they go on in every
+/// round of its following (see [`Meanwhile`]); with `check_under_locks`, a command is run under
+/// the switch's locks too. Returns the rounds as they ended, the live position the switch had
+/// to reach, and the projector (still running).
+async fn switch_while_live_goes_on(
+    store: &Arc<dyn EventStore>,
+    check_under_locks: bool,
+) -> (Rounds, Position, Projector) {
+    // One at a time: [`Meanwhile`] waits for the live projections inside an open scratch
+    // transaction, which the log gate of every other store on the server waits for in turn
+    // (it is registered with its own store alone); two such waits would wait on each other.
+    let _alone = ONE_SWITCH_AT_A_TIME.lock().await;
     let h = Arc::new(CommandHandler::new(
         store.clone(),
         SlaPolicy::default(),
@@ -703,6 +725,8 @@ async fn a_switch_keeps_what_the_live_projections_applied(store: Arc<dyn EventSt
     let rounds = Arc::new(tokio::sync::Mutex::new(Rounds {
         left: 0,
         began_at: Position::START,
+        under_locks: None,
+        checked_under_locks: false,
     }));
     let projections: Vec<Arc<dyn Projection>> = all()
         .into_iter()
@@ -724,13 +748,46 @@ async fn a_switch_keeps_what_the_live_projections_applied(store: Arc<dyn EventSt
         .expect("build");
     let ahead = history::run(&h, &mut rng, 4, 40).await;
     wait_all(&projector, ahead).await;
-    rounds.lock().await.left = FOLLOW_ROUNDS;
+    {
+        let mut r = rounds.lock().await;
+        r.left = FOLLOW_ROUNDS;
+        r.under_locks = check_under_locks.then(|| store.clone());
+    }
     scratch
         .switch(store.as_ref(), &db, &projections)
         .await
         .expect("switch");
     scratch.discard(&db).await;
-    assert_eq!(rounds.lock().await.left, 0, "the live projections went on");
+    let mut r = rounds.lock().await;
+    assert_eq!(r.left, 0, "the live projections went on");
+    let ended = Rounds {
+        left: r.left,
+        began_at: r.began_at,
+        under_locks: r.under_locks.take(),
+        checked_under_locks: r.checked_under_locks,
+    };
+    (ended, ahead, projector)
+}
+
+/// While a switch holds its locks and applies what the live projections did, commands go on
+/// and log readers see them: its transaction is a registered bystander (on PostgreSQL it
+/// otherwise held every log reader of every process back, `min_position` reads timing out).
+async fn a_switch_holds_no_log_reader_back(store: Arc<dyn EventStore>) {
+    let (rounds, ..) = switch_while_live_goes_on(&store, true).await;
+    assert!(
+        rounds.checked_under_locks,
+        "the log showed a command run during the switch"
+    );
+}
+
+/// The live projections go on while a rebuild builds, and in every round in which its switch
+/// follows them, so its locks find them ahead of the scratch; then nothing new comes. The
+/// switch takes what they applied, so no checkpoint moves back (a runner with nothing new to
+/// read would not notice, and `min_position` waits would count events the tables lack), and
+/// the tables equal a rebuild.
+async fn a_switch_keeps_what_the_live_projections_applied(store: Arc<dyn EventStore>) {
+    let (_, ahead, projector) = switch_while_live_goes_on(&store, false).await;
+    let db = store.database().expect("database");
     let last = ticketd_tests::read_everything(store.as_ref(), 1000)
         .await
         .last()
@@ -747,6 +804,7 @@ async fn a_switch_keeps_what_the_live_projections_applied(store: Arc<dyn EventSt
 
 both_backends!(
     a_switch_keeps_what_the_live_projections_applied,
+    a_switch_holds_no_log_reader_back,
     long_threads_in_live_batches_equal_rebuild,
     incremental_with_crashes_equals_rebuild,
     a_tampered_read_model_differs_from_its_rebuild,
