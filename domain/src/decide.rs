@@ -10,7 +10,8 @@ use crate::event::{self, Change, Edited, Event};
 use crate::policy::SlaPolicy;
 use crate::ticket::{State, Ticket};
 use crate::types::{
-    Actor, Channel, FieldValue, Fields, FieldsPatch, Priority, Role, Status, Visibility,
+    fields_text_bytes, Actor, Channel, FieldValue, Fields, FieldsPatch, Priority, Role, Status,
+    Visibility,
 };
 
 /// Input limits (CONTRACT §3, §4).
@@ -482,7 +483,7 @@ impl Validator {
             );
             return;
         }
-        let bytes: usize = fields.iter().map(|(k, v)| k.len() + v.text_bytes()).sum();
+        let bytes = fields_text_bytes(fields);
         if bytes > limits::FIELDS_BYTES_MAX {
             self.push(
                 field,

@@ -10,7 +10,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::types::{Actor, Channel, Fields, Priority, Status, Visibility};
+use crate::types::{fields_text_bytes, Actor, Channel, Fields, Priority, Status, Visibility};
 
 /// A ticket was opened (always version 1 of its stream).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -141,12 +141,10 @@ impl Event {
     /// values): what a ticket's history holds, which [`crate::limits::HISTORY_BYTES_MAX`]
     /// bounds.
     pub fn text_bytes(&self) -> u64 {
-        let fields =
-            |f: &Fields| -> usize { f.iter().map(|(k, v)| k.len() + v.text_bytes()).sum() };
         let list = |l: &[String]| -> usize { l.iter().map(String::len).sum() };
         let n = match self {
             Event::Opened(o) => {
-                o.subject.len() + o.description.len() + fields(&o.fields) + list(&o.cc)
+                o.subject.len() + o.description.len() + fields_text_bytes(&o.fields) + list(&o.cc)
             }
             Event::Commented(c) => c.body.len(),
             Event::StatusChanged(s) => s.reason.as_deref().map_or(0, str::len),
@@ -158,7 +156,7 @@ impl Event {
                     + text(&e.description)
                     + e.fields
                         .as_ref()
-                        .map_or(0, |c| fields(&c.from) + fields(&c.to))
+                        .map_or(0, |c| fields_text_bytes(&c.from) + fields_text_bytes(&c.to))
                     + e.cc.as_ref().map_or(0, |c| list(&c.from) + list(&c.to))
             }
             Event::Escalated(e) => e.reason.len(),

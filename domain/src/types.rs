@@ -153,6 +153,12 @@ impl FieldValue {
 /// Custom form fields, ordered by key so that equal maps encode to equal bytes.
 pub type Fields = BTreeMap<String, FieldValue>;
 
+/// The bytes (UTF-8) of a map of fields' keys and values together: what
+/// `limits::FIELDS_BYTES_MAX` bounds, and what an event's fields add to a ticket's history.
+pub fn fields_text_bytes(fields: &Fields) -> usize {
+    fields.iter().map(|(k, v)| k.len() + v.text_bytes()).sum()
+}
+
 /// An edit of custom form fields, merged into the ticket's as RFC 7396 merges a JSON object:
 /// each key given is set, a key given `None` (JSON `null`) is removed, the rest are kept.
 pub type FieldsPatch = BTreeMap<String, Option<FieldValue>>;
