@@ -142,6 +142,19 @@ pub async fn postgres_store(max_connections: u32) -> Option<PostgresTestStore> {
     })
 }
 
+impl PostgresTestStore {
+    /// The same store as another `ticketd` process would open it: a pool (of
+    /// `max_connections`) and a registry of bystanders of its own, on the same schema.
+    pub async fn another_process(&self, max_connections: u32) -> PostgresStore {
+        let pool = sqlx::postgres::PgPoolOptions::new()
+            .max_connections(max_connections)
+            .connect_with(self.schema.options.clone())
+            .await
+            .expect("another pool");
+        PostgresStore::from_pool(pool).expect("another store")
+    }
+}
+
 /// Runs each named `async fn case(store: Arc<dyn EventStore>)` as two tests, in modules
 /// `sqlite` and `postgres` (the latter skipped without `TEST_DATABASE_URL`).
 #[macro_export]

@@ -1496,12 +1496,7 @@ async fn postgres_a_bystander_of_another_process_holds_no_reader_back() {
         panic!("a PostgreSQL store");
     };
     // Another process on the same store: a pool and a registry of its own.
-    let other_pool = sqlx::postgres::PgPoolOptions::new()
-        .max_connections(2)
-        .connect_with((*pool.connect_options()).clone())
-        .await
-        .expect("another pool");
-    let other = ticketd_commands::PostgresStore::from_pool(other_pool).expect("another store");
+    let other = t.another_process(2).await;
     let by = other.bystanders().expect("a registry");
     let h = CommandHandler::new(store.clone(), SlaPolicy::default(), 100);
     let mut conn = sqlx::PgConnection::connect_with(&pool.connect_options())
