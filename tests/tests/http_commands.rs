@@ -633,20 +633,14 @@ async fn logged_control_characters_never_stall_the_projections(s: TestServer) {
         contact_email: None,
     });
     let read = Event::Read(event::Read {});
-    let events = [opened, read]
-        .iter()
-        .map(|e| NewEvent {
-            event_id: uuid::Uuid::now_v7(),
-            event_type: e.type_name().to_owned(),
-            schema_version: e.schema_version(),
-            recorded_at: chrono::Utc::now(),
-            metadata: metadata.clone(),
-            payload: e.encode().expect("encode"),
-        })
-        .collect();
     let appended = s
         .store
-        .append(ticketd_tests::request(id, 0, ZERO_HASH, events))
+        .append(ticketd_tests::request(
+            id,
+            0,
+            ZERO_HASH,
+            to_append(&[opened, read], &metadata),
+        ))
         .await
         .expect("append");
     let at = appended.events.last().expect("events").position;
@@ -663,6 +657,106 @@ async fn logged_control_characters_never_stall_the_projections(s: TestServer) {
     // The ticket as the read model holds it: its JSON keeps the U+0000, escaped.
     let one = s.get(&format!("/v1/tickets/{id}"), &agent).await;
     assert_eq!(one.body["requester"], "re\u{0}q");
+}
+
+/// Events as the store takes them, each with the same metadata.
+fn to_append(events: &[Event], metadata: &[u8]) -> Vec<NewEvent> {
+    events
+        .iter()
+        .map(|e| NewEvent {
+            event_id: uuid::Uuid::now_v7(),
+            event_type: e.type_name().to_owned(),
+            schema_version: e.schema_version(),
+            recorded_at: chrono::Utc::now(),
+            metadata: metadata.to_vec(),
+            payload: e.encode().expect("encode"),
+        })
+        .collect()
+}
+
+/// A ticket whose stream reached its bound (`limits::HISTORY_EVENTS_MAX`) refuses comments and
+/// text edits with 409, appending nothing; a read succeeds without appending, and staff still
+/// move its status. (The history is appended to the store directly: 10,000 commands over HTTP
+/// would be most of a minute.)
+async fn a_full_ticket_refuses_comments_and_edits(s: TestServer) {
+    let id = uuid::Uuid::now_v7();
+    let metadata = Metadata {
+        actor: Actor {
+            id: "alice".into(),
+            name: None,
+            role: Role::Customer,
+            org: Some("acme".into()),
+            org_wide: false,
+        },
+        correlation_id: None,
+        causation_id: None,
+        idempotency_key: None,
+    }
+    .encode()
+    .expect("metadata");
+    let mut history = vec![Event::Opened(event::Opened {
+        ticket_id: id,
+        number: s.store.next_ticket_number().await.expect("number"),
+        subject: "Printer on fire".into(),
+        description: "d".into(),
+        priority: Priority::None,
+        channel: Channel::Web,
+        requester: "alice".into(),
+        requester_name: None,
+        org: Some("acme".into()),
+        cc: vec![],
+        fields: Default::default(),
+        due_at: None,
+        contact_email: None,
+    })];
+    let full = ticketd_domain::limits::HISTORY_EVENTS_MAX;
+    history.extend((1..full).map(|_| Event::Read(event::Read {})));
+    let (mut version, mut hash) = (0, ZERO_HASH);
+    for part in history.chunks(1_000) {
+        let appended = s
+            .store
+            .append(ticketd_tests::request(
+                id,
+                version,
+                hash,
+                to_append(part, &metadata),
+            ))
+            .await
+            .expect("append");
+        (version, hash) = ticketd_tests::head(&appended);
+    }
+    assert_eq!(version, full);
+
+    let alice = s.customer("alice");
+    let path = format!("/v1/tickets/{id}");
+    s.post(&format!("{path}/comments"), &alice, json!({"body": "more"}))
+        .await
+        .assert_problem(409, "invalid_transition");
+    s.patch(&path, &alice, json!({"subject": "Printer smoking"}))
+        .await
+        .assert_problem(409, "invalid_transition");
+    let read = s
+        .call(
+            Method::POST,
+            &format!("{path}/read"),
+            Some(&alice),
+            None,
+            &[],
+        )
+        .await;
+    assert_eq!(read.status, StatusCode::OK, "{}", read.body);
+    assert_eq!(
+        read.body["version"], full,
+        "a read at the bound appends nothing"
+    );
+    let solved = set_status(&s, &id.to_string(), "resolved").await;
+    assert_eq!(solved["version"], full + 1, "the refusals appended nothing");
+    let at = solved["position"].as_str().expect("position");
+    let one = s.get(&format!("{path}?min_position={at}"), &alice).await;
+    assert_eq!(one.status, StatusCode::OK, "{}", one.body);
+    assert_eq!(one.body["subject"], "Printer on fire");
+    assert_eq!(one.body["status"], "resolved");
+    assert_eq!(one.body["version"], full + 1);
 }
 
 async fn first_position(s: &TestServer, id: &str) -> String {
@@ -1444,4 +1538,5 @@ http_both_backends!(
     concurrent_commands_on_one_ticket_all_land,
     control_characters_never_stall_the_projections,
     logged_control_characters_never_stall_the_projections,
+    a_full_ticket_refuses_comments_and_edits,
 );
