@@ -449,6 +449,10 @@ impl Projection for AnalyticsProjection {
         Ok(true)
     }
 
+    fn forget(&self) {
+        self.kept.forget();
+    }
+
     fn bulk(&self) -> Option<Box<dyn Fold>> {
         Some(Box::<AnalyticsFold>::default())
     }

@@ -142,6 +142,11 @@ impl<V: Weigh> Keeper<V> {
         self.keep(rest, after.map(|a| events.last().map_or(a, |e| e.position)));
     }
 
+    /// Drops every entry: the rows they mirror may be gone (see [`crate::Projection::forget`]).
+    pub(crate) fn forget(&self) {
+        *self.0.lock().unwrap_or_else(PoisonError::into_inner) = Kept::default();
+    }
+
     /// What the last batch left, if it ended at `after`; else nothing. Taken out, so a batch
     /// that fails leaves nothing behind.
     fn take_at(&self, after: Option<Position>) -> Kept<V> {

@@ -101,7 +101,9 @@ pub trait Projection: Send + Sync + 'static {
     /// projection that keeps what its last batch left in memory may trust it only when that
     /// batch ended at `after`, since then the tables hold exactly that (a batch that never
     /// committed leaves the checkpoint before it, and another runner's batches leave the
-    /// states any runner would, the fold being deterministic).
+    /// states any runner would, the fold being deterministic). A rebuild's switch puts other
+    /// tables in place at the same checkpoint: the runner then has it [`Projection::forget`]
+    /// (the switch moves the checkpoint's generation on, see [`Mark`]).
     async fn apply_batch(
         &self,
         _conn: &mut Conn<'_>,
@@ -115,6 +117,10 @@ pub trait Projection: Send + Sync + 'static {
     fn bulk(&self) -> Option<Box<dyn bulk::Fold>> {
         None
     }
+
+    /// Forgets whatever its batches keep in memory of its rows: the runner found its
+    /// checkpoint moved, by another runner or by a rebuild's switch to other tables.
+    fn forget(&self) {}
 }
 
 /// What `/metrics` shows of one projection.
@@ -452,6 +458,37 @@ pub async fn read_checkpoint(db: &Database, name: &str) -> Result<Position, Stor
     checkpoint_on(&mut Pooled::acquire(db).await?.conn(), name).await
 }
 
+/// A runner's checkpoint as it last saw it: the position applied, and the generation of the
+/// tables it applied it in, which a rebuild's switch moves on (migration 0020). A batch moves
+/// the checkpoint only from both, so no batch of a runner that has not seen a switch lands in
+/// the switched-in tables, and none built on what it kept of the tables the switch replaced.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Mark {
+    pub(crate) at: Position,
+    pub(crate) generation: i64,
+}
+
+/// The stored checkpoint of `name` with its generation (the start, generation 0, if none).
+pub(crate) async fn mark_on(conn: &mut Conn<'_>, name: &str) -> Result<Mark, StoreError> {
+    let rows: Vec<(i64, i64, i64)> = conn
+        .fetch_rows(
+            "SELECT position_tx, position_seq, generation FROM projection_checkpoints \
+             WHERE name = ?",
+            &[Bind::Text(name.to_owned())],
+        )
+        .await?;
+    match rows.first() {
+        Some(&(tx, seq, generation)) => Ok(Mark {
+            at: position_from(tx, seq)?,
+            generation,
+        }),
+        None => Ok(Mark {
+            at: Position::START,
+            generation: 0,
+        }),
+    }
+}
+
 pub(crate) async fn checkpoint_on(conn: &mut Conn<'_>, name: &str) -> Result<Position, StoreError> {
     let rows: Vec<(i64, i64)> = conn
         .fetch_pairs(
@@ -470,13 +507,17 @@ async fn ensure_checkpoint(db: &Database, name: &str) -> Result<Position, StoreE
 }
 
 async fn ensure_checkpoint_on(conn: &mut Conn<'_>, name: &str) -> Result<Position, StoreError> {
+    Ok(ensure_mark_on(conn, name).await?.at)
+}
+
+async fn ensure_mark_on(conn: &mut Conn<'_>, name: &str) -> Result<Mark, StoreError> {
     conn.execute(
         "INSERT INTO projection_checkpoints (name, position_tx, position_seq, updated_at) \
          VALUES (?, 0, 0, ?) ON CONFLICT (name) DO NOTHING",
         &[Bind::Text(name.to_owned()), Bind::I64(micros(Utc::now()))],
     )
     .await?;
-    checkpoint_on(conn, name).await
+    mark_on(conn, name).await
 }
 
 /// Most events a lag count reads: past that, "at least this many" is all a scrape needs.
@@ -559,16 +600,17 @@ impl From<StoreError> for BatchError {
     }
 }
 
-/// Applies `events` and moves the checkpoint from `from` to the last of them, in one
-/// transaction; the checkpoint moves only if it still is `from`, so two runners can never both
-/// apply a batch.
+/// Applies `events` and moves the checkpoint from `mark` to the last of them, in one
+/// transaction; the checkpoint moves only if it still is `mark`, generation and all, so two
+/// runners can never both apply a batch, nor a runner apply one across a rebuild's switch.
 pub(crate) async fn apply_in(
     conn: &mut Conn<'_>,
     p: &dyn Projection,
-    from: Position,
+    mark: Mark,
     events: &[StoredEvent],
     batched: bool,
 ) -> Result<(), BatchError> {
+    let from = mark.at;
     let done = if batched {
         p.apply_batch(conn, Some(from), events)
             .await
@@ -601,7 +643,7 @@ pub(crate) async fn apply_in(
     let moved = conn
         .execute(
             "UPDATE projection_checkpoints SET position_tx = ?, position_seq = ?, updated_at = ? \
-             WHERE name = ? AND position_tx = ? AND position_seq = ?",
+             WHERE name = ? AND position_tx = ? AND position_seq = ? AND generation = ?",
             &[
                 Bind::I64(to_tx),
                 Bind::I64(to_seq),
@@ -609,6 +651,7 @@ pub(crate) async fn apply_in(
                 Bind::Text(p.name().to_owned()),
                 Bind::I64(from_tx),
                 Bind::I64(from_seq),
+                Bind::I64(mark.generation),
             ],
         )
         .await?;
@@ -616,8 +659,10 @@ pub(crate) async fn apply_in(
         return Err(BatchError {
             failed_at: None,
             error: StoreError::Unavailable(format!(
-                "the checkpoint of {} is no longer {from}: another runner moved it",
-                p.name()
+                "the checkpoint of {} is no longer {from} (generation {}): another runner \
+                 or a rebuild's switch moved it",
+                p.name(),
+                mark.generation
             )),
             moved: true,
             batched: false,
@@ -732,7 +777,7 @@ fn runner_settings(base: &sqlx::postgres::PgConnectOptions) -> sqlx::postgres::P
 async fn commit_batch(
     writer: &mut Writer,
     p: &dyn Projection,
-    from: Position,
+    from: Mark,
     events: &[StoredEvent],
 ) -> Result<(), BatchError> {
     match commit_batch_as(writer, p, from, events, true).await {
@@ -746,7 +791,7 @@ async fn commit_batch(
 async fn commit_batch_as(
     writer: &mut Writer,
     p: &dyn Projection,
-    from: Position,
+    from: Mark,
     events: &[StoredEvent],
     batched: bool,
 ) -> Result<(), BatchError> {
@@ -861,27 +906,32 @@ async fn start_at(
     writer: &mut Writer,
     p: &dyn Projection,
     shared: &Shared,
-) -> Result<Position, String> {
-    let at = ensure_checkpoint_on(&mut writer.conn(), p.name())
+) -> Result<Mark, String> {
+    // A runner starting over (after a failure) may have kept rows of tables since switched.
+    p.forget();
+    let mark = ensure_mark_on(&mut writer.conn(), p.name())
         .await
         .map_err(|e| format!("reading the checkpoint of {}: {e}", p.name()))?;
-    announce(shared, at);
-    Ok(at)
+    announce(shared, mark.at);
+    Ok(mark)
 }
 
-/// After a batch found the stored checkpoint no longer its own (a rebuild switched in): the
-/// stored one, announced, to follow from.
+/// After a batch found the stored checkpoint no longer its own (a rebuild switched in, or
+/// another runner moved it): the stored one, announced, to follow from, with nothing kept of
+/// the rows before.
 async fn moved_to(
     writer: &mut Writer,
     p: &dyn Projection,
     shared: &Shared,
-) -> Result<Position, String> {
-    let at = checkpoint_on(&mut writer.conn(), p.name())
+) -> Result<Mark, String> {
+    p.forget();
+    let mark = mark_on(&mut writer.conn(), p.name())
         .await
         .map_err(|e| format!("re-reading the checkpoint of {}: {e}", p.name()))?;
-    tracing::info!(projection = p.name(), %at, "checkpoint moved (a rebuild switched in?); following from it");
+    let at = mark.at;
+    tracing::info!(projection = p.name(), %at, generation = mark.generation, "checkpoint moved (a rebuild switched in?); following from it");
     announce(shared, at);
-    Ok(at)
+    Ok(mark)
 }
 
 fn fail(shared: &Shared, name: &str, error: &str) {
@@ -909,7 +959,7 @@ async fn follow(
     let mut writer = Writer::Postgres(lock, store.bystanders());
     let mut ticks = store.subscribe();
     // The runner's own connection throughout (see the log read below).
-    let mut at = start_at(&mut writer, p, shared).await?;
+    let mut mark = start_at(&mut writer, p, shared).await?;
     let mut pinged = Instant::now();
     let (mut turned, mut paced) = (None, false);
     loop {
@@ -928,17 +978,18 @@ async fn follow(
             let past = bystanders
                 .as_ref()
                 .map_or_else(Vec::new, Bystanders::current);
-            let read = ticketd_commands::postgres::read_all_on(conn, at, PG_BATCH, &past).await;
+            let read =
+                ticketd_commands::postgres::read_all_on(conn, mark.at, PG_BATCH, &past).await;
             let batch = match read {
                 Ok(b) => b,
-                Err(e) => return Err(format!("reading the log after {at}: {e}")),
+                Err(e) => return Err(format!("reading the log after {}: {e}", mark.at)),
             };
             paced = batch.len() < PG_BATCH;
             if batch.is_empty() {
                 break;
             }
             let read = started.elapsed();
-            let committed = commit_batch(&mut writer, p, at, &batch).await;
+            let committed = commit_batch(&mut writer, p, mark, &batch).await;
             tracing::debug!(
                 projection = p.name(),
                 events = batch.len(),
@@ -949,7 +1000,7 @@ async fn follow(
             let (applied, failure) = match committed {
                 Ok(()) => (batch.len(), None),
                 Err(BatchError { moved: true, .. }) => {
-                    at = moved_to(&mut writer, p, shared).await?;
+                    mark = moved_to(&mut writer, p, shared).await?;
                     continue;
                 }
                 Err(BatchError {
@@ -959,7 +1010,9 @@ async fn follow(
                 }) => {
                     // Keep what precedes the failing event, then stop there.
                     let kept = if i > 0 {
-                        commit_batch(&mut writer, p, at, &batch[..i]).await.is_ok()
+                        commit_batch(&mut writer, p, mark, &batch[..i])
+                            .await
+                            .is_ok()
                     } else {
                         false
                     };
@@ -970,11 +1023,11 @@ async fn follow(
                     failed_at: None,
                     error,
                     ..
-                }) => (0, Some(format!("committing after {at}: {error}"))),
+                }) => (0, Some(format!("committing after {}: {error}", mark.at))),
             };
             if applied > 0 {
-                at = batch[applied - 1].position;
-                advanced(shared, at, applied, failure.is_none());
+                mark.at = batch[applied - 1].position;
+                advanced(shared, mark.at, applied, failure.is_none());
                 *backoff = FIRST_BACKOFF;
             }
             if let Some(msg) = failure {

@@ -36,7 +36,7 @@ use crate::sql::unavailable;
 use crate::sql::Conn;
 use crate::{
     apply_in, checkpoint_on, commit_batch, describe, ensure_checkpoint, read_checkpoint, tx_i64,
-    BatchError, Projection, Writer,
+    BatchError, Mark, Projection, Writer,
 };
 
 /// The four counts of a comparison query.
@@ -442,22 +442,29 @@ impl Scratch {
                     .await
                     .map_err(unavailable)?;
                 }
+                let mut marks = Vec::new();
                 for (p, at) in projections.iter().zip(&positions) {
                     let (tx_id, seq) = tx_i64(*at)?;
-                    sqlx::query(
+                    // A new generation: no live runner's batch started before moves it on.
+                    let generation: i64 = sqlx::query_scalar(
                         "UPDATE projection_checkpoints SET position_tx = $1, position_seq = $2, \
-                         updated_at = $3 WHERE name = $4",
+                         updated_at = $3, generation = generation + 1 WHERE name = $4 \
+                         RETURNING generation",
                     )
                     .bind(tx_id)
                     .bind(seq)
                     .bind(now)
                     .bind(p.name())
-                    .execute(&mut *tx)
+                    .fetch_one(&mut *tx)
                     .await
                     .map_err(unavailable)?;
+                    marks.push(Mark {
+                        at: *at,
+                        generation,
+                    });
                 }
-                for ((p, at), to) in projections.iter().zip(&positions).zip(&lives) {
-                    follow_live(&mut Conn::Postgres(&mut tx), store, p.as_ref(), *at, *to).await?;
+                for ((p, mark), to) in projections.iter().zip(marks).zip(&lives) {
+                    follow_live(&mut Conn::Postgres(&mut tx), store, p.as_ref(), mark, *to).await?;
                 }
                 tx.commit().await?;
                 // Back to the pool first: it may hold no other connection for the drop.
@@ -494,23 +501,30 @@ impl Scratch {
                     for p in projections {
                         lives.push(checkpoint_on(&mut Conn::Sqlite(&mut tx), p.name()).await?);
                     }
+                    let mut marks = Vec::new();
                     for (p, at) in projections.iter().zip(&positions) {
                         let (tx_id, seq) = tx_i64(*at)?;
-                        sqlx::query(
+                        // A new generation, as on PostgreSQL above.
+                        let generation: i64 = sqlx::query_scalar(
                             "UPDATE main.projection_checkpoints SET position_tx = ?, \
-                             position_seq = ?, updated_at = ? WHERE name = ?",
+                             position_seq = ?, updated_at = ?, generation = generation + 1 \
+                             WHERE name = ? RETURNING generation",
                         )
                         .bind(tx_id)
                         .bind(seq)
                         .bind(now)
                         .bind(p.name())
-                        .execute(&mut *tx)
+                        .fetch_one(&mut *tx)
                         .await
                         .map_err(unavailable)?;
+                        marks.push(Mark {
+                            at: *at,
+                            generation,
+                        });
                     }
-                    for ((p, at), to) in projections.iter().zip(&positions).zip(&lives) {
+                    for ((p, mark), to) in projections.iter().zip(marks).zip(&lives) {
                         let mut conn = Conn::Sqlite(&mut tx);
-                        follow_live(&mut conn, store, p.as_ref(), *at, *to).await?;
+                        follow_live(&mut conn, store, p.as_ref(), mark, *to).await?;
                     }
                     tx.commit().await.map_err(unavailable)
                 }
@@ -665,7 +679,9 @@ async fn apply_one(
     at: Position,
     batch: &[StoredEvent],
 ) -> Result<(), StoreError> {
-    commit_batch(writer, p, at, batch).await.map_err(
+    // A scratch's tables are never switched under it: their generation is the first.
+    let mark = Mark { at, generation: 0 };
+    commit_batch(writer, p, mark, batch).await.map_err(
         |BatchError {
              failed_at, error, ..
          }| match failed_at {
@@ -766,10 +782,10 @@ async fn follow_live(
     conn: &mut Conn<'_>,
     store: &dyn EventStore,
     p: &dyn Projection,
-    from: Position,
+    from: Mark,
     to: Position,
 ) -> Result<(), StoreError> {
-    let mut at = from;
+    let mut at = from.at;
     while at < to {
         let page = match conn {
             Conn::Postgres(c) => read_settled_on(c, at, to, REBUILD_BATCH).await?,
@@ -782,7 +798,11 @@ async fn follow_live(
                 p.name()
             )));
         };
-        apply_in(conn, p, at, &upto, false)
+        let mark = Mark {
+            at,
+            generation: from.generation,
+        };
+        apply_in(conn, p, mark, &upto, false)
             .await
             .map_err(|e| e.error)?;
         at = last;

@@ -485,6 +485,10 @@ impl Projection for TicketsProjection {
         Ok(true)
     }
 
+    fn forget(&self) {
+        self.kept.forget();
+    }
+
     fn bulk(&self) -> Option<Box<dyn Fold>> {
         Some(Box::<TicketsFold>::default())
     }

@@ -20,16 +20,16 @@ use ticketd_commands::{Database, EventStore, Position, StoreError, StoredEvent};
 
 use crate::sql::{unavailable, Conn};
 use crate::{
-    advanced, apply_in, describe, fail, moved_to, start_at, BatchError, Projection, Shared, Stop,
-    Writer, BATCH, FIRST_BACKOFF, MAX_BACKOFF, POLL,
+    advanced, apply_in, describe, fail, moved_to, start_at, BatchError, Mark, Projection, Shared,
+    Stop, Writer, BATCH, FIRST_BACKOFF, MAX_BACKOFF, POLL,
 };
 
 /// One projection of the shared runner.
 struct Member {
     p: Arc<dyn Projection>,
     shared: Arc<Shared>,
-    /// Its last committed position.
-    at: Position,
+    /// Its last committed position, and the generation of its tables.
+    mark: Mark,
     /// After a failure: left out of the turns until then.
     resume: Option<Instant>,
     /// The wait after its next failure.
@@ -68,7 +68,10 @@ pub(crate) async fn run(
         .map(|(p, shared)| Member {
             p,
             shared,
-            at: Position::START,
+            mark: Mark {
+                at: Position::START,
+                generation: 0,
+            },
             resume: None,
             backoff: FIRST_BACKOFF,
         })
@@ -110,7 +113,7 @@ async fn follow(
     };
     let mut ticks = store.subscribe();
     for m in members.iter_mut() {
-        m.at = start_at(&mut writer, &*m.p, &m.shared).await?;
+        m.mark = start_at(&mut writer, &*m.p, &m.shared).await?;
     }
     let (mut turned, mut paced) = (None, false);
     loop {
@@ -123,10 +126,10 @@ async fn follow(
             let started = Instant::now();
             let mut pages: Vec<(Position, Vec<StoredEvent>)> = Vec::new();
             for m in members.iter().filter(|m| m.due(started)) {
-                if pages.iter().all(|(at, _)| *at != m.at) {
-                    match store.read_all(m.at, BATCH).await {
-                        Ok(page) => pages.push((m.at, page)),
-                        Err(e) => return Err(format!("reading the log after {}: {e}", m.at)),
+                if pages.iter().all(|(at, _)| *at != m.mark.at) {
+                    match store.read_all(m.mark.at, BATCH).await {
+                        Ok(page) => pages.push((m.mark.at, page)),
+                        Err(e) => return Err(format!("reading the log after {}: {e}", m.mark.at)),
                     }
                 }
             }
@@ -144,14 +147,14 @@ async fn follow(
             };
             let mut outcomes = Vec::new();
             for (i, m) in members.iter().enumerate() {
-                let Some((_, page)) = pages.iter().find(|(at, _)| *at == m.at) else {
+                let Some((_, page)) = pages.iter().find(|(at, _)| *at == m.mark.at) else {
                     continue;
                 };
                 if page.is_empty() || !m.due(started) {
                     continue;
                 }
                 let began = Instant::now();
-                match apply_member(&mut tx, &*m.p, m.at, page).await {
+                match apply_member(&mut tx, &*m.p, m.mark, page).await {
                     Ok(outcome) => {
                         tracing::debug!(
                             projection = m.p.name(),
@@ -178,17 +181,17 @@ async fn follow(
                 let m = &mut members[i];
                 match outcome {
                     Outcome::Applied(n) => {
-                        m.at = page[n - 1].position;
-                        advanced(&m.shared, m.at, n, true);
+                        m.mark.at = page[n - 1].position;
+                        advanced(&m.shared, m.mark.at, n, true);
                         m.backoff = FIRST_BACKOFF;
                         *backoff = FIRST_BACKOFF;
                     }
-                    Outcome::Moved => m.at = moved_to(&mut writer, &*m.p, &m.shared).await?,
+                    Outcome::Moved => m.mark = moved_to(&mut writer, &*m.p, &m.shared).await?,
                     Outcome::Failed { kept, error } => {
                         if kept > 0 {
                             // Progress: the next wait starts short again, as in `run`.
-                            m.at = page[kept - 1].position;
-                            advanced(&m.shared, m.at, kept, false);
+                            m.mark.at = page[kept - 1].position;
+                            advanced(&m.shared, m.mark.at, kept, false);
                             m.backoff = FIRST_BACKOFF;
                         }
                         fail(&m.shared, m.p.name(), &error);
@@ -212,7 +215,7 @@ async fn follow(
 async fn apply_member(
     tx: &mut Transaction<'_, Sqlite>,
     p: &dyn Projection,
-    at: Position,
+    at: Mark,
     events: &[StoredEvent],
 ) -> Result<Outcome, StoreError> {
     let mut sp = tx.begin().await.map_err(unavailable)?;
@@ -237,7 +240,7 @@ async fn apply_member(
     let Some(i) = failure.failed_at else {
         return Ok(Outcome::Failed {
             kept: 0,
-            error: format!("committing after {at}: {}", failure.error),
+            error: format!("committing after {}: {}", at.at, failure.error),
         });
     };
     // Keep what precedes the failing event, then stop there.

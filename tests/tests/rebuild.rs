@@ -10,8 +10,10 @@ use std::time::Duration;
 use async_trait::async_trait;
 use serde_json::json;
 
-use ticketd_commands::{CommandHandler, Database, EventStore, Position, StoreError, StoredEvent};
-use ticketd_domain::{Recorded, SlaPolicy};
+use ticketd_commands::{
+    CommandHandler, Database, EventStore, Options, Position, StoreError, StoredEvent,
+};
+use ticketd_domain::{Actor, AddComment, CommandKind, Recorded, Role, SlaPolicy};
 use ticketd_projections::bulk::{Fold, Sink, Step};
 use ticketd_projections::rebuild::{check_all, rebuild, Scratch, FOLLOW_ROUNDS};
 use ticketd_projections::sql::Conn;
@@ -38,6 +40,10 @@ impl Projection for Crashy {
 
     fn tables(&self) -> &'static [&'static str] {
         self.inner.tables()
+    }
+
+    fn forget(&self) {
+        self.inner.forget();
     }
 
     async fn apply(
@@ -408,6 +414,10 @@ impl Projection for FailingBulk {
         self.inner.tables()
     }
 
+    fn forget(&self) {
+        self.inner.forget();
+    }
+
     async fn apply_batch(
         &self,
         conn: &mut Conn<'_>,
@@ -665,6 +675,10 @@ impl Projection for Meanwhile {
         self.inner.tables()
     }
 
+    fn forget(&self) {
+        self.inner.forget();
+    }
+
     async fn apply(
         &self,
         conn: &mut Conn<'_>,
@@ -793,7 +807,71 @@ async fn a_switch_keeps_what_the_live_projections_applied(store: Arc<dyn EventSt
     assert_equal_to_rebuild(&store).await;
 }
 
+/// A rebuild's repair holds: after its switch, no live runner writes back what its batches
+/// kept in memory of the rows the switch replaced. (The switch leaves each checkpoint where the
+/// live runner stood; the runners trusted what they kept of the old rows and, on each ticket's
+/// next event, wrote the old values over the rebuilt ones.)
+async fn a_switch_leaves_the_runners_nothing_of_the_old_rows(store: Arc<dyn EventStore>) {
+    let h = CommandHandler::new(store.clone(), SlaPolicy::default(), 100);
+    let db = store.database().expect("database");
+    let last = history::run(&h, &mut Rng::new(5), 4, 20).await;
+    let projector = Projector::start_with(store.clone(), db.clone(), all());
+    wait_all(&projector, last).await;
+    drop(projector);
+    // Rows as an older build might have left them: values each ticket's fold carries on.
+    let mut pooled = ticketd_projections::Pooled::acquire(&db)
+        .await
+        .expect("conn");
+    for sql in [
+        "UPDATE tickets SET state = replace(state, '\"subject\":\"', '\"subject\":\"old ')",
+        "UPDATE analytics_ticket_facts SET escalations = escalations + 5",
+    ] {
+        let changed = pooled.conn().execute(sql, &[]).await.expect("tamper");
+        assert!(changed > 0, "{sql}");
+    }
+    drop(pooled);
+    let tickets: Vec<uuid::Uuid> = ticketd_tests::read_everything(store.as_ref(), 1000)
+        .await
+        .iter()
+        .filter(|e| e.version == 1)
+        .map(|e| e.stream_id)
+        .collect();
+    let agent = Actor {
+        id: "agent-9".into(),
+        name: None,
+        role: Role::Agent,
+        org: None,
+        org_wide: false,
+    };
+    let comment_on_each = || async {
+        let mut last = None;
+        for id in &tickets {
+            let comment = CommandKind::Comment(AddComment {
+                comment_id: uuid::Uuid::now_v7(),
+                body: "again".into(),
+                visibility: None,
+            });
+            // A withdrawn ticket refuses it.
+            if let Ok(out) = h
+                .execute(*id, agent.clone(), comment, Options::default())
+                .await
+            {
+                last = last.max(Some(out.position));
+            }
+        }
+        last.expect("a ticket took a comment")
+    };
+    // The live runners read the old rows, and keep them.
+    let projector = Projector::start_with(store.clone(), db.clone(), all());
+    wait_all(&projector, comment_on_each().await).await;
+    rebuild(store.as_ref(), &all()).await.expect("rebuild");
+    wait_all(&projector, comment_on_each().await).await;
+    drop(projector);
+    assert_equal_to_rebuild(&store).await;
+}
+
 both_backends!(
+    a_switch_leaves_the_runners_nothing_of_the_old_rows,
     a_switch_keeps_what_the_live_projections_applied,
     a_switch_holds_no_log_reader_back,
     long_threads_in_live_batches_equal_rebuild,
