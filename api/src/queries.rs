@@ -384,6 +384,10 @@ pub async fn feed(
             })
             .collect::<Result<_, _>>()?,
     };
+    // Each type once: a repeated one would be one more bound parameter (as `list_of` does).
+    let mut types = types;
+    types.sort_unstable();
+    types.dedup();
     let reads = projector(&app)?;
     consistent(reads, &params, feed::NAME).await?;
     visible_now(&app, id, &actor).await?;
