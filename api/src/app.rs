@@ -37,6 +37,8 @@ pub struct AppState {
     pub public_submission: bool,
     /// The read side (CONTRACT §6); `None` for a store without a database of its own.
     pub projector: Option<Arc<Projector>>,
+    /// `POST /v1/audit/verify`'s one slot: a second check while one runs is a 503.
+    pub verify_slot: Arc<tokio::sync::Semaphore>,
 }
 
 impl FromRef<AppState> for Arc<Auth> {
@@ -63,6 +65,7 @@ impl AppState {
             store,
             auth: Arc::new(auth),
             public_submission,
+            verify_slot: Arc::new(tokio::sync::Semaphore::new(1)),
         }
     }
 }

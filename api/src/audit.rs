@@ -485,21 +485,43 @@ pub async fn verify(
             )))
         }
     };
-    let report = verify_store(app.store.as_ref()).await?;
+    // One check at a time: each builds a whole scratch copy of the read models (disk, and on
+    // PostgreSQL the memory of its folds) for minutes at scale.
+    let Ok(slot) = app.verify_slot.clone().try_acquire_owned() else {
+        return Err(ApiError::unavailable(
+            "A verification is already running; retry when it is done.",
+        ));
+    };
+    // In a task of its own: a caller that goes away (a proxy's timeout) leaves the check to
+    // finish and discard its scratch copy, instead of dropping it halfway and leaving the copy.
+    let store = app.store.clone();
+    let report = tokio::spawn(async move {
+        let report = check(store.as_ref(), projections).await;
+        drop(slot);
+        report
+    })
+    .await
+    .map_err(|e| ApiError::internal(&e))??;
+    Ok((StatusCode::OK, axum::Json(report)).into_response())
+}
+
+/// The log's check, then (with `projections`, over a log that verified) every projection's
+/// comparison with a rebuild.
+async fn check(store: &dyn EventStore, projections: bool) -> Result<VerifyReport, ApiError> {
+    let report = verify_store(store).await?;
     let mut report = VerifyReport::from(report);
     // A rebuild replays the log, so it is only meaningful (and only possible) over a log that
     // verified.
-    if projections && report.ok && app.store.database().is_some() {
-        let findings = match ticketd_projections::rebuild::check_all(
-            app.store.as_ref(),
-            &ticketd_projections::all(),
-        )
-        .await
-        {
-            Ok(f) => f,
-            Err(StoreError::Corrupt(detail)) => vec![("*", format!("cannot rebuild: {detail}"))],
-            Err(e) => return Err(e.into()),
-        };
+    if projections && report.ok && store.database().is_some() {
+        let findings =
+            match ticketd_projections::rebuild::check_all(store, &ticketd_projections::all()).await
+            {
+                Ok(f) => f,
+                Err(StoreError::Corrupt(detail)) => {
+                    vec![("*", format!("cannot rebuild: {detail}"))]
+                }
+                Err(e) => return Err(e.into()),
+            };
         report.ok &= findings.is_empty();
         report.projections = findings
             .into_iter()
@@ -510,5 +532,5 @@ pub async fn verify(
             .collect();
         report.checked_at = timestamp(Utc::now());
     }
-    Ok((StatusCode::OK, axum::Json(report)).into_response())
+    Ok(report)
 }

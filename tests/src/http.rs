@@ -24,6 +24,9 @@ pub struct TestServer {
     http: reqwest::Client,
     stop: Option<oneshot::Sender<()>>,
     pub projector: Option<Arc<ticketd_projections::Projector>>,
+    /// The server's slot for `POST /v1/audit/verify`: a test holds it to stand for a check
+    /// that runs.
+    pub verify_slot: Arc<tokio::sync::Semaphore>,
     /// The latest `position` any answer carried: `get` reads at least that far (see there).
     last_position: Mutex<Position>,
 }
@@ -85,6 +88,7 @@ impl TestServer {
         let state = AppState::new(store.clone(), auth, SlaPolicy::default(), public_submission);
         let auth = state.auth.clone();
         let projector = state.projector.clone();
+        let verify_slot = state.verify_slot.clone();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind an ephemeral port");
@@ -107,6 +111,7 @@ impl TestServer {
                 .expect("client"),
             stop: Some(stop),
             projector,
+            verify_slot,
             last_position: Mutex::new(Position::START),
         }
     }

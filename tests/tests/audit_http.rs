@@ -592,6 +592,102 @@ async fn verify_passes_an_untouched_store(s: TestServer) {
     .assert_problem(400, "malformed_request");
 }
 
+/// The scratch copies of the read models a check left beside this test's store.
+async fn scratch_copies(s: &TestServer) -> usize {
+    match s.store.database().expect("database") {
+        ticketd_commands::Database::Postgres(pool) => {
+            let n: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM pg_namespace WHERE nspname LIKE 'ticketd_rebuild_' || \
+                 (SELECT oid FROM pg_namespace WHERE nspname = current_schema()) || '_%'",
+            )
+            .fetch_one(&pool)
+            .await
+            .expect("schemas");
+            usize::try_from(n).expect("a count")
+        }
+        ticketd_commands::Database::Sqlite(pool) => {
+            let live = pool.connect_options().get_filename().to_path_buf();
+            let name = live
+                .file_name()
+                .expect("a file")
+                .to_string_lossy()
+                .into_owned();
+            let dir = live.parent().expect("a directory");
+            std::fs::read_dir(dir)
+                .expect("the store's directory")
+                .filter(|e| {
+                    let e = e.as_ref().expect("an entry");
+                    let n = e.file_name().to_string_lossy().into_owned();
+                    n.starts_with(&format!("{name}.rebuild-"))
+                })
+                .count()
+        }
+    }
+}
+
+/// One check at a time (each builds a scratch copy of every read model): a second, while one
+/// runs, is a 503. And a caller that goes away mid-check leaves no scratch copy behind: the
+/// check runs on to its end, which discards it.
+async fn one_verification_at_a_time_and_none_left_halfway(s: TestServer) {
+    use tokio::io::AsyncWriteExt;
+    some_history(&s, 10).await;
+    let held = s.verify_slot.clone().try_acquire_owned().expect("free");
+    let busy = s
+        .call(
+            Method::POST,
+            "/v1/audit/verify",
+            Some(&admin(&s)),
+            None,
+            &[],
+        )
+        .await;
+    busy.assert_problem(503, "unavailable");
+    assert_eq!(busy.header("retry-after"), Some("1"));
+    drop(held);
+
+    // A caller that leaves once its check is building the read models afresh.
+    let addr = s.base.trim_start_matches("http://").to_owned();
+    let mut conn = tokio::net::TcpStream::connect(&addr)
+        .await
+        .expect("connect");
+    let request = format!(
+        "POST /v1/audit/verify HTTP/1.1\r\nhost: {addr}\r\nauthorization: Bearer {}\r\n\
+         content-length: 0\r\n\r\n",
+        admin(&s)
+    );
+    conn.write_all(request.as_bytes()).await.expect("send");
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    while scratch_copies(&s).await == 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the check made its scratch copy"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+    }
+    drop(conn);
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
+    while s.verify_slot.available_permits() == 0 {
+        assert!(tokio::time::Instant::now() < deadline, "the check ended");
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert_eq!(
+        scratch_copies(&s).await,
+        0,
+        "a scratch copy was left behind"
+    );
+    let a = s
+        .call(
+            Method::POST,
+            "/v1/audit/verify",
+            Some(&admin(&s)),
+            None,
+            &[],
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.body);
+    assert_eq!(a.body["ok"], true, "{}", a.body);
+}
+
 /// Paging while writers append returns every event exactly once, in the log's order.
 async fn paging_while_writers_append_sees_each_event_once(s: TestServer) {
     let s = std::sync::Arc::new(s);
@@ -708,5 +804,6 @@ http_both_backends!(
     a_tickets_own_events,
     a_ticket_as_of_any_instant,
     verify_passes_an_untouched_store,
+    one_verification_at_a_time_and_none_left_halfway,
     min_position_reads_your_writes_in_the_log,
 );
