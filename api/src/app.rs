@@ -189,14 +189,14 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let purge = tokio::spawn(purge_idempotency(store.clone()));
     let projector = state.projector.clone();
     let (stopping, stop) = tokio::sync::oneshot::channel::<()>();
-    let server = axum::serve(listener, router(state)).with_graceful_shutdown(async move {
+    let server = crate::server::serve(listener, router(state), args.http_limits(), async move {
         crate::shutdown::signal().await;
         let _ = stopping.send(());
     });
-    let server = tokio::spawn(async move { server.await });
+    let server = tokio::spawn(server);
     let timeout = args.shutdown_timeout();
     tokio::select! {
-        done = server => done.context("the server task failed")?.context("serving HTTP")?,
+        done = server => done.context("the server task failed")?,
         () = async move {
             // Only once shutdown began does the drain deadline run.
             if stop.await.is_ok() {

@@ -187,11 +187,35 @@ pub struct ServeArgs {
         default_value_t = 30
     )]
     pub shutdown_timeout: u64,
+    /// Seconds a client has to send a request's head (its line and headers), counted from when
+    /// its connection waits for one (an idle keep-alive connection too); then it is closed.
+    #[arg(
+        long = "http-header-timeout",
+        env = "TICKETD_HTTP_HEADER_TIMEOUT",
+        default_value_t = 30,
+        value_parser = clap::value_parser!(u64).range(1..=3600)
+    )]
+    pub http_header_timeout: u64,
+    /// HTTP connections open at once; past it, new ones wait to be accepted.
+    #[arg(
+        long = "http-max-connections",
+        env = "TICKETD_HTTP_MAX_CONNECTIONS",
+        default_value_t = 4096,
+        value_parser = clap::value_parser!(u64).range(1..=1_000_000)
+    )]
+    pub http_max_connections: u64,
 }
 
 impl ServeArgs {
     pub fn shutdown_timeout(&self) -> Duration {
         Duration::from_secs(self.shutdown_timeout)
+    }
+
+    pub fn http_limits(&self) -> crate::server::Limits {
+        crate::server::Limits {
+            header_read_timeout: Duration::from_secs(self.http_header_timeout),
+            max_connections: usize::try_from(self.http_max_connections).unwrap_or(usize::MAX),
+        }
     }
 }
 

@@ -13,6 +13,7 @@ pub mod ndjson;
 pub mod openapi;
 pub mod queries;
 pub mod record;
+pub mod server;
 pub mod shutdown;
 pub mod sorted_json;
 pub mod telemetry;

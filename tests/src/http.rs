@@ -10,6 +10,7 @@ use tokio::sync::oneshot;
 
 use ticketd_api::app::{router, AppState};
 use ticketd_api::auth::Auth;
+use ticketd_api::server::Limits;
 use ticketd_commands::{EventStore, Position};
 use ticketd_domain::{Role, SlaPolicy};
 
@@ -84,6 +85,15 @@ impl TestServer {
     }
 
     pub async fn start_with(store: Arc<dyn EventStore>, public_submission: bool) -> TestServer {
+        TestServer::start_limited(store, public_submission, Limits::default()).await
+    }
+
+    /// A server whose connections have `limits`.
+    pub async fn start_limited(
+        store: Arc<dyn EventStore>,
+        public_submission: bool,
+        limits: Limits,
+    ) -> TestServer {
         let auth = Auth::new(SECRET.as_bytes().to_vec()).expect("test secret is long enough");
         let state = AppState::new(store.clone(), auth, SlaPolicy::default(), public_submission);
         let auth = state.auth.clone();
@@ -94,13 +104,14 @@ impl TestServer {
             .expect("bind an ephemeral port");
         let addr = listener.local_addr().expect("local addr");
         let (stop, stopped) = oneshot::channel::<()>();
-        tokio::spawn(async move {
-            let _ = axum::serve(listener, router(state))
-                .with_graceful_shutdown(async {
-                    let _ = stopped.await;
-                })
-                .await;
-        });
+        tokio::spawn(ticketd_api::server::serve(
+            listener,
+            router(state),
+            limits,
+            async {
+                let _ = stopped.await;
+            },
+        ));
         TestServer {
             base: format!("http://{addr}"),
             store,

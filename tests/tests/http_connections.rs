@@ -1,0 +1,114 @@
+//! The server's connections (api/src/server.rs): a client that sends no request, or sends its
+//! head a byte at a time, is cut off at the header-read timeout; connections past the bound wait
+//! to be accepted instead of using up the process's file descriptors. The store does not
+//! matter here: SQLite.
+
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::{timeout, Instant};
+
+use ticketd_api::server::Limits;
+use ticketd_tests::http::TestServer;
+
+async fn connect(s: &TestServer) -> TcpStream {
+    TcpStream::connect(s.base.trim_start_matches("http://"))
+        .await
+        .expect("connect")
+}
+
+/// Reads until the server closes the connection (or resets it); fails after `within`.
+async fn closed_within(conn: &mut TcpStream, within: Duration) -> Vec<u8> {
+    let mut got = Vec::new();
+    timeout(within, async {
+        let mut buf = [0u8; 1024];
+        loop {
+            match conn.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await
+    .expect("the server closed the connection");
+    got
+}
+
+#[tokio::test]
+async fn a_request_head_that_never_ends_is_cut_off() {
+    let t = ticketd_tests::sqlite_store().await;
+    let limits = Limits {
+        header_read_timeout: Duration::from_secs(1),
+        ..Limits::default()
+    };
+    let s = TestServer::start_limited(t.store.clone(), false, limits).await;
+
+    // Connected, and nothing sent.
+    let mut silent = connect(&s).await;
+    let started = Instant::now();
+    closed_within(&mut silent, Duration::from_secs(10)).await;
+    assert!(started.elapsed() >= Duration::from_millis(900));
+
+    // A head sent a byte every 100 ms: each byte arrives in time, the head does not.
+    let mut slow = connect(&s).await;
+    let head =
+        b"GET /healthz HTTP/1.1\r\nhost: ticketd\r\nx-padding: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+    let dripping = async {
+        for b in head {
+            if slow.write_all(&[*b]).await.is_err() {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        false
+    };
+    assert!(
+        timeout(Duration::from_secs(10), dripping)
+            .await
+            .expect("cut off before the head was through"),
+        "the connection was closed mid-head"
+    );
+
+    // A whole request on a connection is answered as ever, and the idle connection after it
+    // closes at the timeout too.
+    let mut whole = connect(&s).await;
+    whole
+        .write_all(b"GET /healthz HTTP/1.1\r\nhost: ticketd\r\n\r\n")
+        .await
+        .expect("send");
+    let answer = closed_within(&mut whole, Duration::from_secs(10)).await;
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+}
+
+#[tokio::test]
+async fn connections_past_the_bound_wait_their_turn() {
+    let t = ticketd_tests::sqlite_store().await;
+    let limits = Limits {
+        max_connections: 2,
+        ..Limits::default()
+    };
+    let s = TestServer::start_limited(t.store.clone(), false, limits).await;
+    let first = connect(&s).await;
+    let _second = connect(&s).await;
+    // A third client's request waits while both connections are open (the listen backlog
+    // holds it)...
+    let mut third = connect(&s).await;
+    third
+        .write_all(b"GET /healthz HTTP/1.1\r\nhost: ticketd\r\nconnection: close\r\n\r\n")
+        .await
+        .expect("send");
+    let mut buf = [0u8; 64];
+    assert!(
+        timeout(Duration::from_millis(500), third.read(&mut buf))
+            .await
+            .is_err(),
+        "answered past the bound"
+    );
+    // ...and is answered once one of them closes.
+    drop(first);
+    let answer = closed_within(&mut third, Duration::from_secs(10)).await;
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+}
