@@ -524,7 +524,7 @@ async fn ensure_mark_on(conn: &mut Conn<'_>, name: &str) -> Result<Mark, StoreEr
 pub const LAG_COUNT_CAP: i64 = 1_000_000;
 
 /// How far the log in `log` (the store's [`EventStore::log_database`]) is ahead of `at`: the
-/// events after it (counted up to [`LAG_COUNT_CAP`]) and the age in seconds of the oldest of
+/// events after it (on PostgreSQL counted up to [`LAG_COUNT_CAP`]) and the age in seconds of the oldest of
 /// them (0 when there is none). On PostgreSQL this counts committed events the snapshot gate
 /// does not show yet, which are lag too.
 pub async fn lag(log: &Database, at: Position) -> Result<(u64, f64), StoreError> {
@@ -550,6 +550,20 @@ pub async fn lag(log: &Database, at: Position) -> Result<(u64, f64), StoreError>
         .await?
         .into_iter()
         .next();
+    if matches!(log, Database::Sqlite(_)) {
+        // SQLite's sequence has no gaps (AUTOINCREMENT, whose counter a rolled-back insert
+        // takes back; no event is ever deleted): the count is a subtraction, where counting
+        // read up to a million rows of the log on each scrape, on a pool the commands share.
+        let last: Option<i64> = conn
+            .fetch_column("SELECT max(seq) FROM events", &[])
+            .await?
+            .into_iter()
+            .next()
+            .flatten();
+        let behind = last.map_or(0, |last| last.saturating_sub(seq).max(0));
+        let age = oldest.map_or(0.0, |t| (now - t).max(0) as f64 / 1e6);
+        return Ok((u64::try_from(behind).unwrap_or(0), age));
+    }
     binds.push(Bind::I64(LAG_COUNT_CAP));
     // The ORDER BY keeps PostgreSQL's cached (generic) plan on the log-order index: without it
     // the plan scans the whole table on every scrape.
