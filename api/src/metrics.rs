@@ -171,7 +171,9 @@ async fn render_projections(out: &mut String, projector: &Projector) {
         (
             "ticketd_projection_position",
             "gauge",
-            "The last log position applied (its sequence number).",
+            "The sequence number of the last event applied. On PostgreSQL the log is in \
+             commit order, not sequence order: it may go down as the projection goes on; the \
+             lag gauges tell how far behind it is.",
         ),
         (
             "ticketd_projection_lag_events",
