@@ -71,6 +71,8 @@ pub fn views_path(log: &std::path::Path) -> std::path::PathBuf {
 const MAX_BATCH: usize = 256;
 /// Pending writes before callers wait: backpressure instead of unbounded memory.
 const QUEUE: usize = 4096;
+/// Expired idempotency records one write deletes (see `purge_idempotency`).
+pub const PURGE_CHUNK: i64 = 1_000;
 /// Events per INSERT statement, well under SQLite's limit of bound parameters.
 const INSERT_CHUNK: usize = 64;
 /// Streams per head lookup of [`append_together`].
@@ -370,7 +372,16 @@ impl EventStore for SqliteStore {
 
     async fn purge_idempotency(&self, before: DateTime<Utc>) -> StoreResult<u64> {
         let before = before.timestamp_micros();
-        self.submit(|reply| WriteOp::Purge(before, reply)).await
+        // A chunk a write: the appends batched with each wait for one chunk, not for the whole
+        // purge (after a long stop, a day's keys or more).
+        let mut purged = 0;
+        loop {
+            let n = self.submit(|reply| WriteOp::Purge(before, reply)).await?;
+            purged += n;
+            if n < PURGE_CHUNK as u64 {
+                return Ok(purged);
+            }
+        }
     }
 
     async fn next_ticket_number(&self) -> StoreResult<u64> {
@@ -558,13 +569,15 @@ async fn write_batch(
                 apply_append(conn, sql, prepared).await.map(Outcome::Append)
             }
             WriteOp::TicketNumber(_) => next_number(conn).await.map(Outcome::Number),
-            WriteOp::Purge(before, _) => {
-                sqlx::query("DELETE FROM idempotency WHERE created_at < ?")
-                    .bind(before)
-                    .execute(&mut *conn)
-                    .await
-                    .map(|r| Outcome::Purged(r.rows_affected()))
-            }
+            WriteOp::Purge(before, _) => sqlx::query(
+                "DELETE FROM idempotency WHERE (user, key) IN (SELECT user, key \
+                     FROM idempotency WHERE created_at < ? ORDER BY created_at LIMIT ?)",
+            )
+            .bind(before)
+            .bind(PURGE_CHUNK)
+            .execute(&mut *conn)
+            .await
+            .map(|r| Outcome::Purged(r.rows_affected())),
         };
         match applied {
             Ok(outcome) => *slot = Some(outcome),

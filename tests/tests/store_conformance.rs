@@ -37,6 +37,7 @@ both_backends!(
     idempotency_key_taken_writes_nothing,
     idempotency_only_append,
     purge_idempotency,
+    a_purge_takes_every_expired_record,
     ticket_numbers_unique_and_increasing,
     a_caller_gone_mid_draw_costs_the_others_nothing,
     subscribe_ticks_after_append,
@@ -935,6 +936,36 @@ async fn purge_idempotency(store: Arc<dyn EventStore>) {
     let mut req = request(Uuid::now_v7(), 0, ZERO_HASH, new_events(1));
     req.idempotency = Some(idempotency_record("dave", "a"));
     store.append(req).await.expect("reuse after purge");
+}
+
+/// A purge takes every expired record, however many: SQLite's goes a chunk a write
+/// (`PURGE_CHUNK`), so appends wait for one chunk at a time, not for the whole purge.
+async fn a_purge_takes_every_expired_record(store: Arc<dyn EventStore>) {
+    use futures::StreamExt;
+    let n = 2 * ticketd_commands::sqlite::PURGE_CHUNK as usize + 7;
+    futures::stream::iter(0..n)
+        .for_each_concurrent(32, |i| {
+            let store = store.clone();
+            async move {
+                let mut req = request(Uuid::now_v7(), 0, ZERO_HASH, new_events(1));
+                req.idempotency = Some(idempotency_record("erin", &format!("k{i}")));
+                store.append(req).await.expect("append");
+            }
+        })
+        .await;
+    let since = Utc::now() - TimeDelta::hours(1);
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let cut = Utc::now();
+    let mut req = request(Uuid::now_v7(), 0, ZERO_HASH, new_events(1));
+    req.idempotency = Some(idempotency_record("erin", "kept"));
+    store.append(req).await.expect("append");
+    assert_eq!(store.purge_idempotency(cut).await.expect("purge"), n as u64);
+    for key in ["k0", &format!("k{}", n - 1)] {
+        let found = store.idempotency("erin", key, since).await.expect("lookup");
+        assert!(found.is_none(), "{key}");
+    }
+    let kept = store.idempotency("erin", "kept", since).await;
+    assert!(kept.expect("lookup").is_some());
 }
 
 async fn ticket_numbers_unique_and_increasing(store: Arc<dyn EventStore>) {
