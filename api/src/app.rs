@@ -188,8 +188,11 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     tracing::info!(%addr, %database, "ticketd listening");
     let purge = tokio::spawn(purge_idempotency(store.clone()));
     let projector = state.projector.clone();
+    let verify_slot = state.verify_slot.clone();
+    let mut limits = args.http_limits();
+    limits.max_connections = crate::server::connections_within_descriptors(limits.max_connections);
     let (stopping, stop) = tokio::sync::oneshot::channel::<()>();
-    let server = crate::server::serve(listener, router(state), args.http_limits(), async move {
+    let server = crate::server::serve(listener, router(state), limits, async move {
         crate::shutdown::signal().await;
         let _ = stopping.send(());
     });
@@ -207,6 +210,17 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         } => tracing::warn!(?timeout, "requests still in flight at the shutdown deadline; exiting"),
     }
     purge.abort();
+    // A verification whose caller left runs on: let it finish and discard its scratch copy
+    // before the store closes under it.
+    if tokio::time::timeout(timeout, verify_slot.acquire())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            "a verification was still running at shutdown; its scratch copy (a schema named \
+             ticketd_rebuild_*, or a file *.rebuild-* beside the store) may be left: drop it by hand"
+        );
+    }
     // The projections finish the batch they are in and close their connections; they lose
     // nothing if cut short, so this waits briefly.
     if let Some(projector) = projector {

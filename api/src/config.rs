@@ -188,14 +188,23 @@ pub struct ServeArgs {
     )]
     pub shutdown_timeout: u64,
     /// Seconds a client has to send a request's head (its line and headers), counted from when
-    /// its connection waits for one (an idle keep-alive connection too); then it is closed.
+    /// its connection waits for one: an idle keep-alive connection is closed then too, so keep
+    /// it longer than the idle timeout of a proxy in front.
     #[arg(
         long = "http-header-timeout",
         env = "TICKETD_HTTP_HEADER_TIMEOUT",
-        default_value_t = 30,
+        default_value_t = 75,
         value_parser = clap::value_parser!(u64).range(1..=3600)
     )]
     pub http_header_timeout: u64,
+    /// Seconds a client has to send a request's body, once its head has arrived (408 after).
+    #[arg(
+        long = "http-body-timeout",
+        env = "TICKETD_HTTP_BODY_TIMEOUT",
+        default_value_t = 30,
+        value_parser = clap::value_parser!(u64).range(1..=3600)
+    )]
+    pub http_body_timeout: u64,
     /// HTTP connections open at once; past it, new ones wait to be accepted.
     #[arg(
         long = "http-max-connections",
@@ -214,6 +223,7 @@ impl ServeArgs {
     pub fn http_limits(&self) -> crate::server::Limits {
         crate::server::Limits {
             header_read_timeout: Duration::from_secs(self.http_header_timeout),
+            body_timeout: Duration::from_secs(self.http_body_timeout),
             max_connections: usize::try_from(self.http_max_connections).unwrap_or(usize::MAX),
         }
     }

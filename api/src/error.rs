@@ -173,6 +173,19 @@ impl ApiError {
         )
     }
 
+    /// A body that did not arrive in time (see `extract::read_body`); the connection closes.
+    pub fn request_timeout(within: std::time::Duration) -> Self {
+        Self::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "request_timeout",
+            "Request timeout",
+            format!(
+                "The request body did not arrive within {} s; nothing was changed.",
+                within.as_secs()
+            ),
+        )
+    }
+
     pub fn unavailable(detail: impl Into<String>) -> Self {
         Self::new(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -229,7 +242,7 @@ impl IntoResponse for ApiError {
             }
             // The rest of an oversize body stays unread, so this connection cannot carry another
             // request; saying so stops clients from reusing it and seeing it drop.
-            StatusCode::PAYLOAD_TOO_LARGE => {
+            StatusCode::PAYLOAD_TOO_LARGE | StatusCode::REQUEST_TIMEOUT => {
                 headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
             }
             StatusCode::SERVICE_UNAVAILABLE => {

@@ -11,6 +11,7 @@ use serde::de::DeserializeOwned;
 use uuid::Uuid;
 
 use crate::error::{ApiError, ProblemField};
+use crate::server::{BodyTimeout, Limits};
 
 /// The largest JSON body accepted (CONTRACT §2).
 pub const JSON_LIMIT: usize = 1024 * 1024;
@@ -45,8 +46,14 @@ fn is_json(headers: &HeaderMap) -> bool {
 const DRAIN_BYTES: usize = 8 * 1024 * 1024;
 const DRAIN_TIME: Duration = Duration::from_secs(2);
 
-/// Reads the body, stopping as soon as it passes `limit`.
+/// Reads the body, stopping as soon as it passes `limit`, within the server's body timeout
+/// (`server::BodyTimeout`, 30 s without one): a client sending slower would hold one of the
+/// server's bounded connections for no request.
 pub async fn read_body(req: Request, limit: usize) -> Result<Vec<u8>, ApiError> {
+    let within = req
+        .extensions()
+        .get::<BodyTimeout>()
+        .map_or(Limits::default().body_timeout, |t| t.0);
     let declared = req
         .headers()
         .get(header::CONTENT_LENGTH)
@@ -59,17 +66,23 @@ pub async fn read_body(req: Request, limit: usize) -> Result<Vec<u8>, ApiError> 
         }
         return Err(ApiError::payload_too_large(limit));
     }
-    let mut buf = Vec::with_capacity(declared.map_or(0, |n| n as usize));
-    while let Some(chunk) = stream.next().await {
-        let chunk = chunk
-            .map_err(|_| ApiError::malformed("The request body could not be read to its end."))?;
-        if buf.len() + chunk.len() > limit {
-            drain(&mut stream).await;
-            return Err(ApiError::payload_too_large(limit));
+    let read = async {
+        let mut buf = Vec::with_capacity(declared.map_or(0, |n| n as usize));
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(|_| {
+                ApiError::malformed("The request body could not be read to its end.")
+            })?;
+            if buf.len() + chunk.len() > limit {
+                drain(&mut stream).await;
+                return Err(ApiError::payload_too_large(limit));
+            }
+            buf.extend_from_slice(&chunk);
         }
-        buf.extend_from_slice(&chunk);
-    }
-    Ok(buf)
+        Ok(buf)
+    };
+    tokio::time::timeout(within, read)
+        .await
+        .unwrap_or_else(|_| Err(ApiError::request_timeout(within)))
 }
 
 /// Reads and drops the rest of a refused body, within [`DRAIN_BYTES`] and [`DRAIN_TIME`].

@@ -178,7 +178,7 @@ async fn render_projections(out: &mut String, projector: &Projector) {
         (
             "ticketd_projection_lag_events",
             "gauge",
-            "Events in the log not applied yet (counted up to 1e6).",
+            "Events in the log not applied yet (on PostgreSQL counted up to 1e6).",
         ),
         (
             "ticketd_projection_lag_seconds",

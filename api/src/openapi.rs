@@ -108,8 +108,9 @@ const PROBLEM_REF: &str = "#/components/schemas/Problem";
 const PROBLEM_JSON: &str = "application/problem+json";
 
 /// One operation: its parameters' constraints; the refusals every operation of its kind can
-/// answer, which the annotations leave out (a JSON body can be too large, 413, or of another
-/// type, 415; an `Idempotency-Key` reused for a different request is 422); and error bodies
+/// answer, which the annotations leave out (a JSON body can be too large, 413, of another
+/// type, 415, or too slow to arrive, 408; an `Idempotency-Key` reused for a different request
+/// is 422); and error bodies
 /// as `application/problem+json` (RFC 9457), where the annotations name only the schema.
 fn refine_operation(path: &str, operation: &mut Value) {
     let has_body = operation.get("requestBody").is_some();
@@ -138,7 +139,12 @@ fn refine_operation(path: &str, operation: &mut Value) {
     };
     let problem = json!({"description": "A problem (RFC 9457)",
         "content": {PROBLEM_JSON: {"schema": {"$ref": PROBLEM_REF}}}});
-    let refusals = [("413", has_body), ("415", has_body), ("422", has_key)];
+    let refusals = [
+        ("408", has_body),
+        ("413", has_body),
+        ("415", has_body),
+        ("422", has_key),
+    ];
     for (status, _) in refusals.iter().filter(|(_, applies)| *applies) {
         responses.entry(*status).or_insert_with(|| problem.clone());
     }
@@ -345,7 +351,7 @@ mod tests {
         }
         assert!(problems > 50, "{problems}");
         let responses = &doc["paths"]["/v1/tickets/{id}/comments"]["post"]["responses"];
-        for status in ["413", "415", "422"] {
+        for status in ["408", "413", "415", "422"] {
             assert!(responses[status].is_object(), "{status}");
         }
         assert!(doc["paths"]["/v1/tickets/{id}/read"]["post"]["responses"]["422"].is_object());

@@ -25,8 +25,14 @@ use tower::ServiceExt;
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
     /// A request's head (request line and headers) must arrive within this, counted from when
-    /// the connection waits for it (an idle keep-alive connection too): else it is closed.
+    /// the connection waits for it: an idle keep-alive connection is closed then too, so it
+    /// must be longer than the idle timeout of any proxy in front (60 s for AWS's load
+    /// balancers and nginx's upstream connections), or the proxy may send a request down a
+    /// connection as it closes.
     pub header_read_timeout: Duration,
+    /// A request's body must arrive whole within this, once its head has (see
+    /// [`crate::extract::read_body`]): 408 otherwise.
+    pub body_timeout: Duration,
     /// Connections open at once; past it, new ones wait in the listen backlog.
     pub max_connections: usize,
 }
@@ -34,9 +40,45 @@ pub struct Limits {
 impl Default for Limits {
     fn default() -> Self {
         Limits {
-            header_read_timeout: Duration::from_secs(30),
+            header_read_timeout: Duration::from_secs(75),
+            body_timeout: Duration::from_secs(30),
             max_connections: 4096,
         }
+    }
+}
+
+/// How long a request's body may take to arrive, as the server was told (a request
+/// extension; [`Limits::body_timeout`]).
+#[derive(Debug, Clone, Copy)]
+pub struct BodyTimeout(pub Duration);
+
+/// Descriptors kept for the store's files and connections, the logs and the rest, beside the
+/// HTTP connections.
+const DESCRIPTORS_KEPT: u64 = 256;
+
+/// Raises the process's limit of open files to its hard limit (Linux starts services at 1,024
+/// unless told otherwise), and returns `wanted` connections or, if the limit leaves fewer, as
+/// many as it leaves beside [`DESCRIPTORS_KEPT`]: past the limit accepts fail, and with them
+/// the store's own opens.
+pub fn connections_within_descriptors(wanted: usize) -> usize {
+    let limit = match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) => limit,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the open-files limit; HTTP connections are not fitted to it");
+            return wanted;
+        }
+    };
+    let room = usize::try_from(limit.saturating_sub(DESCRIPTORS_KEPT).max(1)).unwrap_or(wanted);
+    if room < wanted {
+        tracing::warn!(
+            wanted,
+            open_files_limit = limit,
+            connections = room,
+            "the open-files limit leaves room for fewer HTTP connections; raise it (ulimit -n, LimitNOFILE=) for more"
+        );
+        room
+    } else {
+        wanted
     }
 }
 
@@ -73,10 +115,13 @@ pub async fn serve(
             },
             () = &mut shutdown => break,
         };
-        let service = TowerToHyperService::new(
-            app.clone()
-                .map_request(|req: Request<Incoming>| req.map(Body::new)),
-        );
+        let body_timeout = BodyTimeout(limits.body_timeout);
+        let service =
+            TowerToHyperService::new(app.clone().map_request(move |req: Request<Incoming>| {
+                let mut req = req.map(Body::new);
+                req.extensions_mut().insert(body_timeout);
+                req
+            }));
         let conn = graceful.watch(builder.serve_connection(TokioIo::new(stream), service));
         tokio::spawn(async move {
             if let Err(e) = conn.await {

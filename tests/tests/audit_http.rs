@@ -630,7 +630,7 @@ async fn scratch_copies(s: &TestServer) -> usize {
 /// check runs on to its end, which discards it.
 async fn one_verification_at_a_time_and_none_left_halfway(s: TestServer) {
     use tokio::io::AsyncWriteExt;
-    some_history(&s, 10).await;
+    some_history(&s, 20).await;
     let held = s.verify_slot.clone().try_acquire_owned().expect("free");
     let busy = s
         .call(
@@ -665,6 +665,11 @@ async fn one_verification_at_a_time_and_none_left_halfway(s: TestServer) {
         tokio::time::sleep(std::time::Duration::from_millis(1)).await;
     }
     drop(conn);
+    assert_eq!(
+        s.verify_slot.available_permits(),
+        0,
+        "the check still ran when its caller left (else this shows nothing)"
+    );
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
     while s.verify_slot.available_permits() == 0 {
         assert!(tokio::time::Instant::now() < deadline, "the check ended");

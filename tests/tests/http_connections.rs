@@ -112,3 +112,29 @@ async fn connections_past_the_bound_wait_their_turn() {
     let answer = String::from_utf8_lossy(&answer);
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
 }
+
+#[tokio::test]
+async fn a_body_that_never_ends_is_a_408_and_changes_nothing() {
+    let t = ticketd_tests::sqlite_store().await;
+    let limits = Limits {
+        body_timeout: Duration::from_secs(1),
+        ..Limits::default()
+    };
+    let s = TestServer::start_limited(t.store.clone(), false, limits).await;
+    let mut conn = connect(&s).await;
+    let head = format!(
+        "POST /v1/tickets HTTP/1.1\r\nhost: ticketd\r\nauthorization: Bearer {}\r\n\
+         content-type: application/json\r\ncontent-length: 100\r\n\r\n{{\"subject\"",
+        s.customer("alice")
+    );
+    conn.write_all(head.as_bytes()).await.expect("send");
+    let started = Instant::now();
+    let answer = closed_within(&mut conn, Duration::from_secs(10)).await;
+    assert!(started.elapsed() >= Duration::from_millis(900));
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("application/problem+json"), "{answer}");
+    assert!(answer.contains("\"code\":\"request_timeout\""), "{answer}");
+    let log = ticketd_tests::read_everything(t.store.as_ref(), 100).await;
+    assert!(log.is_empty(), "nothing appended: {log:?}");
+}
