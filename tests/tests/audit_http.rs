@@ -515,15 +515,7 @@ async fn verify_passes_an_untouched_store(s: TestServer) {
         .wait_for("feed", at, std::time::Duration::from_secs(5))
         .await
         .expect("the feed caught up");
-    let a = s
-        .call(
-            Method::POST,
-            "/v1/audit/verify",
-            Some(&admin(&s)),
-            None,
-            &[],
-        )
-        .await;
+    let a = verify(&s, "/v1/audit/verify").await;
     assert_eq!(a.status, StatusCode::OK, "{}", a.body);
     assert_eq!(a.body["ok"], true, "{}", a.body);
     assert_eq!(a.body["events"], 9);
@@ -547,15 +539,7 @@ async fn verify_passes_an_untouched_store(s: TestServer) {
         .expect("tamper");
     assert_eq!(changed, 3, "one feed row per ticket changed");
     drop(pooled);
-    let a = s
-        .call(
-            Method::POST,
-            "/v1/audit/verify",
-            Some(&admin(&s)),
-            None,
-            &[],
-        )
-        .await;
+    let a = verify(&s, "/v1/audit/verify").await;
     assert_eq!(a.status, StatusCode::OK, "{}", a.body);
     assert_eq!(a.body["ok"], false, "{}", a.body);
     assert_eq!(a.body["findings"], json!([]), "the log is intact");
@@ -571,25 +555,16 @@ async fn verify_passes_an_untouched_store(s: TestServer) {
         a.body
     );
     // And the switch to leave it out, or a bad value for it.
-    let a = s
-        .call(
-            Method::POST,
-            "/v1/audit/verify?projections=false",
-            Some(&admin(&s)),
-            None,
-            &[],
-        )
-        .await;
+    let a = verify(&s, "/v1/audit/verify?projections=false").await;
     assert_eq!(a.body["ok"], true, "{}", a.body);
-    s.call(
-        Method::POST,
-        "/v1/audit/verify?projections=maybe",
-        Some(&admin(&s)),
-        None,
-        &[],
-    )
-    .await
-    .assert_problem(400, "malformed_request");
+    verify(&s, "/v1/audit/verify?projections=maybe")
+        .await
+        .assert_problem(400, "malformed_request");
+}
+
+/// `POST path` (the verification, with its query) as an admin.
+async fn verify(s: &TestServer, path: &str) -> ticketd_tests::http::Answer {
+    s.call(Method::POST, path, Some(&admin(s)), None, &[]).await
 }
 
 /// The scratch copies of the read models a check left beside this test's store.
@@ -632,15 +607,7 @@ async fn one_verification_at_a_time_and_none_left_halfway(s: TestServer) {
     use tokio::io::AsyncWriteExt;
     some_history(&s, 20).await;
     let held = s.verify_slot.clone().try_acquire_owned().expect("free");
-    let busy = s
-        .call(
-            Method::POST,
-            "/v1/audit/verify",
-            Some(&admin(&s)),
-            None,
-            &[],
-        )
-        .await;
+    let busy = verify(&s, "/v1/audit/verify").await;
     busy.assert_problem(503, "unavailable");
     assert_eq!(busy.header("retry-after"), Some("1"));
     drop(held);
@@ -680,15 +647,7 @@ async fn one_verification_at_a_time_and_none_left_halfway(s: TestServer) {
         0,
         "a scratch copy was left behind"
     );
-    let a = s
-        .call(
-            Method::POST,
-            "/v1/audit/verify",
-            Some(&admin(&s)),
-            None,
-            &[],
-        )
-        .await;
+    let a = verify(&s, "/v1/audit/verify").await;
     assert_eq!(a.status, StatusCode::OK, "{}", a.body);
     assert_eq!(a.body["ok"], true, "{}", a.body);
 }

@@ -11,6 +11,14 @@ use tokio::time::{timeout, Instant};
 
 use ticketd_api::server::Limits;
 use ticketd_tests::http::TestServer;
+use ticketd_tests::SqliteTestStore;
+
+/// A server on a SQLite store of its own, with `limits`.
+async fn server(limits: Limits) -> (SqliteTestStore, TestServer) {
+    let t = ticketd_tests::sqlite_store().await;
+    let s = TestServer::start_limited(t.store.clone(), false, limits).await;
+    (t, s)
+}
 
 async fn connect(s: &TestServer) -> TcpStream {
     TcpStream::connect(s.base.trim_start_matches("http://"))
@@ -37,12 +45,11 @@ async fn closed_within(conn: &mut TcpStream, within: Duration) -> Vec<u8> {
 
 #[tokio::test]
 async fn a_request_head_that_never_ends_is_cut_off() {
-    let t = ticketd_tests::sqlite_store().await;
-    let limits = Limits {
+    let (_t, s) = server(Limits {
         header_read_timeout: Duration::from_secs(1),
         ..Limits::default()
-    };
-    let s = TestServer::start_limited(t.store.clone(), false, limits).await;
+    })
+    .await;
 
     // Connected, and nothing sent.
     let mut silent = connect(&s).await;
@@ -84,12 +91,11 @@ async fn a_request_head_that_never_ends_is_cut_off() {
 
 #[tokio::test]
 async fn connections_past_the_bound_wait_their_turn() {
-    let t = ticketd_tests::sqlite_store().await;
-    let limits = Limits {
+    let (_t, s) = server(Limits {
         max_connections: 2,
         ..Limits::default()
-    };
-    let s = TestServer::start_limited(t.store.clone(), false, limits).await;
+    })
+    .await;
     let first = connect(&s).await;
     let _second = connect(&s).await;
     // A third client's request waits while both connections are open (the listen backlog
@@ -115,12 +121,11 @@ async fn connections_past_the_bound_wait_their_turn() {
 
 #[tokio::test]
 async fn a_body_that_never_ends_is_a_408_and_changes_nothing() {
-    let t = ticketd_tests::sqlite_store().await;
-    let limits = Limits {
+    let (t, s) = server(Limits {
         body_timeout: Duration::from_secs(1),
         ..Limits::default()
-    };
-    let s = TestServer::start_limited(t.store.clone(), false, limits).await;
+    })
+    .await;
     let mut conn = connect(&s).await;
     let head = format!(
         "POST /v1/tickets HTTP/1.1\r\nhost: ticketd\r\nauthorization: Bearer {}\r\n\
