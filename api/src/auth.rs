@@ -128,7 +128,8 @@ impl Auth {
     pub fn from_secret_or_dir(secret: Option<&str>, data_dir: &Path) -> anyhow::Result<Auth> {
         match secret {
             Some(s) => Auth::new(s.as_bytes().to_vec()).context("TICKETD_JWT_SECRET"),
-            None => Auth::new(load_or_create_secret(data_dir)?),
+            None => Auth::new(load_or_create_secret(data_dir)?)
+                .with_context(|| format!("{}", data_dir.join(SECRET_FILE).display())),
         }
     }
 
@@ -162,35 +163,8 @@ impl Auth {
                 ))
             }
         };
-        let sub_len = c.sub.chars().count();
-        if sub_len == 0 || sub_len > SUB_MAX {
-            return Err(ApiError::unauthorized(format!(
-                "The token's sub must be 1–{SUB_MAX} characters."
-            )));
-        }
-        if c.name
-            .as_ref()
-            .is_some_and(|n| n.chars().count() > NAME_MAX)
-        {
-            return Err(ApiError::unauthorized(format!(
-                "The token's name must be at most {NAME_MAX} characters."
-            )));
-        }
-        if c.org.as_ref().is_some_and(|o| o.chars().count() > ORG_MAX) {
-            return Err(ApiError::unauthorized(format!(
-                "The token's org must be at most {ORG_MAX} characters."
-            )));
-        }
-        // They would name nobody, and reach read models whose text columns refuse U+0000.
-        let controls = |s: &str| s.chars().any(char::is_control);
-        if controls(&c.sub)
-            || c.name.as_deref().is_some_and(controls)
-            || c.org.as_deref().is_some_and(controls)
-        {
-            return Err(ApiError::unauthorized(
-                "The token's sub, name and org must not contain control characters.",
-            ));
-        }
+        check_claims(&c.sub, c.name.as_deref(), c.org.as_deref())
+            .map_err(ApiError::unauthorized)?;
         Ok(Actor {
             id: c.sub,
             name: c.name.filter(|n| !n.is_empty()),
@@ -211,6 +185,8 @@ impl Auth {
         ttl: Duration,
     ) -> anyhow::Result<String> {
         anyhow::ensure!(role != Role::Public, "tokens cannot carry the public role");
+        // What the service would refuse (a 401 on every request) is not minted.
+        check_claims(sub, name, org).map_err(anyhow::Error::msg)?;
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .context("the clock is before 1970")?;
@@ -243,6 +219,33 @@ impl Auth {
         };
         self.verify(token).map(Some)
     }
+}
+
+/// What a token's claims must hold beyond its signature, as `verify` checks them and `mint`
+/// before it signs.
+fn check_claims(sub: &str, name: Option<&str>, org: Option<&str>) -> Result<(), String> {
+    let sub_len = sub.chars().count();
+    if sub_len == 0 || sub_len > SUB_MAX {
+        return Err(format!("The token's sub must be 1–{SUB_MAX} characters."));
+    }
+    if name.is_some_and(|n| n.chars().count() > NAME_MAX) {
+        return Err(format!(
+            "The token's name must be at most {NAME_MAX} characters."
+        ));
+    }
+    if org.is_some_and(|o| o.chars().count() > ORG_MAX) {
+        return Err(format!(
+            "The token's org must be at most {ORG_MAX} characters."
+        ));
+    }
+    // They would name nobody, and reach read models whose text columns refuse U+0000.
+    let controls = |s: &str| s.chars().any(char::is_control);
+    if controls(sub) || name.is_some_and(controls) || org.is_some_and(controls) {
+        return Err(
+            "The token's sub, name and org must not contain control characters.".to_owned(),
+        );
+    }
+    Ok(())
 }
 
 /// Reads the generated secret from `data_dir`, or creates it (32 random bytes, hex, mode 0600).

@@ -6,6 +6,7 @@ use clap::Parser;
 
 use ticketd_api::auth::Auth;
 use ticketd_api::config::{Cli, Command, LogFormat};
+use ticketd_api::telemetry::LogTo;
 
 // glibc's malloc took an eighth of the server's CPU under load (perf); mimalloc does the same
 // work in a fraction of that.
@@ -15,11 +16,11 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    let format = match &cli.command {
-        Command::Serve(args) => args.log_format,
-        _ => LogFormat::Text,
+    let (format, to) = match &cli.command {
+        Command::Serve(args) => (args.log_format, LogTo::Stdout),
+        _ => (LogFormat::Text, LogTo::Stderr),
     };
-    let _logs = ticketd_api::telemetry::init(format);
+    let _logs = ticketd_api::telemetry::init(format, to);
     match run(cli.command).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

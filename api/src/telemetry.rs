@@ -16,19 +16,31 @@ use tracing_subscriber::EnvFilter;
 
 use crate::config::LogFormat;
 
-/// Installs the global subscriber; levels from `RUST_LOG` (default `info`). Lines go to stdout
+/// Where log lines go: the service's to stdout; a command's to stderr, so that its own output
+/// (a token to paste, a report) is all stdout holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogTo {
+    Stdout,
+    Stderr,
+}
+
+/// Installs the global subscriber; levels from `RUST_LOG` (default `info`). Lines go out
 /// through a writer thread that batches them into few writes (one write per request line cost
 /// a fifth of the server's throughput); it blocks rather than drops when it falls behind.
 /// Keep the guard until exit: dropping it flushes what is buffered.
-pub fn init(format: LogFormat) -> WorkerGuard {
+pub fn init(format: LogFormat, to: LogTo) -> WorkerGuard {
+    let (out, terminal): (Box<dyn std::io::Write + Send>, bool) = match to {
+        LogTo::Stdout => (Box::new(std::io::stdout()), std::io::stdout().is_terminal()),
+        LogTo::Stderr => (Box::new(std::io::stderr()), std::io::stderr().is_terminal()),
+    };
     let (writer, guard) = NonBlockingBuilder::default()
         .lossy(false)
-        .finish(BufWriter::with_capacity(64 * 1024, std::io::stdout()));
+        .finish(BufWriter::with_capacity(64 * 1024, out));
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_target(false)
-        .with_ansi(std::io::stdout().is_terminal())
+        .with_ansi(terminal)
         .with_writer(writer);
     // A second init (e.g. in tests) keeps the first subscriber.
     let _ = match format {
