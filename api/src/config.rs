@@ -80,7 +80,8 @@ pub struct VerifyArgs {
 pub struct ExportArgs {
     #[command(flatten)]
     pub store: StoreArgs,
-    /// The file to write (not stdout, which carries log lines).
+    /// The file to write; it appears under this name only once complete (written as
+    /// `FILE.partial` until then).
     #[arg(long, short)]
     pub output: PathBuf,
     #[arg(long, value_enum, default_value_t = Format::Ndjson)]

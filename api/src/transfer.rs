@@ -73,6 +73,14 @@ pub async fn verify(args: &VerifyArgs) -> anyhow::Result<()> {
                 std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
             let anchors = anchors(BufReader::new(file))
                 .with_context(|| format!("reading anchors from {}", path.display()))?;
+            // An empty file (an export cut short by an older build, a wrong path) anchors
+            // nothing: the check would pass without one.
+            if anchors.is_empty() {
+                bail!(
+                    "{} holds no events: an anchor is an earlier export of the log",
+                    path.display()
+                );
+            }
             Verifier::with_anchors(anchors)
         }
     };
@@ -234,9 +242,9 @@ fn encode_page(
 
 /// `ticketd export`.
 pub async fn export(args: &ExportArgs) -> anyhow::Result<()> {
-    // Log lines go to stdout, so an export there could be interleaved with them.
+    // A file, which appears under its name only once whole (see below).
     if args.output == Path::new("-") {
-        bail!("write the export to a file: log lines share stdout");
+        bail!("write the export to a file (-o FILE): it appears there only once complete");
     }
     let store = crate::app::open_existing(&args.store).await?;
     let selection = Selection {
@@ -244,15 +252,34 @@ pub async fn export(args: &ExportArgs) -> anyhow::Result<()> {
         until: args.until,
         ticket: args.ticket,
     };
+    // Written beside it first and renamed over it once whole and synced: an export cut short
+    // (a kill, a lost connection) would end cleanly between two events and look complete, and
+    // would already have emptied the file it replaces (often the last anchor).
+    let mut partial = args.output.clone().into_os_string();
+    partial.push(".partial");
+    let partial = std::path::PathBuf::from(partial);
     let n = crate::app::then_close(store.as_ref(), async {
-        let file = std::fs::File::create(&args.output)
-            .with_context(|| format!("creating {}", args.output.display()))?;
-        let (n, mut out) =
+        let file = std::fs::File::create(&partial)
+            .with_context(|| format!("creating {}", partial.display()))?;
+        let (n, out) =
             export_to(store.as_ref(), selection, args.format, BufWriter::new(file)).await?;
-        out.flush()?;
+        let file = out.into_inner().map_err(|e| e.into_error())?;
+        file.sync_all()
+            .with_context(|| format!("writing {}", partial.display()))?;
+        std::fs::rename(&partial, &args.output).with_context(|| {
+            format!(
+                "renaming {} to {}",
+                partial.display(),
+                args.output.display()
+            )
+        })?;
         Ok(n)
     })
-    .await?;
+    .await;
+    if n.is_err() {
+        let _ = std::fs::remove_file(&partial);
+    }
+    let n = n?;
     eprintln!("exported {n} events");
     Ok(())
 }
@@ -334,7 +361,10 @@ impl Target {
             store.migrate().await.context("migrating SQLite")?;
             Ok(Target::Sqlite(Arc::new(store)))
         } else {
-            bail!("DATABASE_URL must start with postgres:// or sqlite://, got {url:?}")
+            bail!(
+                "DATABASE_URL must start with postgres:// or sqlite://, got {:?}",
+                crate::app::redact(&url)
+            )
         }
     }
 

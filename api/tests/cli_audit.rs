@@ -56,7 +56,7 @@ async fn verify_export_and_import_from_the_command_line() {
     let out = ticketd(dir, &["export", "--database-url", url, "-o", exported]);
     assert!(out.status.success(), "{}", text(&out.stderr));
 
-    // Not to stdout, which log lines share.
+    // Not to stdout: an export appears under its name only once whole.
     let out = ticketd(dir, &["export", "--database-url", url, "-o", "-"]);
     assert!(!out.status.success());
     assert!(out.stdout.is_empty());
@@ -71,6 +71,25 @@ async fn verify_export_and_import_from_the_command_line() {
     assert!(
         std::fs::read(exported).expect("read") == std::fs::read(again).expect("read"),
         "the re-export differs"
+    );
+    // An empty anchor anchors nothing: refused, not passed.
+    let empty = dir.join("empty.ndjson");
+    std::fs::write(&empty, "").expect("write");
+    let out = ticketd(
+        dir,
+        &[
+            "verify",
+            "--database-url",
+            url,
+            "--anchor",
+            empty.to_str().expect("utf-8"),
+        ],
+    );
+    assert!(!out.status.success(), "{}", text(&out.stdout));
+    assert!(
+        text(&out.stderr).contains("holds no events"),
+        "{}",
+        text(&out.stderr)
     );
     // The copy still holds every stream's head of the export: anchored, it verifies.
     let out = ticketd(
@@ -135,4 +154,59 @@ async fn verify_export_and_import_from_the_command_line() {
         )),
         "{report}"
     );
+}
+
+/// An export cut short leaves nothing under its name: a file that ended between two events
+/// would look complete (and would have replaced the previous export, often the last anchor).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_export_cut_short_leaves_the_previous_file() {
+    let source = ticketd_tests::sqlite_store().await;
+    for _ in 0..200 {
+        ticketd_tests::new_stream(source.store.as_ref(), 500).await;
+    }
+    let dir = source.dir.path();
+    let output = dir.join("export.ndjson");
+    std::fs::write(&output, "the previous export\n").expect("write");
+    let partial = dir.join("export.ndjson.partial");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ticketd"))
+        .args(["export", "--database-url", &source.url, "-o"])
+        .arg(&output)
+        .current_dir(dir)
+        .env("RUST_LOG", "warn")
+        .spawn()
+        .expect("run ticketd export");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while std::fs::metadata(&partial).map_or(true, |m| m.len() == 0) {
+        assert!(std::time::Instant::now() < deadline, "the export began");
+        assert!(
+            child.try_wait().expect("wait").is_none(),
+            "the export ended before it could be cut short"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    child.kill().expect("kill");
+    child.wait().expect("wait");
+    assert_eq!(
+        std::fs::read_to_string(&output).expect("read"),
+        "the previous export\n"
+    );
+
+    // Run to its end, it replaces the file, and leaves nothing beside it.
+    let out = ticketd(
+        dir,
+        &[
+            "export",
+            "--database-url",
+            &source.url,
+            "-o",
+            "export.ndjson",
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(!partial.exists());
+    let lines = std::fs::read_to_string(&output)
+        .expect("read")
+        .lines()
+        .count();
+    assert_eq!(lines, 100_000);
 }
