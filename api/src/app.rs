@@ -166,7 +166,10 @@ async fn open(args: &StoreArgs, migrate: bool) -> anyhow::Result<Arc<dyn EventSt
         }
         Ok(Arc::new(store))
     } else {
-        anyhow::bail!("DATABASE_URL must start with postgres:// or sqlite://, got {url:?}")
+        anyhow::bail!(
+            "DATABASE_URL must start with postgres:// or sqlite://, got {:?}",
+            redact(url)
+        )
     }
 }
 
@@ -282,16 +285,46 @@ async fn purge_idempotency(store: Arc<dyn EventStore>) {
 
 /// A database URL without its password, for logs.
 pub fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme), Some(at)) if at > scheme => {
-            let creds = &url[scheme + 3..at];
-            match creds.split_once(':') {
-                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme + 3], &url[at..]),
-                None => url.to_owned(),
+    let Some(scheme) = url.find("://") else {
+        return url.to_owned();
+    };
+    let start = scheme + 3;
+    let end = url[start..]
+        .find(['/', '?'])
+        .map_or(url.len(), |i| start + i);
+    let mut out = String::with_capacity(url.len());
+    out.push_str(&url[..start]);
+    let authority = &url[start..end];
+    match authority.rfind('@') {
+        Some(at) => {
+            match authority[..at].split_once(':') {
+                Some((user, _)) => {
+                    out.push_str(user);
+                    out.push_str(":***");
+                }
+                None => out.push_str(&authority[..at]),
             }
+            out.push_str(&authority[at..]);
         }
-        _ => url.to_owned(),
+        None => out.push_str(authority),
     }
+    // The query may carry one too: libpq and sqlx take `password=` there.
+    match url[end..].split_once('?') {
+        Some((path, query)) => {
+            out.push_str(path);
+            out.push('?');
+            let params: Vec<String> = query
+                .split('&')
+                .map(|param| match param.split_once('=') {
+                    Some((k, _)) if k.eq_ignore_ascii_case("password") => format!("{k}=***"),
+                    _ => param.to_owned(),
+                })
+                .collect();
+            out.push_str(&params.join("&"));
+        }
+        None => out.push_str(&url[end..]),
+    }
+    out
 }
 
 #[cfg(test)]
@@ -306,5 +339,13 @@ mod tests {
         );
         assert_eq!(redact("postgres://u@h/db"), "postgres://u@h/db");
         assert_eq!(redact("sqlite://./data/t.db"), "sqlite://./data/t.db");
+        assert_eq!(
+            redact("postgres://app@db/t?sslmode=disable&password=hunter2"),
+            "postgres://app@db/t?sslmode=disable&password=***"
+        );
+        assert_eq!(
+            redact("postgres://u:p@ss@h/db?application_name=a@b"),
+            "postgres://u:***@h/db?application_name=a@b"
+        );
     }
 }
