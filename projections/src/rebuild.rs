@@ -1090,13 +1090,37 @@ pub fn select(names: &[String]) -> Result<Vec<Arc<dyn Projection>>, String> {
     if names.is_empty() {
         return Ok(all);
     }
-    names
-        .iter()
-        .map(|n| {
-            all.iter().find(|p| p.name() == n).cloned().ok_or_else(|| {
-                let known: Vec<_> = all.iter().map(|p| p.name()).collect();
-                format!("no projection {n:?}; known: {}", known.join(", "))
-            })
-        })
-        .collect()
+    let mut chosen: Vec<Arc<dyn Projection>> = Vec::new();
+    for n in names {
+        let p = all.iter().find(|p| p.name() == n).cloned().ok_or_else(|| {
+            let known: Vec<_> = all.iter().map(|p| p.name()).collect();
+            format!("no projection {n:?}; known: {}", known.join(", "))
+        })?;
+        // Named twice, rebuilt once: two builds of one projection would share its tables.
+        if !chosen.iter().any(|c| c.name() == p.name()) {
+            chosen.push(p);
+        }
+    }
+    Ok(chosen)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::select;
+
+    fn names(list: &[&str]) -> Result<Vec<&'static str>, String> {
+        let list: Vec<String> = list.iter().map(|n| (*n).to_owned()).collect();
+        select(&list).map(|ps| ps.iter().map(|p| p.name()).collect())
+    }
+
+    #[test]
+    fn a_projection_named_twice_is_rebuilt_once() {
+        assert_eq!(
+            names(&["tickets", "feed", "tickets"]),
+            Ok(vec!["tickets", "feed"])
+        );
+        assert_eq!(names(&[]).map(|n| n.len()), Ok(crate::all().len()));
+        let unknown = names(&["tickets", "nope"]).expect_err("unknown");
+        assert!(unknown.starts_with("no projection \"nope\""), "{unknown}");
+    }
 }
