@@ -284,6 +284,10 @@ pub async fn export(args: &ExportArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The longest NDJSON line read: far above any event's (text and fields are bounded to a few
+/// MiB, hex doubles the binary members).
+const LINE_MAX: u64 = 64 << 20;
+
 /// Reads exported events one at a time.
 pub struct Records<R> {
     input: R,
@@ -307,8 +311,15 @@ impl<R: BufRead> Records<R> {
         match self.format {
             Format::Ndjson => loop {
                 self.text.clear();
-                if self.input.read_line(&mut self.text)? == 0 {
+                // Bounded: a file with no newline would otherwise be read whole into memory.
+                let read = std::io::Read::take(&mut self.input, LINE_MAX + 1)
+                    .read_line(&mut self.text)
+                    .with_context(|| format!("line {}", self.line))?;
+                if read == 0 {
                     return Ok(None);
+                }
+                if read as u64 > LINE_MAX {
+                    bail!("line {} is longer than {} MiB", self.line, LINE_MAX >> 20);
                 }
                 if self.text.trim().is_empty() {
                     self.line += 1;
@@ -459,4 +470,25 @@ pub async fn import(args: &ImportArgs) -> anyhow::Result<()> {
 /// Reads a whole export from bytes (for tests and small files).
 pub fn read_records(bytes: &[u8], format: Format) -> anyhow::Result<Vec<StoredEvent>> {
     Records::new(bytes, format).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Format, Records, LINE_MAX};
+
+    fn first_error(input: Vec<u8>) -> String {
+        let mut records = Records::new(std::io::Cursor::new(input), Format::Ndjson);
+        let error = records.next().expect("a record").expect_err("refused");
+        format!("{error:#}")
+    }
+
+    #[test]
+    fn an_overlong_or_undecodable_line_is_refused_by_its_number() {
+        let mut long = b"\n".to_vec();
+        long.extend(std::iter::repeat_n(b'x', LINE_MAX as usize + 1));
+        let error = first_error(long);
+        assert!(error.starts_with("line 2 is longer than 64 MiB"), "{error}");
+        let error = first_error(b"\n\xff\xfe{}\n".to_vec());
+        assert!(error.starts_with("line 2"), "{error}");
+    }
 }
