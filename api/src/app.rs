@@ -167,8 +167,8 @@ async fn open(args: &StoreArgs, migrate: bool) -> anyhow::Result<Arc<dyn EventSt
         Ok(Arc::new(store))
     } else {
         anyhow::bail!(
-            "DATABASE_URL must start with postgres:// or sqlite://, got {:?}",
-            redact(url)
+            "DATABASE_URL must start with postgres:// or sqlite://; it starts {:?}",
+            scheme_of(url)
         )
     }
 }
@@ -201,21 +201,29 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     });
     let server = tokio::spawn(server);
     let timeout = args.shutdown_timeout();
+    // One deadline for the drain and the wait for a verification below, set when shutdown
+    // begins: the whole stop takes at most the timeout (and the projections' and store's
+    // few seconds after it).
+    let (began, deadline) = tokio::sync::oneshot::channel::<tokio::time::Instant>();
     tokio::select! {
         done = server => done.context("the server task failed")?,
         () = async move {
-            // Only once shutdown began does the drain deadline run.
             if stop.await.is_ok() {
-                tokio::time::sleep(timeout).await;
+                let until = tokio::time::Instant::now() + timeout;
+                let _ = began.send(until);
+                tokio::time::sleep_until(until).await;
             } else {
                 std::future::pending::<()>().await;
             }
         } => tracing::warn!(?timeout, "requests still in flight at the shutdown deadline; exiting"),
     }
     purge.abort();
+    let deadline = deadline
+        .await
+        .unwrap_or_else(|_| tokio::time::Instant::now() + timeout);
     // A verification whose caller left runs on: let it finish and discard its scratch copy
     // before the store closes under it.
-    if tokio::time::timeout(timeout, verify_slot.acquire())
+    if tokio::time::timeout_at(deadline, verify_slot.acquire())
         .await
         .is_err()
     {
@@ -283,15 +291,33 @@ async fn purge_idempotency(store: Arc<dyn EventStore>) {
     }
 }
 
+/// What an error may echo of a database URL it cannot use: up to its first `:` (the scheme,
+/// when it has one), any password masked.
+pub fn scheme_of(url: &str) -> String {
+    redact(url.split(':').next().unwrap_or_default())
+}
+
 /// A database URL without its password, for logs.
 pub fn redact(url: &str) -> String {
     let Some(scheme) = url.find("://") else {
-        return url.to_owned();
+        // Not a URL (libpq's `host=… password=…` form, a typo): keep no value of a password.
+        return url
+            .split(' ')
+            .map(|word| match word.split_once('=') {
+                Some((k, _)) if k.eq_ignore_ascii_case("password") => format!("{k}=***"),
+                _ => word.to_owned(),
+            })
+            .collect::<Vec<_>>()
+            .join(" ");
     };
     let start = scheme + 3;
-    let end = url[start..]
-        .find(['/', '?'])
-        .map_or(url.len(), |i| start + i);
+    // The authority ends at the first `/` after its last `@` (a password may hold a `/`),
+    // and before the query.
+    let query = url[start..].find('?').map_or(url.len(), |i| start + i);
+    let after_at = url[start..query].rfind('@').map_or(start, |i| start + i);
+    let end = url[after_at..query]
+        .find('/')
+        .map_or(query, |i| after_at + i);
     let mut out = String::with_capacity(url.len());
     out.push_str(&url[..start]);
     let authority = &url[start..end];
@@ -329,7 +355,7 @@ pub fn redact(url: &str) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::redact;
+    use super::{redact, scheme_of};
 
     #[test]
     fn passwords_do_not_reach_the_log() {
@@ -347,5 +373,12 @@ mod tests {
             redact("postgres://u:p@ss@h/db?application_name=a@b"),
             "postgres://u:***@h/db?application_name=a@b"
         );
+        assert_eq!(redact("postgres://u:pa/ss@h/db"), "postgres://u:***@h/db");
+        assert_eq!(
+            redact("host=db user=app password=s3cret"),
+            "host=db user=app password=***"
+        );
+        assert_eq!(scheme_of("postgres:/app:s3cret@db/t"), "postgres");
+        assert_eq!(scheme_of("host=db password=s3cret"), "host=db password=***");
     }
 }
