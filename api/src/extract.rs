@@ -3,7 +3,7 @@
 
 use axum::extract::{FromRequest, FromRequestParts, Path, Request};
 use axum::http::request::Parts;
-use axum::http::{header, HeaderMap};
+use axum::http::{header, HeaderMap, StatusCode};
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -73,16 +73,22 @@ pub async fn read_body(req: Request, limit: usize) -> Result<Vec<u8>, ApiError> 
                 ApiError::malformed("The request body could not be read to its end.")
             })?;
             if buf.len() + chunk.len() > limit {
-                drain(&mut stream).await;
                 return Err(ApiError::payload_too_large(limit));
             }
             buf.extend_from_slice(&chunk);
         }
         Ok(buf)
     };
-    tokio::time::timeout(within, read)
-        .await
-        .unwrap_or_else(|_| Err(ApiError::request_timeout(within)))
+    let refused = match tokio::time::timeout(within, read).await {
+        Ok(Ok(buf)) => return Ok(buf),
+        Ok(Err(e)) if e.status() != StatusCode::PAYLOAD_TOO_LARGE => return Err(e),
+        Ok(Err(e)) => e,
+        Err(_) => ApiError::request_timeout(within),
+    };
+    // A client still sending gets the answer, not a reset (see `DRAIN_BYTES`); the drain's
+    // time is its own, not what was left of the body's.
+    drain(&mut stream).await;
+    Err(refused)
 }
 
 /// Reads and drops the rest of a refused body, within [`DRAIN_BYTES`] and [`DRAIN_TIME`].
