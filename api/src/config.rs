@@ -80,8 +80,8 @@ pub struct VerifyArgs {
 pub struct ExportArgs {
     #[command(flatten)]
     pub store: StoreArgs,
-    /// The file to write; it appears under this name only once complete (written as
-    /// `FILE.partial` until then).
+    /// The file to write (owner-only), which appears under this name only once complete
+    /// (written as `FILE.partial` until then); `-` for stdout, or a pipe, written as it goes.
     #[arg(long, short)]
     pub output: PathBuf,
     #[arg(long, value_enum, default_value_t = Format::Ndjson)]

@@ -242,27 +242,65 @@ fn encode_page(
 
 /// `ticketd export`.
 pub async fn export(args: &ExportArgs) -> anyhow::Result<()> {
-    // A file, which appears under its name only once whole (see below).
-    if args.output == Path::new("-") {
-        bail!("write the export to a file (-o FILE): it appears there only once complete");
-    }
     let store = crate::app::open_existing(&args.store).await?;
     let selection = Selection {
         after: args.after,
         until: args.until,
         ticket: args.ticket,
     };
-    // Written beside it first and renamed over it once whole and synced: an export cut short
-    // (a kill, a lost connection) would end cleanly between two events and look complete, and
-    // would already have emptied the file it replaces (often the last anchor).
+    // To stdout (`-`) or to what is not a regular file (a pipe, `/dev/stdout`): written as it
+    // goes, since nothing can be renamed over it.
+    let streamed = args.output == Path::new("-")
+        || std::fs::metadata(&args.output).is_ok_and(|m| !m.is_file());
+    let n = if streamed {
+        crate::app::then_close(store.as_ref(), async {
+            let out: Box<dyn Write + Send> = if args.output == Path::new("-") {
+                Box::new(std::io::stdout())
+            } else {
+                Box::new(
+                    std::fs::OpenOptions::new()
+                        .write(true)
+                        .open(&args.output)
+                        .with_context(|| format!("opening {}", args.output.display()))?,
+                )
+            };
+            let (n, mut out) =
+                export_to(store.as_ref(), selection, args.format, BufWriter::new(out)).await?;
+            out.flush()?;
+            Ok(n)
+        })
+        .await?
+    } else {
+        export_to_file(store.as_ref(), selection, args).await?
+    };
+    eprintln!("exported {n} events");
+    Ok(())
+}
+
+/// An export to a file: written beside it first, synced and renamed over it once whole. Cut
+/// short (a kill, a lost connection), it would have ended cleanly between two events and
+/// looked complete, and would already have emptied the file it replaces (often the last
+/// anchor). Readable by its owner alone, as the log holds what customers wrote.
+async fn export_to_file(
+    store: &dyn EventStore,
+    selection: Selection,
+    args: &ExportArgs,
+) -> anyhow::Result<u64> {
     let mut partial = args.output.clone().into_os_string();
     partial.push(".partial");
     let partial = std::path::PathBuf::from(partial);
-    let n = crate::app::then_close(store.as_ref(), async {
-        let file = std::fs::File::create(&partial)
+    let written = crate::app::then_close(store, async {
+        let mut options = std::fs::OpenOptions::new();
+        options.write(true).create(true).truncate(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            options.mode(0o600);
+        }
+        let file = options
+            .open(&partial)
             .with_context(|| format!("creating {}", partial.display()))?;
-        let (n, out) =
-            export_to(store.as_ref(), selection, args.format, BufWriter::new(file)).await?;
+        let (n, out) = export_to(store, selection, args.format, BufWriter::new(file)).await?;
         let file = out.into_inner().map_err(|e| e.into_error())?;
         file.sync_all()
             .with_context(|| format!("writing {}", partial.display()))?;
@@ -276,12 +314,10 @@ pub async fn export(args: &ExportArgs) -> anyhow::Result<()> {
         Ok(n)
     })
     .await;
-    if n.is_err() {
+    if written.is_err() {
         let _ = std::fs::remove_file(&partial);
     }
-    let n = n?;
-    eprintln!("exported {n} events");
-    Ok(())
+    written
 }
 
 /// The longest NDJSON line read: far above any event's (text and fields are bounded to a few
@@ -293,7 +329,7 @@ pub struct Records<R> {
     input: R,
     format: Format,
     line: usize,
-    text: String,
+    text: Vec<u8>,
 }
 
 impl<R: BufRead> Records<R> {
@@ -302,7 +338,7 @@ impl<R: BufRead> Records<R> {
             input,
             format,
             line: 0,
-            text: String::new(),
+            text: Vec::new(),
         }
     }
 
@@ -312,8 +348,10 @@ impl<R: BufRead> Records<R> {
             Format::Ndjson => loop {
                 self.text.clear();
                 // Bounded: a file with no newline would otherwise be read whole into memory.
+                // Bytes, so that a line cut at the bound is told by its length, not by a
+                // character the cut split.
                 let read = std::io::Read::take(&mut self.input, LINE_MAX + 1)
-                    .read_line(&mut self.text)
+                    .read_until(b'\n', &mut self.text)
                     .with_context(|| format!("line {}", self.line))?;
                 if read == 0 {
                     return Ok(None);
@@ -321,11 +359,11 @@ impl<R: BufRead> Records<R> {
                 if read as u64 > LINE_MAX {
                     bail!("line {} is longer than {} MiB", self.line, LINE_MAX >> 20);
                 }
-                if self.text.trim().is_empty() {
+                if self.text.iter().all(u8::is_ascii_whitespace) {
                     self.line += 1;
                     continue;
                 }
-                let record: AuditEvent = serde_json::from_str(&self.text)
+                let record: AuditEvent = serde_json::from_slice(&self.text)
                     .with_context(|| format!("line {}", self.line))?;
                 return record
                     .to_stored()
@@ -373,8 +411,8 @@ impl Target {
             Ok(Target::Sqlite(Arc::new(store)))
         } else {
             bail!(
-                "DATABASE_URL must start with postgres:// or sqlite://, got {:?}",
-                crate::app::redact(&url)
+                "DATABASE_URL must start with postgres:// or sqlite://; it starts {:?}",
+                crate::app::scheme_of(&url)
             )
         }
     }
@@ -485,7 +523,9 @@ mod tests {
     #[test]
     fn an_overlong_or_undecodable_line_is_refused_by_its_number() {
         let mut long = b"\n".to_vec();
-        long.extend(std::iter::repeat_n(b'x', LINE_MAX as usize + 1));
+        long.extend(std::iter::repeat_n(b'x', LINE_MAX as usize - 1));
+        // A character the bound cuts in two.
+        long.extend("é".as_bytes());
         let error = first_error(long);
         assert!(error.starts_with("line 2 is longer than 64 MiB"), "{error}");
         let error = first_error(b"\n\xff\xfe{}\n".to_vec());

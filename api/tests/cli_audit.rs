@@ -56,10 +56,20 @@ async fn verify_export_and_import_from_the_command_line() {
     let out = ticketd(dir, &["export", "--database-url", url, "-o", exported]);
     assert!(out.status.success(), "{}", text(&out.stderr));
 
-    // Not to stdout: an export appears under its name only once whole.
+    // Readable by its owner alone: it holds what customers wrote.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(exported)
+            .expect("stat")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600, "{mode:o}");
+    }
+    // To stdout, the same bytes: the command's log lines go to stderr.
     let out = ticketd(dir, &["export", "--database-url", url, "-o", "-"]);
-    assert!(!out.status.success());
-    assert!(out.stdout.is_empty());
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(out.stdout, std::fs::read(exported).expect("read"));
 
     let copy_url = format!("sqlite://{}/copy.db", dir.display());
     let out = ticketd(dir, &["import", "--database-url", &copy_url, exported]);
