@@ -223,7 +223,7 @@ impl Auth {
 
 /// What a token's claims must hold beyond its signature, as `verify` checks them and `mint`
 /// before it signs.
-fn check_claims(sub: &str, name: Option<&str>, org: Option<&str>) -> Result<(), String> {
+pub fn check_claims(sub: &str, name: Option<&str>, org: Option<&str>) -> Result<(), String> {
     let sub_len = sub.chars().count();
     if sub_len == 0 || sub_len > SUB_MAX {
         return Err(format!("The token's sub must be 1–{SUB_MAX} characters."));

@@ -69,6 +69,9 @@ async fn run(command: Command) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Token(args) => {
+            // Before the secret: a refused token creates nothing.
+            ticketd_api::auth::check_claims(&args.sub, args.name.as_deref(), args.org.as_deref())
+                .map_err(anyhow::Error::msg)?;
             let auth = Auth::from_secret_or_dir(args.secret.jwt_secret.as_deref(), &args.data_dir)?;
             let token = auth.mint(
                 &args.sub,

@@ -62,4 +62,8 @@ fn a_token_the_service_would_refuse_is_not_minted() {
             text(&out.stderr)
         );
     }
+    assert!(
+        !dir.path().join("data").exists(),
+        "a refused token created nothing"
+    );
 }
