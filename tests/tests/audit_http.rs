@@ -612,36 +612,40 @@ async fn one_verification_at_a_time_and_none_left_halfway(s: TestServer) {
     assert_eq!(busy.header("retry-after"), Some("1"));
     drop(held);
 
-    // A caller that leaves once its check is building the read models afresh.
+    // A caller that leaves once its check is building the read models afresh. Should the check
+    // be over by then (a loaded machine), the try shows nothing: again, a few times.
     let addr = s.base.trim_start_matches("http://").to_owned();
-    let mut conn = tokio::net::TcpStream::connect(&addr)
-        .await
-        .expect("connect");
-    let request = format!(
-        "POST /v1/audit/verify HTTP/1.1\r\nhost: {addr}\r\nauthorization: Bearer {}\r\n\
-         content-length: 0\r\n\r\n",
-        admin(&s)
-    );
-    conn.write_all(request.as_bytes()).await.expect("send");
-    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
-    while scratch_copies(&s).await == 0 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the check made its scratch copy"
+    let mut left_midway = false;
+    for _ in 0..5 {
+        let mut conn = tokio::net::TcpStream::connect(&addr)
+            .await
+            .expect("connect");
+        let request = format!(
+            "POST /v1/audit/verify HTTP/1.1\r\nhost: {addr}\r\nauthorization: Bearer {}\r\n\
+             content-length: 0\r\n\r\n",
+            admin(&s)
         );
-        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        conn.write_all(request.as_bytes()).await.expect("send");
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+        while scratch_copies(&s).await == 0 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the check made its scratch copy"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        }
+        drop(conn);
+        left_midway = s.verify_slot.available_permits() == 0;
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
+        while s.verify_slot.available_permits() == 0 {
+            assert!(tokio::time::Instant::now() < deadline, "the check ended");
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        if left_midway {
+            break;
+        }
     }
-    drop(conn);
-    assert_eq!(
-        s.verify_slot.available_permits(),
-        0,
-        "the check still ran when its caller left (else this shows nothing)"
-    );
-    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
-    while s.verify_slot.available_permits() == 0 {
-        assert!(tokio::time::Instant::now() < deadline, "the check ended");
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-    }
+    assert!(left_midway, "no try left while its check ran");
     assert_eq!(
         scratch_copies(&s).await,
         0,
