@@ -194,16 +194,17 @@ fn gate_sql(skip: &str) -> String {
     )
 }
 
-/// A page of the whole log as `out` columns: the events after (`after_tx`, `after_seq`) below
-/// the gate, at most `limit` of them, cut where the bytes of payload and metadata before an
-/// event reach `max_bytes` (a running sum over the page, which is cut to `limit` first). Each
-/// argument is an SQL expression: a parameter, or a literal for `COPY`, which takes none.
+/// A page of the whole log as `out` columns: the events after (`after_tx`, `after_seq`) that
+/// `until` admits (the gate, or an end already settled), at most `limit` of them, cut where the
+/// bytes of payload and metadata before an event reach `max_bytes` (a running sum over the
+/// page, which is cut to `limit` first). Each argument is SQL: a parameter, or a literal for
+/// `COPY`, which takes none.
 fn page_sql(
     out: &str,
     after_tx: &str,
     after_seq: &str,
     limit: &str,
-    gate: &str,
+    until: &str,
     max_bytes: &str,
 ) -> String {
     let size = "(coalesce(octet_length(payload), 0) + coalesce(octet_length(metadata), 0))";
@@ -211,7 +212,7 @@ fn page_sql(
         "SELECT {out} FROM (SELECT {PAGE_COLUMNS}, \
          sum({size}) OVER (ORDER BY tx_id, seq ROWS UNBOUNDED PRECEDING) - {size} AS before \
          FROM (SELECT {PAGE_COLUMNS} FROM events \
-         WHERE (tx_id, seq) > ({after_tx}::xid8, {after_seq}) AND tx_id < {gate} \
+         WHERE (tx_id, seq) > ({after_tx}::xid8, {after_seq}) AND {until} \
          ORDER BY tx_id, seq LIMIT {limit}) page) sized \
          WHERE before < {max_bytes} ORDER BY tx_id, seq"
     )
@@ -225,8 +226,20 @@ static READ_ALL_SQL: LazyLock<String> = LazyLock::new(|| {
         "$1::text",
         "$2",
         "$3",
-        &gate_sql("$4::bigint[]"),
+        &format!("tx_id < {}", gate_sql("$4::bigint[]")),
         "$5",
+    )
+});
+
+/// [`read_settled_on`]'s page: as [`READ_ALL_SQL`], up to (`$4`, `$5`) instead of the gate.
+static READ_SETTLED_SQL: LazyLock<String> = LazyLock::new(|| {
+    page_sql(
+        EVENT_COLUMNS,
+        "$1::text",
+        "$2",
+        "$3",
+        "(tx_id, seq) <= ($4::text::xid8, $5)",
+        "$6",
     )
 });
 
@@ -1193,7 +1206,7 @@ impl EventStore for PostgresStore {
             &format!("'{}'", after.tx),
             &after_seq.to_string(),
             &rows.to_string(),
-            &gate,
+            &format!("tx_id < {gate}"),
             &max_bytes.to_string(),
         );
         let sql = format!("COPY ({page}) TO STDOUT (FORMAT binary)");
@@ -1335,7 +1348,8 @@ pub async fn read_all_on(
     rows.iter().map(event_from_row).collect()
 }
 
-/// Up to `limit` events after `after` and up to `upto`, in log order, with no gate: for a
+/// Up to `limit` events after `after` and up to `upto`, in log order, within [`PAGE_BYTES`]
+/// as every page of the log is (but for its first event), with no gate: for a
 /// reader that knows every event up to `upto` is settled (a log reader saw `upto`, so every
 /// transaction ordered before it had ended). A rebuild's switch reads this way what the live
 /// projections applied: the gate, computed while it holds their tables, may stop at a live
@@ -1347,18 +1361,16 @@ pub async fn read_settled_on(
     limit: usize,
 ) -> StoreResult<Vec<StoredEvent>> {
     let clamp = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
-    let rows = sqlx::query(&format!(
-        "SELECT {EVENT_COLUMNS} FROM events WHERE (tx_id, seq) > ($1::text::xid8, $2) \
-         AND (tx_id, seq) <= ($3::text::xid8, $4) ORDER BY tx_id, seq LIMIT $5"
-    ))
-    .bind(after.tx.to_string())
-    .bind(clamp(after.seq))
-    .bind(upto.tx.to_string())
-    .bind(clamp(upto.seq))
-    .bind(clamp(limit as u64))
-    .fetch_all(conn)
-    .await
-    .map_err(unavailable)?;
+    let rows = sqlx::query(&READ_SETTLED_SQL)
+        .bind(after.tx.to_string())
+        .bind(clamp(after.seq))
+        .bind(clamp(limit as u64))
+        .bind(upto.tx.to_string())
+        .bind(clamp(upto.seq))
+        .bind(clamp(PAGE_BYTES as u64))
+        .fetch_all(conn)
+        .await
+        .map_err(unavailable)?;
     rows.iter().map(event_from_row).collect()
 }
 

@@ -706,6 +706,43 @@ async fn read_all_stops_at_its_byte_bound(store: Arc<dyn EventStore>) {
     assert_eq!(read, written, "every event once, in order");
 }
 
+/// PostgreSQL: a settled read (a rebuild's switch, past the gate) keeps the log pages' byte
+/// bound too, and stops at its end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_a_settled_read_stops_at_its_byte_bound_and_its_end() {
+    let Some(t) = ticketd_tests::postgres_store(2).await else {
+        return;
+    };
+    let mut events = new_events(7);
+    for e in &mut events {
+        e.payload = vec![b'x'; PAGE_BYTES / 3 + 1];
+    }
+    let appended = t
+        .store
+        .append(request(Uuid::now_v7(), 0, ZERO_HASH, events))
+        .await
+        .expect("append");
+    let upto = appended.events[5].position;
+    let mut conn = t.store.pool().acquire().await.expect("a connection");
+    let (mut after, mut sizes, mut read) = (Position::START, Vec::new(), Vec::new());
+    loop {
+        let page = ticketd_commands::postgres::read_settled_on(&mut conn, after, upto, 500)
+            .await
+            .expect("read");
+        let Some(last) = page.last() else { break };
+        after = last.position;
+        sizes.push(page.len());
+        read.extend(page.into_iter().map(|e| e.position));
+    }
+    assert_eq!(
+        sizes,
+        [3, 3],
+        "pages of at most PAGE_BYTES and one event more"
+    );
+    let written: Vec<Position> = appended.events[..6].iter().map(|e| e.position).collect();
+    assert_eq!(read, written, "every event up to its end once, in order");
+}
+
 async fn hash_chain_verifies(store: Arc<dyn EventStore>) {
     let (stream, first) = new_stream(&*store, 3).await;
     let (mut version, mut hash) = head(&first);
