@@ -490,16 +490,7 @@ pub(crate) async fn mark_on(conn: &mut Conn<'_>, name: &str) -> Result<Mark, Sto
 }
 
 pub(crate) async fn checkpoint_on(conn: &mut Conn<'_>, name: &str) -> Result<Position, StoreError> {
-    let rows: Vec<(i64, i64)> = conn
-        .fetch_pairs(
-            "SELECT position_tx, position_seq FROM projection_checkpoints WHERE name = ?",
-            &[Bind::Text(name.to_owned())],
-        )
-        .await?;
-    match rows.first() {
-        Some(&(tx, seq)) => position_from(tx, seq),
-        None => Ok(Position::START),
-    }
+    Ok(mark_on(conn, name).await?.at)
 }
 
 async fn ensure_checkpoint(db: &Database, name: &str) -> Result<Position, StoreError> {
@@ -550,7 +541,7 @@ pub async fn lag(log: &Database, at: Position) -> Result<(u64, f64), StoreError>
         .await?
         .into_iter()
         .next();
-    if matches!(log, Database::Sqlite(_)) {
+    let count: i64 = if matches!(log, Database::Sqlite(_)) {
         // SQLite's sequence has no gaps (AUTOINCREMENT, whose counter a rolled-back insert
         // takes back; no event is ever deleted): the count is a subtraction, where counting
         // read up to a million rows of the log on each scrape, on a pool the commands share.
@@ -560,15 +551,12 @@ pub async fn lag(log: &Database, at: Position) -> Result<(u64, f64), StoreError>
             .into_iter()
             .next()
             .flatten();
-        let behind = last.map_or(0, |last| last.saturating_sub(seq).max(0));
-        let age = oldest.map_or(0.0, |t| (now - t).max(0) as f64 / 1e6);
-        return Ok((u64::try_from(behind).unwrap_or(0), age));
-    }
-    binds.push(Bind::I64(LAG_COUNT_CAP));
-    // The ORDER BY keeps PostgreSQL's cached (generic) plan on the log-order index: without it
-    // the plan scans the whole table on every scrape.
-    let count: i64 = conn
-        .fetch_column(
+        last.map_or(0, |last| last.saturating_sub(seq))
+    } else {
+        binds.push(Bind::I64(LAG_COUNT_CAP));
+        // The ORDER BY keeps PostgreSQL's cached (generic) plan on the log-order index:
+        // without it the plan scans the whole table on every scrape.
+        conn.fetch_column(
             &format!(
                 "SELECT count(*) FROM (SELECT 1 FROM events WHERE {after} \
                  ORDER BY {order} LIMIT ?) x"
@@ -578,7 +566,8 @@ pub async fn lag(log: &Database, at: Position) -> Result<(u64, f64), StoreError>
         .await?
         .into_iter()
         .next()
-        .unwrap_or(0);
+        .unwrap_or(0)
+    };
     let age = oldest.map_or(0.0, |t| (now - t).max(0) as f64 / 1e6);
     Ok((u64::try_from(count).unwrap_or(0), age))
 }

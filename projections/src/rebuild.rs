@@ -33,7 +33,7 @@ use ticketd_commands::{Database, EventStore, Position, StoreError, StoredEvent};
 
 use crate::bulk::{self, BULK_TICKETS};
 use crate::sql::unavailable;
-use crate::sql::Conn;
+use crate::sql::{Bind, Conn};
 use crate::{
     apply_in, checkpoint_on, commit_batch, describe, ensure_checkpoint, read_checkpoint, tx_i64,
     BatchError, Mark, Projection, Writer,
@@ -386,7 +386,6 @@ impl Scratch {
         for p in projections {
             positions.push(read_checkpoint(&self.db, p.name()).await?);
         }
-        let now = Utc::now().timestamp_micros();
         match (live, &self.place) {
             (
                 Database::Postgres(pool),
@@ -442,30 +441,8 @@ impl Scratch {
                     .await
                     .map_err(unavailable)?;
                 }
-                let mut marks = Vec::new();
-                for (p, at) in projections.iter().zip(&positions) {
-                    let (tx_id, seq) = tx_i64(*at)?;
-                    // A new generation: no live runner's batch started before moves it on.
-                    let generation: i64 = sqlx::query_scalar(
-                        "UPDATE projection_checkpoints SET position_tx = $1, position_seq = $2, \
-                         updated_at = $3, generation = generation + 1 WHERE name = $4 \
-                         RETURNING generation",
-                    )
-                    .bind(tx_id)
-                    .bind(seq)
-                    .bind(now)
-                    .bind(p.name())
-                    .fetch_one(&mut *tx)
-                    .await
-                    .map_err(unavailable)?;
-                    marks.push(Mark {
-                        at: *at,
-                        generation,
-                    });
-                }
-                for ((p, mark), to) in projections.iter().zip(marks).zip(&lives) {
-                    follow_live(&mut Conn::Postgres(&mut tx), store, p.as_ref(), mark, *to).await?;
-                }
+                let mut held = Conn::Postgres(&mut tx);
+                hand_over(&mut held, store, projections, &positions, &lives).await?;
                 tx.commit().await?;
                 // Back to the pool first: it may hold no other connection for the drop.
                 drop(conn);
@@ -501,31 +478,8 @@ impl Scratch {
                     for p in projections {
                         lives.push(checkpoint_on(&mut Conn::Sqlite(&mut tx), p.name()).await?);
                     }
-                    let mut marks = Vec::new();
-                    for (p, at) in projections.iter().zip(&positions) {
-                        let (tx_id, seq) = tx_i64(*at)?;
-                        // A new generation, as on PostgreSQL above.
-                        let generation: i64 = sqlx::query_scalar(
-                            "UPDATE main.projection_checkpoints SET position_tx = ?, \
-                             position_seq = ?, updated_at = ?, generation = generation + 1 \
-                             WHERE name = ? RETURNING generation",
-                        )
-                        .bind(tx_id)
-                        .bind(seq)
-                        .bind(now)
-                        .bind(p.name())
-                        .fetch_one(&mut *tx)
-                        .await
-                        .map_err(unavailable)?;
-                        marks.push(Mark {
-                            at: *at,
-                            generation,
-                        });
-                    }
-                    for ((p, mark), to) in projections.iter().zip(marks).zip(&lives) {
-                        let mut conn = Conn::Sqlite(&mut tx);
-                        follow_live(&mut conn, store, p.as_ref(), mark, *to).await?;
-                    }
+                    let mut held = Conn::Sqlite(&mut tx);
+                    hand_over(&mut held, store, projections, &positions, &lives).await?;
                     tx.commit().await.map_err(unavailable)
                 }
                 .await;
@@ -766,6 +720,49 @@ async fn drop_schema(pool: &PgPool, schema: &str) {
     {
         tracing::warn!(schema, error = %e, "could not drop a scratch schema; drop it by hand");
     }
+}
+
+/// The end of a switch, in its transaction, the live tables and checkpoints held: each
+/// projection's checkpoint moves to where its scratch stood (`positions`), in a new generation
+/// (no live runner's batch started before then moves it on), and its switched-in tables take
+/// what the live runner applied up to where it stood (`lives`, see [`follow_live`]). On
+/// SQLite the scratch is attached beside `main`, whose checkpoint table the unqualified name
+/// finds first.
+async fn hand_over(
+    conn: &mut Conn<'_>,
+    store: &dyn EventStore,
+    projections: &[Arc<dyn Projection>],
+    positions: &[Position],
+    lives: &[Position],
+) -> Result<(), StoreError> {
+    let now = Utc::now().timestamp_micros();
+    for ((p, at), to) in projections.iter().zip(positions).zip(lives) {
+        let (tx_id, seq) = tx_i64(*at)?;
+        let generation: Option<i64> = conn
+            .fetch_column(
+                "UPDATE projection_checkpoints SET position_tx = ?, position_seq = ?, \
+                 updated_at = ?, generation = generation + 1 WHERE name = ? \
+                 RETURNING generation",
+                &[
+                    Bind::I64(tx_id),
+                    Bind::I64(seq),
+                    Bind::I64(now),
+                    Bind::Text(p.name().to_owned()),
+                ],
+            )
+            .await?
+            .into_iter()
+            .next();
+        let generation = generation.ok_or_else(|| {
+            StoreError::Unavailable(format!("the checkpoint of {} is gone", p.name()))
+        })?;
+        let mark = Mark {
+            at: *at,
+            generation,
+        };
+        follow_live(conn, store, p.as_ref(), mark, *to).await?;
+    }
+    Ok(())
 }
 
 /// In a switch's transaction, with the live projection `p` held still: its switched-in tables,
