@@ -24,6 +24,24 @@ use ticketd_tests::http::TestServer;
 
 const WAIT: Duration = Duration::from_secs(30);
 
+/// Inside `impl Projection` of a wrapper with an `inner` projection: what it passes through
+/// as it is (its name, tables, and what it keeps in memory).
+macro_rules! passed_through {
+    () => {
+        fn name(&self) -> &'static str {
+            self.inner.name()
+        }
+
+        fn tables(&self) -> &'static [&'static str] {
+            self.inner.tables()
+        }
+
+        fn forget(&self) {
+            self.inner.forget();
+        }
+    };
+}
+
 /// A real projection that fails the first time it meets every `every`-th event: the batch
 /// rolls back, the runner keeps what preceded the event, backs off and retries.
 struct Crashy {
@@ -34,17 +52,7 @@ struct Crashy {
 
 #[async_trait]
 impl Projection for Crashy {
-    fn name(&self) -> &'static str {
-        self.inner.name()
-    }
-
-    fn tables(&self) -> &'static [&'static str] {
-        self.inner.tables()
-    }
-
-    fn forget(&self) {
-        self.inner.forget();
-    }
+    passed_through!();
 
     async fn apply(
         &self,
@@ -406,17 +414,7 @@ struct FailingBulk {
 
 #[async_trait]
 impl Projection for FailingBulk {
-    fn name(&self) -> &'static str {
-        self.inner.name()
-    }
-
-    fn tables(&self) -> &'static [&'static str] {
-        self.inner.tables()
-    }
-
-    fn forget(&self) {
-        self.inner.forget();
-    }
+    passed_through!();
 
     async fn apply_batch(
         &self,
@@ -667,17 +665,7 @@ struct Meanwhile {
 
 #[async_trait]
 impl Projection for Meanwhile {
-    fn name(&self) -> &'static str {
-        self.inner.name()
-    }
-
-    fn tables(&self) -> &'static [&'static str] {
-        self.inner.tables()
-    }
-
-    fn forget(&self) {
-        self.inner.forget();
-    }
+    passed_through!();
 
     async fn apply(
         &self,
