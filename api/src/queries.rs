@@ -138,6 +138,22 @@ fn list_of<T: std::str::FromStr + PartialEq>(
     Ok(values)
 }
 
+/// A feed entry's type, one of [`feed::TYPES`], as [`list_of`] takes it.
+#[derive(PartialEq)]
+struct FeedType(&'static str);
+
+impl std::str::FromStr for FeedType {
+    type Err = ();
+
+    fn from_str(s: &str) -> Result<Self, ()> {
+        feed::TYPES
+            .iter()
+            .find(|t| **t == s)
+            .map(|t| FeedType(t))
+            .ok_or(())
+    }
+}
+
 fn boolean(params: &QueryParams, name: &str) -> Result<Option<bool>, ApiError> {
     match params.get(name) {
         None => Ok(None),
@@ -367,27 +383,8 @@ pub async fn feed(
     params: QueryParams,
 ) -> Result<Response, ApiError> {
     params.only(&["types", "min_position"])?;
-    let types: Vec<String> = match params.get("types") {
-        None => Vec::new(),
-        Some(raw) => raw
-            .split(',')
-            .map(|t| {
-                let t = t.trim();
-                if feed::TYPES.contains(&t) {
-                    Ok(t.to_owned())
-                } else {
-                    Err(ApiError::malformed(format!(
-                        "types={raw:?}: {t:?} is not one of {}.",
-                        feed::TYPES.join(", ")
-                    )))
-                }
-            })
-            .collect::<Result<_, _>>()?,
-    };
-    // Each type once: a repeated one would be one more bound parameter (as `list_of` does).
-    let mut types = types;
-    types.sort_unstable();
-    types.dedup();
+    let types: Vec<FeedType> = list_of(&params, "types", feed::TYPES)?;
+    let types: Vec<String> = types.into_iter().map(|t| t.0.to_owned()).collect();
     let reads = projector(&app)?;
     consistent(reads, &params, feed::NAME).await?;
     visible_now(&app, id, &actor).await?;
