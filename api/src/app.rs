@@ -301,56 +301,35 @@ pub fn scheme_of(url: &str) -> String {
 pub fn redact(url: &str) -> String {
     let Some(scheme) = url.find("://") else {
         // Not a URL (libpq's `host=… password=…` form, a typo): keep no value of a password.
-        return url
-            .split(' ')
-            .map(|word| match word.split_once('=') {
-                Some((k, _)) if k.eq_ignore_ascii_case("password") => format!("{k}=***"),
-                _ => word.to_owned(),
-            })
-            .collect::<Vec<_>>()
-            .join(" ");
+        return url.split(' ').map(masked).collect::<Vec<_>>().join(" ");
     };
     let start = scheme + 3;
-    // The authority ends at the first `/` after its last `@` (a password may hold a `/`),
-    // and before the query.
     let query = url[start..].find('?').map_or(url.len(), |i| start + i);
-    let after_at = url[start..query].rfind('@').map_or(start, |i| start + i);
-    let end = url[after_at..query]
-        .find('/')
-        .map_or(query, |i| after_at + i);
-    let mut out = String::with_capacity(url.len());
-    out.push_str(&url[..start]);
-    let authority = &url[start..end];
-    match authority.rfind('@') {
+    // `user:password@`: the password runs from the first `:` to the last `@` before the query
+    // (it may hold either, or a `/`).
+    let mut out = match url[start..query].rfind('@') {
         Some(at) => {
-            match authority[..at].split_once(':') {
-                Some((user, _)) => {
-                    out.push_str(user);
-                    out.push_str(":***");
-                }
-                None => out.push_str(&authority[..at]),
-            }
-            out.push_str(&authority[at..]);
+            let creds = &url[start..start + at];
+            let user = creds.split_once(':').map_or(creds, |(user, _)| user);
+            let hidden = if user.len() < creds.len() { ":***" } else { "" };
+            format!("{}{user}{hidden}{}", &url[..start], &url[start + at..query])
         }
-        None => out.push_str(authority),
-    }
+        None => url[..query].to_owned(),
+    };
     // The query may carry one too: libpq and sqlx take `password=` there.
-    match url[end..].split_once('?') {
-        Some((path, query)) => {
-            out.push_str(path);
-            out.push('?');
-            let params: Vec<String> = query
-                .split('&')
-                .map(|param| match param.split_once('=') {
-                    Some((k, _)) if k.eq_ignore_ascii_case("password") => format!("{k}=***"),
-                    _ => param.to_owned(),
-                })
-                .collect();
-            out.push_str(&params.join("&"));
-        }
-        None => out.push_str(&url[end..]),
+    if let Some(params) = url.get(query + 1..) {
+        out.push('?');
+        out.push_str(&params.split('&').map(masked).collect::<Vec<_>>().join("&"));
     }
     out
+}
+
+/// `password=…` with its value hidden; any other parameter as it is.
+fn masked(param: &str) -> String {
+    match param.split_once('=') {
+        Some((k, _)) if k.eq_ignore_ascii_case("password") => format!("{k}=***"),
+        _ => param.to_owned(),
+    }
 }
 
 #[cfg(test)]
