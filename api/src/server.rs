@@ -68,18 +68,23 @@ pub fn connections_within_descriptors(wanted: usize) -> usize {
             return wanted;
         }
     };
-    let room = usize::try_from(limit.saturating_sub(DESCRIPTORS_KEPT).max(1)).unwrap_or(wanted);
-    if room < wanted {
+    let fitted = fitted(wanted, limit);
+    if fitted < wanted {
         tracing::warn!(
             wanted,
             open_files_limit = limit,
-            connections = room,
+            connections = fitted,
             "the open-files limit leaves room for fewer HTTP connections; raise it (ulimit -n, LimitNOFILE=) for more"
         );
-        room
-    } else {
-        wanted
     }
+    fitted
+}
+
+/// `wanted` connections, or fewer if `limit` open files leave less room beside
+/// [`DESCRIPTORS_KEPT`]; one at least.
+fn fitted(wanted: usize, limit: u64) -> usize {
+    let room = usize::try_from(limit.saturating_sub(DESCRIPTORS_KEPT)).unwrap_or(usize::MAX);
+    wanted.min(room).max(1)
 }
 
 /// Serves `app` on `listener` until `shutdown` completes, then stops accepting and waits for
@@ -147,4 +152,17 @@ async fn accept_failed(e: io::Error) {
     }
     tracing::error!(error = %e, "accepting a connection failed; retrying in 1 s");
     tokio::time::sleep(Duration::from_secs(1)).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fitted;
+
+    #[test]
+    fn connections_fit_under_the_open_files_limit() {
+        assert_eq!(fitted(4096, 1024), 768, "systemd's default soft limit");
+        assert_eq!(fitted(4096, 1 << 20), 4096);
+        assert_eq!(fitted(4096, u64::MAX), 4096);
+        assert_eq!(fitted(4096, 100), 1, "a limit under what the store keeps");
+    }
 }
