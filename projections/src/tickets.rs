@@ -832,6 +832,9 @@ pub fn typed_words(q: &str) -> impl Iterator<Item = &str> {
 /// typed word without a letter or digit stays as given, to find nothing.
 pub fn words(q: &str) -> Vec<String> {
     let mut out: Vec<String> = Vec::new();
+    // A set beside the list: a 64 kB `q` of one-letter words is tens of thousands of them,
+    // each compared with every one before (the bound on words is checked on what this returns).
+    let mut seen: HashSet<String> = HashSet::new();
     for word in typed_words(q) {
         let word = word.to_lowercase();
         let parts: Vec<&str> = word
@@ -844,7 +847,7 @@ pub fn words(q: &str) -> Vec<String> {
             parts.into_iter().map(str::to_owned).collect()
         };
         for w in found {
-            if !out.contains(&w) {
+            if seen.insert(w.clone()) {
                 out.push(w);
             }
         }
