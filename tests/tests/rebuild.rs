@@ -148,14 +148,26 @@ async fn incremental_with_crashes_equals_rebuild(store: Arc<dyn EventStore>) {
     }
 }
 
-/// A comparison must see a difference: a changed, a missing and an extra row.
-async fn a_tampered_read_model_differs_from_its_rebuild(store: Arc<dyn EventStore>) {
+/// A random history (`seed`) of `commands` on `tickets`, projected by every projection, whose
+/// runners are then stopped; its handler and the read models' database.
+async fn projected_history(
+    store: &Arc<dyn EventStore>,
+    seed: u64,
+    tickets: usize,
+    commands: usize,
+) -> (CommandHandler, Database) {
     let h = CommandHandler::new(store.clone(), SlaPolicy::default(), 100);
     let db = store.database().expect("database");
-    let last = history::run(&h, &mut Rng::new(3), 5, 30).await;
+    let last = history::run(&h, &mut Rng::new(seed), tickets, commands).await;
     let projector = Projector::start_with(store.clone(), db.clone(), all());
     wait_all(&projector, last).await;
     drop(projector);
+    (h, db)
+}
+
+/// A comparison must see a difference: a changed, a missing and an extra row.
+async fn a_tampered_read_model_differs_from_its_rebuild(store: Arc<dyn EventStore>) {
+    let (_, db) = projected_history(&store, 3, 5, 30).await;
     assert_equal_to_rebuild(&store).await;
     let mut pooled = ticketd_projections::Pooled::acquire(&db)
         .await
@@ -800,12 +812,7 @@ async fn a_switch_keeps_what_the_live_projections_applied(store: Arc<dyn EventSt
 /// live runner stood; the runners trusted what they kept of the old rows and, on each ticket's
 /// next event, wrote the old values over the rebuilt ones.)
 async fn a_switch_leaves_the_runners_nothing_of_the_old_rows(store: Arc<dyn EventStore>) {
-    let h = CommandHandler::new(store.clone(), SlaPolicy::default(), 100);
-    let db = store.database().expect("database");
-    let last = history::run(&h, &mut Rng::new(5), 4, 20).await;
-    let projector = Projector::start_with(store.clone(), db.clone(), all());
-    wait_all(&projector, last).await;
-    drop(projector);
+    let (h, db) = projected_history(&store, 5, 4, 20).await;
     // Rows as an older build might have left them: values each ticket's fold carries on.
     let mut pooled = ticketd_projections::Pooled::acquire(&db)
         .await
