@@ -120,18 +120,33 @@ pub struct Applied {
 /// Folds one event of ticket `id` into its facts row (`prev`, `None` before `opened`).
 /// `None`: the event changes nothing here (already applied, or no ticket to apply it to).
 pub fn fold(prev: Option<Facts>, id: Uuid, r: &Recorded) -> Option<Applied> {
+    fold_from(prev.map(Box::new), id, r).ok()
+}
+
+/// [`fold`], which gives `prev` back where the event changes nothing, so that a caller keeping
+/// the facts need not clone them for every event.
+fn fold_from(
+    prev: Option<Box<Facts>>,
+    id: Uuid,
+    r: &Recorded,
+) -> Result<Applied, Option<Box<Facts>>> {
     let at = micros(r.recorded_at);
     // Versions and numbers past i64 cannot come from a store (its columns are 64-bit signed).
-    let version = i64::try_from(r.version).ok()?;
+    let Ok(version) = i64::try_from(r.version) else {
+        return Err(prev);
+    };
     let mut kinds = Vec::new();
     let mut daily = Daily::default();
     let mut f = match (prev, &r.event) {
         (None, Event::Opened(e)) => {
+            let Ok(number) = i64::try_from(e.number) else {
+                return Err(None);
+            };
             kinds.push("opened");
             daily.opened = 1;
             Facts {
                 ticket_id: id,
-                number: i64::try_from(e.number).ok()?,
+                number,
                 org: e.org.clone(),
                 requester: e.requester.clone(),
                 priority: e.priority,
@@ -151,9 +166,11 @@ pub fn fold(prev: Option<Facts>, id: Uuid, r: &Recorded) -> Option<Applied> {
                 version,
             }
         }
-        (None, _) | (Some(_), Event::Opened(_)) => return None,
-        (Some(f), _) if f.version >= version => return None,
-        (Some(mut f), event) => {
+        (None, _) => return Err(None),
+        (Some(f), Event::Opened(_)) => return Err(Some(f)),
+        (Some(f), _) if f.version >= version => return Err(Some(f)),
+        (Some(f), event) => {
+            let mut f = *f;
             // Nothing happened between the previous event and this one, so an active ticket
             // whose due time passed in between became overdue exactly then.
             if f.breached_at.is_none() && f.status.is_active() {
@@ -235,7 +252,7 @@ pub fn fold(prev: Option<Facts>, id: Uuid, r: &Recorded) -> Option<Applied> {
     }
     f.version = version;
     f.last_event_at = at;
-    Some(Applied {
+    Ok(Applied {
         facts: f,
         kinds,
         daily,
@@ -462,7 +479,8 @@ impl Projection for AnalyticsProjection {
 /// streaming out as they come.
 #[derive(Default)]
 struct AnalyticsFold {
-    facts: HashMap<Uuid, Facts>,
+    /// Boxed, as the tickets fold's states are: the table's growth copies pointers.
+    facts: HashMap<Uuid, Box<Facts>>,
     /// Tickets in the order of their first row, as the table gets them.
     order: Vec<Uuid>,
     counted: CopyRows,
@@ -473,14 +491,20 @@ struct AnalyticsFold {
 impl Fold for AnalyticsFold {
     fn add(&mut self, event: &StoredEvent, recorded: &Recorded) -> Result<(), StoreError> {
         let id = event.stream_id;
-        let prev = self.facts.get(&id).cloned();
-        let Some(Applied {
+        let prev = self.facts.remove(&id);
+        let first = prev.is_none();
+        let Applied {
             facts: f,
             kinds,
             daily,
-        }) = fold(prev, id, recorded)
-        else {
-            return Ok(());
+        } = match fold_from(prev, id, recorded) {
+            Ok(applied) => applied,
+            Err(kept) => {
+                if let Some(kept) = kept {
+                    self.facts.insert(id, kept);
+                }
+                return Ok(());
+            }
         };
         let at = micros(recorded.recorded_at);
         for kind in kinds {
@@ -493,7 +517,8 @@ impl Fold for AnalyticsFold {
                 .or_default()
                 .add(&daily);
         }
-        if self.facts.insert(id, f).is_none() {
+        self.facts.insert(id, Box::new(f));
+        if first {
             self.order.push(id);
         }
         Ok(())
@@ -507,7 +532,10 @@ impl Fold for AnalyticsFold {
 
     fn finish(mut self: Box<Self>, out: &mut Sink<'_>) -> Result<Vec<Uuid>, StoreError> {
         self.ready(0).into_iter().try_for_each(&mut *out)?;
-        let facts = self.order.iter().filter_map(|id| self.facts.get(id));
+        let facts = self
+            .order
+            .iter()
+            .filter_map(|id| self.facts.get(id).map(|f| &**f));
         copy_all(FACT_INSERT, facts.map(fact_binds), out)?;
         let days = self.days.iter();
         copy_all(

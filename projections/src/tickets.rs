@@ -498,7 +498,10 @@ impl Projection for TicketsProjection {
 /// events carried, in memory; the rows at the end, each ticket's once.
 #[derive(Default)]
 struct TicketsFold {
-    held: HashMap<Uuid, Held>,
+    /// Boxed: a table of a million states inline (hundreds of bytes each) was copied whole
+    /// into fresh memory at each growth, and the page faults of those copies were most of the
+    /// fold's system time (docs/PERFORMANCE.md, session 27).
+    held: HashMap<Uuid, Box<Held>>,
     /// Tickets in the order they were opened, as the table gets them.
     order: Vec<Uuid>,
 }
@@ -516,7 +519,10 @@ impl Fold for TicketsFold {
         let prev = self.held.remove(&event.stream_id);
         let first = prev.is_none();
         let (prev, mut text) = match prev {
-            Some(h) => (Some(h.row), h.text),
+            Some(h) => {
+                let Held { row, text } = *h;
+                (Some(row), text)
+            }
             None => (None, FreshText::default()),
         };
         let Some(row) = TicketRow::next(prev, event, recorded)? else {
@@ -524,7 +530,7 @@ impl Fold for TicketsFold {
         };
         text.add(&recorded.event);
         let id = row.t.id;
-        if self.held.insert(id, Held { row, text }).is_none() && first {
+        if self.held.insert(id, Box::new(Held { row, text })).is_none() && first {
             self.order.push(id);
         }
         Ok(())
