@@ -19,7 +19,8 @@ use ticketd_domain::{
 
 use crate::error::CommandError;
 use crate::store::{
-    AppendRequest, EventStore, IdempotencyRecord, NewEvent, Position, StoreError, StoredEvent,
+    AppendRequest, EventRef, EventStore, IdempotencyRecord, NewEvent, Position, StoreError,
+    StoredEvent,
 };
 
 /// How long an idempotency key is honoured (CONTRACT §4).
@@ -133,15 +134,20 @@ impl StateCache {
 
 /// Decodes a stored event into what `evolve` folds.
 pub fn decode(stored: &StoredEvent) -> Result<Recorded, StoreError> {
+    decode_ref(&EventRef::from(stored))
+}
+
+/// [`decode`] of an event read in place (a page of [`EventStore::read_batch`]).
+pub fn decode_ref(stored: &EventRef<'_>) -> Result<Recorded, StoreError> {
     let corrupt = |what: String| {
         StoreError::Corrupt(format!(
             "event {} (stream {} version {}): {what}",
             stored.event_id, stored.stream_id, stored.version
         ))
     };
-    let event = Event::decode(&stored.event_type, stored.schema_version, &stored.payload)
+    let event = Event::decode(stored.event_type, stored.schema_version, stored.payload)
         .map_err(|e| corrupt(e.to_string()))?;
-    let metadata = Metadata::decode(&stored.metadata).map_err(|e| corrupt(e.to_string()))?;
+    let metadata = Metadata::decode(stored.metadata).map_err(|e| corrupt(e.to_string()))?;
     Ok(Recorded {
         version: stored.version,
         recorded_at: stored.recorded_at,

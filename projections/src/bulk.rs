@@ -34,10 +34,10 @@ use sqlx::{Connection, Executor, PgConnection, PgPool};
 use tokio::sync::mpsc;
 use uuid::Uuid;
 
-use ticketd_commands::handler::decode;
+use ticketd_commands::handler::decode_ref;
 use ticketd_commands::pgcopy::{copy_in_header, copy_in_trailer};
 use ticketd_commands::postgres::Bystanders;
-use ticketd_commands::{EventStore, Position, StoreError, StoredEvent};
+use ticketd_commands::{EventBatch, EventRef, EventStore, Position, StoreError, StoredEvent};
 use ticketd_domain::Recorded;
 
 use crate::rebuild::Standing;
@@ -104,7 +104,8 @@ pub const INSERT_CHUNK: usize = 20_000;
 
 /// One projection's side of the pass.
 pub trait Fold: Send {
-    /// Folds one event, decoded once for every projection.
+    /// Folds one event, decoded once for every projection: `recorded` is its payload and
+    /// metadata, which `event` does not carry (see [`Page`]).
     fn add(&mut self, event: &StoredEvent, recorded: &Recorded) -> Result<(), StoreError>;
 
     /// Rows already final, once at least `min` bytes of them have gathered.
@@ -130,54 +131,84 @@ enum Load {
 /// the other builds ran beside it each with parallel workers, it got a fraction of a core, and
 /// for its last 22 s at 1 M tickets nothing else was left to run (docs/PERFORMANCE.md, session
 /// 19). So a GIN build runs at once, and the B-tree builds share what is left: one at a time
-/// without parallel workers beside a GIN build, two at a time otherwise.
+/// without parallel workers while a GIN build runs, two at a time otherwise. (Once the GIN
+/// build took less time than the B-tree lane beside it, the lane was the load's longest:
+/// hence the second lane as soon as the GIN builds are done.)
 pub(crate) struct Lanes {
     btree: tokio::sync::Semaphore,
+    /// GIN builds not yet done.
+    gin: std::sync::atomic::AtomicUsize,
 }
 
 impl Lanes {
     /// Lanes for a load whose deferred index `definitions` are these.
     pub(crate) fn for_builds<'a>(definitions: impl IntoIterator<Item = &'a str>) -> Lanes {
-        let gin = definitions.into_iter().any(is_gin);
+        let gin = definitions.into_iter().filter(|d| is_gin(d)).count();
         Lanes {
-            btree: tokio::sync::Semaphore::new(if gin { 1 } else { 2 }),
+            btree: tokio::sync::Semaphore::new(if gin > 0 { 1 } else { 2 }),
+            gin: std::sync::atomic::AtomicUsize::new(gin),
         }
     }
 
-    /// Builds `definitions` on `conn`, each in its lane.
+    /// One GIN build is done (or failed): after the last, the B-tree builds get two lanes.
+    fn gin_done(&self) {
+        if self.gin.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.btree.add_permits(1);
+        }
+    }
+
+    /// Builds `definitions` on `conns`, each connection taking the next one not yet begun
+    /// (so one table's builds can run in both lanes), each build in its lane.
     async fn build(
         &self,
-        conn: &mut PgConnection,
-        definitions: &[String],
+        conns: Vec<&mut PgConnection>,
+        definitions: Vec<String>,
         by: Option<&Bystanders>,
     ) -> Result<(), StoreError> {
-        for definition in definitions {
-            let one = std::slice::from_ref(definition);
-            if is_gin(definition) {
-                crate::rebuild::build_indexes(conn, one, by).await?;
-                continue;
+        let queue = std::sync::Mutex::new(definitions.into_iter());
+        let next = || queue.lock().ok().and_then(|mut q| q.next());
+        let workers = conns.into_iter().map(|conn| async {
+            while let Some(definition) = next() {
+                self.build_one(conn, &definition, by).await?;
             }
-            let _lane = self
-                .btree
-                .acquire()
-                .await
-                .map_err(|e| StoreError::Unavailable(format!("an index build lane: {e}")))?;
-            // The lanes are the parallelism: workers of their own would take the GIN build's
-            // core.
-            conn.execute("SET max_parallel_maintenance_workers = 0")
-                .await
-                .map_err(unavailable)?;
-            crate::rebuild::build_indexes(conn, one, by).await?;
-            conn.execute("RESET max_parallel_maintenance_workers")
-                .await
-                .map_err(unavailable)?;
+            Ok::<_, StoreError>(())
+        });
+        futures::future::try_join_all(workers).await.map(|_| ())
+    }
+
+    /// Builds one index `definition` on `conn`, in its lane.
+    async fn build_one(
+        &self,
+        conn: &mut PgConnection,
+        definition: &str,
+        by: Option<&Bystanders>,
+    ) -> Result<(), StoreError> {
+        let one = [definition.to_owned()];
+        if is_gin(definition) {
+            let built = crate::rebuild::build_indexes(conn, &one, by).await;
+            self.gin_done();
+            return built;
         }
+        let _lane = self
+            .btree
+            .acquire()
+            .await
+            .map_err(|e| StoreError::Unavailable(format!("an index build lane: {e}")))?;
+        // The lanes are the parallelism: workers of their own would take the GIN build's
+        // core.
+        conn.execute("SET max_parallel_maintenance_workers = 0")
+            .await
+            .map_err(unavailable)?;
+        crate::rebuild::build_indexes(conn, &one, by).await?;
+        conn.execute("RESET max_parallel_maintenance_workers")
+            .await
+            .map_err(unavailable)?;
         Ok(())
     }
 }
 
 /// Whether an index definition (`pg_get_indexdef`'s) builds a GIN index.
-fn is_gin(definition: &str) -> bool {
+pub(crate) fn is_gin(definition: &str) -> bool {
     definition.contains(" USING gin ")
 }
 
@@ -225,7 +256,14 @@ impl Loader {
         let (table, task) = match first {
             Step::Copy { insert, .. } => {
                 let table = table_of(insert)?.to_owned();
-                let task = tokio::spawn(load_copies(connect().await?, table.clone(), rx, by));
+                let options = crate::writer_options(pool);
+                let task = tokio::spawn(load_copies(
+                    connect().await?,
+                    options,
+                    table.clone(),
+                    rx,
+                    by,
+                ));
                 (table, task)
             }
             Step::Insert { head, .. } => {
@@ -281,6 +319,7 @@ fn mixed(table: &str) -> StoreError {
 /// [`Load::Commit`] (and only then: a pass that stops short rolls back).
 async fn load_copies(
     mut conn: PgConnection,
+    options: sqlx::postgres::PgConnectOptions,
     table: String,
     mut queue: mpsc::Receiver<Load>,
     by: Option<Bystanders>,
@@ -311,18 +350,30 @@ async fn load_copies(
             Load::Step(Step::Insert { .. }) => return Err(mixed(&table)),
             Load::Commit(indexes, lanes) => {
                 tx.commit().await?;
+                // A second connection, so that the table's builds can take both lanes once
+                // the other tables' are done (`tickets` has seven).
+                let mut second = match indexes.len() {
+                    0 | 1 => None,
+                    _ => Some(
+                        PgConnection::connect_with(&options)
+                            .await
+                            .map_err(unavailable)?,
+                    ),
+                };
+                let conns = std::iter::once(&mut conn).chain(second.as_mut()).collect();
+                lanes.build(conns, indexes, by.as_ref()).await?;
+                if let Some(second) = second {
+                    let _ = second.close().await;
+                }
                 // Frozen and all-visible already: the switch analyzes it with the rest.
-                return lanes
-                    .build(&mut conn, &indexes, by.as_ref())
-                    .await
-                    .map(|()| false);
+                return Ok(false);
             }
         }
     }
 }
 
 /// An `Insert` loader's task: truncates the table, runs each step's rows half on each
-/// connection, and builds the indexes half on each. A table whose indexes it built is
+/// connection, and builds the indexes on both. A table whose indexes it built is
 /// complete (the pass did not stop at its bound), and its rows were inserted, not frozen: it
 /// is vacuumed and analyzed here at once (returning `true`), while other tables' indexes
 /// may still build, rather than last before the switch (`ticket_search`: 4 - 6 s at 1 M
@@ -352,14 +403,9 @@ async fn load_inserts(
                 .await?;
             }
             Load::Step(Step::Copy { .. }) => return Err(mixed(&table)),
-            Load::Commit(mut indexes, lanes) => {
+            Load::Commit(indexes, lanes) => {
                 let complete = !indexes.is_empty();
-                let second = indexes.split_off(indexes.len() / 2);
-                futures::future::try_join(
-                    lanes.build(a, &indexes, by),
-                    lanes.build(b, &second, by),
-                )
-                .await?;
+                lanes.build(vec![&mut *a, &mut *b], indexes, by).await?;
                 if complete {
                     a.execute(format!("VACUUM (ANALYZE) {name}").as_str())
                         .await
@@ -435,23 +481,41 @@ fn run_fold(
     fold.finish(&mut |step| send(step))
 }
 
-/// A page of the log, each event with its decoding.
+/// A page of the log, each event with its decoding. The events carry their positions, ids,
+/// types, versions and times, but not their payloads and metadata: `Recorded` is those,
+/// decoded, and leaving the bytes out saves two copies of each event (a fold reads neither).
 type Page = Arc<Vec<(StoredEvent, Recorded)>>;
 
-/// The raw page after `after` (empty at the end of the log or past `upto`).
+/// The page of the log after `after` as read (`None` at the end of the log, or past `upto`).
 async fn fetch(
     store: &dyn EventStore,
     upto: Option<Position>,
     after: Position,
-) -> Result<Vec<StoredEvent>, StoreError> {
+) -> Result<Option<EventBatch>, StoreError> {
     if upto.is_some_and(|u| after >= u) {
-        return Ok(Vec::new());
+        return Ok(None);
     }
-    let mut raw = crate::rebuild::read_page(store, after).await?;
-    if let Some(u) = upto {
-        raw.retain(|e| e.position <= u);
+    let batch = store
+        .read_batch(after, crate::rebuild::REBUILD_BATCH)
+        .await?;
+    Ok((!batch.is_empty()).then_some(batch))
+}
+
+/// An event of a page, without its payload and metadata (see [`Page`]).
+fn bare(e: &EventRef<'_>) -> StoredEvent {
+    StoredEvent {
+        position: e.position,
+        stream_id: e.stream_id,
+        version: e.version,
+        event_id: e.event_id,
+        event_type: e.event_type.to_owned(),
+        schema_version: e.schema_version,
+        recorded_at: e.recorded_at,
+        metadata: Vec::new(),
+        payload: Vec::new(),
+        prev_hash: *e.prev_hash,
+        hash: *e.hash,
     }
-    Ok(raw)
 }
 
 /// The pass's decoder: pages cut at the event that brings the tickets (streams) seen to
@@ -465,16 +529,25 @@ struct Decoder {
 }
 
 impl Decoder {
-    /// `raw` decoded on a thread of its own, up to the event that reaches the bound.
-    async fn decode(&mut self, raw: Vec<StoredEvent>) -> Result<Page, StoreError> {
+    /// `raw` decoded on a thread of its own, up to `upto` and to the event that reaches the
+    /// bound.
+    async fn decode(
+        &mut self,
+        raw: EventBatch,
+        upto: Option<Position>,
+    ) -> Result<Page, StoreError> {
         let (mut streams, limit) = (self.streams.take().unwrap_or_default(), self.limit);
         let decoded = tokio::task::spawn_blocking(move || {
             let mut page = Vec::with_capacity(raw.len());
             let mut full = false;
-            for e in raw {
-                let recorded = decode(&e)?;
+            for e in raw.iter() {
+                let e = e?;
+                if upto.is_some_and(|u| e.position > u) {
+                    break;
+                }
+                let recorded = decode_ref(&e)?;
                 streams.insert(e.stream_id);
-                page.push((e, recorded));
+                page.push((bare(&e), recorded));
                 if streams.len() >= limit {
                     full = true;
                     break;
@@ -541,9 +614,13 @@ pub(crate) async fn pass(
         let (mut at, mut folded) = (Position::START, 0u64);
         let mut raw = fetch(store, upto, at).await?;
         // The next page is read while this one is decoded.
-        while let Some(end) = raw.last().map(|e| e.position) {
-            let (page, next) = tokio::join!(reader.decode(raw), fetch(store, upto, end));
+        while let Some((batch, end)) = raw.and_then(|b| b.last_position().map(|end| (b, end))) {
+            let (page, next) = tokio::join!(reader.decode(batch, upto), fetch(store, upto, end));
             let page = page?;
+            if page.is_empty() {
+                // Every event of it lies past `upto`.
+                break;
+            }
             for input in &inputs {
                 // A fold that stopped has failed: its thread tells why, below.
                 if input.send(page.clone()).await.is_err() {
@@ -671,12 +748,23 @@ mod tests {
     fn a_gin_build_leaves_the_b_tree_builds_one_lane() {
         assert!(is_gin(GIN));
         assert!(!is_gin(BTREE));
+        assert_eq!(crate::rebuild::build_memory(GIN), "32MB");
+        assert_eq!(crate::rebuild::build_memory(BTREE), "256MB");
         assert_eq!(Lanes::for_builds([BTREE, GIN]).btree.available_permits(), 1);
         assert_eq!(
             Lanes::for_builds([BTREE, BTREE]).btree.available_permits(),
             2
         );
         assert_eq!(Lanes::for_builds([]).btree.available_permits(), 2);
+        let lanes = Lanes::for_builds([BTREE, GIN, GIN]);
+        lanes.gin_done();
+        assert_eq!(lanes.btree.available_permits(), 1, "a GIN build still runs");
+        lanes.gin_done();
+        assert_eq!(
+            lanes.btree.available_permits(),
+            2,
+            "every GIN build is done"
+        );
     }
 
     #[test]

@@ -938,9 +938,24 @@ async fn defer_indexes(
     Ok(definitions)
 }
 
-/// Memory for each index build after a rebuild's load (PostgreSQL's default is 64 MB, which
-/// makes a GIN build over a million tickets spill).
+/// Memory for each B-tree build after a rebuild's load (PostgreSQL's default is 64 MB): the
+/// sorts of the larger `tickets` indexes stay in memory.
 const INDEX_BUILD_MEMORY: &str = "256MB";
+/// Memory for a GIN build. Less is quicker: the build gathers entries in a tree that it writes
+/// out whenever this fills, and a small tree stays in the CPU's caches. Over 1 M tickets the
+/// search index took 18.3 s with 256 MB, 15.6 – 16.2 s with 64 MB, 13.0 – 13.6 s with 16 or
+/// 32 MB and 12.3 s with 4 MB (docs/PERFORMANCE.md, session 27); 32 MB leaves room for a
+/// larger vocabulary than the generator's, whose every word is flushed once per fill.
+const GIN_BUILD_MEMORY: &str = "32MB";
+
+/// The `maintenance_work_mem` an index `definition` (`pg_get_indexdef`'s) builds with.
+pub(crate) fn build_memory(definition: &str) -> &'static str {
+    if crate::bulk::is_gin(definition) {
+        GIN_BUILD_MEMORY
+    } else {
+        INDEX_BUILD_MEMORY
+    }
+}
 
 /// Runs index `definitions` (of [`defer_indexes`]) on `conn`, one after the other.
 /// Each build is a transaction the live log readers look past (`by`): a GIN build over a
@@ -953,10 +968,11 @@ pub(crate) async fn build_indexes(
     if definitions.is_empty() {
         return Ok(());
     }
-    conn.execute(format!("SET maintenance_work_mem = '{INDEX_BUILD_MEMORY}'").as_str())
-        .await
-        .map_err(unavailable)?;
     for definition in definitions {
+        let memory = build_memory(definition);
+        conn.execute(format!("SET maintenance_work_mem = '{memory}'").as_str())
+            .await
+            .map_err(unavailable)?;
         let mut tx = Standing::begin(conn, by).await?;
         tx.execute(definition.as_str()).await.map_err(unavailable)?;
         tx.commit().await?;
