@@ -228,8 +228,9 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .is_err()
     {
         tracing::warn!(
-            "a verification was still running at shutdown; its scratch copy (a schema named \
-             ticketd_rebuild_*, or a file *.rebuild-* beside the store) may be left: drop it by hand"
+            "a verification was still running at shutdown; its scratch copy may be left (on \
+             PostgreSQL the next rebuild or verification drops it; on SQLite delete the file \
+             *.rebuild-* beside the store by hand)"
         );
     }
     // The projections finish the batch they are in and close their connections; they lose

@@ -73,6 +73,10 @@ enum Place {
         base: String,
         base_oid: i64,
         schema: String,
+        /// The name's last part, which a switch's throw-away schema shares.
+        tag: String,
+        /// Holds the scratch's owner lock (see [`sweep`]) while the scratch exists.
+        owner: sqlx::PgConnection,
     },
     Sqlite {
         path: PathBuf,
@@ -97,9 +101,11 @@ impl Scratch {
                 .fetch_one(pool)
                 .await
                 .map_err(unavailable)?;
+                sweep(pool, base_oid).await;
                 // Named after the live schema's oid too, so stores sharing a database can
                 // tell their own scratch schemas apart (at most 59 characters of the 63).
                 let schema = format!("ticketd_rebuild_{base_oid}_{tag}");
+                let owner = own_scratch(pool, &tag).await?;
                 pool.execute(format!("CREATE SCHEMA {}", ident(&schema)).as_str())
                     .await
                     .map_err(unavailable)?;
@@ -125,6 +131,8 @@ impl Scratch {
                         base,
                         base_oid,
                         schema,
+                        tag,
+                        owner,
                     },
                 };
                 if let Err(e) = ticketd_commands::postgres::migrate_pool(&scratch).await {
@@ -189,12 +197,14 @@ impl Scratch {
 
     /// Removes the scratch place and everything in it.
     pub async fn discard(self, live: &Database) {
-        match (&self.db, &self.place) {
-            (Database::Postgres(scratch), Place::Postgres { schema, .. }) => {
+        match (&self.db, self.place) {
+            (Database::Postgres(scratch), Place::Postgres { schema, owner, .. }) => {
                 scratch.close().await;
                 if let Database::Postgres(pool) = live {
-                    drop_schema(pool, schema).await;
+                    drop_schema(pool, &schema).await;
                 }
+                // Its lock goes with it.
+                let _ = owner.close().await;
             }
             (Database::Sqlite(scratch), Place::Sqlite { path }) => {
                 scratch.close().await;
@@ -393,9 +403,12 @@ impl Scratch {
                     base,
                     base_oid,
                     schema,
+                    tag,
+                    ..
                 },
             ) => {
-                let old = format!("ticketd_old_{base_oid}_{}", Uuid::now_v7().simple());
+                // The scratch's tag: the owner lock covers it too (see `sweep`).
+                let old = format!("ticketd_old_{base_oid}_{tag}");
                 let mut conn = pool.acquire().await.map_err(unavailable)?;
                 // A bystander (it appends no event): while it holds its locks and applies what
                 // the live runner did, no log reader waits for it.
@@ -711,6 +724,92 @@ async fn live_tables(
         }
     }
     Ok(out)
+}
+
+/// The advisory lock a scratch's owner holds while the scratch exists, keyed by the scratch's
+/// tag: a scratch schema whose lock is free belongs to no running process.
+const SCRATCH_LOCK: &str = "hashtextextended('ticketd/scratch/' || $1, 0)";
+
+/// A connection of its own (a pooled one would keep the lock when returned) holding the owner
+/// lock of the scratch tagged `tag`; closing it, or the process's end, releases the lock.
+async fn own_scratch(pool: &PgPool, tag: &str) -> Result<sqlx::PgConnection, StoreError> {
+    let mut conn = sqlx::PgConnection::connect_with(&pool.connect_options())
+        .await
+        .map_err(unavailable)?;
+    sqlx::query(&format!("SELECT pg_advisory_lock({SCRATCH_LOCK})"))
+        .bind(tag)
+        .execute(&mut conn)
+        .await
+        .map_err(unavailable)?;
+    Ok(conn)
+}
+
+/// Drops the scratch schemas of the store whose schema is `base_oid` (a rebuild's or a
+/// verification's `ticketd_rebuild_<oid>_<tag>`, a switch's `ticketd_old_<oid>_<tag>`) that
+/// no running process owns: what a rebuild or verification killed before its end left (as
+/// large as the read models). Best effort: what it cannot drop stays for the next one.
+async fn sweep(pool: &PgPool, base_oid: i64) {
+    let found: Result<Vec<String>, _> = sqlx::query_scalar(
+        "SELECT nspname::text FROM pg_namespace WHERE nspname LIKE $1 OR nspname LIKE $2",
+    )
+    .bind(format!("ticketd\\_rebuild\\_{base_oid}\\_%"))
+    .bind(format!("ticketd\\_old\\_{base_oid}\\_%"))
+    .fetch_all(pool)
+    .await;
+    let found = match found {
+        Ok(found) if !found.is_empty() => found,
+        Ok(_) => return,
+        Err(e) => {
+            tracing::warn!(error = %e, "could not look for scratch schemas left behind");
+            return;
+        }
+    };
+    let mut conn = match sqlx::PgConnection::connect_with(&pool.connect_options()).await {
+        Ok(conn) => conn,
+        Err(e) => {
+            tracing::warn!(error = %e, "could not look for scratch schemas left behind");
+            return;
+        }
+    };
+    for schema in found {
+        let Some(tag) = schema.rsplit('_').next() else {
+            continue;
+        };
+        let free: Result<bool, _> =
+            sqlx::query_scalar(&format!("SELECT pg_try_advisory_lock({SCRATCH_LOCK})"))
+                .bind(tag)
+                .fetch_one(&mut conn)
+                .await;
+        match free {
+            Ok(true) => {}
+            // Its owner runs.
+            Ok(false) => continue,
+            Err(e) => {
+                tracing::warn!(schema, error = %e, "could not check a scratch schema's owner");
+                break;
+            }
+        }
+        match conn
+            .execute(format!("DROP SCHEMA IF EXISTS {} CASCADE", ident(&schema)).as_str())
+            .await
+        {
+            Ok(_) => tracing::info!(
+                schema,
+                "dropped the scratch copy of a rebuild or verification that did not finish"
+            ),
+            Err(e) => {
+                tracing::warn!(schema, error = %e, "could not drop a scratch schema left behind")
+            }
+        }
+        let unlocked = sqlx::query(&format!("SELECT pg_advisory_unlock({SCRATCH_LOCK})"))
+            .bind(tag)
+            .execute(&mut conn)
+            .await;
+        if unlocked.is_err() {
+            break;
+        }
+    }
+    let _ = conn.close().await;
 }
 
 async fn drop_schema(pool: &PgPool, schema: &str) {

@@ -946,3 +946,73 @@ async fn an_in_memory_sqlite_store_is_not_rebuilt_beside_itself() {
         .collect();
     assert_eq!(before, after, "no scratch file left");
 }
+
+/// A rebuild or verification killed before its end leaves its scratch schema (as large as the
+/// read models): the next scratch of the same store drops every one no running process owns,
+/// a switch's throw-away schema too, and leaves a running one's and other stores' alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_a_new_scratch_drops_what_killed_ones_left() {
+    let Some(t) = ticketd_tests::postgres_store(4).await else {
+        return;
+    };
+    let store: Arc<dyn EventStore> = t.store.clone();
+    let db = store.database().expect("database");
+    let Database::Postgres(pool) = &db else {
+        panic!("a PostgreSQL store");
+    };
+    let oid: i64 =
+        sqlx::query_scalar("SELECT oid::bigint FROM pg_namespace WHERE nspname = current_schema()")
+            .fetch_one(pool)
+            .await
+            .expect("the store's schema");
+    let tag = || uuid::Uuid::now_v7().simple().to_string();
+    let killed = format!("ticketd_rebuild_{oid}_{}", tag());
+    let killed_switch = format!("ticketd_old_{oid}_{}", tag());
+    // No schema has this oid (past 2^32): another store's, never this one's to drop.
+    let other_store = format!("ticketd_rebuild_{oid}0000000_{}", tag());
+    for schema in [&killed, &killed_switch, &other_store] {
+        sqlx::query(&format!("CREATE SCHEMA \"{schema}\""))
+            .execute(pool)
+            .await
+            .expect("a schema left behind");
+        sqlx::query(&format!("CREATE TABLE \"{schema}\".t (x int)"))
+            .execute(pool)
+            .await
+            .expect("a table in it");
+    }
+    let exists = |schema: String| async move {
+        sqlx::query_scalar::<_, bool>("SELECT EXISTS (SELECT FROM pg_namespace WHERE nspname = $1)")
+            .bind(schema)
+            .fetch_one(pool)
+            .await
+            .expect("a schema lookup")
+    };
+    let running = Scratch::create(&db).await.expect("a running scratch");
+    assert!(
+        !exists(killed.clone()).await,
+        "a killed rebuild's scratch stays"
+    );
+    assert!(
+        !exists(killed_switch.clone()).await,
+        "a killed switch's schema stays"
+    );
+    assert!(
+        exists(other_store.clone()).await,
+        "another store's scratch went"
+    );
+    let next = Scratch::create(&db).await.expect("the next scratch");
+    let mine: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM pg_namespace WHERE nspname LIKE 'ticketd\\_rebuild\\_' || $1 || '\\_%'",
+    )
+    .bind(oid.to_string())
+    .fetch_one(pool)
+    .await
+    .expect("count scratch schemas");
+    assert_eq!(mine, 2, "the running scratch went with the killed ones");
+    next.discard(&db).await;
+    running.discard(&db).await;
+    sqlx::query(&format!("DROP SCHEMA \"{other_store}\" CASCADE"))
+        .execute(pool)
+        .await
+        .expect("drop the other store's schema");
+}
