@@ -823,20 +823,28 @@ async fn commit_batch_as(
     Ok(())
 }
 
-/// PostgreSQL: a connection holding the projection's advisory lock, or `None` while another
-/// process holds it. The key includes the schema, so stores in different schemas do not
-/// contend.
-async fn take_lock(pool: &PgPool, name: &str) -> Result<Option<PgConnection>, StoreError> {
+/// The key of the store's advisory lock `$1`/`$2` (a projection's: `projection` and its name;
+/// a scratch's owner's: `scratch` and its tag). It includes the schema, so stores in
+/// different schemas do not contend.
+pub(crate) const LOCK_KEY: &str = "hashtextextended(current_schema() || '/' || $1 || '/' || $2, 0)";
+
+/// PostgreSQL: a connection of its own holding the store's advisory lock `kind`/`name` (see
+/// [`LOCK_KEY`]), or `None` while another session holds it. Closing the connection, or the
+/// process's end, releases it.
+pub(crate) async fn take_lock(
+    pool: &PgPool,
+    kind: &str,
+    name: &str,
+) -> Result<Option<PgConnection>, StoreError> {
     let mut conn = PgConnection::connect_with(&writer_options(pool))
         .await
         .map_err(unavailable)?;
-    let got: bool = sqlx::query_scalar(
-        "SELECT pg_try_advisory_lock(hashtextextended(current_schema() || '/projection/' || $1, 0))",
-    )
-    .bind(name)
-    .fetch_one(&mut conn)
-    .await
-    .map_err(unavailable)?;
+    let got: bool = sqlx::query_scalar(&format!("SELECT pg_try_advisory_lock({LOCK_KEY})"))
+        .bind(kind)
+        .bind(name)
+        .fetch_one(&mut conn)
+        .await
+        .map_err(unavailable)?;
     if got {
         Ok(Some(conn))
     } else {
@@ -859,7 +867,7 @@ async fn run(
     let name = p.name();
     let mut backoff = FIRST_BACKOFF;
     while !stop.asked() {
-        let lock = match take_lock(&pool, name).await {
+        let lock = match take_lock(&pool, "projection", name).await {
             Ok(Some(conn)) => conn,
             Ok(None) => {
                 stop.sleep(LOCK_RETRY).await;

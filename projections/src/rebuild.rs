@@ -73,8 +73,6 @@ enum Place {
         base: String,
         base_oid: i64,
         schema: String,
-        /// The name's last part, which a switch's throw-away schema shares.
-        tag: String,
         /// Holds the scratch's owner lock (see [`sweep`]) while the scratch exists.
         owner: sqlx::PgConnection,
     },
@@ -101,11 +99,15 @@ impl Scratch {
                 .fetch_one(pool)
                 .await
                 .map_err(unavailable)?;
-                sweep(pool, base_oid).await;
                 // Named after the live schema's oid too, so stores sharing a database can
                 // tell their own scratch schemas apart (at most 59 characters of the 63).
                 let schema = format!("ticketd_rebuild_{base_oid}_{tag}");
-                let owner = own_scratch(pool, &tag).await?;
+                let mut owner = crate::take_lock(pool, SCRATCH, &tag)
+                    .await?
+                    .ok_or_else(|| {
+                        StoreError::Unavailable(format!("the owner lock of scratch {tag} is taken"))
+                    })?;
+                sweep(&mut owner, base_oid).await;
                 pool.execute(format!("CREATE SCHEMA {}", ident(&schema)).as_str())
                     .await
                     .map_err(unavailable)?;
@@ -131,7 +133,6 @@ impl Scratch {
                         base,
                         base_oid,
                         schema,
-                        tag,
                         owner,
                     },
                 };
@@ -403,12 +404,11 @@ impl Scratch {
                     base,
                     base_oid,
                     schema,
-                    tag,
                     ..
                 },
             ) => {
                 // The scratch's tag: the owner lock covers it too (see `sweep`).
-                let old = format!("ticketd_old_{base_oid}_{tag}");
+                let old = format!("ticketd_old_{base_oid}_{}", tag_of(schema));
                 let mut conn = pool.acquire().await.map_err(unavailable)?;
                 // A bystander (it appends no event): while it holds its locks and applies what
                 // the live runner did, no log reader waits for it.
@@ -726,99 +726,87 @@ async fn live_tables(
     Ok(out)
 }
 
-/// The advisory lock a scratch's owner holds while the scratch exists, keyed by the scratch's
-/// tag: a scratch schema whose lock is free belongs to no running process.
-const SCRATCH_LOCK: &str = "hashtextextended('ticketd/scratch/' || $1, 0)";
+/// The kind of advisory lock (see [`crate::LOCK_KEY`]) a scratch's owner holds, keyed by the
+/// scratch's tag, on a connection of its own while the scratch exists: a scratch schema whose
+/// lock is free belongs to no running process.
+const SCRATCH: &str = "scratch";
 
-/// A connection of its own (a pooled one would keep the lock when returned) holding the owner
-/// lock of the scratch tagged `tag`; closing it, or the process's end, releases the lock.
-async fn own_scratch(pool: &PgPool, tag: &str) -> Result<sqlx::PgConnection, StoreError> {
-    let mut conn = sqlx::PgConnection::connect_with(&pool.connect_options())
-        .await
-        .map_err(unavailable)?;
-    sqlx::query(&format!("SELECT pg_advisory_lock({SCRATCH_LOCK})"))
-        .bind(tag)
-        .execute(&mut conn)
-        .await
-        .map_err(unavailable)?;
-    Ok(conn)
+/// The tag of a scratch schema (`ticketd_rebuild_<oid>_<tag>`, `ticketd_old_<oid>_<tag>`): its
+/// name's last part.
+fn tag_of(schema: &str) -> &str {
+    schema.rsplit('_').next().unwrap_or(schema)
 }
 
 /// Drops the scratch schemas of the store whose schema is `base_oid` (a rebuild's or a
 /// verification's `ticketd_rebuild_<oid>_<tag>`, a switch's `ticketd_old_<oid>_<tag>`) that
 /// no running process owns: what a rebuild or verification killed before its end left (as
 /// large as the read models). Best effort: what it cannot drop stays for the next one.
-async fn sweep(pool: &PgPool, base_oid: i64) {
+async fn sweep(owner: &mut sqlx::PgConnection, base_oid: i64) {
     let found: Result<Vec<String>, _> = sqlx::query_scalar(
         "SELECT nspname::text FROM pg_namespace WHERE nspname LIKE $1 OR nspname LIKE $2",
     )
     .bind(format!("ticketd\\_rebuild\\_{base_oid}\\_%"))
     .bind(format!("ticketd\\_old\\_{base_oid}\\_%"))
-    .fetch_all(pool)
+    .fetch_all(&mut *owner)
     .await;
     let found = match found {
-        Ok(found) if !found.is_empty() => found,
-        Ok(_) => return,
+        Ok(found) => found,
         Err(e) => {
             tracing::warn!(error = %e, "could not look for scratch schemas left behind");
             return;
         }
     };
-    let mut conn = match sqlx::PgConnection::connect_with(&pool.connect_options()).await {
-        Ok(conn) => conn,
-        Err(e) => {
-            tracing::warn!(error = %e, "could not look for scratch schemas left behind");
-            return;
-        }
-    };
+    let lock = |f: &str| format!("SELECT {f}({})", crate::LOCK_KEY);
     for schema in found {
-        let Some(tag) = schema.rsplit('_').next() else {
-            continue;
-        };
-        let free: Result<bool, _> =
-            sqlx::query_scalar(&format!("SELECT pg_try_advisory_lock({SCRATCH_LOCK})"))
-                .bind(tag)
-                .fetch_one(&mut conn)
-                .await;
+        let tag = tag_of(&schema);
+        let free: Result<bool, _> = sqlx::query_scalar(&lock("pg_try_advisory_lock"))
+            .bind(SCRATCH)
+            .bind(tag)
+            .fetch_one(&mut *owner)
+            .await;
         match free {
             Ok(true) => {}
             // Its owner runs.
             Ok(false) => continue,
             Err(e) => {
                 tracing::warn!(schema, error = %e, "could not check a scratch schema's owner");
-                break;
+                return;
             }
         }
-        match conn
-            .execute(format!("DROP SCHEMA IF EXISTS {} CASCADE", ident(&schema)).as_str())
-            .await
-        {
-            Ok(_) => tracing::info!(
+        if drop_schema_on(&mut *owner, &schema).await.is_ok() {
+            tracing::info!(
                 schema,
                 "dropped the scratch copy of a rebuild or verification that did not finish"
-            ),
-            Err(e) => {
-                tracing::warn!(schema, error = %e, "could not drop a scratch schema left behind")
-            }
+            );
         }
-        let unlocked = sqlx::query(&format!("SELECT pg_advisory_unlock({SCRATCH_LOCK})"))
+        let unlocked = sqlx::query(&lock("pg_advisory_unlock"))
+            .bind(SCRATCH)
             .bind(tag)
-            .execute(&mut conn)
+            .execute(&mut *owner)
             .await;
         if unlocked.is_err() {
-            break;
+            return;
         }
     }
-    let _ = conn.close().await;
 }
 
 async fn drop_schema(pool: &PgPool, schema: &str) {
-    if let Err(e) = pool
+    let _ = drop_schema_on(pool, schema).await;
+}
+
+/// `DROP SCHEMA … CASCADE` of a scratch (or a switch's throw-away) schema, on `db`; a failure
+/// is logged.
+async fn drop_schema_on<'c>(
+    db: impl Executor<'c, Database = sqlx::Postgres>,
+    schema: &str,
+) -> Result<(), sqlx::Error> {
+    let dropped = db
         .execute(format!("DROP SCHEMA IF EXISTS {} CASCADE", ident(schema)).as_str())
-        .await
-    {
+        .await;
+    if let Err(e) = &dropped {
         tracing::warn!(schema, error = %e, "could not drop a scratch schema; drop it by hand");
     }
+    dropped.map(|_| ())
 }
 
 /// The end of a switch, in its transaction, the live tables and checkpoints held: each

@@ -1000,19 +1000,83 @@ async fn postgres_a_new_scratch_drops_what_killed_ones_left() {
         exists(other_store.clone()).await,
         "another store's scratch went"
     );
-    let next = Scratch::create(&db).await.expect("the next scratch");
-    let mine: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM pg_namespace WHERE nspname LIKE 'ticketd\\_rebuild\\_' || $1 || '\\_%'",
-    )
-    .bind(oid.to_string())
-    .fetch_one(pool)
-    .await
-    .expect("count scratch schemas");
-    assert_eq!(mine, 2, "the running scratch went with the killed ones");
-    next.discard(&db).await;
-    running.discard(&db).await;
-    sqlx::query(&format!("DROP SCHEMA \"{other_store}\" CASCADE"))
+    let scratches = || async move {
+        sqlx::query_scalar::<_, String>(
+            "SELECT nspname::text FROM pg_namespace \
+             WHERE nspname LIKE 'ticketd\\_rebuild\\_' || $1 || '\\_%' ORDER BY 1",
+        )
+        .bind(oid.to_string())
+        .fetch_all(pool)
+        .await
+        .expect("list scratch schemas")
+    };
+    let [running_schema] = scratches().await.try_into().expect("one running scratch");
+    // A switch of the running scratch, between its commit and its clean-up: its throw-away
+    // schema shares the scratch's tag, and so its owner's lock.
+    let tag = running_schema.rsplit('_').next().expect("a tag");
+    let switching = format!("ticketd_old_{oid}_{tag}");
+    sqlx::query(&format!("CREATE SCHEMA \"{switching}\""))
         .execute(pool)
         .await
-        .expect("drop the other store's schema");
+        .expect("a running switch's schema");
+    let next = Scratch::create(&db).await.expect("the next scratch");
+    assert_eq!(
+        scratches().await.len(),
+        2,
+        "the running scratch went with the killed ones"
+    );
+    assert!(
+        exists(switching.clone()).await,
+        "a running switch's schema went"
+    );
+    // A scratch whose owner ends without discarding it (a failure past `?`, a panic): its
+    // lock goes with its connection, and the next scratch drops it.
+    let before = scratches().await;
+    let abandoned = Scratch::create(&db).await.expect("a scratch to abandon");
+    let [abandoned_schema] = scratches()
+        .await
+        .into_iter()
+        .filter(|s| !before.contains(s))
+        .collect::<Vec<_>>()
+        .try_into()
+        .expect("the abandoned scratch's schema");
+    drop(abandoned);
+    // The server ends the owner's session once it sees the connection closed.
+    let mut conn = pool.acquire().await.expect("a connection");
+    let abandoned_tag = abandoned_schema.rsplit('_').next().expect("a tag");
+    for _ in 0..100 {
+        let free: bool = sqlx::query_scalar(
+            "SELECT pg_try_advisory_lock(hashtextextended(current_schema() || '/scratch/' || $1, 0))",
+        )
+        .bind(abandoned_tag)
+        .fetch_one(&mut *conn)
+        .await
+        .expect("try the lock");
+        if free {
+            sqlx::query(
+                "SELECT pg_advisory_unlock(hashtextextended(current_schema() || '/scratch/' || $1, 0))",
+            )
+            .bind(abandoned_tag)
+            .execute(&mut *conn)
+            .await
+            .expect("unlock");
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    drop(conn);
+    let last = Scratch::create(&db).await.expect("the last scratch");
+    assert!(
+        !exists(abandoned_schema.clone()).await,
+        "an abandoned scratch stays"
+    );
+    last.discard(&db).await;
+    next.discard(&db).await;
+    running.discard(&db).await;
+    for schema in [&other_store, &switching] {
+        sqlx::query(&format!("DROP SCHEMA \"{schema}\" CASCADE"))
+            .execute(pool)
+            .await
+            .expect("drop a schema the test made");
+    }
 }
