@@ -427,13 +427,17 @@ impl Projection for AnalyticsProjection {
             let recorded = decode(event)?;
             let id = event.stream_id;
             let slot = facts.entry(id).or_insert(None);
-            let Some(Applied {
+            // Taken, not cloned: an event that changes nothing gives the facts back.
+            let Applied {
                 facts: f,
                 kinds,
                 daily,
-            }) = fold(slot.clone(), id, &recorded)
-            else {
-                continue;
+            } = match fold_from(slot.take().map(Box::new), id, &recorded) {
+                Ok(applied) => applied,
+                Err(kept) => {
+                    *slot = kept.map(|f| *f);
+                    continue;
+                }
             };
             let at = micros(recorded.recorded_at);
             for kind in kinds {

@@ -247,8 +247,9 @@ impl Loader {
         first: &Step,
         by: Option<Bystanders>,
     ) -> Result<Loader, StoreError> {
+        let options = crate::writer_options(pool);
         let connect = || async {
-            PgConnection::connect_with(&crate::writer_options(pool))
+            PgConnection::connect_with(&options)
                 .await
                 .map_err(unavailable)
         };
@@ -256,10 +257,9 @@ impl Loader {
         let (table, task) = match first {
             Step::Copy { insert, .. } => {
                 let table = table_of(insert)?.to_owned();
-                let options = crate::writer_options(pool);
                 let task = tokio::spawn(load_copies(
                     connect().await?,
-                    options,
+                    options.clone(),
                     table.clone(),
                     rx,
                     by,
@@ -486,36 +486,30 @@ fn run_fold(
 /// decoded, and leaving the bytes out saves two copies of each event (a fold reads neither).
 type Page = Arc<Vec<(StoredEvent, Recorded)>>;
 
-/// The page of the log after `after` as read (`None` at the end of the log, or past `upto`).
+/// The page of the log after `after` as read, with its last position (`None` at the end of
+/// the log, or past `upto`).
 async fn fetch(
     store: &dyn EventStore,
     upto: Option<Position>,
     after: Position,
-) -> Result<Option<EventBatch>, StoreError> {
+) -> Result<Option<(EventBatch, Position)>, StoreError> {
     if upto.is_some_and(|u| after >= u) {
         return Ok(None);
     }
     let batch = store
         .read_batch(after, crate::rebuild::REBUILD_BATCH)
         .await?;
-    Ok((!batch.is_empty()).then_some(batch))
+    Ok(batch.last_position().map(|end| (batch, end)))
 }
 
 /// An event of a page, without its payload and metadata (see [`Page`]).
 fn bare(e: &EventRef<'_>) -> StoredEvent {
-    StoredEvent {
-        position: e.position,
-        stream_id: e.stream_id,
-        version: e.version,
-        event_id: e.event_id,
-        event_type: e.event_type.to_owned(),
-        schema_version: e.schema_version,
-        recorded_at: e.recorded_at,
-        metadata: Vec::new(),
-        payload: Vec::new(),
-        prev_hash: *e.prev_hash,
-        hash: *e.hash,
+    EventRef {
+        metadata: &[],
+        payload: &[],
+        ..*e
     }
+    .to_stored()
 }
 
 /// The pass's decoder: pages cut at the event that brings the tickets (streams) seen to
@@ -614,7 +608,7 @@ pub(crate) async fn pass(
         let (mut at, mut folded) = (Position::START, 0u64);
         let mut raw = fetch(store, upto, at).await?;
         // The next page is read while this one is decoded.
-        while let Some((batch, end)) = raw.and_then(|b| b.last_position().map(|end| (b, end))) {
+        while let Some((batch, end)) = raw {
             let (page, next) = tokio::join!(reader.decode(batch, upto), fetch(store, upto, end));
             let page = page?;
             if page.is_empty() {
@@ -660,11 +654,11 @@ pub(crate) async fn pass(
                 .map_err(|e| StoreError::Unavailable(format!("a bulk fold failed: {e}")))??,
         );
     }
-    // Every table loaded commits and builds its indexes, all at once.
-    let lanes = Arc::new(Lanes::for_builds(deferred.iter().map(|(_, d)| d.as_str())));
-    let mut committing = Vec::with_capacity(loaders.started.len());
+    // Every table loaded commits and builds its indexes, all at once; the lanes count only
+    // the builds the loaders run (a table no step wrote keeps its indexes for later).
+    let mut handed = Vec::with_capacity(loaders.started.len());
     for l in loaders.started {
-        let indexes = if full {
+        let indexes: Vec<String> = if full {
             Vec::new()
         } else {
             let (mine, rest) = std::mem::take(deferred)
@@ -673,8 +667,17 @@ pub(crate) async fn pass(
             *deferred = rest;
             mine.into_iter().map(|(_, d)| d).collect()
         };
-        committing.push((l.table.clone(), l.commit(indexes, lanes.clone())));
+        handed.push((l, indexes));
     }
+    let lanes = Arc::new(Lanes::for_builds(
+        handed
+            .iter()
+            .flat_map(|(_, i)| i.iter().map(String::as_str)),
+    ));
+    let committing: Vec<_> = handed
+        .into_iter()
+        .map(|(l, indexes)| (l.table.clone(), l.commit(indexes, lanes.clone())))
+        .collect();
     let loaded: Vec<String> = committing.iter().map(|(t, _)| t.clone()).collect();
     let vacuumed: Vec<String> =
         futures::future::try_join_all(committing.into_iter().map(|(_, c)| c))
