@@ -248,6 +248,17 @@ pub fn check_claims(sub: &str, name: Option<&str>, org: Option<&str>) -> Result<
     Ok(())
 }
 
+/// `options` creating a file only its owner may read or write (mode 0600 on Unix): a secret,
+/// or an export of the log.
+pub(crate) fn owner_only(options: &mut std::fs::OpenOptions) -> &mut std::fs::OpenOptions {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    options
+}
+
 /// Reads the generated secret from `data_dir`, or creates it (32 random bytes, hex, mode 0600).
 pub fn load_or_create_secret(data_dir: &Path) -> anyhow::Result<Vec<u8>> {
     let path = data_dir.join(SECRET_FILE);
@@ -260,12 +271,7 @@ pub fn load_or_create_secret(data_dir: &Path) -> anyhow::Result<Vec<u8>> {
         .with_context(|| format!("creating {}", data_dir.display()))?;
     let secret = hex::encode(rand::random::<[u8; 32]>());
     let mut options = std::fs::OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        options.mode(0o600);
-    }
+    owner_only(options.write(true).create_new(true));
     match options.open(&path) {
         Ok(mut f) => {
             f.write_all(secret.as_bytes())
@@ -343,6 +349,30 @@ mod tests {
             .expect("clock")
             .as_secs()
             + 600
+    }
+
+    /// `mint` refuses what `verify` would refuse (its callers need not check first).
+    #[test]
+    fn claims_the_service_refuses_are_not_minted() {
+        let a = auth();
+        let long = "x".repeat(SUB_MAX + 1);
+        for (sub, name, org) in [
+            ("", None, None),
+            (long.as_str(), None, None),
+            ("a\u{0}b", None, None),
+            ("alice", Some("A\nB"), None),
+            ("alice", None, Some("ac\tme")),
+        ] {
+            let minted = a.mint(
+                sub,
+                name,
+                Role::Customer,
+                org,
+                false,
+                Duration::from_secs(60),
+            );
+            assert!(minted.is_err(), "{sub:?} {name:?} {org:?} was minted");
+        }
     }
 
     #[test]

@@ -194,7 +194,7 @@ pub struct ServeArgs {
     #[arg(
         long = "http-header-timeout",
         env = "TICKETD_HTTP_HEADER_TIMEOUT",
-        default_value_t = 75,
+        default_value_t = crate::server::Limits::default().header_read_timeout.as_secs(),
         value_parser = clap::value_parser!(u64).range(1..=3600)
     )]
     pub http_header_timeout: u64,
@@ -202,7 +202,7 @@ pub struct ServeArgs {
     #[arg(
         long = "http-body-timeout",
         env = "TICKETD_HTTP_BODY_TIMEOUT",
-        default_value_t = 30,
+        default_value_t = crate::server::Limits::default().body_timeout.as_secs(),
         value_parser = clap::value_parser!(u64).range(1..=3600)
     )]
     pub http_body_timeout: u64,
@@ -210,7 +210,7 @@ pub struct ServeArgs {
     #[arg(
         long = "http-max-connections",
         env = "TICKETD_HTTP_MAX_CONNECTIONS",
-        default_value_t = 4096,
+        default_value_t = crate::server::Limits::default().max_connections as u64,
         value_parser = clap::value_parser!(u64).range(1..=1_000_000)
     )]
     pub http_max_connections: u64,

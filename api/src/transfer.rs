@@ -291,12 +291,7 @@ async fn export_to_file(
     let partial = std::path::PathBuf::from(partial);
     let written = crate::app::then_close(store, async {
         let mut options = std::fs::OpenOptions::new();
-        options.write(true).create(true).truncate(true);
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::OpenOptionsExt;
-            options.mode(0o600);
-        }
+        crate::auth::owner_only(options.write(true).create(true).truncate(true));
         let file = options
             .open(&partial)
             .with_context(|| format!("creating {}", partial.display()))?;
