@@ -33,7 +33,8 @@ pub const TYPES: &[&str] = &[
 /// Feeds `ticket_feed` and `ticket_reads`.
 pub struct FeedProjection;
 
-const FEED_INSERT: &str = "INSERT INTO ticket_feed (ticket_id, version, kind, private, entry)";
+const FEED_INSERT: &str =
+    "INSERT INTO ticket_feed (ticket_id, version, kind, private, entry, event_id, at)";
 const FEED_TAIL: &str = "ON CONFLICT (ticket_id, version) DO NOTHING";
 const READ_INSERT: &str =
     "INSERT INTO ticket_reads (ticket_id, member, name, first_read_at, last_read_at)";
@@ -54,7 +55,7 @@ fn rows_of(
         matches!(&recorded.event, Event::Commented(c) if c.visibility == Visibility::Private);
     let version = i64::try_from(event.version)
         .map_err(|e| StoreError::Corrupt(format!("version {}: {e}", event.version)))?;
-    let entry = entry_text(event, recorded).map_err(|e| {
+    let entry = entry_text(recorded).map_err(|e| {
         StoreError::Corrupt(format!("the feed entry of event {}: {e}", event.event_id))
     })?;
     let feed = vec![
@@ -63,6 +64,8 @@ fn rows_of(
         Bind::Text(kind.to_owned()),
         Bind::I64(i64::from(private)),
         Bind::Text(entry),
+        Bind::Uuid(event.event_id),
+        Bind::I64(at_micros(event)),
     ];
     let read = matches!(recorded.event, Event::Read(_)).then(|| {
         vec![
@@ -100,16 +103,19 @@ struct OpenedEntry<'a> {
 /// A JSON object's members by key, each value's text as written.
 type Members<'a> = BTreeMap<&'a str, &'a RawValue>;
 
-/// The feed entry (§6.3) as JSON text: `id`, `type`, `at`, `actor`, `actor_name` and the
-/// event's own fields (the first five win a clash), keys in order.
+/// Members every entry has; an event's own field of one of these names is left out.
+const BASE: [&str; 5] = ["actor", "actor_name", "at", "id", "type"];
+
+/// A row's `entry` as JSON text: the feed entry (§6.3) but for `id`, `at` and `type`, which
+/// the row holds in columns of their own (see [`served`]): `actor`, `actor_name` and the
+/// event's own fields but those named as a member every entry has, keys in order.
 ///
-/// The text is what rows have always held, that of a `serde_json::Value` of the entry (whose
-/// objects keep their keys sorted), but written without building one: a `Value` per event was
-/// a quarter of a rebuild's CPU. The event is serialized once and only its top-level members
-/// (and an edit's changes) are put in order; the objects inside them are in order already
-/// (`Change` is `from`, `to`; `Fields` is a `BTreeMap`), which a test checks against a `Value`
-/// for every event type.
-fn entry_text(event: &StoredEvent, recorded: &Recorded) -> Result<String, serde_json::Error> {
+/// Written without building a `serde_json::Value` (one per event was a quarter of a
+/// rebuild's CPU): the event is serialized once and only its top-level members (and an edit's
+/// changes) are put in order; the objects inside them are in order already (`Change` is
+/// `from`, `to`; `Fields` is a `BTreeMap`), which a test checks against a `Value` for every
+/// event type.
+fn entry_text(recorded: &Recorded) -> Result<String, serde_json::Error> {
     let own = match &recorded.event {
         Event::Opened(e) => serde_json::to_string(&OpenedEntry {
             subject: &e.subject,
@@ -127,25 +133,35 @@ fn entry_text(event: &StoredEvent, recorded: &Recorded) -> Result<String, serde_
         }
         other => serde_json::to_string(other)?,
     };
-    let base = [
-        ("actor", serde_json::to_string(&recorded.actor.id)?),
-        ("actor_name", serde_json::to_string(&recorded.actor.name)?),
-        ("at", serde_json::to_string(&recorded.recorded_at)?),
-        ("id", serde_json::to_string(&event.event_id)?),
-        ("type", serde_json::to_string(kind_of(&recorded.event))?),
-    ];
+    let actor = serde_json::to_string(&recorded.actor.id)?;
+    let actor_name = serde_json::to_string(&recorded.actor.name)?;
     let fields: Members = serde_json::from_str(&own)?;
-    let mut all: Vec<(&str, &str)> = base.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let mut all: Vec<(&str, &str)> = vec![("actor", &actor), ("actor_name", &actor_name)];
     all.extend(
         fields
             .iter()
-            .filter(|(k, _)| !base.iter().any(|(b, _)| b == *k))
+            .filter(|(k, _)| !BASE.contains(k))
             .map(|(k, v)| (*k, v.get())),
     );
     all.sort_unstable_by(|a, b| a.0.cmp(b.0));
-    let mut out = String::with_capacity(own.len() + 160);
+    let mut out = String::with_capacity(own.len() + 64);
     write_object(&mut out, all.into_iter())?;
     Ok(out)
+}
+
+/// The feed entry a row holds: its `entry` with the event's `id`, `at` (`columns`, from the
+/// row's own columns) and `type` (the row's `kind`) put back. A row written before migration
+/// 0021 (PostgreSQL; SQLite views: 0005) leaves those columns NULL: its `entry` is whole.
+fn served(entry: &str, kind: &str, columns: Option<(Uuid, i64)>) -> Result<Value, String> {
+    let mut entry: Value = serde_json::from_str(entry).map_err(|e| e.to_string())?;
+    if let (Some((id, at)), Value::Object(members)) = (columns, &mut entry) {
+        let at = DateTime::from_timestamp_micros(at).ok_or_else(|| format!("time {at}"))?;
+        let at = serde_json::to_value(at).map_err(|e| e.to_string())?;
+        members.insert("id".to_owned(), Value::String(id.to_string()));
+        members.insert("at".to_owned(), at);
+        members.insert("type".to_owned(), Value::String(kind.to_owned()));
+    }
+    Ok(with_every_member(entry))
 }
 
 /// `{"k":v,…}` of members in the order given, each value's text as it is.
@@ -267,7 +283,8 @@ pub async fn feed(
     types: &[String],
     include_private: bool,
 ) -> Result<Vec<Value>, StoreError> {
-    let mut sql = String::from("SELECT entry FROM ticket_feed WHERE ticket_id = ?");
+    let mut sql =
+        String::from("SELECT entry, kind, event_id, at FROM ticket_feed WHERE ticket_id = ?");
     let mut binds = vec![Bind::Uuid(ticket)];
     if types.is_empty() {
         sql.push_str(" AND kind <> 'read'");
@@ -284,9 +301,14 @@ pub async fn feed(
     }
     sql.push_str(" ORDER BY version");
     let mut pooled = Pooled::acquire(db).await?;
-    let rows: Vec<String> = pooled.conn().fetch_column(&sql, &binds).await?;
-    rows.iter()
-        .map(|r| serde_json::from_str(r).map(with_every_member))
+    let rows: Vec<(String, String, Option<Uuid>, Option<i64>)> =
+        pooled.conn().fetch_four(&sql, &binds).await?;
+    rows.into_iter()
+        .map(|(entry, kind, id, at)| match (id, at) {
+            (Some(id), Some(at)) => served(&entry, &kind, Some((id, at))),
+            (None, None) => served(&entry, &kind, None),
+            _ => Err("one of event_id and at is NULL".to_owned()),
+        })
         .collect::<Result<_, _>>()
         .map_err(|e| StoreError::Corrupt(format!("a ticket_feed row of {ticket}: {e}")))
 }
@@ -396,8 +418,10 @@ mod tests {
         events
     }
 
+    /// A row's entry, its columns put back, is the entry as a `Value` of it would print; so is
+    /// a row written before the columns, whose entry is whole.
     #[test]
-    fn entries_are_written_as_a_value_of_them_would_print() {
+    fn rows_serve_what_a_value_of_the_entry_would_print() {
         let events = fixtures();
         assert!(
             events.len() >= ticketd_domain::EVENT_TYPES.len(),
@@ -433,8 +457,24 @@ mod tests {
                     },
                     event: event.clone(),
                 };
-                let text = entry_text(&stored, &recorded).expect("entry");
-                assert_eq!(text, entry_as_value(&stored, &recorded), "{event:?}");
+                let (row, _) = rows_of(&stored, &recorded).expect("rows");
+                let [Bind::Uuid(_), Bind::I64(_), Bind::Text(kind), Bind::I64(_), Bind::Text(entry), Bind::Uuid(id), Bind::I64(at)] =
+                    row.as_slice()
+                else {
+                    panic!("a feed row: {row:?}");
+                };
+                assert!(
+                    !entry.contains("\"id\"") && !entry.contains("\"type\""),
+                    "{entry}"
+                );
+                let whole = entry_as_value(&stored, &recorded);
+                let want = with_every_member(serde_json::from_str(&whole).expect("json"));
+                assert_eq!(
+                    served(entry, kind, Some((*id, *at))).expect("served"),
+                    want,
+                    "{event:?}"
+                );
+                assert_eq!(served(&whole, kind, None).expect("served"), want);
             }
         }
     }

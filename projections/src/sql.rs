@@ -97,50 +97,21 @@ pub trait Column: Sized {
     fn postgres(row: &sqlx::postgres::PgRow, i: usize) -> Result<Self, sqlx::Error>;
 }
 
-impl Column for i64 {
-    fn sqlite(row: &sqlx::sqlite::SqliteRow, i: usize) -> Result<Self, sqlx::Error> {
-        row.try_get(i)
-    }
-    fn postgres(row: &sqlx::postgres::PgRow, i: usize) -> Result<Self, sqlx::Error> {
-        row.try_get(i)
-    }
+/// [`Column`] for types both drivers decode alike.
+macro_rules! columns_decoded_alike {
+    ($($t:ty),+) => {$(
+        impl Column for $t {
+            fn sqlite(row: &sqlx::sqlite::SqliteRow, i: usize) -> Result<Self, sqlx::Error> {
+                row.try_get(i)
+            }
+            fn postgres(row: &sqlx::postgres::PgRow, i: usize) -> Result<Self, sqlx::Error> {
+                row.try_get(i)
+            }
+        }
+    )+};
 }
 
-impl Column for String {
-    fn sqlite(row: &sqlx::sqlite::SqliteRow, i: usize) -> Result<Self, sqlx::Error> {
-        row.try_get(i)
-    }
-    fn postgres(row: &sqlx::postgres::PgRow, i: usize) -> Result<Self, sqlx::Error> {
-        row.try_get(i)
-    }
-}
-
-impl Column for Option<String> {
-    fn sqlite(row: &sqlx::sqlite::SqliteRow, i: usize) -> Result<Self, sqlx::Error> {
-        row.try_get(i)
-    }
-    fn postgres(row: &sqlx::postgres::PgRow, i: usize) -> Result<Self, sqlx::Error> {
-        row.try_get(i)
-    }
-}
-
-impl Column for Option<i64> {
-    fn sqlite(row: &sqlx::sqlite::SqliteRow, i: usize) -> Result<Self, sqlx::Error> {
-        row.try_get(i)
-    }
-    fn postgres(row: &sqlx::postgres::PgRow, i: usize) -> Result<Self, sqlx::Error> {
-        row.try_get(i)
-    }
-}
-
-impl Column for Uuid {
-    fn sqlite(row: &sqlx::sqlite::SqliteRow, i: usize) -> Result<Self, sqlx::Error> {
-        row.try_get(i)
-    }
-    fn postgres(row: &sqlx::postgres::PgRow, i: usize) -> Result<Self, sqlx::Error> {
-        row.try_get(i)
-    }
-}
+columns_decoded_alike!(i64, String, Option<String>, Option<i64>, Uuid, Option<Uuid>);
 
 /// A whole row of mixed column types, decoded as a tuple of [`Column`]s in select order.
 pub trait Columns: Sized {

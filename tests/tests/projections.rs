@@ -18,7 +18,7 @@ use ticketd_domain::{
 };
 use ticketd_projections::sql::{Bind, Conn};
 use ticketd_projections::tickets::{ListQuery, Sort, TextPlan, View};
-use ticketd_projections::{lag, read_checkpoint, tickets, Pooled, Projection, Projector};
+use ticketd_projections::{feed, lag, read_checkpoint, tickets, Pooled, Projection, Projector};
 use ticketd_tests::{both_backends, numbered_rows, read_everything, read_until, row_positions};
 
 const WAIT: Duration = Duration::from_secs(10);
@@ -1331,7 +1331,59 @@ async fn a_read_leaves_the_rows_where_they_were(store: Arc<dyn EventStore>) {
     assert_rows_match(&store, &p, &h).await;
 }
 
+/// A feed row written before migration 0021 (PostgreSQL; SQLite views: 0005) holds its whole
+/// entry, `id`, `at` and `type` too, and leaves `event_id` and `at` NULL: it reads as a row
+/// written now does. A row with one of the two and not the other is refused as corrupt.
+async fn a_feed_row_written_before_its_columns_reads_alike(store: Arc<dyn EventStore>) {
+    let h = CommandHandler::new(store.clone(), SlaPolicy::default(), 100);
+    let (id, _) = open(&h, "old rows").await;
+    let last = comment(&h, id).await;
+    let p = Projector::start(store.clone()).expect("a store with a database");
+    p.wait_for(feed::NAME, last, WAIT).await.expect("caught up");
+    let db = p.database().clone();
+    let now = feed::feed(&db, id, &[], true).await.expect("feed");
+    assert_eq!(now.len(), 2, "{now:?}");
+    let mut pooled = Pooled::acquire(&db).await.expect("connection");
+    for (version, entry) in (1_i64..).zip(&now) {
+        assert_eq!(entry["type"], ["opened", "comment"][version as usize - 1]);
+        assert!(
+            entry["id"].is_string() && entry["at"].is_string(),
+            "{entry}"
+        );
+        pooled
+            .conn()
+            .execute(
+                "UPDATE ticket_feed SET entry = ?, event_id = NULL, at = NULL \
+                 WHERE ticket_id = ? AND version = ?",
+                &[
+                    Bind::Text(entry.to_string()),
+                    Bind::Uuid(id),
+                    Bind::I64(version),
+                ],
+            )
+            .await
+            .expect("an old row");
+    }
+    assert_eq!(feed::feed(&db, id, &[], true).await.expect("feed"), now);
+    pooled
+        .conn()
+        .execute(
+            "UPDATE ticket_feed SET event_id = ? WHERE ticket_id = ? AND version = 1",
+            &[Bind::Uuid(Uuid::now_v7()), Bind::Uuid(id)],
+        )
+        .await
+        .expect("a half row");
+    let refused = feed::feed(&db, id, &[], true).await;
+    assert!(
+        matches!(&refused, Err(StoreError::Corrupt(m)) if m.contains("NULL")),
+        "{refused:?}"
+    );
+    drop(pooled);
+    p.shutdown(WAIT).await;
+}
+
 both_backends!(
+    a_feed_row_written_before_its_columns_reads_alike,
     a_read_leaves_the_rows_where_they_were,
     projections_keep_up_while_appends_never_pause,
     lag_counts_the_events_after_a_position,
