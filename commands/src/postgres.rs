@@ -1283,8 +1283,8 @@ impl EventStore for PostgresStore {
         // The aborted listener's connection comes back after an `UNLISTEN *` (sqlx's drop), so
         // no notification is left unread on it: closing it with unread data in its socket
         // reset the connection, which PostgreSQL logged as an error.
-        close_pool(&self.listen_pool).await;
-        close_pool(&self.pool).await;
+        crate::store::close_pool(&self.listen_pool).await;
+        crate::store::close_pool(&self.pool).await;
     }
 
     async fn ping(&self) -> StoreResult<()> {
@@ -1299,24 +1299,6 @@ impl EventStore for PostgresStore {
             .await
             .map_err(unavailable)?;
         Ok(())
-    }
-}
-
-/// Closes `pool` and every connection it holds. A connection given back (a finished query's,
-/// or an aborted task's, the listener's after its `UNLISTEN *`) returns to the pool by a task
-/// of sqlx's own, which runs when it runs; one that comes back while `close` waits for the
-/// last permits is left idle in the closed pool, still connected (sqlx 0.8 pops idle
-/// connections only before each wait). So `close` again until the pool counts none: a second
-/// `close` alone still left one connection about one run in ten
-/// (`postgres_close_ends_every_connection`: the background NOTIFY's connection).
-async fn close_pool(pool: &PgPool) {
-    pool.close().await;
-    for _ in 0..100 {
-        if pool.size() == 0 {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-        pool.close().await;
     }
 }
 

@@ -401,8 +401,8 @@ impl EventStore for SqliteStore {
         for task in tasks {
             let _ = task.await;
         }
-        self.reads.close().await;
-        self.views.close().await;
+        crate::store::close_pool(&self.reads).await;
+        crate::store::close_pool(&self.views).await;
     }
 
     async fn ping(&self) -> StoreResult<()> {
