@@ -16,7 +16,7 @@
 //!   FREEZE` writes its rows frozen and all-visible (no later `VACUUM` needs to visit them,
 //!   and index-only scans work at once), and a load that fails or is started again never
 //!   leaves rows twice;
-//! - `ticket_search`, whose rows need SQL (`to_tsvector`), by inserts on two connections.
+//! - `ticket_search`, whose rows need SQL (`::tsvector`), by inserts on two connections.
 //!
 //! Once every table is loaded, each commits and builds its secondary indexes (deferred by the
 //! rebuild), all at once, in [`Lanes`]. The checkpoints move last, in a transaction of their
@@ -61,7 +61,7 @@ pub enum Step {
         insert: &'static str,
         rows: CopyRows,
     },
-    /// Rows whose values need SQL (such as `to_tsvector`): `Conn::insert_rows_as` without a
+    /// Rows whose values need SQL (such as `::tsvector`): `Conn::insert_rows_as` without a
     /// conflict clause.
     Insert {
         head: &'static str,
@@ -418,7 +418,7 @@ async fn load_inserts(
 }
 
 /// One chunk of an `Insert` loader's rows, in a transaction of its own that the live log
-/// readers look past (a chunk of search rows takes a while: `to_tsvector`).
+/// readers look past (a chunk of search rows takes a while: its vectors).
 async fn insert_standing_by(
     conn: &mut PgConnection,
     by: Option<&Bystanders>,

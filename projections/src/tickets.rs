@@ -276,8 +276,7 @@ fn ticket_binds(t: &Ticket, at: Position, recent: &RecentKeys) -> Result<Vec<Bin
 const SEARCH_INSERT: &str = "INSERT INTO ticket_search (ticket_id, head, public_comments, \
      private_comments, last_activity_at, created_at, due_sort, priority_rank, position_tx, \
      position_seq)";
-const SEARCH_ROW: &str = "(?, strip(to_tsvector('simple', ?)), strip(to_tsvector('simple', ?)), \
-     strip(to_tsvector('simple', ?)), ?, ?, ?, ?, ?, ?)";
+const SEARCH_ROW: &str = "(?, ?::tsvector, ?::tsvector, ?::tsvector, ?, ?, ?, ?, ?, ?)";
 
 /// The values of [`SEARCH_ROW`] for ticket `t`, at `at`, whose events carried `text`, if they
 /// fit the one-statement row (see [`FRESH_TEXT_FACTOR`]).
@@ -291,9 +290,9 @@ fn search_binds(
     }
     let mut row = vec![
         Bind::Uuid(t.id),
-        Bind::Text(head_text(t)),
-        Bind::Text(search_text(&text.public.join("\n"))),
-        Bind::Text(search_text(&text.private.join("\n"))),
+        Bind::Text(vector_text(&head_text(t))),
+        Bind::Text(vector_text(&search_text(&text.public.join("\n")))),
+        Bind::Text(vector_text(&search_text(&text.private.join("\n")))),
     ];
     row.extend(RowKeys::of(t, at)?.search_binds());
     Ok(Some(row))
@@ -626,19 +625,18 @@ async fn pg_text(conn: &mut Conn<'_>, id: Uuid, op: &TextOp) -> Result<(), Store
         TextOp::Start(head) => {
             conn.execute(
                 "INSERT INTO ticket_search (ticket_id, head, public_comments, private_comments) \
-                 VALUES (?, strip(to_tsvector('simple', ?)), '', '') \
+                 VALUES (?, ?::tsvector, '', '') \
                  ON CONFLICT (ticket_id) DO UPDATE SET head = excluded.head, \
                  public_comments = excluded.public_comments, \
                  private_comments = excluded.private_comments",
-                &[Bind::Uuid(id), Bind::Text(head.clone())],
+                &[Bind::Uuid(id), Bind::Text(vector_text(head))],
             )
             .await?;
         }
         TextOp::Head(head) => {
             conn.execute(
-                "UPDATE ticket_search SET head = strip(to_tsvector('simple', ?)) \
-                 WHERE ticket_id = ?",
-                &[Bind::Text(head.clone()), Bind::Uuid(id)],
+                "UPDATE ticket_search SET head = ?::tsvector WHERE ticket_id = ?",
+                &[Bind::Text(vector_text(head)), Bind::Uuid(id)],
             )
             .await?;
         }
@@ -651,13 +649,13 @@ async fn pg_text(conn: &mut Conn<'_>, id: Uuid, op: &TextOp) -> Result<(), Store
             conn.execute(
                 &format!(
                     "UPDATE ticket_search s SET {column} = s.{column} || n.v \
-                     FROM (SELECT strip(to_tsvector('simple', ?)) AS v) n \
+                     FROM (SELECT ?::tsvector AS v) n \
                      WHERE s.ticket_id = ? AND octet_length(s.head::text) \
                      + octet_length(s.public_comments::text) \
                      + octet_length(s.private_comments::text) + octet_length(n.v::text) <= ?"
                 ),
                 &[
-                    Bind::Text(text.clone()),
+                    Bind::Text(vector_text(text)),
                     Bind::Uuid(id),
                     Bind::I64(PG_TEXT_BUDGET),
                 ],
@@ -716,10 +714,10 @@ async fn pg_text_batch(
         if bound > PG_TEXT_BUDGET as usize {
             continue;
         }
-        let joined = |parts: Vec<&str>| (!parts.is_empty()).then(|| parts.join("\n"));
+        let joined = |parts: Vec<&str>| (!parts.is_empty()).then(|| vector_text(&parts.join("\n")));
         let mut row = vec![
             Bind::Uuid(*id),
-            Bind::OptText(head.map(str::to_owned)),
+            Bind::OptText(head.map(vector_text)),
             Bind::OptText(joined(public)),
             Bind::OptText(joined(private)),
             Bind::I64(i64::try_from(bound).unwrap_or(i64::MAX)),
@@ -731,11 +729,11 @@ async fn pg_text_batch(
     let updated: Vec<Uuid> = conn
         .rows_as(
             "UPDATE ticket_search s SET \
-             head = coalesce(strip(to_tsvector('simple', n.head)), s.head), \
+             head = coalesce(n.head::tsvector, s.head), \
              public_comments = CASE WHEN n.pub IS NULL THEN s.public_comments \
-             ELSE s.public_comments || strip(to_tsvector('simple', n.pub)) END, \
+             ELSE s.public_comments || n.pub::tsvector END, \
              private_comments = CASE WHEN n.priv IS NULL THEN s.private_comments \
-             ELSE s.private_comments || strip(to_tsvector('simple', n.priv)) END, \
+             ELSE s.private_comments || n.priv::tsvector END, \
              last_activity_at = n.la, created_at = n.ca, due_sort = n.ds, \
              priority_rank = n.pr, position_tx = n.tx, position_seq = n.seq \
              FROM (",
@@ -808,15 +806,52 @@ fn head_text(t: &Ticket) -> String {
 /// Text as both indexes take it: lowercased here, so case folds the same whatever the
 /// database's locale, with every character that is not part of a word blanked (control
 /// characters, which PostgreSQL text cannot hold, punctuation, symbols). SQLite's tokenizer
-/// splits words at punctuation, while PostgreSQL's parser keeps e-mail addresses, host names,
-/// paths, versions and hyphenated words whole (`q=example` found `alice@example.com` on
-/// SQLite only) and, under a C locale, reads any character beyond ASCII as a letter. Given
-/// only words between blanks, both see the same words.
+/// splits words at punctuation; PostgreSQL's vectors are these very words ([`vector_text`]).
+/// (PostgreSQL's text parser kept e-mail addresses, host names, paths, versions and hyphenated
+/// words whole: `q=example` found `alice@example.com` on SQLite only.)
 fn search_text(s: &str) -> String {
     s.to_lowercase()
         .chars()
         .map(|c| if in_word(c) { c } else { ' ' })
         .collect()
+}
+
+/// Bytes a PostgreSQL text-search lexeme holds at most (its `MAXSTRLEN`).
+const PG_LEXEME_MAX: usize = 2047;
+/// Bytes of words a `tsvector`'s input may hold, repeats included: PostgreSQL refuses more than
+/// 1 MB (`MAXSTRPOS`); this leaves room for the last word.
+const PG_VECTOR_INPUT_MAX: usize = 1_000_000;
+
+/// PostgreSQL: `text` of [`search_text`] (words between blanks) as the input of a `tsvector`,
+/// which PostgreSQL reads as those very words, each once (`'b a b'::tsvector` is `'a' 'b'`),
+/// and the query's words are the rows' very lexemes ([`TextQuery`]). No text parser: its idea
+/// of a letter follows the database's locale (`C` takes every character beyond ASCII for
+/// one), and over 1,000,000 tickets' vectors it spent 12 s of the server's CPU where this input
+/// spends 3.5 (docs/PERFORMANCE.md, session 28). The words hold no quote, backslash or colon,
+/// the input's syntax. Left out: a word longer than a lexeme can be (which the input refuses,
+/// and `to_tsvector` skipped); a word of no letter or digit (a lone mark, such as an emoji's
+/// variation selector), which no search looks for; and, of a text past
+/// [`PG_VECTOR_INPUT_MAX`] (only an imported event's: the API bounds what one holds), every
+/// word once its distinct words pass it, rather than a vector PostgreSQL refuses and a
+/// projection stopped for good.
+fn vector_text(text: &str) -> String {
+    let kept = |w: &&str| w.len() <= PG_LEXEME_MAX && w.chars().any(char::is_alphanumeric);
+    if text.len() <= PG_VECTOR_INPUT_MAX && text.split_whitespace().all(|w| kept(&w)) {
+        return text.to_owned();
+    }
+    let mut seen = HashSet::new();
+    let mut bytes = 0;
+    let mut out = Vec::new();
+    for w in text.split_whitespace().filter(kept) {
+        if seen.insert(w) {
+            bytes += w.len() + 1;
+            if bytes > PG_VECTOR_INPUT_MAX {
+                break;
+            }
+            out.push(w);
+        }
+    }
+    out.join(" ")
 }
 
 /// Letters, digits and combining marks make words, as SQLite's tokenizer is told (`L* N* M*`):
@@ -1103,18 +1138,21 @@ impl Backend {
 enum TextQuery {
     /// No `q`: every ticket.
     Any,
-    /// Only words without a letter or digit, which no text holds as a word: no ticket.
+    /// Only words without a letter or digit, which no text holds as a word (or, on
+    /// PostgreSQL, a word longer than a lexeme, which no vector holds): no ticket.
     Nothing,
-    /// Words for `plainto_tsquery('simple', …)` (which has no operators to inject), each to be
-    /// found in the whole text (`all`) or in the subject, description and public comments.
+    /// Words of letters, digits and marks alone (see [`words`]), each a quoted `tsquery`
+    /// lexeme, as the rows' vectors hold them ([`vector_text`]), each to be found in the whole
+    /// text (`all`) or in the subject, description and public comments.
     Postgres { all: bool, words: Vec<String> },
     /// One FTS5 query per word, the word a quoted string (so `"`, `*`, `OR`, `NEAR`, `-`, `:`
     /// are text, not syntax).
     Sqlite(Vec<String>),
 }
 
-/// The text condition of `words`. A word with no letter or digit (`-`, `&`) is dropped, as
-/// both tokenizers would drop it; the rest must all appear, each in any visible part.
+/// The text condition of `words`. A word with no letter or digit (`-`, `&`) is dropped: no
+/// index holds one (SQLite's tokenizer drops it, [`vector_text`] leaves it out); the rest must
+/// all appear, each in any visible part.
 fn text_query(words: &[String], staff: bool, backend: Backend) -> TextQuery {
     if words.is_empty() {
         return TextQuery::Any;
@@ -1128,10 +1166,23 @@ fn text_query(words: &[String], staff: bool, backend: Backend) -> TextQuery {
         return TextQuery::Nothing;
     }
     match backend {
-        Backend::Postgres => TextQuery::Postgres {
-            all: staff,
-            words: words.iter().map(|w| (*w).to_owned()).collect(),
-        },
+        Backend::Postgres => {
+            // The vectors' lexemes: words as [`words`] gives them (the API's are already),
+            // lowercased and split where the text is, each of letters, digits and marks alone.
+            let lexemes: Vec<String> = words
+                .iter()
+                .flat_map(|w| self::words(w))
+                .filter(|w| w.chars().any(char::is_alphanumeric))
+                .collect();
+            // No vector holds a word longer than a lexeme can be.
+            if lexemes.iter().any(|w| w.len() > PG_LEXEME_MAX) {
+                return TextQuery::Nothing;
+            }
+            TextQuery::Postgres {
+                all: staff,
+                words: lexemes,
+            }
+        }
         Backend::Sqlite => TextQuery::Sqlite(
             words
                 .iter()
@@ -1149,13 +1200,15 @@ fn text_query(words: &[String], staff: bool, backend: Backend) -> TextQuery {
 fn pg_text_condition(words: &[String], all: bool) -> (String, Vec<Bind>) {
     const WHOLE: &str = "(s.head || s.public_comments || s.private_comments)";
     const PUBLIC: &str = "(s.head || s.public_comments)";
-    let mut sql =
-        vec![format!("{WHOLE} @@ plainto_tsquery('simple', ?)"); words.len()].join(" AND ");
-    let mut binds: Vec<Bind> = words.iter().cloned().map(Bind::Text).collect();
+    let mut sql = vec![format!("{WHOLE} @@ ?::tsquery"); words.len()].join(" AND ");
+    // The words are letters, digits and marks ([`text_query`]); quoted all the same.
+    let lexeme =
+        |w: &String| Bind::Text(format!("'{}'", w.replace('\\', "\\\\").replace('\'', "''")));
+    let mut binds: Vec<Bind> = words.iter().map(lexeme).collect();
     if !all {
         for w in words {
-            sql.push_str(&format!(" AND {PUBLIC} @@ plainto_tsquery('simple', ?)"));
-            binds.push(Bind::Text(w.clone()));
+            sql.push_str(&format!(" AND {PUBLIC} @@ ?::tsquery"));
+            binds.push(lexeme(w));
         }
     }
     (sql, binds)
@@ -2060,6 +2113,34 @@ mod tests {
         // Combining marks stay in their words.
         assert_eq!(words("İstanbul नमस्ते"), ["i\u{307}stanbul", "नमस्ते"]);
         assert_eq!(search_text("İstanbul, नमस्ते!"), "i\u{307}stanbul  नमस्ते ");
+    }
+
+    #[test]
+    fn vectors_leave_out_words_longer_than_a_lexeme() {
+        // 2,047 bytes, the most a lexeme holds; one more is too long.
+        let long = format!("{}x", "é".repeat(1_023));
+        assert_eq!(vector_text("a  b\nc"), "a  b\nc");
+        assert_eq!(
+            vector_text(&format!("a {long} b\n{long}x")),
+            format!("a {long} b")
+        );
+        assert_eq!(vector_text("\u{fe0f} a \u{301} \u{301}b"), "a \u{301}b");
+        // Past a vector input's bound, each word once, and none past the bound.
+        let many = (0..400_000)
+            .map(|i| format!("w{i} w{i}"))
+            .collect::<Vec<_>>()
+            .join(" ");
+        let vector = vector_text(&many);
+        assert!(vector.len() <= PG_VECTOR_INPUT_MAX, "{}", vector.len());
+        assert!(vector.starts_with("w0 w1 w2 "), "{}", &vector[..20]);
+        assert_eq!(
+            vector.split(' ').count(),
+            vector.split(' ').collect::<HashSet<_>>().len()
+        );
+        let q = text_query(&["a".into(), format!("{long}x")], true, Backend::Postgres);
+        assert_eq!(q, TextQuery::Nothing);
+        let q = text_query(&["a".into(), long.clone()], true, Backend::Postgres);
+        assert!(matches!(q, TextQuery::Postgres { .. }), "{q:?}");
     }
 
     #[test]
