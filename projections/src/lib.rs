@@ -15,6 +15,7 @@ pub mod feed;
 mod kept;
 pub mod keys;
 pub mod rebuild;
+mod scratch_files;
 pub mod sql;
 pub mod tickets;
 mod together;

@@ -78,6 +78,8 @@ enum Place {
     },
     Sqlite {
         path: PathBuf,
+        /// Holds the scratch's owner lock (see [`crate::scratch_files`]) while it exists.
+        owner: std::fs::File,
     },
 }
 
@@ -156,25 +158,32 @@ impl Scratch {
                         "an in-memory SQLite store cannot be rebuilt beside itself".into(),
                     ));
                 }
-                let mut path = live.into_os_string();
-                path.push(format!(".rebuild-{tag}"));
-                let path = PathBuf::from(path);
+                let path = crate::scratch_files::with_suffix(&live, &format!(".rebuild-{tag}"));
+                // Quick file operations, once a rebuild or verification: not worth a thread.
+                let owner = crate::scratch_files::own(&path)?;
+                crate::scratch_files::sweep(&live, &tag);
                 // Disposable until the switch copies it: no fsync, one writer.
                 let options = SqliteConnectOptions::new()
                     .filename(&path)
                     .create_if_missing(true)
                     .journal_mode(SqliteJournalMode::Wal)
                     .synchronous(SqliteSynchronous::Off);
-                let scratch = SqlitePoolOptions::new()
+                let scratch = match SqlitePoolOptions::new()
                     .max_connections(1)
                     .connect_with(options)
                     .await
-                    .map_err(unavailable)?;
+                {
+                    Ok(s) => s,
+                    Err(e) => {
+                        crate::scratch_files::remove(&path, owner);
+                        return Err(unavailable(e));
+                    }
+                };
                 let me = Scratch {
                     bulk_tickets: BULK_TICKETS,
                     analyzed: Default::default(),
                     db: Database::Sqlite(scratch.clone()),
-                    place: Place::Sqlite { path },
+                    place: Place::Sqlite { path, owner },
                 };
                 if let Err(e) = ticketd_commands::sqlite::migrate_views_pool(&scratch).await {
                     me.discard(db).await;
@@ -207,13 +216,9 @@ impl Scratch {
                 // Its lock goes with it.
                 let _ = owner.close().await;
             }
-            (Database::Sqlite(scratch), Place::Sqlite { path }) => {
+            (Database::Sqlite(scratch), Place::Sqlite { path, owner }) => {
                 scratch.close().await;
-                for suffix in ["", "-wal", "-shm"] {
-                    let mut p = path.clone().into_os_string();
-                    p.push(suffix);
-                    let _ = tokio::fs::remove_file(PathBuf::from(p)).await;
-                }
+                crate::scratch_files::remove(&path, owner);
             }
             _ => {}
         }
@@ -462,7 +467,7 @@ impl Scratch {
                 drop_schema(pool, &old).await;
                 Ok(())
             }
-            (Database::Sqlite(pool), Place::Sqlite { path }) => {
+            (Database::Sqlite(pool), Place::Sqlite { path, .. }) => {
                 let mut conn = attach_scratch(pool, path).await?;
                 let copied = async {
                     let mut tx = conn
@@ -578,7 +583,7 @@ impl Scratch {
                 }
                 Ok(Some(found))
             }
-            (Database::Sqlite(pool), Place::Sqlite { path }) => {
+            (Database::Sqlite(pool), Place::Sqlite { path, .. }) => {
                 let mut conn = attach_scratch(pool, path).await?;
                 let compared = async {
                     // One read transaction: both files' snapshots hold until it ends.

@@ -1080,3 +1080,83 @@ async fn postgres_a_new_scratch_drops_what_killed_ones_left() {
             .expect("drop a schema the test made");
     }
 }
+
+/// SQLite: a rebuild or verification killed before its end leaves its scratch file (as large as
+/// the read models): the next scratch of the same store removes every one whose owner's lock is
+/// free (or that has no lock file: a `ticketd` before these locks), with its `-wal`, `-shm` and
+/// lock, and leaves a running one's, other files and its own alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_a_new_scratch_removes_what_killed_ones_left() {
+    let t = ticketd_tests::sqlite_store().await;
+    let store: Arc<dyn EventStore> = t.store.clone();
+    let db = store.database().expect("database");
+    let dir = t.dir.path().join("data");
+    let tag = || uuid::Uuid::now_v7().simple().to_string();
+    let scratch = |tag: &str| format!("ticketd.views.db.rebuild-{tag}");
+    let write = |name: String| std::fs::write(dir.join(name), b"left").expect("a file left behind");
+    let listed = || {
+        let mut names: Vec<String> = std::fs::read_dir(&dir)
+            .expect("data dir")
+            .map(|e| e.expect("entry").file_name().into_string().expect("utf-8"))
+            .filter(|n| n.contains(".rebuild-"))
+            .collect();
+        names.sort();
+        names
+    };
+    // Killed: its lock file is there and free.
+    let (killed, old, running) = (tag(), tag(), tag());
+    for suffix in ["", "-wal", "-shm", ".lock"] {
+        write(format!("{}{suffix}", scratch(&killed)));
+    }
+    // A scratch of a `ticketd` before the locks: no lock file.
+    write(scratch(&old));
+    // Running: its owner holds the lock.
+    write(scratch(&running));
+    write(format!("{}-wal", scratch(&running)));
+    let held = std::fs::File::create(dir.join(format!("{}.lock", scratch(&running))))
+        .expect("a running owner's lock file");
+    held.lock().expect("the running owner's lock");
+    // Not a scratch's name.
+    write("ticketd.views.db.rebuild-notatag".to_owned());
+    write(format!("other.db.rebuild-{}", tag()));
+
+    let next = Scratch::create(&db).await.expect("a new scratch");
+    let mine: Vec<String> = listed()
+        .into_iter()
+        .filter(|n| {
+            ![&killed, &old, &running]
+                .iter()
+                .any(|t| n.contains(t.as_str()))
+                && n.starts_with("ticketd.views.db.rebuild-0")
+        })
+        .collect();
+    assert!(
+        mine.iter().any(|n| n.ends_with(".lock")),
+        "the new scratch's lock file: {mine:?}"
+    );
+    let mut want = vec![
+        scratch(&running),
+        format!("{}-wal", scratch(&running)),
+        format!("{}.lock", scratch(&running)),
+        "ticketd.views.db.rebuild-notatag".to_owned(),
+    ];
+    want.extend(mine.iter().cloned());
+    want.sort();
+    let after: Vec<String> = listed()
+        .into_iter()
+        .filter(|n| !n.starts_with("other.db"))
+        .collect();
+    assert_eq!(after, want);
+    assert!(listed().iter().any(|n| n.starts_with("other.db")));
+    // The running owner ends; the next scratch removes its files, and a discarded scratch
+    // leaves nothing of its own.
+    drop(held);
+    next.discard(&db).await;
+    let last = Scratch::create(&db).await.expect("the next scratch");
+    last.discard(&db).await;
+    let after: Vec<String> = listed()
+        .into_iter()
+        .filter(|n| !n.starts_with("other.db"))
+        .collect();
+    assert_eq!(after, ["ticketd.views.db.rebuild-notatag"]);
+}
