@@ -422,7 +422,7 @@ const RECHECK: std::time::Duration = std::time::Duration::from_millis(50);
 /// `close` alone still left one connection about one run in ten
 /// (`postgres_close_ends_every_connection`: the background NOTIFY's connection), and on a
 /// busy machine SQLite's `-wal` file stayed after a command (`cli_close`).
-pub(crate) async fn close_pool<DB: sqlx::Database>(pool: &sqlx::Pool<DB>) {
+pub async fn close_pool<DB: sqlx::Database>(pool: &sqlx::Pool<DB>) {
     pool.close().await;
     for _ in 0..100 {
         if pool.size() == 0 {

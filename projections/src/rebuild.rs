@@ -159,9 +159,20 @@ impl Scratch {
                     ));
                 }
                 let path = crate::scratch_files::with_suffix(&live, &format!(".rebuild-{tag}"));
-                // Quick file operations, once a rebuild or verification: not worth a thread.
-                let owner = crate::scratch_files::own(&path)?;
-                crate::scratch_files::sweep(&live, &tag);
+                // Off the runtime's threads: the lock may wait a moment for a sweep, and a
+                // sweep removes files as large as the read models.
+                let owner = {
+                    let (path, tag) = (path.clone(), tag.clone());
+                    tokio::task::spawn_blocking(move || {
+                        let owner = crate::scratch_files::own(&path)?;
+                        crate::scratch_files::sweep(&live, &tag);
+                        Ok::<_, StoreError>(owner)
+                    })
+                    .await
+                    .map_err(|e| {
+                        StoreError::Unavailable(format!("a scratch's owner lock: {e}"))
+                    })??
+                };
                 // Disposable until the switch copies it: no fsync, one writer.
                 let options = SqliteConnectOptions::new()
                     .filename(&path)
@@ -175,7 +186,7 @@ impl Scratch {
                 {
                     Ok(s) => s,
                     Err(e) => {
-                        crate::scratch_files::remove(&path, owner);
+                        crate::scratch_files::remove_off_runtime(path, owner).await;
                         return Err(unavailable(e));
                     }
                 };
@@ -217,8 +228,8 @@ impl Scratch {
                 let _ = owner.close().await;
             }
             (Database::Sqlite(scratch), Place::Sqlite { path, owner }) => {
-                scratch.close().await;
-                crate::scratch_files::remove(&path, owner);
+                ticketd_commands::store::close_pool(scratch).await;
+                crate::scratch_files::remove_off_runtime(path, owner).await;
             }
             _ => {}
         }

@@ -17,7 +17,7 @@ use ticketd_commands::StoreError;
 const TAG_LEN: usize = 32;
 
 /// What follows a scratch file's tag in the names it owns.
-const SUFFIXES: [&str; 4] = ["", "-wal", "-shm", ".lock"];
+const SUFFIXES: [&str; 5] = ["", "-wal", "-shm", "-journal", ".lock"];
 
 /// `path` with `suffix` appended to its last component.
 pub(crate) fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
@@ -83,6 +83,14 @@ pub(crate) fn remove(scratch: &Path, lock: File) {
         }
     }
     drop(lock);
+}
+
+/// [`remove`] on a thread of its own: the files may be as large as the read models.
+pub(crate) async fn remove_off_runtime(scratch: PathBuf, lock: File) {
+    let shown = scratch.display().to_string();
+    if let Err(e) = tokio::task::spawn_blocking(move || remove(&scratch, lock)).await {
+        tracing::warn!(file = %shown, error = %e, "a scratch's files stay");
+    }
 }
 
 /// Removes the scratch files beside `views` (the read models' file) whose owner is gone: their

@@ -1384,19 +1384,20 @@ async fn a_feed_row_written_before_its_columns_reads_alike(store: Arc<dyn EventS
 }
 
 /// Words are found as typed beside a word longer than PostgreSQL's lexemes (2,047 bytes, which
-/// no vector holds: found on SQLite only, and the projection goes on), a word with a combining
-/// mark is one word on both backends, in a ticket's opening, a comment on its own and a batch
-/// of comments.
+/// no vector holds: found on SQLite only, and the projection goes on), a word of 2,047 bytes
+/// and a word with a combining mark are found on both backends, in a ticket's opening, a
+/// comment on its own and a batch of comments.
 async fn words_are_found_beside_words_too_long_to_index(store: Arc<dyn EventStore>) {
     let h = CommandHandler::new(store.clone(), SlaPolicy::default(), 100);
     let long = "x".repeat(3_000);
+    let longest = "y".repeat(2_047);
     let naive = "nai\u{308}ve";
     let out = h
         .open(
             staff(),
             OpenTicket {
                 subject: format!("Findme {naive}"),
-                description: format!("{long} opened"),
+                description: format!("{long} {longest} opened"),
                 requester: Some("cust".into()),
                 ..OpenTicket::default()
             },
@@ -1446,6 +1447,7 @@ async fn words_are_found_beside_words_too_long_to_index(store: Arc<dyn EventStor
     for words in [
         vec!["findme"],
         vec![naive],
+        vec![longest.as_str()],
         vec!["opened", "first", "second", "third"],
     ] {
         assert_eq!(
