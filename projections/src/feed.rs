@@ -149,10 +149,15 @@ fn entry_text(recorded: &Recorded) -> Result<String, serde_json::Error> {
     Ok(out)
 }
 
-/// The feed entry a row holds: its `entry` with the event's `id`, `at` (`columns`, from the
-/// row's own columns) and `type` (the row's `kind`) put back. A row written before migration
-/// 0021 (PostgreSQL; SQLite views: 0005) leaves those columns NULL: its `entry` is whole.
-fn served(entry: &str, kind: &str, columns: Option<(Uuid, i64)>) -> Result<Value, String> {
+/// The feed entry a row holds: its `entry` with the event's `id`, `at` (the row's `event_id`
+/// and `at`) and `type` (its `kind`) put back. A row written before migration 0021
+/// (PostgreSQL; SQLite views: 0005) leaves both columns NULL: its `entry` is whole.
+fn served(entry: &str, kind: &str, id: Option<Uuid>, at: Option<i64>) -> Result<Value, String> {
+    let columns = match (id, at) {
+        (Some(id), Some(at)) => Some((id, at)),
+        (None, None) => None,
+        _ => return Err("one of event_id and at is NULL".to_owned()),
+    };
     let mut entry: Value = serde_json::from_str(entry).map_err(|e| e.to_string())?;
     if let (Some((id, at)), Value::Object(members)) = (columns, &mut entry) {
         let at = DateTime::from_timestamp_micros(at).ok_or_else(|| format!("time {at}"))?;
@@ -304,11 +309,7 @@ pub async fn feed(
     let rows: Vec<(String, String, Option<Uuid>, Option<i64>)> =
         pooled.conn().fetch_four(&sql, &binds).await?;
     rows.into_iter()
-        .map(|(entry, kind, id, at)| match (id, at) {
-            (Some(id), Some(at)) => served(&entry, &kind, Some((id, at))),
-            (None, None) => served(&entry, &kind, None),
-            _ => Err("one of event_id and at is NULL".to_owned()),
-        })
+        .map(|(entry, kind, id, at)| served(&entry, &kind, id, at))
         .collect::<Result<_, _>>()
         .map_err(|e| StoreError::Corrupt(format!("a ticket_feed row of {ticket}: {e}")))
 }
@@ -470,11 +471,12 @@ mod tests {
                 let whole = entry_as_value(&stored, &recorded);
                 let want = with_every_member(serde_json::from_str(&whole).expect("json"));
                 assert_eq!(
-                    served(entry, kind, Some((*id, *at))).expect("served"),
+                    served(entry, kind, Some(*id), Some(*at)).expect("served"),
                     want,
                     "{event:?}"
                 );
-                assert_eq!(served(&whole, kind, None).expect("served"), want);
+                assert_eq!(served(&whole, kind, None, None).expect("served"), want);
+                assert!(served(entry, kind, Some(*id), None).is_err());
             }
         }
     }
