@@ -220,7 +220,7 @@ impl Scratch {
     pub async fn discard(self, live: &Database) {
         match (&self.db, self.place) {
             (Database::Postgres(scratch), Place::Postgres { schema, owner, .. }) => {
-                scratch.close().await;
+                ticketd_commands::store::close_pool(scratch).await;
                 if let Database::Postgres(pool) = live {
                     drop_schema(pool, &schema).await;
                 }
