@@ -2144,6 +2144,30 @@ mod tests {
     }
 
     #[test]
+    fn postgres_words_are_lowercased_split_and_quoted_lexemes() {
+        let q = text_query(
+            &["Alice@Example".into(), "-".into()],
+            false,
+            Backend::Postgres,
+        );
+        let TextQuery::Postgres { all, words } = q else {
+            panic!("{q:?}");
+        };
+        assert!(!all);
+        assert_eq!(words, ["alice", "example"]);
+        let (sql, binds) = pg_text_condition(&["it's".into(), "a\\b".into()], false);
+        assert_eq!(sql.matches("?::tsquery").count(), 4, "{sql}");
+        let quoted: Vec<&Bind> = binds.iter().take(2).collect();
+        assert_eq!(
+            quoted,
+            [
+                &Bind::Text("'it''s'".into()),
+                &Bind::Text("'a\\\\b'".into())
+            ]
+        );
+    }
+
+    #[test]
     fn fts5_words_are_quoted_and_wordless_words_dropped() {
         let w = |q: &str| words(q);
         assert_eq!(
