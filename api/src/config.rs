@@ -51,6 +51,29 @@ pub struct RebuildArgs {
     #[arg(long = "rebuild-tickets-in-memory", alias = "tickets-in-memory",
         env = "TICKETD_REBUILD_TICKETS_IN_MEMORY", default_value_t = ticketd_projections::bulk::BULK_TICKETS)]
     pub tickets_in_memory: usize,
+    /// PostgreSQL: the most seconds the switch waits for its locks on the live tables in one
+    /// attempt; readers of those tables may wait as long. A longer transaction holding one of
+    /// them (an analytics query, say) makes the switch let go, pause and try again.
+    #[arg(long = "rebuild-lock-wait", env = "TICKETD_REBUILD_LOCK_WAIT",
+        default_value_t = ticketd_projections::rebuild::SwitchWait::default().per_attempt.as_secs(),
+        value_parser = clap::value_parser!(u64).range(1..=600))]
+    pub lock_wait: u64,
+    /// PostgreSQL: the most seconds the switch's attempts take together before the rebuild
+    /// gives up, the live tables as they were.
+    #[arg(long = "rebuild-switch-timeout", env = "TICKETD_REBUILD_SWITCH_TIMEOUT",
+        default_value_t = ticketd_projections::rebuild::SwitchWait::default().total.as_secs(),
+        value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub switch_timeout: u64,
+}
+
+impl RebuildArgs {
+    /// How the switch waits for its locks.
+    pub fn switch_wait(&self) -> ticketd_projections::rebuild::SwitchWait {
+        ticketd_projections::rebuild::SwitchWait {
+            per_attempt: Duration::from_secs(self.lock_wait),
+            total: Duration::from_secs(self.switch_timeout),
+        }
+    }
 }
 
 /// The file formats of `export` and `import` (docs/AUDIT.md).

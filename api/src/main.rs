@@ -55,6 +55,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
                     store.as_ref(),
                     &projections,
                     args.tickets_in_memory,
+                    args.switch_wait(),
                 )
                 .await?)
             })

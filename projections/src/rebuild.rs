@@ -21,6 +21,7 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use chrono::Utc;
 use sqlx::postgres::PgPoolOptions;
@@ -57,6 +58,78 @@ pub const REBUILD_BATCH: usize = 5_000;
 const COMPARE_TRIES: usize = 50;
 /// Rounds of following the live projections before a switch takes its locks.
 pub const FOLLOW_ROUNDS: usize = 5;
+/// The pause after a PostgreSQL switch's first attempt that could not take its locks in time;
+/// it doubles after each such attempt, up to [`MAX_SWITCH_PAUSE`].
+const FIRST_SWITCH_PAUSE: Duration = Duration::from_millis(500);
+const MAX_SWITCH_PAUSE: Duration = Duration::from_secs(30);
+
+/// How a PostgreSQL switch waits for the locks on the live tables (see
+/// [`Scratch::set_switch_wait`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SwitchWait {
+    /// The most one attempt waits for all its locks. While it waits, it holds the tables it has
+    /// locked already, and readers of the one it waits for queue behind it: this is how long
+    /// a reader may be held back, once an attempt.
+    pub per_attempt: Duration,
+    /// The most the switch takes, attempts and pauses together, before the rebuild gives up
+    /// (the live tables as they were, the scratch dropped).
+    pub total: Duration,
+}
+
+impl Default for SwitchWait {
+    fn default() -> Self {
+        SwitchWait {
+            per_attempt: Duration::from_secs(2),
+            total: Duration::from_secs(600),
+        }
+    }
+}
+
+/// How an attempt of a PostgreSQL switch ended, when it did not switch.
+enum Attempt {
+    /// Its locks were not had within [`SwitchWait::per_attempt`]; nothing changed.
+    Busy,
+    Failed(StoreError),
+}
+
+/// Whether `e` is a statement cancelled by its timeout (or, the same to a switch, by an
+/// operator's `pg_cancel_backend`), or a lock not had within `lock_timeout`.
+fn timed_out(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(d) if matches!(d.code().as_deref(), Some("57014" | "55P03")))
+}
+
+/// For an operator: the sessions, other than this one, holding a lock on one of the live
+/// `tables` (in schema `base`), oldest transaction first.
+async fn lock_holders(pool: &PgPool, base: &str, tables: &[Table]) -> String {
+    let names: Vec<String> = tables
+        .iter()
+        .map(|t| format!("{}.{}", ident(base), ident(t.name)))
+        .collect();
+    let found: Result<Vec<(i32, String, String, f64)>, sqlx::Error> = sqlx::query_as(
+        "SELECT a.pid, coalesce(a.usename::text, ''), coalesce(a.application_name, ''), \
+           coalesce(extract(epoch FROM now() - a.xact_start), 0)::float8 \
+         FROM pg_stat_activity a WHERE a.pid <> pg_backend_pid() AND EXISTS (SELECT 1 \
+           FROM pg_locks l WHERE l.pid = a.pid AND l.granted AND l.locktype = 'relation' \
+           AND l.relation = ANY ($1::text[]::regclass[])) \
+         ORDER BY a.xact_start NULLS LAST LIMIT 3",
+    )
+    .bind(&names)
+    .fetch_all(pool)
+    .await;
+    match found {
+        Ok(found) if found.is_empty() => "none holds them now".to_owned(),
+        Ok(found) => {
+            let each: Vec<String> = found
+                .iter()
+                .map(|(pid, user, app, secs)| {
+                    format!("pid {pid} (user {user:?}, application {app:?}), its transaction open {secs:.1} s")
+                })
+                .collect();
+            format!("held by {}", each.join("; "))
+        }
+        Err(e) => format!("their holders unknown ({e})"),
+    }
+}
 
 /// Fresh read-model tables beside the live ones. Call [`Scratch::discard`] when done.
 pub struct Scratch {
@@ -64,6 +137,8 @@ pub struct Scratch {
     place: Place,
     /// The bulk path's bound (see [`bulk`]); 0 turns it off.
     bulk_tickets: usize,
+    /// How a PostgreSQL switch waits for its locks.
+    switch_wait: SwitchWait,
     /// Tables the bulk path vacuumed and analyzed once loaded, which the switch need not.
     analyzed: std::sync::Mutex<Vec<String>>,
 }
@@ -129,6 +204,7 @@ impl Scratch {
                 };
                 let me = Scratch {
                     bulk_tickets: BULK_TICKETS,
+                    switch_wait: SwitchWait::default(),
                     analyzed: Default::default(),
                     db: Database::Postgres(scratch.clone()),
                     place: Place::Postgres {
@@ -192,6 +268,7 @@ impl Scratch {
                 };
                 let me = Scratch {
                     bulk_tickets: BULK_TICKETS,
+                    switch_wait: SwitchWait::default(),
                     analyzed: Default::default(),
                     db: Database::Sqlite(scratch.clone()),
                     place: Place::Sqlite { path, owner },
@@ -209,6 +286,12 @@ impl Scratch {
     /// goes on batch by batch (see [`bulk`]); 0 builds batch by batch throughout.
     pub fn set_bulk_tickets(&mut self, tickets: usize) {
         self.bulk_tickets = tickets;
+    }
+
+    /// Sets how a PostgreSQL switch waits for the locks on the live tables (see
+    /// [`SwitchWait`]).
+    pub fn set_switch_wait(&mut self, wait: SwitchWait) {
+        self.switch_wait = wait;
     }
 
     /// The scratch database, where the projections write while rebuilding.
@@ -366,7 +449,9 @@ impl Scratch {
     /// checkpoints, in one transaction (see the module's doc). The live projections have gone
     /// on meanwhile: the scratch first follows to where they stand, and in the switch's
     /// transaction the switched-in tables take what they applied since (see [`follow_live`]),
-    /// so no checkpoint moves back.
+    /// so no checkpoint moves back. On PostgreSQL an attempt that cannot take its locks within
+    /// [`SwitchWait::per_attempt`] lets go of them, pauses (0.5 s, doubling up to 30 s),
+    /// follows the live projections again and tries again, until [`SwitchWait::total`].
     pub async fn switch(
         &self,
         store: &dyn EventStore,
@@ -392,9 +477,59 @@ impl Scratch {
                 .collect();
             vacuum_all(pool, schema, &left).await?;
         }
-        // Follow the live projections, round by round, each shorter than the one before (the
-        // scratch applies in large batches), so what is left for the switch's locks is what
-        // the live runner did during the last round.
+        let started = std::time::Instant::now();
+        let mut pause = FIRST_SWITCH_PAUSE;
+        let mut attempt = 0u32;
+        loop {
+            attempt += 1;
+            let positions = self.follow(store, live, projections).await?;
+            let (Database::Postgres(pool), Place::Postgres { base, .. }) = (live, &self.place)
+            else {
+                return self
+                    .switch_sqlite(store, live, projections, &tables, &positions)
+                    .await;
+            };
+            match self
+                .try_switch_postgres(pool, store, projections, &tables, &positions)
+                .await
+            {
+                Ok(()) => return Ok(()),
+                Err(Attempt::Failed(e)) => return Err(e),
+                Err(Attempt::Busy) => {
+                    let holders = lock_holders(pool, base, &tables).await;
+                    let wait = self.switch_wait;
+                    if started.elapsed() + pause >= wait.total {
+                        return Err(StoreError::Unavailable(format!(
+                            "the switch could not lock the live tables in {:.1} s ({attempt} \
+                             attempts, each waiting at most {} ms): {holders}; the live tables \
+                             are as they were",
+                            started.elapsed().as_secs_f64(),
+                            wait.per_attempt.as_millis()
+                        )));
+                    }
+                    tracing::warn!(
+                        attempt,
+                        waited_ms = wait.per_attempt.as_millis() as u64,
+                        "a rebuild's switch let go of its locks, not to hold readers back \
+                         behind a longer transaction ({holders}); trying again in {} ms",
+                        pause.as_millis()
+                    );
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(MAX_SWITCH_PAUSE);
+                }
+            }
+        }
+    }
+
+    /// Follows the live projections, round by round, each shorter than the one before (the
+    /// scratch applies in large batches), so what is left for the switch's locks is what the
+    /// live runner did during the last round. Returns the scratch's checkpoints.
+    async fn follow(
+        &self,
+        store: &dyn EventStore,
+        live: &Database,
+        projections: &[Arc<dyn Projection>],
+    ) -> Result<Vec<Position>, StoreError> {
         for _ in 0..FOLLOW_ROUNDS {
             let mut ahead = Position::START;
             for p in projections {
@@ -413,112 +548,171 @@ impl Scratch {
         for p in projections {
             positions.push(read_checkpoint(&self.db, p.name()).await?);
         }
-        match (live, &self.place) {
-            (
-                Database::Postgres(pool),
-                Place::Postgres {
-                    base,
-                    base_oid,
-                    schema,
-                    ..
-                },
-            ) => {
-                // The scratch's tag: the owner lock covers it too (see `sweep`).
-                let old = format!("ticketd_old_{base_oid}_{}", tag_of(schema));
-                let mut conn = pool.acquire().await.map_err(unavailable)?;
-                // A bystander (it appends no event): while it holds its locks and applies what
-                // the live runner did, no log reader waits for it.
-                let mut tx = Standing::begin(&mut conn, store.bystanders().as_ref()).await?;
-                // Tables first, then checkpoint rows: the order a live batch takes them in,
-                // so a batch in flight finishes (or waits) instead of deadlocking.
-                for t in &tables {
-                    tx.execute(
-                        format!(
-                            "LOCK TABLE {}.{} IN ACCESS EXCLUSIVE MODE",
-                            ident(base),
-                            ident(t.name)
-                        )
-                        .as_str(),
-                    )
-                    .await
-                    .map_err(unavailable)?;
-                }
-                let mut lives = Vec::new();
-                for p in projections {
-                    sqlx::query("SELECT 1 FROM projection_checkpoints WHERE name = $1 FOR UPDATE")
-                        .bind(p.name())
-                        .execute(&mut *tx)
-                        .await
-                        .map_err(unavailable)?;
-                    lives.push(checkpoint_on(&mut Conn::Postgres(&mut tx), p.name()).await?);
-                }
-                tx.execute(format!("CREATE SCHEMA {}", ident(&old)).as_str())
-                    .await
-                    .map_err(unavailable)?;
-                for t in &tables {
-                    tx.execute(
-                        format!(
-                            "ALTER TABLE {}.{t} SET SCHEMA {}; ALTER TABLE {}.{t} SET SCHEMA {}",
-                            ident(base),
-                            ident(&old),
-                            ident(schema),
-                            ident(base),
-                            t = ident(t.name)
-                        )
-                        .as_str(),
-                    )
-                    .await
-                    .map_err(unavailable)?;
-                }
-                let mut held = Conn::Postgres(&mut tx);
-                hand_over(&mut held, store, projections, &positions, &lives).await?;
-                tx.commit().await?;
-                // Back to the pool first: it may hold no other connection for the drop.
-                drop(conn);
-                drop_schema(pool, &old).await;
-                Ok(())
-            }
-            (Database::Sqlite(pool), Place::Sqlite { path, .. }) => {
-                let mut conn = attach_scratch(pool, path).await?;
-                let copied = async {
-                    let mut tx = conn
-                        .begin_with("BEGIN IMMEDIATE")
-                        .await
-                        .map_err(unavailable)?;
-                    for t in &tables {
-                        let into = if t.columns == "*" {
-                            String::new()
-                        } else {
-                            format!(" ({})", t.columns)
-                        };
-                        tx.execute(
-                            format!(
-                                "DELETE FROM main.{n}; \
-                                 INSERT INTO main.{n}{into} SELECT {c} FROM scratch.{n}",
-                                n = ident(t.name),
-                                c = t.columns
-                            )
-                            .as_str(),
-                        )
-                        .await
-                        .map_err(unavailable)?;
-                    }
-                    let mut lives = Vec::new();
-                    for p in projections {
-                        lives.push(checkpoint_on(&mut Conn::Sqlite(&mut tx), p.name()).await?);
-                    }
-                    let mut held = Conn::Sqlite(&mut tx);
-                    hand_over(&mut held, store, projections, &positions, &lives).await?;
-                    tx.commit().await.map_err(unavailable)
-                }
-                .await;
-                let _ = conn.close().await;
-                copied
-            }
-            _ => Err(StoreError::Unavailable(
+        Ok(positions)
+    }
+
+    /// One attempt of a PostgreSQL switch. Its locks are taken within
+    /// [`SwitchWait::per_attempt`]: a transaction that holds one of the live tables (an
+    /// analytics query, say) would otherwise keep the switch waiting with the other tables
+    /// locked, and every reader of those, queued behind it, waiting as long. `Busy` when the
+    /// locks were not had in time; the transaction is rolled back and nothing changed.
+    async fn try_switch_postgres(
+        &self,
+        pool: &PgPool,
+        store: &dyn EventStore,
+        projections: &[Arc<dyn Projection>],
+        tables: &[Table],
+        positions: &[Position],
+    ) -> Result<(), Attempt> {
+        let Place::Postgres {
+            base,
+            base_oid,
+            schema,
+            ..
+        } = &self.place
+        else {
+            return Err(Attempt::Failed(StoreError::Unavailable(
                 "the scratch place is not of the live store's kind".into(),
-            )),
+            )));
+        };
+        // The scratch's tag: the owner lock covers it too (see `sweep`).
+        let old = format!("ticketd_old_{base_oid}_{}", tag_of(schema));
+        let mut conn = pool
+            .acquire()
+            .await
+            .map_err(|e| Attempt::Failed(unavailable(e)))?;
+        // A bystander (it appends no event): while it holds its locks and applies what
+        // the live runner did, no log reader waits for it.
+        let mut tx = Standing::begin(&mut conn, store.bystanders().as_ref())
+            .await
+            .map_err(Attempt::Failed)?;
+        let locked = async {
+            // One bound for all the locks: a statement's timeout, where `lock_timeout` would
+            // bound each table's wait alone.
+            tx.execute(
+                format!(
+                    "SET LOCAL statement_timeout = {}",
+                    self.switch_wait.per_attempt.as_millis().max(1)
+                )
+                .as_str(),
+            )
+            .await?;
+            // Tables first, then checkpoint rows: the order a live batch takes them in, so a
+            // batch in flight finishes (or waits) instead of deadlocking.
+            let names: Vec<String> = tables
+                .iter()
+                .map(|t| format!("{}.{}", ident(base), ident(t.name)))
+                .collect();
+            tx.execute(
+                format!("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE", names.join(", ")).as_str(),
+            )
+            .await?;
+            for p in projections {
+                sqlx::query("SELECT 1 FROM projection_checkpoints WHERE name = $1 FOR UPDATE")
+                    .bind(p.name())
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            tx.execute("SET LOCAL statement_timeout TO DEFAULT").await?;
+            Ok::<(), sqlx::Error>(())
         }
+        .await;
+        if let Err(e) = locked {
+            let busy = timed_out(&e);
+            // The locks go with the transaction, at once: readers queued behind go on.
+            tx.rollback().await.map_err(Attempt::Failed)?;
+            return Err(if busy {
+                Attempt::Busy
+            } else {
+                Attempt::Failed(unavailable(e))
+            });
+        }
+        let switched = async {
+            let mut lives = Vec::new();
+            for p in projections {
+                lives.push(checkpoint_on(&mut Conn::Postgres(&mut tx), p.name()).await?);
+            }
+            tx.execute(format!("CREATE SCHEMA {}", ident(&old)).as_str())
+                .await
+                .map_err(unavailable)?;
+            for t in tables {
+                tx.execute(
+                    format!(
+                        "ALTER TABLE {}.{t} SET SCHEMA {}; ALTER TABLE {}.{t} SET SCHEMA {}",
+                        ident(base),
+                        ident(&old),
+                        ident(schema),
+                        ident(base),
+                        t = ident(t.name)
+                    )
+                    .as_str(),
+                )
+                .await
+                .map_err(unavailable)?;
+            }
+            let mut held = Conn::Postgres(&mut tx);
+            hand_over(&mut held, store, projections, positions, &lives).await?;
+            tx.commit().await
+        }
+        .await;
+        switched.map_err(Attempt::Failed)?;
+        // Back to the pool first: it may hold no other connection for the drop.
+        drop(conn);
+        drop_schema(pool, &old).await;
+        Ok(())
+    }
+
+    /// The SQLite switch: where tables cannot move between files, one `BEGIN IMMEDIATE`
+    /// transaction replaces the live rows with the rebuilt ones. Readers keep their WAL
+    /// snapshot meanwhile and hold no lock a writer waits for, so it needs no attempts.
+    async fn switch_sqlite(
+        &self,
+        store: &dyn EventStore,
+        live: &Database,
+        projections: &[Arc<dyn Projection>],
+        tables: &[Table],
+        positions: &[Position],
+    ) -> Result<(), StoreError> {
+        let (Database::Sqlite(pool), Place::Sqlite { path, .. }) = (live, &self.place) else {
+            return Err(StoreError::Unavailable(
+                "the scratch place is not of the live store's kind".into(),
+            ));
+        };
+        let mut conn = attach_scratch(pool, path).await?;
+        let copied = async {
+            let mut tx = conn
+                .begin_with("BEGIN IMMEDIATE")
+                .await
+                .map_err(unavailable)?;
+            for t in tables {
+                let into = if t.columns == "*" {
+                    String::new()
+                } else {
+                    format!(" ({})", t.columns)
+                };
+                tx.execute(
+                    format!(
+                        "DELETE FROM main.{n}; \
+                         INSERT INTO main.{n}{into} SELECT {c} FROM scratch.{n}",
+                        n = ident(t.name),
+                        c = t.columns
+                    )
+                    .as_str(),
+                )
+                .await
+                .map_err(unavailable)?;
+            }
+            let mut lives = Vec::new();
+            for p in projections {
+                lives.push(checkpoint_on(&mut Conn::Sqlite(&mut tx), p.name()).await?);
+            }
+            let mut held = Conn::Sqlite(&mut tx);
+            hand_over(&mut held, store, projections, positions, &lives).await?;
+            tx.commit().await.map_err(unavailable)
+        }
+        .await;
+        let _ = conn.close().await;
+        copied
     }
 
     /// Compares the live tables of `p` with a rebuild in this scratch place, row for row, at
@@ -923,21 +1117,24 @@ pub async fn rebuild(
     store: &dyn EventStore,
     projections: &[Arc<dyn Projection>],
 ) -> Result<Rebuilt, StoreError> {
-    rebuild_with(store, projections, BULK_TICKETS).await
+    rebuild_with(store, projections, BULK_TICKETS, SwitchWait::default()).await
 }
 
 /// [`rebuild`] with the bulk pass's bound on the tickets held in memory (see
-/// [`Scratch::set_bulk_tickets`]).
+/// [`Scratch::set_bulk_tickets`]) and how its switch waits for its locks (see
+/// [`Scratch::set_switch_wait`]).
 pub async fn rebuild_with(
     store: &dyn EventStore,
     projections: &[Arc<dyn Projection>],
     bulk_tickets: usize,
+    switch_wait: SwitchWait,
 ) -> Result<Rebuilt, StoreError> {
     let live = store
         .database()
         .ok_or_else(|| StoreError::Unavailable("this store keeps no read models".into()))?;
     let mut scratch = Scratch::create(&live).await?;
     scratch.set_bulk_tickets(bulk_tickets);
+    scratch.set_switch_wait(switch_wait);
     let done = async {
         let events = scratch.build(store, projections, None).await?;
         scratch.switch(store, &live, projections).await?;
@@ -1165,6 +1362,11 @@ impl<'c> Standing<'c> {
     /// Commits, then ends the registration.
     pub(crate) async fn commit(self) -> Result<(), StoreError> {
         self.tx.commit().await.map_err(unavailable)
+    }
+
+    /// Rolls back (its locks go at once), then ends the registration.
+    pub(crate) async fn rollback(self) -> Result<(), StoreError> {
+        self.tx.rollback().await.map_err(unavailable)
     }
 }
 

@@ -15,7 +15,7 @@ use ticketd_commands::{
 };
 use ticketd_domain::{Actor, AddComment, CommandKind, Recorded, Role, SlaPolicy};
 use ticketd_projections::bulk::{Fold, Sink, Step};
-use ticketd_projections::rebuild::{check_all, rebuild, Scratch, FOLLOW_ROUNDS};
+use ticketd_projections::rebuild::{check_all, rebuild, Scratch, SwitchWait, FOLLOW_ROUNDS};
 use ticketd_projections::sql::Conn;
 use ticketd_projections::{all, read_checkpoint, Projection, Projector};
 use ticketd_tests::both_backends;
@@ -921,6 +921,180 @@ async fn postgres_a_rebuild_of_another_process_switches_past_the_services_batche
     }
     drop(projector);
     other.close().await;
+    assert_equal_to_rebuild(&store).await;
+}
+
+/// PostgreSQL: a live table held by a long transaction (`analytics_events`, read by an
+/// analytics job) while the store is rebuilt, the scratch built and the checkpoints still.
+/// Returns the store, the scratch (its switch waiting `per_attempt` for its locks, `total` in
+/// all), the long transaction's connection (its transaction open) and its server pid.
+async fn switch_beside_a_long_reader(
+    t: &ticketd_tests::PostgresTestStore,
+    per_attempt: Duration,
+    total: Duration,
+) -> (Scratch, sqlx::PgConnection, i32) {
+    use sqlx::Connection;
+    let store: Arc<dyn EventStore> = t.store.clone();
+    let Some(Database::Postgres(pool)) = store.database() else {
+        panic!("a PostgreSQL store");
+    };
+    let (_, db) = projected_history(&store, 21, 4, 20).await;
+    let mut scratch = Scratch::create(&db).await.expect("scratch");
+    scratch.set_switch_wait(SwitchWait { per_attempt, total });
+    scratch
+        .build(store.as_ref(), &all(), None)
+        .await
+        .expect("build");
+    let mut long = sqlx::PgConnection::connect_with(&pool.connect_options())
+        .await
+        .expect("a connection");
+    sqlx::query("BEGIN")
+        .execute(&mut long)
+        .await
+        .expect("begin");
+    let pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+        .fetch_one(&mut long)
+        .await
+        .expect("pid");
+    sqlx::query("SELECT count(*) FROM analytics_events")
+        .execute(&mut long)
+        .await
+        .expect("the long read");
+    (scratch, long, pid)
+}
+
+/// Whether a session waits for a lock on `table` (the switch's attempt, once it is there).
+async fn someone_waits_on(conn: &mut sqlx::PgConnection, table: &str) -> bool {
+    sqlx::query_scalar::<_, bool>(
+        "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE NOT granted AND relation = $1::regclass)",
+    )
+    .bind(table)
+    .fetch_one(conn)
+    .await
+    .expect("pg_locks")
+}
+
+/// PostgreSQL: while a long transaction holds one live table (an analytics job's query), a
+/// rebuild's switch does not hold the service's readers of the other tables back for as long:
+/// each attempt lets go of the tables it locked once it has waited its bound, and the switch
+/// gets through once the long transaction ends. (It waited with `tickets` locked for as long as
+/// the long transaction ran, and every read of the ticket list waited behind it.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_a_switch_lets_go_while_a_long_transaction_holds_a_table() {
+    use sqlx::Connection;
+    let Some(t) = ticketd_tests::postgres_store(8).await else {
+        return;
+    };
+    let store: Arc<dyn EventStore> = t.store.clone();
+    let db = store.database().expect("database");
+    let Database::Postgres(pool) = &db else {
+        panic!("a PostgreSQL store");
+    };
+    let per_attempt = Duration::from_millis(300);
+    let (scratch, mut long, _) = switch_beside_a_long_reader(&t, per_attempt, WAIT).await;
+    let before: Vec<Position> = {
+        let mut at = Vec::new();
+        for p in all() {
+            at.push(read_checkpoint(&db, p.name()).await.expect("checkpoint"));
+        }
+        at
+    };
+    let switching = {
+        let (store, db) = (store.clone(), db.clone());
+        tokio::spawn(async move {
+            let switched = scratch.switch(store.as_ref(), &db, &all()).await;
+            scratch.discard(&db).await;
+            switched
+        })
+    };
+    let mut reader = sqlx::PgConnection::connect_with(&pool.connect_options())
+        .await
+        .expect("a connection");
+    let waiting = std::time::Instant::now() + WAIT;
+    while !someone_waits_on(&mut reader, "analytics_events").await {
+        assert!(std::time::Instant::now() < waiting, "the switch never came");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // Readers of the ticket list, through several attempts and pauses (0.5 s, then 1 s, …).
+    let reading = std::time::Instant::now();
+    let mut slowest = Duration::ZERO;
+    while reading.elapsed() < Duration::from_secs(3) {
+        let one = std::time::Instant::now();
+        let counted = tokio::time::timeout(
+            Duration::from_secs(5),
+            sqlx::query_scalar::<_, i64>("SELECT count(*) FROM tickets").fetch_one(&mut reader),
+        )
+        .await;
+        assert!(
+            matches!(counted, Ok(Ok(n)) if n > 0),
+            "a read of tickets behind the switch: {counted:?}"
+        );
+        slowest = slowest.max(one.elapsed());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // One attempt's wait at most, and some slack for a busy machine.
+    assert!(
+        slowest < per_attempt + Duration::from_millis(1500),
+        "a read of tickets waited {slowest:?} behind the switch"
+    );
+    assert!(
+        !switching.is_finished(),
+        "the switch waits for the long transaction"
+    );
+    for (p, at) in all().iter().zip(&before) {
+        let now = read_checkpoint(&db, p.name()).await.expect("checkpoint");
+        assert_eq!(now, *at, "{} not switched yet", p.name());
+    }
+    sqlx::query("COMMIT")
+        .execute(&mut long)
+        .await
+        .expect("commit");
+    tokio::time::timeout(WAIT, switching)
+        .await
+        .expect("the switch ends")
+        .expect("the task")
+        .expect("the switch gets through once the long transaction ends");
+    let _ = long.close().await;
+    let _ = reader.close().await;
+    assert_equal_to_rebuild(&store).await;
+}
+
+/// PostgreSQL: a switch that cannot lock the live tables within its bound gives up with an
+/// error naming the session that holds them, and leaves the live tables as they were, still
+/// served and still kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_a_switch_gives_up_naming_who_holds_the_tables() {
+    use sqlx::Connection;
+    let Some(t) = ticketd_tests::postgres_store(8).await else {
+        return;
+    };
+    let store: Arc<dyn EventStore> = t.store.clone();
+    let db = store.database().expect("database");
+    let (scratch, mut long, pid) =
+        switch_beside_a_long_reader(&t, Duration::from_millis(200), Duration::from_millis(1500))
+            .await;
+    let switched = tokio::time::timeout(WAIT, scratch.switch(store.as_ref(), &db, &all()))
+        .await
+        .expect("the switch ends");
+    scratch.discard(&db).await;
+    let refused = switched.expect_err("the switch gives up");
+    let said = refused.to_string();
+    assert!(said.contains("could not lock the live tables"), "{said}");
+    assert!(
+        said.contains(&format!("pid {pid} ")),
+        "names the holder: {said}"
+    );
+    sqlx::query("COMMIT")
+        .execute(&mut long)
+        .await
+        .expect("commit");
+    let _ = long.close().await;
+    // The live tables go on: they take new commands and still equal a rebuild.
+    let h = CommandHandler::new(store.clone(), SlaPolicy::default(), 100);
+    let last = history::run(&h, &mut Rng::new(22), 2, 10).await;
+    let projector = Projector::start_with(store.clone(), db.clone(), all());
+    wait_all(&projector, last).await;
+    drop(projector);
     assert_equal_to_rebuild(&store).await;
 }
 
