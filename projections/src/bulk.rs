@@ -11,12 +11,11 @@
 //!
 //! Work runs in parallel wherever it can: each page of the log is decoded once, on a thread of
 //! its own, while each projection's fold takes the page before on a thread of its own too; and
-//! each table loads on connections of its own ([`Loader`]):
-//! - a table filled by `COPY`, in one transaction that starts by truncating it, so `COPY …
-//!   FREEZE` writes its rows frozen and all-visible (no later `VACUUM` needs to visit them,
-//!   and index-only scans work at once), and a load that fails or is started again never
-//!   leaves rows twice;
-//! - `ticket_search`, whose rows need SQL (`::tsvector`), by inserts on two connections.
+//! each table loads on a connection of its own ([`Loader`]), by `COPY` in one transaction that
+//! starts by truncating it, so `COPY … FREEZE` writes its rows frozen and all-visible (no later
+//! `VACUUM` needs to visit them, and index-only scans work at once), and a load that fails or
+//! is started again never leaves rows twice. Each value goes in its type's binary form, search
+//! vectors too (`Bind::Vector`: sorted lexemes, which the server takes without parsing).
 //!
 //! Once every table is loaded, each commits and builds its secondary indexes (deferred by the
 //! rebuild), all at once, in [`Lanes`]. The checkpoints move last, in a transaction of their
@@ -54,27 +53,18 @@ pub const CHUNK_BYTES: usize = 4 << 20;
 /// Pages queued per fold, and steps per table, before their sender waits.
 const QUEUE: usize = 2;
 
-/// Rows for the database, in the order given.
-pub enum Step {
-    /// `COPY` of `rows` into the table and columns of `insert` (`INSERT INTO t (a, b, …)`).
-    Copy {
-        insert: &'static str,
-        rows: CopyRows,
-    },
-    /// Rows whose values need SQL (such as `::tsvector`): `Conn::insert_rows_as` without a
-    /// conflict clause.
-    Insert {
-        head: &'static str,
-        one: &'static str,
-        rows: Vec<Vec<Bind>>,
-    },
+/// Rows for the database, in the order given: a `COPY` of `rows` into the table and columns
+/// of `insert` (`INSERT INTO t (a, b, …)`).
+pub struct Step {
+    insert: &'static str,
+    rows: CopyRows,
 }
 
 impl Step {
     /// A `COPY` of `rows` for `insert` once at least `min` bytes of them have gathered (any,
     /// with 0), leaving `rows` empty: what a fold's [`Fold::ready`] gives for a streamed table.
     pub fn copy_when(insert: &'static str, rows: &mut CopyRows, min: usize) -> Option<Step> {
-        (rows.size() >= min.max(1)).then(|| Step::Copy {
+        (rows.size() >= min.max(1)).then(|| Step {
             insert,
             rows: rows.split(),
         })
@@ -99,9 +89,6 @@ pub fn copy_all(
     Step::copy_when(insert, &mut copy, 0).map_or(Ok(()), &mut *out)
 }
 
-/// Rows of search text per `Insert` step a fold makes at its end.
-pub const INSERT_CHUNK: usize = 20_000;
-
 /// One projection's side of the pass.
 pub trait Fold: Send {
     /// Folds one event, decoded once for every projection: `recorded` is its payload and
@@ -114,7 +101,7 @@ pub trait Fold: Send {
     }
 
     /// Everything else, at the end of the pass, sent to `out` in chunks as it is made
-    /// ([`copy_all`], or [`Step::copy_when`] with [`CHUNK_BYTES`], and [`INSERT_CHUNK`]).
+    /// ([`copy_all`], or [`Step::copy_when`] with [`CHUNK_BYTES`]).
     /// Returns the streams it left out, to apply by the projection's own batched path after
     /// the load (a ticket with more text than the one-statement search row can take).
     fn finish(self: Box<Self>, out: &mut Sink<'_>) -> Result<Vec<Uuid>, StoreError>;
@@ -233,48 +220,25 @@ fn table_of(statement: &str) -> Result<&str, StoreError> {
 struct Loader {
     table: String,
     queue: mpsc::Sender<Load>,
-    /// Whether the loader vacuumed and analyzed its table (see [`load_inserts`]).
+    /// Whether the loader analyzed its table (see [`load_copies`]).
     task: tokio::task::JoinHandle<Result<bool, StoreError>>,
 }
 
 impl Loader {
-    /// A loader for the table `first` writes, of its kind: `COPY` steps run in one
-    /// transaction that truncates the table first (so `FREEZE` applies); `Insert` steps, whose
-    /// SQL costs the server more than parsing, on two connections at once, each statement on
-    /// its own (a pass that stops short leaves rows the next one truncates).
+    /// A loader for the table `first` writes: its steps run in one transaction that
+    /// truncates the table first (so `FREEZE` applies).
     async fn start(
         pool: &PgPool,
         first: &Step,
         by: Option<Bystanders>,
     ) -> Result<Loader, StoreError> {
         let options = crate::writer_options(pool);
-        let connect = || async {
-            PgConnection::connect_with(&options)
-                .await
-                .map_err(unavailable)
-        };
+        let conn = PgConnection::connect_with(&options)
+            .await
+            .map_err(unavailable)?;
         let (queue, rx) = mpsc::channel(QUEUE);
-        let (table, task) = match first {
-            Step::Copy { insert, .. } => {
-                let table = table_of(insert)?.to_owned();
-                let task = tokio::spawn(load_copies(
-                    connect().await?,
-                    options.clone(),
-                    table.clone(),
-                    rx,
-                    by,
-                ));
-                (table, task)
-            }
-            Step::Insert { head, .. } => {
-                let table = table_of(head)?.to_owned();
-                let conns = [connect().await?, connect().await?];
-                (
-                    table.clone(),
-                    tokio::spawn(load_inserts(conns, table, rx, by)),
-                )
-            }
-        };
+        let table = table_of(first.insert)?.to_owned();
+        let task = tokio::spawn(load_copies(conn, options, table.clone(), rx, by));
         Ok(Loader { table, queue, task })
     }
 
@@ -294,8 +258,8 @@ impl Loader {
         }
     }
 
-    /// Commits and builds `indexes` in `lanes`; whether the table was vacuumed and analyzed
-    /// too.
+    /// Commits and builds `indexes` in `lanes`; whether the table was analyzed too (loaded
+    /// frozen, it needs no `VACUUM`).
     async fn commit(mut self, indexes: Vec<String>, lanes: Arc<Lanes>) -> Result<bool, StoreError> {
         self.send(Load::Commit(indexes, lanes)).await?;
         match self.task.await {
@@ -309,10 +273,6 @@ impl Loader {
 
 fn stopped_short() -> StoreError {
     StoreError::Unavailable("the bulk pass stopped before its end".into())
-}
-
-fn mixed(table: &str) -> StoreError {
-    StoreError::Unavailable(format!("bulk steps of both kinds for table {table}"))
 }
 
 /// A `COPY` loader's task: truncates the table, runs each step, commits on
@@ -332,7 +292,7 @@ async fn load_copies(
         .map_err(unavailable)?;
     loop {
         match queue.recv().await.ok_or_else(stopped_short)? {
-            Load::Step(Step::Copy { insert, mut rows }) => {
+            Load::Step(Step { insert, mut rows }) => {
                 let target = target_of(insert)?;
                 // FREEZE: the table was truncated in this transaction.
                 let mut copy = tx
@@ -347,7 +307,6 @@ async fn load_copies(
                 copy.send(trailer).await.map_err(unavailable)?;
                 copy.finish().await.map_err(unavailable)?;
             }
-            Load::Step(Step::Insert { .. }) => return Err(mixed(&table)),
             Load::Commit(indexes, lanes) => {
                 tx.commit().await?;
                 // A second connection, so that the table's builds can take both lanes once
@@ -360,77 +319,26 @@ async fn load_copies(
                             .map_err(unavailable)?,
                     ),
                 };
+                // Frozen and all-visible already, it needs no `VACUUM`. A table with a search
+                // index is analyzed here as soon as that is built, beside other tables' index
+                // builds, rather than last before the switch: its expression's statistics
+                // (1,000 buckets of lexemes) are the longest to gather (`ticket_search`: 2.1 s
+                // at 1 M tickets, docs/PERFORMANCE.md, session 29). The others, with the rest.
+                let analyze = indexes.iter().any(|d| is_gin(d));
                 let conns = std::iter::once(&mut conn).chain(second.as_mut()).collect();
                 lanes.build(conns, indexes, by.as_ref()).await?;
                 if let Some(second) = second {
                     let _ = second.close().await;
                 }
-                // Frozen and all-visible already: the switch analyzes it with the rest.
-                return Ok(false);
-            }
-        }
-    }
-}
-
-/// An `Insert` loader's task: truncates the table, runs each step's rows half on each
-/// connection, and builds the indexes on both. A table whose indexes it built is
-/// complete (the pass did not stop at its bound), and its rows were inserted, not frozen: it
-/// is vacuumed and analyzed here at once (returning `true`), while other tables' indexes
-/// may still build, rather than last before the switch (`ticket_search`: 4 - 6 s at 1 M
-/// tickets, docs/PERFORMANCE.md, session 19).
-async fn load_inserts(
-    mut conns: [PgConnection; 2],
-    table: String,
-    mut queue: mpsc::Receiver<Load>,
-    by: Option<Bystanders>,
-) -> Result<bool, StoreError> {
-    let by = by.as_ref();
-    let name = crate::rebuild::ident(&table);
-    conns[0]
-        .execute(format!("TRUNCATE {name}").as_str())
-        .await
-        .map_err(unavailable)?;
-    let [a, b] = &mut conns;
-    loop {
-        match queue.recv().await.ok_or_else(stopped_short)? {
-            Load::Step(Step::Insert { head, one, rows }) => {
-                let mut rows = rows;
-                let second = rows.split_off(rows.len() / 2);
-                futures::future::try_join(
-                    insert_standing_by(a, by, head, one, rows),
-                    insert_standing_by(b, by, head, one, second),
-                )
-                .await?;
-            }
-            Load::Step(Step::Copy { .. }) => return Err(mixed(&table)),
-            Load::Commit(indexes, lanes) => {
-                let complete = !indexes.is_empty();
-                lanes.build(vec![&mut *a, &mut *b], indexes, by).await?;
-                if complete {
-                    a.execute(format!("VACUUM (ANALYZE) {name}").as_str())
+                if analyze {
+                    conn.execute(format!("ANALYZE {name}").as_str())
                         .await
                         .map_err(unavailable)?;
                 }
-                return Ok(complete);
+                return Ok(analyze);
             }
         }
     }
-}
-
-/// One chunk of an `Insert` loader's rows, in a transaction of its own that the live log
-/// readers look past (a chunk of search rows takes a while: its vectors).
-async fn insert_standing_by(
-    conn: &mut PgConnection,
-    by: Option<&Bystanders>,
-    head: &'static str,
-    one: &'static str,
-    rows: Vec<Vec<Bind>>,
-) -> Result<(), StoreError> {
-    let mut tx = Standing::begin(conn, by).await?;
-    Conn::Postgres(&mut tx)
-        .insert_rows_as(head, one, rows, "")
-        .await?;
-    tx.commit().await
 }
 
 /// The loaders of a pass, one per table, started as their tables' first steps come.
@@ -442,10 +350,7 @@ struct Loaders<'p> {
 
 impl Loaders<'_> {
     async fn send(&mut self, step: Step) -> Result<(), StoreError> {
-        let table = match &step {
-            Step::Copy { insert, .. } => table_of(insert)?,
-            Step::Insert { head, .. } => table_of(head)?,
-        };
+        let table = table_of(step.insert)?;
         let i = match self.started.iter().position(|l| l.table == table) {
             Some(i) => i,
             None => {
@@ -562,7 +467,8 @@ impl Decoder {
 /// `tables` of `projections`, through `folds` (theirs, in the same order). Unless the pass stops at `limit`
 /// tickets, each table's `deferred` indexes are built once the tables are loaded (and taken
 /// out of `deferred`). Returns where the pass stopped and the events it folded (the checkpoints
-/// are there, and the rebuild goes on from there), and the tables it vacuumed and analyzed.
+/// are there, and the rebuild goes on from there), and the tables it analyzed (loaded frozen and
+/// all-visible, they need no `VACUUM` either).
 #[allow(clippy::too_many_arguments)]
 pub(crate) async fn pass(
     pool: &PgPool,
@@ -679,7 +585,7 @@ pub(crate) async fn pass(
         .map(|(l, indexes)| (l.table.clone(), l.commit(indexes, lanes.clone())))
         .collect();
     let loaded: Vec<String> = committing.iter().map(|(t, _)| t.clone()).collect();
-    let vacuumed: Vec<String> =
+    let analyzed: Vec<String> =
         futures::future::try_join_all(committing.into_iter().map(|(_, c)| c))
             .await?
             .into_iter()
@@ -734,7 +640,7 @@ pub(crate) async fn pass(
     }
     tx.commit().await?;
     let _ = conn.close().await;
-    Ok((at, folded, vacuumed))
+    Ok((at, folded, analyzed))
 }
 
 #[cfg(test)]

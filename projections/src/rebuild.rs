@@ -139,7 +139,8 @@ pub struct Scratch {
     bulk_tickets: usize,
     /// How a PostgreSQL switch waits for its locks.
     switch_wait: SwitchWait,
-    /// Tables the bulk path vacuumed and analyzed once loaded, which the switch need not.
+    /// Tables the bulk path analyzed once indexed (loaded frozen and all-visible), which the
+    /// switch need not vacuum or analyze.
     analyzed: std::sync::Mutex<Vec<String>>,
 }
 

@@ -24,6 +24,10 @@ pub enum Bind {
     OptText(Option<String>),
     OptI64(Option<i64>),
     Uuid(Uuid),
+    /// A PostgreSQL search vector's words, between blanks: bound as text, which the statement
+    /// reads as the vector (`?::tsvector`); sent to `COPY` in the vector's binary form
+    /// ([`tsvector_binary`]), which the server takes without parsing.
+    Vector(String),
 }
 
 /// `?` placeholders renumbered as `$1, $2, …` for PostgreSQL.
@@ -81,7 +85,7 @@ macro_rules! bind_all {
         for b in $binds {
             q = match b {
                 Bind::I64(v) => q.bind(*v),
-                Bind::Text(v) => q.bind(text(v)),
+                Bind::Text(v) | Bind::Vector(v) => q.bind(text(v)),
                 Bind::OptText(v) => q.bind(v.as_deref().map(text)),
                 Bind::OptI64(v) => q.bind(*v),
                 Bind::Uuid(v) => q.bind(*v),
@@ -408,7 +412,7 @@ fn columns(rows: Vec<Vec<Bind>>, width: usize) -> Result<Vec<ColumnValues>, Stor
             .iter()
             .map(|b| match b {
                 Bind::I64(_) | Bind::OptI64(_) => ColumnValues::I64(Vec::with_capacity(rows.len())),
-                Bind::Text(_) | Bind::OptText(_) => {
+                Bind::Text(_) | Bind::OptText(_) | Bind::Vector(_) => {
                     ColumnValues::Text(Vec::with_capacity(rows.len()))
                 }
                 Bind::Uuid(_) => ColumnValues::Uuid(Vec::with_capacity(rows.len())),
@@ -427,7 +431,9 @@ fn columns(rows: Vec<Vec<Bind>>, width: usize) -> Result<Vec<ColumnValues>, Stor
             match (column, value) {
                 (ColumnValues::I64(c), Bind::I64(v)) => c.push(Some(v)),
                 (ColumnValues::I64(c), Bind::OptI64(v)) => c.push(v),
-                (ColumnValues::Text(c), Bind::Text(v)) => c.push(Some(pg_text_owned(v))),
+                (ColumnValues::Text(c), Bind::Text(v) | Bind::Vector(v)) => {
+                    c.push(Some(pg_text_owned(v)))
+                }
                 (ColumnValues::Text(c), Bind::OptText(v)) => c.push(v.map(pg_text_owned)),
                 (ColumnValues::Uuid(c), Bind::Uuid(v)) => c.push(v),
                 (_, value) => {
@@ -475,7 +481,7 @@ fn unnest_sql(head: &str, one: &str, first: &[Bind], tail: &str) -> Result<Strin
         .map(|(i, b)| {
             let kind = match b {
                 Bind::I64(_) | Bind::OptI64(_) => "int8",
-                Bind::Text(_) | Bind::OptText(_) => "text",
+                Bind::Text(_) | Bind::OptText(_) | Bind::Vector(_) => "text",
                 Bind::Uuid(_) => "uuid",
             };
             format!("${}::{kind}[]", i + 1)
@@ -514,6 +520,7 @@ impl CopyRows {
                     put_field(&mut self.bytes, pg_text(v).as_bytes())
                 }
                 Bind::Uuid(v) => put_field(&mut self.bytes, v.as_bytes()),
+                Bind::Vector(v) => put_field(&mut self.bytes, &tsvector_binary(&pg_text(v))?),
                 Bind::OptText(None) | Bind::OptI64(None) => {
                     self.bytes.extend_from_slice(&(-1i32).to_be_bytes());
                     Ok(())
@@ -543,12 +550,66 @@ impl CopyRows {
     }
 }
 
+/// `words` (between blanks) as a `tsvector` in its binary form (PostgreSQL's `tsvectorrecv`):
+/// the count of lexemes (int32), then each lexeme's bytes, a NUL, and its count of positions
+/// (int16; none here). The lexemes go sorted by their bytes, as PostgreSQL orders them (a
+/// prefix before what it begins), and each once: the vector the text input makes of the same
+/// words (`'b a b'::tsvector` is `'a' 'b'`), so rows loaded either way compare equal. The
+/// binary input sorts only what comes unsorted and never removes a repeat.
+pub fn tsvector_binary(words: &str) -> Result<Vec<u8>, StoreError> {
+    let mut lexemes: Vec<&str> = words.split_whitespace().collect();
+    lexemes.sort_unstable();
+    lexemes.dedup();
+    let count = i32::try_from(lexemes.len())
+        .map_err(|_| StoreError::Unavailable(format!("a vector of {} words", lexemes.len())))?;
+    let bytes: usize = lexemes.iter().map(|w| w.len() + 3).sum();
+    let mut out = Vec::with_capacity(4 + bytes);
+    out.extend_from_slice(&count.to_be_bytes());
+    for w in lexemes {
+        // A NUL would end the lexeme early and misread the rest ([`pg_text`] replaced them).
+        if w.as_bytes().contains(&0) {
+            return Err(StoreError::Unavailable("a search word holds a NUL".into()));
+        }
+        out.extend_from_slice(w.as_bytes());
+        out.push(0);
+        out.extend_from_slice(&0i16.to_be_bytes());
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::{
-        columns, numbered, pg_text, sqlite_chunk, unnest_sql, Bind, ColumnValues, CopyRows,
+        columns, numbered, pg_text, sqlite_chunk, tsvector_binary, unnest_sql, Bind, ColumnValues,
+        CopyRows,
     };
     use uuid::Uuid;
+
+    /// A vector's binary form: its count, then each lexeme once, in byte order (a prefix
+    /// first; `é` after every ASCII letter), NUL-terminated, with no positions.
+    #[test]
+    fn vectors_go_to_copy_sorted_each_word_once() {
+        let got = tsvector_binary("b ab  é a b\u{1F600}x a").expect("vector");
+        let mut want = 5i32.to_be_bytes().to_vec();
+        for w in ["a", "ab", "b", "b\u{1F600}x", "é"] {
+            want.extend_from_slice(w.as_bytes());
+            want.push(0);
+            want.extend_from_slice(&[0, 0]);
+        }
+        assert_eq!(got, want);
+        assert_eq!(tsvector_binary("").expect("empty"), 0i32.to_be_bytes());
+        assert!(
+            tsvector_binary("a\0b").is_err(),
+            "a NUL would cut the lexeme"
+        );
+        // As a row's field: its length, then the form.
+        let mut rows = CopyRows::default();
+        rows.push(&[Bind::Vector("b a".into())]).expect("row");
+        let bytes = rows.take();
+        assert_eq!(&bytes[..2], &1i16.to_be_bytes());
+        assert_eq!(&bytes[2..6], &12i32.to_be_bytes());
+        assert_eq!(&bytes[6..], &tsvector_binary("a b").expect("vector")[..]);
+    }
 
     /// SQLite's statements come in a few shapes: every chunk a power of two, none over the
     /// bound, together exactly the rows, biggest first.

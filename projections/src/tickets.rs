@@ -15,7 +15,7 @@ use ticketd_domain::{
     evolve, Actor, Channel, Event, Priority, Recorded, Role, State, Status, Ticket, Visibility,
 };
 
-use crate::bulk::{Fold, Sink, Step, CHUNK_BYTES, INSERT_CHUNK};
+use crate::bulk::{Fold, Sink, Step, CHUNK_BYTES};
 use crate::kept::{Keeper, Weigh};
 use crate::keys::{keys, Keys, RecentKeys, Snapshot, CURSOR_TTL_MICROS};
 use crate::sql::{Bind, Conn, CopyRows};
@@ -290,9 +290,9 @@ fn search_binds(
     }
     let mut row = vec![
         Bind::Uuid(t.id),
-        Bind::Text(vector_text(&head_text(t))),
-        Bind::Text(vector_text(&search_text(&text.public.join("\n")))),
-        Bind::Text(vector_text(&search_text(&text.private.join("\n")))),
+        Bind::Vector(vector_text(&head_text(t))),
+        Bind::Vector(vector_text(&search_text(&text.public.join("\n")))),
+        Bind::Vector(vector_text(&search_text(&text.private.join("\n")))),
     ];
     row.extend(RowKeys::of(t, at)?.search_binds());
     Ok(Some(row))
@@ -536,8 +536,11 @@ impl Fold for TicketsFold {
     }
 
     fn finish(self: Box<Self>, out: &mut Sink<'_>) -> Result<Vec<Uuid>, StoreError> {
-        let (mut tickets, mut cc, mut texts) =
-            (CopyRows::default(), CopyRows::default(), Vec::new());
+        let (mut tickets, mut cc, mut texts) = (
+            CopyRows::default(),
+            CopyRows::default(),
+            CopyRows::default(),
+        );
         let mut replay = Vec::new();
         for id in &self.order {
             let Some(h) = self.held.get(id) else {
@@ -548,7 +551,7 @@ impl Fold for TicketsFold {
                 replay.push(*id);
                 continue;
             };
-            texts.push(text);
+            texts.push(&text)?;
             tickets.push(&h.row.binds()?)?;
             // The batched path's conflict clause drops a member named twice.
             let members: std::collections::BTreeSet<&String> = h.row.t.cc.iter().collect();
@@ -556,27 +559,14 @@ impl Fold for TicketsFold {
                 cc.push(&[Bind::Uuid(h.row.t.id), Bind::Text(m.clone())])?;
             }
             // The search rows first: their vectors are the longest load.
-            if texts.len() >= INSERT_CHUNK {
-                out(search_step(std::mem::take(&mut texts)))?;
-            }
+            Step::copy_when(SEARCH_INSERT, &mut texts, CHUNK_BYTES).map_or(Ok(()), &mut *out)?;
             Step::copy_when(TICKET_INSERT, &mut tickets, CHUNK_BYTES).map_or(Ok(()), &mut *out)?;
             Step::copy_when(CC_INSERT, &mut cc, CHUNK_BYTES).map_or(Ok(()), &mut *out)?;
         }
-        if !texts.is_empty() {
-            out(search_step(texts))?;
-        }
+        Step::copy_when(SEARCH_INSERT, &mut texts, 0).map_or(Ok(()), &mut *out)?;
         Step::copy_when(TICKET_INSERT, &mut tickets, 0).map_or(Ok(()), &mut *out)?;
         Step::copy_when(CC_INSERT, &mut cc, 0).map_or(Ok(()), &mut *out)?;
         Ok(replay)
-    }
-}
-
-/// Search rows as a bulk step.
-fn search_step(rows: Vec<Vec<Bind>>) -> Step {
-    Step::Insert {
-        head: SEARCH_INSERT,
-        one: SEARCH_ROW,
-        rows,
     }
 }
 
