@@ -102,3 +102,101 @@ async fn rebuild_from_the_command_line_while_a_server_runs() {
         text(&out.stdout)
     );
 }
+
+/// PostgreSQL: `ticketd rebuild` beside a transaction that holds a read-model table (an
+/// analytics job's long read) gives up within `--rebuild-switch-timeout`, naming the session
+/// that holds it, with the live tables as they were; once it ends, the rebuild switches in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_rebuild_gives_up_beside_a_long_transaction_naming_it() {
+    use sqlx::Connection;
+    let Some(t) = ticketd_tests::postgres_store(4).await else {
+        return;
+    };
+    let s = TestServer::start(t.store.clone()).await;
+    for i in 0..3 {
+        s.open(
+            &s.customer("alice"),
+            json!({"subject": format!("T{i}"), "description": "d"}),
+        )
+        .await;
+    }
+    let base = ticketd_tests::database_url().expect("set");
+    let sep = if base.contains('?') { '&' } else { '?' };
+    let url = format!("{base}{sep}options=-c%20search_path%3D{}", t.schema.name);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let dir = dir.path();
+
+    let out = ticketd(
+        dir,
+        &[
+            "rebuild",
+            "--database-url",
+            &url,
+            "--rebuild-lock-wait",
+            "0",
+        ],
+    );
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("0 is not in 1..=600"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    let mut long = sqlx::PgConnection::connect_with(&t.schema.options)
+        .await
+        .expect("a connection");
+    sqlx::query("BEGIN")
+        .execute(&mut long)
+        .await
+        .expect("begin");
+    let pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+        .fetch_one(&mut long)
+        .await
+        .expect("pid");
+    sqlx::query("SELECT count(*) FROM analytics_ticket_facts")
+        .execute(&mut long)
+        .await
+        .expect("the long read");
+    let started = std::time::Instant::now();
+    let out = ticketd(
+        dir,
+        &[
+            "rebuild",
+            "--database-url",
+            &url,
+            "--rebuild-lock-wait",
+            "1",
+            "--rebuild-switch-timeout",
+            "3",
+        ],
+    );
+    let stderr = text(&out.stderr);
+    assert!(!out.status.success(), "{}", text(&out.stdout));
+    assert!(
+        stderr.contains("could not lock the live tables"),
+        "{stderr}"
+    );
+    assert!(stderr.contains(&format!("pid {pid} ")), "{stderr}");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(30),
+        "gave up in {:?}",
+        started.elapsed()
+    );
+    // The live tables are as they were: still served.
+    let list = s.get("/v1/tickets", &s.agent("agent-1")).await;
+    assert_eq!(list.body["items"].as_array().expect("items").len(), 3);
+
+    sqlx::query("COMMIT")
+        .execute(&mut long)
+        .await
+        .expect("commit");
+    let _ = long.close().await;
+    let out = ticketd(dir, &["rebuild", "--database-url", &url]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).starts_with("rebuilt tickets, feed, analytics from 3 events"),
+        "{}",
+        text(&out.stdout)
+    );
+}
