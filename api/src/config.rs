@@ -53,7 +53,9 @@ pub struct RebuildArgs {
     pub tickets_in_memory: usize,
     /// PostgreSQL: the most seconds the switch waits for its locks on the live tables in one
     /// attempt; readers of those tables may wait as long. A longer transaction holding one of
-    /// them (an analytics query, say) makes the switch let go, pause and try again.
+    /// them (an analytics query, say) makes the switch let go, pause and try again. Past twice
+    /// the server's deadlock_timeout (1 s by default), a transaction that holds one of the
+    /// tables and then reads another may be aborted as a deadlock instead of the switch.
     #[arg(long = "rebuild-lock-wait", env = "TICKETD_REBUILD_LOCK_WAIT",
         default_value_t = ticketd_projections::rebuild::SwitchWait::default().per_attempt.as_secs(),
         value_parser = clap::value_parser!(u64).range(1..=600))]

@@ -178,6 +178,7 @@ async fn postgres_rebuild_gives_up_beside_a_long_transaction_naming_it() {
         "{stderr}"
     );
     assert!(stderr.contains(&format!("pid {pid} ")), "{stderr}");
+    assert!(stderr.contains("each waiting at most 1000 ms"), "{stderr}");
     assert!(
         started.elapsed() < std::time::Duration::from_secs(30),
         "gave up in {:?}",

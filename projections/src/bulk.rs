@@ -103,7 +103,8 @@ pub trait Fold: Send {
     /// Everything else, at the end of the pass, sent to `out` in chunks as it is made
     /// ([`copy_all`], or [`Step::copy_when`] with [`CHUNK_BYTES`]).
     /// Returns the streams it left out, to apply by the projection's own batched path after
-    /// the load (a ticket with more text than the one-statement search row can take).
+    /// the load (a ticket whose text might reach the search text budget, which that path
+    /// applies comment by comment).
     fn finish(self: Box<Self>, out: &mut Sink<'_>) -> Result<Vec<Uuid>, StoreError>;
 }
 

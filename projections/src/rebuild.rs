@@ -69,10 +69,12 @@ const MAX_SWITCH_PAUSE: Duration = Duration::from_secs(30);
 pub struct SwitchWait {
     /// The most one attempt waits for all its locks. While it waits, it holds the tables it has
     /// locked already, and readers of the one it waits for queue behind it: this is how long
-    /// a reader may be held back, once an attempt.
+    /// a reader may be held back, once an attempt. At most twice the server's
+    /// `deadlock_timeout` (1 s by default), the switch is the one a deadlock aborts (see
+    /// [`lock_not_had`]); a longer wait may abort the other transaction instead.
     pub per_attempt: Duration,
-    /// The most the switch takes, attempts and pauses together, before the rebuild gives up
-    /// (the live tables as they were, the scratch dropped).
+    /// The most the switch takes, attempts and pauses together, before the rebuild fails (the
+    /// live tables as they were, the scratch dropped): no attempt starts that would end past it.
     pub total: Duration,
 }
 
@@ -92,10 +94,15 @@ enum Attempt {
     Failed(StoreError),
 }
 
-/// Whether `e` is a statement cancelled by its timeout (or, the same to a switch, by an
-/// operator's `pg_cancel_backend`), or a lock not had within `lock_timeout`.
-fn timed_out(e: &sqlx::Error) -> bool {
-    matches!(e, sqlx::Error::Database(d) if matches!(d.code().as_deref(), Some("57014" | "55P03")))
+/// Whether `e` says a switch's attempt did not get its locks: its statement cancelled by its
+/// timeout (or, the same to a switch, by an operator's `pg_cancel_backend`), a lock not had
+/// within `lock_timeout`, or a deadlock. (A transaction that holds one live table and then
+/// reads another, locked by the waiting switch, closes a cycle; the server aborts whichever
+/// waiter finds it first, `deadlock_timeout`, 1 s by default, after it began to wait. An
+/// attempt that waits at most twice that long is the one to find it, and lets go.)
+fn lock_not_had(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(d)
+        if matches!(d.code().as_deref(), Some("57014" | "55P03" | "40P01")))
 }
 
 /// For an operator: the sessions, other than this one, holding a lock on one of the live
@@ -110,6 +117,7 @@ async fn lock_holders(pool: &PgPool, base: &str, tables: &[Table]) -> String {
            coalesce(extract(epoch FROM now() - a.xact_start), 0)::float8 \
          FROM pg_stat_activity a WHERE a.pid <> pg_backend_pid() AND EXISTS (SELECT 1 \
            FROM pg_locks l WHERE l.pid = a.pid AND l.granted AND l.locktype = 'relation' \
+           AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database()) \
            AND l.relation = ANY ($1::text[]::regclass[])) \
          ORDER BY a.xact_start NULLS LAST LIMIT 3",
     )
@@ -499,7 +507,7 @@ impl Scratch {
                 Err(Attempt::Busy) => {
                     let holders = lock_holders(pool, base, &tables).await;
                     let wait = self.switch_wait;
-                    if started.elapsed() + pause >= wait.total {
+                    if started.elapsed() + pause + wait.per_attempt > wait.total {
                         return Err(StoreError::Unavailable(format!(
                             "the switch could not lock the live tables in {:.1} s ({attempt} \
                              attempts, each waiting at most {} ms): {holders}; the live tables \
@@ -588,16 +596,24 @@ impl Scratch {
             .await
             .map_err(Attempt::Failed)?;
         let locked = async {
-            // One bound for all the locks: a statement's timeout, where `lock_timeout` would
-            // bound each table's wait alone.
-            tx.execute(
-                format!(
-                    "SET LOCAL statement_timeout = {}",
-                    self.switch_wait.per_attempt.as_millis().max(1)
-                )
-                .as_str(),
-            )
-            .await?;
+            // One bound for all the locks of the attempt: each statement's timeout is what is
+            // left of it (`lock_timeout` would bound each lock's wait alone). The connection's
+            // own setting comes back after.
+            let own: String = sqlx::query_scalar("SELECT current_setting('statement_timeout')")
+                .fetch_one(&mut *tx)
+                .await?;
+            let started = std::time::Instant::now();
+            let left = || {
+                let ms = self
+                    .switch_wait
+                    .per_attempt
+                    .saturating_sub(started.elapsed())
+                    .as_millis()
+                    .max(1);
+                format!("{ms}ms")
+            };
+            const TIMEOUT: &str = "SELECT set_config('statement_timeout', $1, true)";
+            sqlx::query(TIMEOUT).bind(left()).execute(&mut *tx).await?;
             // Tables first, then checkpoint rows: the order a live batch takes them in, so a
             // batch in flight finishes (or waits) instead of deadlocking.
             let names: Vec<String> = tables
@@ -608,18 +624,24 @@ impl Scratch {
                 format!("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE", names.join(", ")).as_str(),
             )
             .await?;
-            for p in projections {
-                sqlx::query("SELECT 1 FROM projection_checkpoints WHERE name = $1 FOR UPDATE")
-                    .bind(p.name())
-                    .execute(&mut *tx)
-                    .await?;
-            }
-            tx.execute("SET LOCAL statement_timeout TO DEFAULT").await?;
+            sqlx::query(TIMEOUT).bind(left()).execute(&mut *tx).await?;
+            let names: Vec<&str> = projections.iter().map(|p| p.name()).collect();
+            sqlx::query(
+                "SELECT 1 FROM projection_checkpoints WHERE name = ANY($1) ORDER BY name \
+                 FOR UPDATE",
+            )
+            .bind(&names)
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query(TIMEOUT).bind(own).execute(&mut *tx).await?;
             Ok::<(), sqlx::Error>(())
         }
         .await;
         if let Err(e) = locked {
-            let busy = timed_out(&e);
+            let busy = lock_not_had(&e);
+            if !busy {
+                tracing::warn!(error = %e, "a rebuild's switch failed to take its locks");
+            }
             // The locks go with the transaction, at once: readers queued behind go on.
             tx.rollback().await.map_err(Attempt::Failed)?;
             return Err(if busy {

@@ -278,8 +278,9 @@ const SEARCH_INSERT: &str = "INSERT INTO ticket_search (ticket_id, head, public_
      position_seq)";
 const SEARCH_ROW: &str = "(?, ?::tsvector, ?::tsvector, ?::tsvector, ?, ?, ?, ?, ?, ?)";
 
-/// The values of [`SEARCH_ROW`] for ticket `t`, at `at`, whose events carried `text`, if they
-/// fit the one-statement row (see [`FRESH_TEXT_FACTOR`]).
+/// The values of [`SEARCH_ROW`] for ticket `t`, at `at`, whose events carried `text`, if that
+/// text cannot reach [`PG_TEXT_BUDGET`] (see [`FRESH_TEXT_FACTOR`]); a ticket's that might is
+/// applied comment by comment, where the budget cuts it as it always does.
 fn search_binds(
     t: &Ticket,
     at: Position,

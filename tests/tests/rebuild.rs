@@ -299,15 +299,16 @@ async fn rebuild_while_serving(store: Arc<dyn EventStore>) {
             targets.iter().any(|t| t == "ticket_search.head 0"),
             "the column statistics targets were read (migration 0014): {targets:?}"
         );
-        // Vacuumed, not only analyzed, before the switch: index-only scans (a search ranks its
-        // matches from the primary key) need the visibility map. `ticket_search` by the bulk
-        // path as soon as it is indexed, the others just before the switch.
+        // Analyzed, and all-visible (or vacuumed), before the switch: index-only scans (a
+        // search ranks its matches from the primary key) need the visibility map. The bulk
+        // path loads every table frozen and all-visible, and analyzes `ticket_search` as soon
+        // as it is indexed; the switch vacuums and analyzes the others.
         if let Some(ticketd_commands::Database::Postgres(pool)) = store.database() {
-            let vacuumed: Vec<String> = sqlx::query_scalar(
-                "SELECT relname::text FROM pg_stat_user_tables \
-                 WHERE schemaname = current_schema() AND last_vacuum IS NOT NULL \
-                 AND last_analyze IS NOT NULL \
-                 ORDER BY relname",
+            let found: Vec<(String, bool, bool, i32, i32)> = sqlx::query_as(
+                "SELECT s.relname::text, s.last_vacuum IS NOT NULL, s.last_analyze IS NOT NULL, \
+                 c.relallvisible, c.relpages FROM pg_stat_user_tables s \
+                 JOIN pg_class c ON c.oid = s.relid \
+                 WHERE s.schemaname = current_schema() ORDER BY s.relname",
             )
             .fetch_all(&pool)
             .await
@@ -319,10 +320,10 @@ async fn rebuild_while_serving(store: Arc<dyn EventStore>) {
                 "analytics_events",
                 "analytics_ticket_facts",
             ] {
-                assert!(
-                    vacuumed.iter().any(|t| t == table),
-                    "{table} vacuumed: {vacuumed:?}"
-                );
+                let ready = found.iter().any(|(t, vacuumed, analyzed, visible, pages)| {
+                    t == table && *analyzed && (*vacuumed || (*pages > 0 && visible == pages))
+                });
+                assert!(ready, "{table} analyzed and all-visible: {found:?}");
             }
         }
     }
@@ -662,6 +663,9 @@ struct Rounds {
     /// reader back); set to `None` once checked.
     under_locks: Option<Arc<dyn EventStore>>,
     checked_under_locks: bool,
+    /// PostgreSQL: the switch's `statement_timeout` as it applies what the live runner did,
+    /// after its bounded wait for the locks (the connection's own again).
+    timeout_under_locks: Option<String>,
 }
 
 /// A projection through which the scratch follows the live projections: each time the scratch
@@ -688,6 +692,14 @@ impl Projection for Meanwhile {
         let mut rounds = self.rounds.lock().await;
         if rounds.left == 0 && event.position > rounds.began_at {
             if let Some(store) = rounds.under_locks.take() {
+                if let Conn::Postgres(c) = conn {
+                    rounds.timeout_under_locks = Some(
+                        sqlx::query_scalar("SHOW statement_timeout")
+                            .fetch_one(&mut **c)
+                            .await
+                            .map_err(|e| StoreError::Unavailable(e.to_string()))?,
+                    );
+                }
                 let at = history::run(&self.h, &mut Rng::new(3), 1, 0).await;
                 let shown =
                     ticketd_commands::log_reaches(store.as_ref(), at, Duration::from_secs(3))
@@ -741,6 +753,7 @@ async fn switch_while_live_goes_on(
         began_at: Position::START,
         under_locks: None,
         checked_under_locks: false,
+        timeout_under_locks: None,
     }));
     let projections: Vec<Arc<dyn Projection>> = all()
         .into_iter()
@@ -774,6 +787,11 @@ async fn switch_while_live_goes_on(
     scratch.discard(&db).await;
     let r = rounds.lock().await;
     assert_eq!(r.left, 0, "the live projections went on");
+    if check_under_locks && matches!(db, Database::Postgres(_)) {
+        // The bound on the wait for the locks is lifted once they are had: applying what the
+        // live runner did may take longer.
+        assert_eq!(r.timeout_under_locks.as_deref(), Some("0"));
+    }
     (r.checked_under_locks, ahead, projector)
 }
 
@@ -1056,6 +1074,58 @@ async fn postgres_a_switch_lets_go_while_a_long_transaction_holds_a_table() {
         .expect("the switch gets through once the long transaction ends");
     let _ = long.close().await;
     let _ = reader.close().await;
+    assert_equal_to_rebuild(&store).await;
+}
+
+/// PostgreSQL: a transaction that holds one live table and then reads another, which the
+/// waiting switch has locked, closes a cycle. The switch is the waiter the server aborts (its
+/// attempt waits at most twice `deadlock_timeout`, and began to wait first): the transaction
+/// reads on, and the switch gets through once it ends. (A deadlock failed the rebuild.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_a_switch_in_a_deadlock_lets_go_and_the_reader_reads_on() {
+    let Some(t) = ticketd_tests::postgres_store(8).await else {
+        return;
+    };
+    let store: Arc<dyn EventStore> = t.store.clone();
+    let db = store.database().expect("database");
+    let (scratch, mut long, _) =
+        switch_beside_a_long_reader(&t, Duration::from_millis(1500), WAIT).await;
+    let switching = {
+        let (store, db) = (store.clone(), db.clone());
+        tokio::spawn(async move {
+            let switched = scratch.switch(store.as_ref(), &db, &all()).await;
+            scratch.discard(&db).await;
+            switched
+        })
+    };
+    let waiting = std::time::Instant::now() + WAIT;
+    while !someone_waits_on(&mut long, "analytics_events").await {
+        assert!(std::time::Instant::now() < waiting, "the switch never came");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // The long transaction now reads a table the switch holds.
+    let read = tokio::time::timeout(
+        Duration::from_secs(10),
+        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM tickets").fetch_one(&mut long),
+    )
+    .await;
+    assert!(
+        matches!(read, Ok(Ok(n)) if n > 0),
+        "the reader read on past the switch: {read:?}"
+    );
+    assert!(
+        !switching.is_finished(),
+        "the switch waits for the long transaction"
+    );
+    sqlx::query("COMMIT")
+        .execute(&mut long)
+        .await
+        .expect("commit");
+    tokio::time::timeout(WAIT, switching)
+        .await
+        .expect("the switch ends")
+        .expect("the task")
+        .expect("the switch gets through once the long transaction ends");
     assert_equal_to_rebuild(&store).await;
 }
 
