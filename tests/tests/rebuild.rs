@@ -1168,6 +1168,77 @@ async fn postgres_a_switch_gives_up_naming_who_holds_the_tables() {
     assert_equal_to_rebuild(&store).await;
 }
 
+/// PostgreSQL: a search vector loaded by the bulk path's binary `COPY` equals the one the
+/// batched path's text input makes of the same words (`$1::tsvector`), for words that sort
+/// by bytes unlike by letters, prefixes, repeats, several scripts, combining marks, a word as
+/// long as a lexeme may be, and no words at all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_vectors_by_copy_equal_their_text_input() {
+    use ticketd_commands::pgcopy::{copy_in_header, copy_in_trailer};
+    use ticketd_projections::sql::{Bind, CopyRows};
+    let Some(t) = ticketd_tests::postgres_store(2).await else {
+        return;
+    };
+    let Some(Database::Postgres(pool)) = t.store.database() else {
+        panic!("a PostgreSQL store");
+    };
+    let long = "é".repeat(1023) + "x";
+    let texts = [
+        "b a b",
+        "ab a abc a",
+        "zebra éclair eclair ézèbre z",
+        "naïve naive nai\u{308}ve",
+        "日本 語 日本 中文 ελληνικά",
+        "x\u{301}y xy",
+        "",
+        long.as_str(),
+    ];
+    let mut rows = CopyRows::default();
+    let mut ids = Vec::new();
+    for text in texts {
+        let id = uuid::Uuid::new_v4();
+        ids.push(id);
+        let mut row = vec![
+            Bind::Uuid(id),
+            Bind::Vector(text.to_owned()),
+            Bind::Vector(text.to_owned()),
+            Bind::Vector(String::new()),
+        ];
+        row.extend([0, 0, 0, 0, 0, 0].map(Bind::I64));
+        rows.push(&row).expect("row");
+    }
+    let mut conn = pool.acquire().await.expect("conn");
+    let mut copy = conn
+        .copy_in_raw(
+            "COPY ticket_search (ticket_id, head, public_comments, private_comments, \
+             last_activity_at, created_at, due_sort, priority_rank, position_tx, position_seq) \
+             FROM STDIN (FORMAT binary)",
+        )
+        .await
+        .expect("copy");
+    let (mut header, mut trailer) = (Vec::new(), Vec::new());
+    copy_in_header(&mut header);
+    copy_in_trailer(&mut trailer);
+    copy.send(header).await.expect("header");
+    copy.send(rows.take()).await.expect("rows");
+    copy.send(trailer).await.expect("trailer");
+    copy.finish().await.expect("finish");
+    for (id, text) in ids.iter().zip(texts) {
+        let (equal, loaded, typed): (bool, String, String) = sqlx::query_as(
+            "SELECT head = $1::tsvector AND public_comments = $1::tsvector \
+             AND private_comments = ''::tsvector, head::text, ($1::tsvector)::text \
+             FROM ticket_search WHERE ticket_id = $2",
+        )
+        .bind(text)
+        .bind(id)
+        .fetch_one(&mut *conn)
+        .await
+        .expect("compare");
+        assert!(equal, "{text:?}: loaded {loaded}, typed {typed}");
+        assert_eq!(loaded, typed, "{text:?}");
+    }
+}
+
 /// An in-memory SQLite store (`sqlite::memory:`) has no file to lay a scratch one beside: a
 /// rebuild says so, and leaves nothing behind in the working directory.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
