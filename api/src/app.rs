@@ -149,27 +149,53 @@ pub async fn open_existing(args: &StoreArgs) -> anyhow::Result<Arc<dyn EventStor
 }
 
 async fn open(args: &StoreArgs, migrate: bool) -> anyhow::Result<Arc<dyn EventStore>> {
-    let url = args.database_url();
-    let url = url.as_str();
-    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-        let store = PostgresStore::connect(url, args.pg_max_connections)
-            .await
-            .context("connecting to PostgreSQL")?;
-        if migrate {
-            store.migrate().await.context("migrating PostgreSQL")?;
+    Ok(match OpenedStore::open(args, migrate).await? {
+        OpenedStore::Sqlite(store) => store,
+        OpenedStore::Postgres(store) => store,
+    })
+}
+
+/// The store named by the database URL, of its kind (for what needs more than the
+/// `EventStore` of either: `import` writes through each backend's own importer).
+pub enum OpenedStore {
+    Sqlite(Arc<SqliteStore>),
+    Postgres(Arc<PostgresStore>),
+}
+
+impl OpenedStore {
+    /// Opens the store named by `args` (`postgres://…` or `sqlite://…`), migrating it first
+    /// with `migrate`.
+    pub async fn open(args: &StoreArgs, migrate: bool) -> anyhow::Result<OpenedStore> {
+        let url = args.database_url();
+        let url = url.as_str();
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            let store = PostgresStore::connect(url, args.pg_max_connections)
+                .await
+                .context("connecting to PostgreSQL")?;
+            if migrate {
+                store.migrate().await.context("migrating PostgreSQL")?;
+            }
+            Ok(OpenedStore::Postgres(Arc::new(store)))
+        } else if url.starts_with("sqlite:") {
+            let store = SqliteStore::open(url).await.context("opening SQLite")?;
+            if migrate {
+                store.migrate().await.context("migrating SQLite")?;
+            }
+            Ok(OpenedStore::Sqlite(Arc::new(store)))
+        } else {
+            anyhow::bail!(
+                "DATABASE_URL must start with postgres:// or sqlite://; it starts {:?}",
+                scheme_of(url)
+            )
         }
-        Ok(Arc::new(store))
-    } else if url.starts_with("sqlite:") {
-        let store = SqliteStore::open(url).await.context("opening SQLite")?;
-        if migrate {
-            store.migrate().await.context("migrating SQLite")?;
+    }
+
+    /// The store, as any command sees it.
+    pub fn store(&self) -> &dyn EventStore {
+        match self {
+            OpenedStore::Sqlite(store) => store.as_ref(),
+            OpenedStore::Postgres(store) => store.as_ref(),
         }
-        Ok(Arc::new(store))
-    } else {
-        anyhow::bail!(
-            "DATABASE_URL must start with postgres:// or sqlite://; it starts {:?}",
-            scheme_of(url)
-        )
     }
 }
 

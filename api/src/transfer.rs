@@ -3,19 +3,16 @@
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, BufWriter, Write};
 use std::path::Path;
-use std::sync::Arc;
 
 use anyhow::{bail, Context};
 use uuid::Uuid;
 
 use ticketd_commands::import::{Imported, Importer};
 use ticketd_commands::verify::{verify_store_with, Report, Verifier};
-use ticketd_commands::{
-    EventBatch, EventRef, EventStore, Position, PostgresStore, SqliteStore, StoredEvent,
-};
+use ticketd_commands::{EventBatch, EventRef, EventStore, Position, StoredEvent};
 use ticketd_domain::HASH_LEN;
 
-use crate::config::{ExportArgs, Format, ImportArgs, StoreArgs, VerifyArgs};
+use crate::config::{ExportArgs, Format, ImportArgs, VerifyArgs};
 use crate::ndjson::LineWriter;
 use crate::record::AuditEvent;
 
@@ -384,42 +381,8 @@ impl<R: BufRead> Iterator for Records<R> {
     }
 }
 
-/// A store import can write into.
-pub enum Target {
-    Sqlite(Arc<SqliteStore>),
-    Postgres(Arc<PostgresStore>),
-}
-
-impl Target {
-    /// Opens and migrates the store named by `args`.
-    pub async fn open(args: &StoreArgs) -> anyhow::Result<Target> {
-        let url = args.database_url();
-        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-            let store = PostgresStore::connect(&url, args.pg_max_connections)
-                .await
-                .context("connecting to PostgreSQL")?;
-            store.migrate().await.context("migrating PostgreSQL")?;
-            Ok(Target::Postgres(Arc::new(store)))
-        } else if url.starts_with("sqlite:") {
-            let store = SqliteStore::open(&url).await.context("opening SQLite")?;
-            store.migrate().await.context("migrating SQLite")?;
-            Ok(Target::Sqlite(Arc::new(store)))
-        } else {
-            bail!(
-                "DATABASE_URL must start with postgres:// or sqlite://; it starts {:?}",
-                crate::app::scheme_of(&url)
-            )
-        }
-    }
-
-    /// The store, as any command sees it.
-    pub fn store(&self) -> &dyn EventStore {
-        match self {
-            Target::Sqlite(store) => store.as_ref(),
-            Target::Postgres(store) => store.as_ref(),
-        }
-    }
-}
+/// A store import can write into: opened (and migrated) by `OpenedStore::open`.
+pub use crate::app::OpenedStore as Target;
 
 /// Loads `records` into the empty store `target`, in one transaction. Every chain is checked
 /// on the way in; on any finding nothing is written.
@@ -480,7 +443,7 @@ pub async fn import_from(
 
 /// `ticketd import`.
 pub async fn import(args: &ImportArgs) -> anyhow::Result<()> {
-    let target = Target::open(&args.store).await?;
+    let target = Target::open(&args.store, true).await?;
     let input: Box<dyn BufRead> = if args.input == Path::new("-") {
         Box::new(BufReader::new(std::io::stdin().lock()))
     } else {
