@@ -1,0 +1,156 @@
+//! `ticketd serve` stopped by SIGINT while a verification runs whose caller has gone: the
+//! server waits for it (within its shutdown timeout), so its scratch copy is discarded before
+//! the store closes, and then exits cleanly.
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use sqlx::Connection;
+
+const SECRET: &str = "shutdown-test-secret-shutdown-test-secret-0123";
+
+fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    l.local_addr().expect("addr").port()
+}
+
+fn token(sub: &str, role: &str) -> String {
+    let exp = chrono::Utc::now().timestamp() + 3600;
+    let claims = json!({"sub": sub, "role": role, "org": "acme", "exp": exp});
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::default(),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
+    )
+    .expect("encode")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_shutdown_waits_for_a_verification_its_caller_left() {
+    let Some(schema) = ticketd_tests::PgTestSchema::create().await else {
+        return;
+    };
+    let base = ticketd_tests::database_url().expect("set");
+    let sep = if base.contains('?') { '&' } else { '?' };
+    let url = format!("{base}{sep}options=-c%20search_path%3D{}", schema.name);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = free_port();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ticketd"))
+        .arg("serve")
+        .env("TICKETD_LISTEN", format!("127.0.0.1:{port}"))
+        .env("DATABASE_URL", &url)
+        .env("TICKETD_DATA_DIR", dir.path())
+        .env("TICKETD_JWT_SECRET", SECRET)
+        .env("TICKETD_SHUTDOWN_TIMEOUT", "60")
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn ticketd");
+    let at = format!("http://127.0.0.1:{port}");
+    let http = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !http
+        .get(format!("{at}/readyz"))
+        .send()
+        .await
+        .is_ok_and(|r| r.status().is_success())
+    {
+        assert!(Instant::now() < deadline, "ticketd did not become ready");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let opened = http
+        .post(format!("{at}/v1/tickets"))
+        .bearer_auth(token("alice", "customer"))
+        .json(&json!({"subject": "printer", "description": "jams"}))
+        .send()
+        .await
+        .expect("open");
+    assert_eq!(opened.status(), 201);
+    let auditor = token("audrey", "auditor");
+    while http
+        .get(format!("{at}/v1/tickets"))
+        .bearer_auth(&auditor)
+        .send()
+        .await
+        .expect("list")
+        .json::<serde_json::Value>()
+        .await
+        .expect("json")["items"]
+        .as_array()
+        .is_none_or(|items| items.is_empty())
+    {
+        assert!(Instant::now() < deadline, "the ticket was never listed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // A live table the verification compares, held: it runs until this lets go.
+    let mut holder = sqlx::PgConnection::connect_with(&schema.options)
+        .await
+        .expect("a connection");
+    sqlx::query("BEGIN")
+        .execute(&mut holder)
+        .await
+        .expect("begin");
+    sqlx::query("LOCK TABLE ticket_reads IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut holder)
+        .await
+        .expect("lock");
+    // Its caller gives up.
+    let left = http
+        .post(format!("{at}/v1/audit/verify"))
+        .bearer_auth(&auditor)
+        .timeout(Duration::from_secs(1))
+        .send()
+        .await;
+    assert!(
+        left.is_err(),
+        "the verification waits on the lock: {left:?}"
+    );
+    let busy = http
+        .post(format!("{at}/v1/audit/verify"))
+        .bearer_auth(&auditor)
+        .send()
+        .await
+        .expect("verify");
+    assert_eq!(busy.status(), 503, "the first verification runs on");
+
+    let signalled = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .expect("kill -INT");
+    assert!(signalled.success());
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(
+        child.try_wait().expect("wait").is_none(),
+        "the server waits for the verification"
+    );
+    sqlx::query("COMMIT")
+        .execute(&mut holder)
+        .await
+        .expect("commit");
+    let stopping = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status;
+        }
+        assert!(
+            Instant::now() < stopping,
+            "the server stops once it is done"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(status.success(), "{status:?}");
+    // Its scratch copy went with it.
+    let left: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM pg_namespace WHERE nspname LIKE 'ticketd_rebuild_' || \
+         (SELECT oid FROM pg_namespace WHERE nspname = $1)::text || '_%'",
+    )
+    .bind(&schema.name)
+    .fetch_one(&mut holder)
+    .await
+    .expect("schemas");
+    assert_eq!(left, 0, "the verification's scratch schema was dropped");
+    let _ = holder.close().await;
+}
