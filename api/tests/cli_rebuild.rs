@@ -143,21 +143,21 @@ async fn postgres_rebuild_gives_up_beside_a_long_transaction_naming_it() {
         text(&out.stderr)
     );
 
-    let mut long = sqlx::PgConnection::connect_with(&t.schema.options)
-        .await
-        .expect("a connection");
-    sqlx::query("BEGIN")
-        .execute(&mut long)
-        .await
-        .expect("begin");
-    let pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
-        .fetch_one(&mut long)
-        .await
-        .expect("pid");
-    sqlx::query("SELECT count(*) FROM analytics_ticket_facts")
-        .execute(&mut long)
-        .await
-        .expect("the long read");
+    // Which table is `tickets`: a switch puts another in its place.
+    let tickets_table = || async {
+        let mut conn = sqlx::PgConnection::connect_with(&t.schema.options)
+            .await
+            .expect("a connection");
+        let oid: i64 = sqlx::query_scalar("SELECT 'tickets'::regclass::oid::bigint")
+            .fetch_one(&mut conn)
+            .await
+            .expect("oid");
+        let _ = conn.close().await;
+        oid
+    };
+    let live = tickets_table().await;
+    let (mut long, pid) =
+        ticketd_tests::a_transaction_reading(&t.schema.options, "analytics_ticket_facts").await;
     let started = std::time::Instant::now();
     let out = ticketd(
         dir,
@@ -184,7 +184,8 @@ async fn postgres_rebuild_gives_up_beside_a_long_transaction_naming_it() {
         "gave up in {:?}",
         started.elapsed()
     );
-    // The live tables are as they were: still served.
+    // The live tables are as they were, and still served.
+    assert_eq!(tickets_table().await, live, "the live tables stay");
     let list = s.get("/v1/tickets", &s.agent("agent-1")).await;
     assert_eq!(list.body["items"].as_array().expect("items").len(), 3);
 
@@ -200,4 +201,5 @@ async fn postgres_rebuild_gives_up_beside_a_long_transaction_naming_it() {
         "{}",
         text(&out.stdout)
     );
+    assert_ne!(tickets_table().await, live, "switched in");
 }

@@ -2,8 +2,9 @@
 //! same data, and checks that every acknowledged command's events are there with intact hash
 //! chains — on SQLite and on PostgreSQL.
 
+mod serving;
+
 use std::collections::{HashMap, HashSet};
-use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -13,71 +14,7 @@ use uuid::Uuid;
 use ticketd_commands::{EventStore, PostgresStore, SqliteStore};
 use ticketd_domain::{Event, ZERO_HASH};
 
-const SECRET: &str = "crash-test-secret-crash-test-secret-0123456789";
-
-fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    l.local_addr().expect("addr").port()
-}
-
-fn token(sub: &str, role: &str) -> String {
-    let exp = chrono::Utc::now().timestamp() + 3600;
-    let claims = json!({"sub": sub, "role": role, "org": "acme", "exp": exp});
-    jsonwebtoken::encode(
-        &jsonwebtoken::Header::default(),
-        &claims,
-        &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
-    )
-    .expect("encode")
-}
-
-struct Server {
-    child: Child,
-    base: String,
-}
-
-impl Server {
-    async fn start(database_url: &str, data_dir: &std::path::Path) -> Server {
-        let port = free_port();
-        let child = Command::new(env!("CARGO_BIN_EXE_ticketd"))
-            .arg("serve")
-            .env("TICKETD_LISTEN", format!("127.0.0.1:{port}"))
-            .env("DATABASE_URL", database_url)
-            .env("TICKETD_DATA_DIR", data_dir)
-            .env("TICKETD_JWT_SECRET", SECRET)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn ticketd");
-        let base = format!("http://127.0.0.1:{port}");
-        let http = reqwest::Client::new();
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            if let Ok(r) = http.get(format!("{base}/readyz")).send().await {
-                if r.status().is_success() {
-                    break;
-                }
-            }
-            assert!(Instant::now() < deadline, "ticketd did not become ready");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        Server { child, base }
-    }
-
-    fn kill(mut self) {
-        // SIGKILL: no shutdown hook runs.
-        self.child.kill().expect("kill");
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+use serving::{token, Server};
 
 #[derive(Default)]
 struct Acknowledged {
@@ -171,7 +108,7 @@ async fn check(store: Arc<dyn EventStore>, acked: &Acknowledged) {
 }
 
 async fn kill_during_burst(database_url: &str, data_dir: &std::path::Path) -> Acknowledged {
-    let server = Server::start(database_url, data_dir).await;
+    let server = Server::start(database_url, data_dir, &[]).await;
     let acked = Arc::new(Mutex::new(Acknowledged::default()));
     let stop_at = Instant::now() + Duration::from_secs(30);
     let burst_task = tokio::spawn(burst(server.base.clone(), acked.clone(), stop_at));
@@ -200,7 +137,7 @@ async fn sqlite_keeps_every_acknowledged_command_after_sigkill() {
     let url = format!("sqlite://{}/ticketd.db", dir.path().display());
     let acked = kill_during_burst(&url, dir.path()).await;
     // The restarted service serves the same data.
-    let server = Server::start(&url, dir.path()).await;
+    let server = Server::start(&url, dir.path(), &[]).await;
     let id = acked.versions.keys().next().expect("a ticket");
     let r = reqwest::Client::new()
         .get(format!("{}/v1/tickets/{id}", server.base))
@@ -224,7 +161,7 @@ async fn postgres_keeps_every_acknowledged_command_after_sigkill() {
     let url = format!("{base}{sep}options=-c%20search_path%3D{}", schema.name);
     let dir = tempfile::tempdir().expect("tempdir");
     let acked = kill_during_burst(&url, dir.path()).await;
-    let server = Server::start(&url, dir.path()).await;
+    let server = Server::start(&url, dir.path(), &[]).await;
     server.kill();
     let store = PostgresStore::connect_with(schema.options.clone(), 4)
         .await

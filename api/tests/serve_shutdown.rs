@@ -2,29 +2,15 @@
 //! server waits for it (within its shutdown timeout), so its scratch copy is discarded before
 //! the store closes, and then exits cleanly.
 
-use std::process::{Command, Stdio};
+mod serving;
+
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
 use sqlx::Connection;
 
-const SECRET: &str = "shutdown-test-secret-shutdown-test-secret-0123";
-
-fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    l.local_addr().expect("addr").port()
-}
-
-fn token(sub: &str, role: &str) -> String {
-    let exp = chrono::Utc::now().timestamp() + 3600;
-    let claims = json!({"sub": sub, "role": role, "org": "acme", "exp": exp});
-    jsonwebtoken::encode(
-        &jsonwebtoken::Header::default(),
-        &claims,
-        &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
-    )
-    .expect("encode")
-}
+use serving::{token, Server};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_shutdown_waits_for_a_verification_its_caller_left() {
@@ -35,31 +21,10 @@ async fn postgres_shutdown_waits_for_a_verification_its_caller_left() {
     let sep = if base.contains('?') { '&' } else { '?' };
     let url = format!("{base}{sep}options=-c%20search_path%3D{}", schema.name);
     let dir = tempfile::tempdir().expect("tempdir");
-    let port = free_port();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_ticketd"))
-        .arg("serve")
-        .env("TICKETD_LISTEN", format!("127.0.0.1:{port}"))
-        .env("DATABASE_URL", &url)
-        .env("TICKETD_DATA_DIR", dir.path())
-        .env("TICKETD_JWT_SECRET", SECRET)
-        .env("TICKETD_SHUTDOWN_TIMEOUT", "60")
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn ticketd");
-    let at = format!("http://127.0.0.1:{port}");
+    let mut server = Server::start(&url, dir.path(), &[("TICKETD_SHUTDOWN_TIMEOUT", "60")]).await;
+    let at = server.base.clone();
     let http = reqwest::Client::new();
     let deadline = Instant::now() + Duration::from_secs(60);
-    while !http
-        .get(format!("{at}/readyz"))
-        .send()
-        .await
-        .is_ok_and(|r| r.status().is_success())
-    {
-        assert!(Instant::now() < deadline, "ticketd did not become ready");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
     let opened = http
         .post(format!("{at}/v1/tickets"))
         .bearer_auth(token("alice", "customer"))
@@ -111,19 +76,20 @@ async fn postgres_shutdown_waits_for_a_verification_its_caller_left() {
     let busy = http
         .post(format!("{at}/v1/audit/verify"))
         .bearer_auth(&auditor)
+        .timeout(Duration::from_secs(10))
         .send()
         .await
         .expect("verify");
     assert_eq!(busy.status(), 503, "the first verification runs on");
 
     let signalled = Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
+        .args(["-INT", &server.child.id().to_string()])
         .status()
         .expect("kill -INT");
     assert!(signalled.success());
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert!(
-        child.try_wait().expect("wait").is_none(),
+        server.child.try_wait().expect("wait").is_none(),
         "the server waits for the verification"
     );
     sqlx::query("COMMIT")
@@ -132,7 +98,7 @@ async fn postgres_shutdown_waits_for_a_verification_its_caller_left() {
         .expect("commit");
     let stopping = Instant::now() + Duration::from_secs(30);
     let status = loop {
-        if let Some(status) = child.try_wait().expect("wait") {
+        if let Some(status) = server.child.try_wait().expect("wait") {
             break status;
         }
         assert!(

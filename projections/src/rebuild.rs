@@ -70,11 +70,12 @@ pub struct SwitchWait {
     /// The most one attempt waits for all its locks. While it waits, it holds the tables it has
     /// locked already, and readers of the one it waits for queue behind it: this is how long
     /// a reader may be held back, once an attempt. At most twice the server's
-    /// `deadlock_timeout` (1 s by default), the switch is the one a deadlock aborts (see
-    /// [`lock_not_had`]); a longer wait may abort the other transaction instead.
+    /// `deadlock_timeout` (1 s by default), the switch is most often the one a deadlock
+    /// aborts (see [`lock_not_had`]); a longer wait makes the other transaction that more often.
     pub per_attempt: Duration,
     /// The most the switch takes, attempts and pauses together, before the rebuild fails (the
-    /// live tables as they were, the scratch dropped): no attempt starts that would end past it.
+    /// live tables as they were, the scratch dropped): after the first, no attempt starts
+    /// whose wait would end past it (the following of the live projections before it aside).
     pub total: Duration,
 }
 
@@ -98,8 +99,11 @@ enum Attempt {
 /// timeout (or, the same to a switch, by an operator's `pg_cancel_backend`), a lock not had
 /// within `lock_timeout`, or a deadlock. (A transaction that holds one live table and then
 /// reads another, locked by the waiting switch, closes a cycle; the server aborts whichever
-/// waiter finds it first, `deadlock_timeout`, 1 s by default, after it began to wait. An
-/// attempt that waits at most twice that long is the one to find it, and lets go.)
+/// waiter finds it first, `deadlock_timeout`, 1 s by default, after it began to wait. When the
+/// switch began to wait first, as it does when it waits on the transaction's table before the
+/// transaction reads on, an attempt that waits at most twice that long is the one to find
+/// it, and lets go. Otherwise, the switch having waited on another table first, say, the
+/// transaction may be the one aborted.)
 fn lock_not_had(e: &sqlx::Error) -> bool {
     matches!(e, sqlx::Error::Database(d)
         if matches!(d.code().as_deref(), Some("57014" | "55P03" | "40P01")))

@@ -122,6 +122,30 @@ impl Drop for PgTestSchema {
     }
 }
 
+/// A connection (of `options`) in a transaction left open that has read `table`, as an
+/// analytics job's long read holds it; and the connection's server pid.
+pub async fn a_transaction_reading(
+    options: &PgConnectOptions,
+    table: &str,
+) -> (sqlx::PgConnection, i32) {
+    let mut conn = sqlx::PgConnection::connect_with(options)
+        .await
+        .expect("a connection");
+    sqlx::query("BEGIN")
+        .execute(&mut conn)
+        .await
+        .expect("begin");
+    let pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+        .fetch_one(&mut conn)
+        .await
+        .expect("pid");
+    sqlx::query(&format!("SELECT count(*) FROM {table}"))
+        .execute(&mut conn)
+        .await
+        .expect("the long read");
+    (conn, pid)
+}
+
 /// A migrated PostgreSQL store in its own schema, dropped with this value.
 pub struct PostgresTestStore {
     // Declared first so the pool closes before the schema is dropped.

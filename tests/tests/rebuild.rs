@@ -787,10 +787,14 @@ async fn switch_while_live_goes_on(
     scratch.discard(&db).await;
     let r = rounds.lock().await;
     assert_eq!(r.left, 0, "the live projections went on");
-    if check_under_locks && matches!(db, Database::Postgres(_)) {
-        // The bound on the wait for the locks is lifted once they are had: applying what the
-        // live runner did may take longer.
-        assert_eq!(r.timeout_under_locks.as_deref(), Some("0"));
+    if let (true, Database::Postgres(pool)) = (check_under_locks, &db) {
+        // The bound on the wait for the locks is lifted once they are had (the connection's
+        // own setting back): applying what the live runner did may take longer.
+        let own: String = sqlx::query_scalar("SHOW statement_timeout")
+            .fetch_one(pool)
+            .await
+            .expect("statement_timeout");
+        assert_eq!(r.timeout_under_locks.as_deref(), Some(own.as_str()));
     }
     (r.checked_under_locks, ahead, projector)
 }
@@ -951,7 +955,6 @@ async fn switch_beside_a_long_reader(
     per_attempt: Duration,
     total: Duration,
 ) -> (Scratch, sqlx::PgConnection, i32) {
-    use sqlx::Connection;
     let store: Arc<dyn EventStore> = t.store.clone();
     let Some(Database::Postgres(pool)) = store.database() else {
         panic!("a PostgreSQL store");
@@ -963,33 +966,40 @@ async fn switch_beside_a_long_reader(
         .build(store.as_ref(), &all(), None)
         .await
         .expect("build");
-    let mut long = sqlx::PgConnection::connect_with(&pool.connect_options())
-        .await
-        .expect("a connection");
-    sqlx::query("BEGIN")
-        .execute(&mut long)
-        .await
-        .expect("begin");
-    let pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
-        .fetch_one(&mut long)
-        .await
-        .expect("pid");
-    sqlx::query("SELECT count(*) FROM analytics_events")
-        .execute(&mut long)
-        .await
-        .expect("the long read");
+    let (long, pid) =
+        ticketd_tests::a_transaction_reading(&pool.connect_options(), "analytics_events").await;
     (scratch, long, pid)
 }
 
-/// Whether a session waits for a lock on `table` (the switch's attempt, once it is there).
-async fn someone_waits_on(conn: &mut sqlx::PgConnection, table: &str) -> bool {
-    sqlx::query_scalar::<_, bool>(
+/// Returns once a session waits for a lock on `table` (the switch's attempt, once it is
+/// there).
+async fn until_someone_waits_on(conn: &mut sqlx::PgConnection, table: &str) {
+    let waiting = std::time::Instant::now() + WAIT;
+    while !sqlx::query_scalar::<_, bool>(
         "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE NOT granted AND relation = $1::regclass)",
     )
     .bind(table)
-    .fetch_one(conn)
+    .fetch_one(&mut *conn)
     .await
     .expect("pg_locks")
+    {
+        assert!(std::time::Instant::now() < waiting, "the switch never came");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// `scratch`'s switch of every projection, in a task of its own, then its discard.
+fn switch_in_a_task(
+    scratch: Scratch,
+    store: &Arc<dyn EventStore>,
+) -> tokio::task::JoinHandle<Result<(), StoreError>> {
+    let store = store.clone();
+    tokio::spawn(async move {
+        let db = store.database().expect("database");
+        let switched = scratch.switch(store.as_ref(), &db, &all()).await;
+        scratch.discard(&db).await;
+        switched
+    })
 }
 
 /// PostgreSQL: while a long transaction holds one live table (an analytics job's query), a
@@ -1017,22 +1027,11 @@ async fn postgres_a_switch_lets_go_while_a_long_transaction_holds_a_table() {
         }
         at
     };
-    let switching = {
-        let (store, db) = (store.clone(), db.clone());
-        tokio::spawn(async move {
-            let switched = scratch.switch(store.as_ref(), &db, &all()).await;
-            scratch.discard(&db).await;
-            switched
-        })
-    };
+    let switching = switch_in_a_task(scratch, &store);
     let mut reader = sqlx::PgConnection::connect_with(&pool.connect_options())
         .await
         .expect("a connection");
-    let waiting = std::time::Instant::now() + WAIT;
-    while !someone_waits_on(&mut reader, "analytics_events").await {
-        assert!(std::time::Instant::now() < waiting, "the switch never came");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    until_someone_waits_on(&mut reader, "analytics_events").await;
     // Readers of the ticket list, through several attempts and pauses (0.5 s, then 1 s, …).
     let reading = std::time::Instant::now();
     let mut slowest = Duration::ZERO;
@@ -1087,23 +1086,12 @@ async fn postgres_a_switch_in_a_deadlock_lets_go_and_the_reader_reads_on() {
         return;
     };
     let store: Arc<dyn EventStore> = t.store.clone();
-    let db = store.database().expect("database");
     let (scratch, mut long, _) =
         switch_beside_a_long_reader(&t, Duration::from_millis(1500), WAIT).await;
-    let switching = {
-        let (store, db) = (store.clone(), db.clone());
-        tokio::spawn(async move {
-            let switched = scratch.switch(store.as_ref(), &db, &all()).await;
-            scratch.discard(&db).await;
-            switched
-        })
-    };
-    let waiting = std::time::Instant::now() + WAIT;
-    while !someone_waits_on(&mut long, "analytics_events").await {
-        assert!(std::time::Instant::now() < waiting, "the switch never came");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let switching = switch_in_a_task(scratch, &store);
+    until_someone_waits_on(&mut long, "analytics_events").await;
     // The long transaction now reads a table the switch holds.
+    let reading = std::time::Instant::now();
     let read = tokio::time::timeout(
         Duration::from_secs(10),
         sqlx::query_scalar::<_, i64>("SELECT count(*) FROM tickets").fetch_one(&mut long),
@@ -1112,6 +1100,13 @@ async fn postgres_a_switch_in_a_deadlock_lets_go_and_the_reader_reads_on() {
     assert!(
         matches!(read, Ok(Ok(n)) if n > 0),
         "the reader read on past the switch: {read:?}"
+    );
+    // It waited behind the switch: the cycle was there (had the switch locked this table
+    // last, there would have been none to test).
+    assert!(
+        reading.elapsed() >= Duration::from_millis(300),
+        "the read waited behind the switch: {:?}",
+        reading.elapsed()
     );
     assert!(
         !switching.is_finished(),
