@@ -120,9 +120,7 @@ async fn postgres_rebuild_gives_up_beside_a_long_transaction_naming_it() {
         )
         .await;
     }
-    let base = ticketd_tests::database_url().expect("set");
-    let sep = if base.contains('?') { '&' } else { '?' };
-    let url = format!("{base}{sep}options=-c%20search_path%3D{}", t.schema.name);
+    let url = t.schema.url();
     let dir = tempfile::tempdir().expect("tempdir");
     let dir = dir.path();
 

@@ -156,9 +156,7 @@ async fn postgres_keeps_every_acknowledged_command_after_sigkill() {
     let Some(schema) = ticketd_tests::PgTestSchema::create().await else {
         return;
     };
-    let base = ticketd_tests::database_url().expect("set");
-    let sep = if base.contains('?') { '&' } else { '?' };
-    let url = format!("{base}{sep}options=-c%20search_path%3D{}", schema.name);
+    let url = schema.url();
     let dir = tempfile::tempdir().expect("tempdir");
     let acked = kill_during_burst(&url, dir.path()).await;
     let server = Server::start(&url, dir.path(), &[]).await;

@@ -17,9 +17,7 @@ async fn postgres_shutdown_waits_for_a_verification_its_caller_left() {
     let Some(schema) = ticketd_tests::PgTestSchema::create().await else {
         return;
     };
-    let base = ticketd_tests::database_url().expect("set");
-    let sep = if base.contains('?') { '&' } else { '?' };
-    let url = format!("{base}{sep}options=-c%20search_path%3D{}", schema.name);
+    let url = schema.url();
     let dir = tempfile::tempdir().expect("tempdir");
     let mut server = Server::start(&url, dir.path(), &[("TICKETD_SHUTDOWN_TIMEOUT", "60")]).await;
     let at = server.base.clone();

@@ -100,6 +100,15 @@ impl PgTestSchema {
     }
 }
 
+impl PgTestSchema {
+    /// A database URL whose connections use this schema, as a `ticketd` process is given it.
+    pub fn url(&self) -> String {
+        let base = database_url().expect("a schema was made, so the URL is set");
+        let sep = if base.contains('?') { '&' } else { '?' };
+        format!("{base}{sep}options=-c%20search_path%3D{}", self.name)
+    }
+}
+
 impl Drop for PgTestSchema {
     fn drop(&mut self) {
         // Drop runs inside the test's runtime, so the async cleanup gets a thread of its own.

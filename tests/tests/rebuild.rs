@@ -988,6 +988,22 @@ async fn until_someone_waits_on(conn: &mut sqlx::PgConnection, table: &str) {
     }
 }
 
+/// Ends the long transaction `long`; the switch then gets through.
+async fn gets_through_once_it_ends(
+    long: &mut sqlx::PgConnection,
+    switching: tokio::task::JoinHandle<Result<(), StoreError>>,
+) {
+    sqlx::query("COMMIT")
+        .execute(&mut *long)
+        .await
+        .expect("commit");
+    tokio::time::timeout(WAIT, switching)
+        .await
+        .expect("the switch ends")
+        .expect("the task")
+        .expect("the switch gets through once the long transaction ends");
+}
+
 /// `scratch`'s switch of every projection, in a task of its own, then its discard.
 fn switch_in_a_task(
     scratch: Scratch,
@@ -1062,15 +1078,7 @@ async fn postgres_a_switch_lets_go_while_a_long_transaction_holds_a_table() {
         let now = read_checkpoint(&db, p.name()).await.expect("checkpoint");
         assert_eq!(now, *at, "{} not switched yet", p.name());
     }
-    sqlx::query("COMMIT")
-        .execute(&mut long)
-        .await
-        .expect("commit");
-    tokio::time::timeout(WAIT, switching)
-        .await
-        .expect("the switch ends")
-        .expect("the task")
-        .expect("the switch gets through once the long transaction ends");
+    gets_through_once_it_ends(&mut long, switching).await;
     let _ = long.close().await;
     let _ = reader.close().await;
     assert_equal_to_rebuild(&store).await;
@@ -1112,15 +1120,7 @@ async fn postgres_a_switch_in_a_deadlock_lets_go_and_the_reader_reads_on() {
         !switching.is_finished(),
         "the switch waits for the long transaction"
     );
-    sqlx::query("COMMIT")
-        .execute(&mut long)
-        .await
-        .expect("commit");
-    tokio::time::timeout(WAIT, switching)
-        .await
-        .expect("the switch ends")
-        .expect("the task")
-        .expect("the switch gets through once the long transaction ends");
+    gets_through_once_it_ends(&mut long, switching).await;
     assert_equal_to_rebuild(&store).await;
 }
 
