@@ -481,8 +481,8 @@ impl Scratch {
             // by: plans over them would be guesses, and index-only scans (a search ranks its
             // matches by the primary key alone) would read the heap anyway (1 M tickets:
             // search p50 51 ms instead of 33). Before the switch, outside its locks, but for
-            // the tables the bulk path did as soon as they were indexed (`ticket_search`, the
-            // longest).
+            // the tables the bulk path analyzed as soon as they were indexed (`ticket_search`,
+            // the longest; loaded frozen and all-visible, it needs no `VACUUM`).
             let done = self.analyzed.lock().map(|a| a.clone()).unwrap_or_default();
             let left: Vec<&Table> = tables
                 .iter()
