@@ -293,21 +293,7 @@ async fn load_copies(
         .map_err(unavailable)?;
     loop {
         match queue.recv().await.ok_or_else(stopped_short)? {
-            Load::Step(Step { insert, mut rows }) => {
-                let target = target_of(insert)?;
-                // FREEZE: the table was truncated in this transaction.
-                let mut copy = tx
-                    .copy_in_raw(&format!("COPY {target} FROM STDIN (FORMAT binary, FREEZE)"))
-                    .await
-                    .map_err(unavailable)?;
-                let (mut header, mut trailer) = (Vec::new(), Vec::new());
-                copy_in_header(&mut header);
-                copy_in_trailer(&mut trailer);
-                copy.send(header).await.map_err(unavailable)?;
-                copy.send(rows.take()).await.map_err(unavailable)?;
-                copy.send(trailer).await.map_err(unavailable)?;
-                copy.finish().await.map_err(unavailable)?;
-            }
+            Load::Step(step) => copy_frozen(&mut tx, step).await?,
             Load::Commit(indexes, lanes) => {
                 tx.commit().await?;
                 // A second connection, so that the table's builds can take both lanes once
@@ -340,6 +326,25 @@ async fn load_copies(
             }
         }
     }
+}
+
+/// Runs `step` on `conn` as one binary `COPY … FREEZE`: its table must have been created or
+/// truncated in the transaction `conn` is in.
+pub async fn copy_frozen(conn: &mut PgConnection, step: Step) -> Result<(), StoreError> {
+    let Step { insert, mut rows } = step;
+    let target = target_of(insert)?;
+    let mut copy = conn
+        .copy_in_raw(&format!("COPY {target} FROM STDIN (FORMAT binary, FREEZE)"))
+        .await
+        .map_err(unavailable)?;
+    let (mut header, mut trailer) = (Vec::new(), Vec::new());
+    copy_in_header(&mut header);
+    copy_in_trailer(&mut trailer);
+    copy.send(header).await.map_err(unavailable)?;
+    copy.send(rows.take()).await.map_err(unavailable)?;
+    copy.send(trailer).await.map_err(unavailable)?;
+    copy.finish().await.map_err(unavailable)?;
+    Ok(())
 }
 
 /// The loaders of a pass, one per table, started as their tables' first steps come.

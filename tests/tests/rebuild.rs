@@ -1169,7 +1169,8 @@ async fn postgres_a_switch_gives_up_naming_who_holds_the_tables() {
 /// long as a lexeme may be, and no words at all.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_vectors_by_copy_equal_their_text_input() {
-    use ticketd_commands::pgcopy::{copy_in_header, copy_in_trailer};
+    use sqlx::Connection;
+    use ticketd_projections::bulk::{copy_frozen, Step};
     use ticketd_projections::sql::{Bind, CopyRows};
     let Some(t) = ticketd_tests::postgres_store(2).await else {
         return;
@@ -1202,22 +1203,18 @@ async fn postgres_vectors_by_copy_equal_their_text_input() {
         row.extend([0, 0, 0, 0, 0, 0].map(Bind::I64));
         rows.push(&row).expect("row");
     }
+    // As a rebuild's loader does: a transaction that truncated the table, then its `COPY`.
     let mut conn = pool.acquire().await.expect("conn");
-    let mut copy = conn
-        .copy_in_raw(
-            "COPY ticket_search (ticket_id, head, public_comments, private_comments, \
-             last_activity_at, created_at, due_sort, priority_rank, position_tx, position_seq) \
-             FROM STDIN (FORMAT binary)",
-        )
+    let mut tx = conn.begin().await.expect("begin");
+    sqlx::query("TRUNCATE ticket_search")
+        .execute(&mut *tx)
         .await
-        .expect("copy");
-    let (mut header, mut trailer) = (Vec::new(), Vec::new());
-    copy_in_header(&mut header);
-    copy_in_trailer(&mut trailer);
-    copy.send(header).await.expect("header");
-    copy.send(rows.take()).await.expect("rows");
-    copy.send(trailer).await.expect("trailer");
-    copy.finish().await.expect("finish");
+        .expect("truncate");
+    let insert = "INSERT INTO ticket_search (ticket_id, head, public_comments, \
+                  private_comments, last_activity_at, created_at, due_sort, priority_rank, \
+                  position_tx, position_seq)";
+    let step = Step::copy_when(insert, &mut rows, 0).expect("rows");
+    copy_frozen(&mut tx, step).await.expect("copy");
     for (id, text) in ids.iter().zip(texts) {
         let (equal, loaded, typed): (bool, String, String) = sqlx::query_as(
             "SELECT head = $1::tsvector AND public_comments = $1::tsvector \
@@ -1226,7 +1223,7 @@ async fn postgres_vectors_by_copy_equal_their_text_input() {
         )
         .bind(text)
         .bind(id)
-        .fetch_one(&mut *conn)
+        .fetch_one(&mut *tx)
         .await
         .expect("compare");
         assert!(equal, "{text:?}: loaded {loaded}, typed {typed}");
