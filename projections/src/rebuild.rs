@@ -88,6 +88,16 @@ impl Default for SwitchWait {
     }
 }
 
+/// Where a PostgreSQL switch works: the live pool and schema (`base`), the scratch's schema,
+/// and the throw-away schema the live tables move to (the scratch's tag in its name, so the
+/// owner lock covers it too: see `sweep`).
+struct LivePlace<'a> {
+    pool: &'a PgPool,
+    base: &'a str,
+    schema: &'a str,
+    old: String,
+}
+
 /// How an attempt of a PostgreSQL switch ended, when it did not switch.
 enum Attempt {
     /// Its locks were not had within [`SwitchWait::per_attempt`]; nothing changed.
@@ -476,34 +486,48 @@ impl Scratch {
             ensure_checkpoint(live, p.name()).await?;
         }
         let tables = live_tables(live, projections).await?;
-        if let (Database::Postgres(pool), Place::Postgres { schema, .. }) = (live, &self.place) {
-            // Fresh tables have no statistics and no visibility map until autovacuum comes
-            // by: plans over them would be guesses, and index-only scans (a search ranks its
-            // matches by the primary key alone) would read the heap anyway (1 M tickets:
-            // search p50 51 ms instead of 33). Before the switch, outside its locks, but for
-            // the tables the bulk path analyzed as soon as they were indexed (`ticket_search`,
-            // the longest; loaded frozen and all-visible, it needs no `VACUUM`).
-            let done = self.analyzed.lock().map(|a| a.clone()).unwrap_or_default();
-            let left: Vec<&Table> = tables
-                .iter()
-                .filter(|t| !done.iter().any(|d| d == t.name))
-                .collect();
-            vacuum_all(pool, schema, &left).await?;
-        }
+        let (
+            Database::Postgres(pool),
+            Place::Postgres {
+                base,
+                base_oid,
+                schema,
+                ..
+            },
+        ) = (live, &self.place)
+        else {
+            let positions = self.follow(store, live, projections).await?;
+            return self
+                .switch_sqlite(store, live, projections, &tables, &positions)
+                .await;
+        };
+        let at = LivePlace {
+            pool,
+            base,
+            old: format!("ticketd_old_{base_oid}_{}", tag_of(schema)),
+            schema,
+        };
+        // Fresh tables have no statistics and no visibility map until autovacuum comes by:
+        // plans over them would be guesses, and index-only scans (a search ranks its matches by
+        // the primary key alone) would read the heap anyway (1 M tickets: search p50 51 ms
+        // instead of 33). Before the switch, outside its locks, but for the tables the bulk
+        // path analyzed as soon as they were indexed (`ticket_search`, the longest; loaded
+        // frozen and all-visible, but for the rows of the few tickets it replayed after the
+        // load, those whose text might reach the budget).
+        let done = self.analyzed.lock().map(|a| a.clone()).unwrap_or_default();
+        let left: Vec<&Table> = tables
+            .iter()
+            .filter(|t| !done.iter().any(|d| d == t.name))
+            .collect();
+        vacuum_all(pool, schema, &left).await?;
         let started = std::time::Instant::now();
         let mut pause = FIRST_SWITCH_PAUSE;
         let mut attempt = 0u32;
         loop {
             attempt += 1;
             let positions = self.follow(store, live, projections).await?;
-            let (Database::Postgres(pool), Place::Postgres { base, .. }) = (live, &self.place)
-            else {
-                return self
-                    .switch_sqlite(store, live, projections, &tables, &positions)
-                    .await;
-            };
             match self
-                .try_switch_postgres(pool, store, projections, &tables, &positions)
+                .try_switch_postgres(&at, store, projections, &tables, &positions)
                 .await
             {
                 Ok(()) => return Ok(()),
@@ -571,25 +595,18 @@ impl Scratch {
     /// locks were not had in time; the transaction is rolled back and nothing changed.
     async fn try_switch_postgres(
         &self,
-        pool: &PgPool,
+        at: &LivePlace<'_>,
         store: &dyn EventStore,
         projections: &[Arc<dyn Projection>],
         tables: &[Table],
         positions: &[Position],
     ) -> Result<(), Attempt> {
-        let Place::Postgres {
+        let LivePlace {
+            pool,
             base,
-            base_oid,
             schema,
-            ..
-        } = &self.place
-        else {
-            return Err(Attempt::Failed(StoreError::Unavailable(
-                "the scratch place is not of the live store's kind".into(),
-            )));
-        };
-        // The scratch's tag: the owner lock covers it too (see `sweep`).
-        let old = format!("ticketd_old_{base_oid}_{}", tag_of(schema));
+            old,
+        } = at;
         let mut conn = pool
             .acquire()
             .await
@@ -659,7 +676,7 @@ impl Scratch {
             for p in projections {
                 lives.push(checkpoint_on(&mut Conn::Postgres(&mut tx), p.name()).await?);
             }
-            tx.execute(format!("CREATE SCHEMA {}", ident(&old)).as_str())
+            tx.execute(format!("CREATE SCHEMA {}", ident(old)).as_str())
                 .await
                 .map_err(unavailable)?;
             for t in tables {
@@ -667,7 +684,7 @@ impl Scratch {
                     format!(
                         "ALTER TABLE {}.{t} SET SCHEMA {}; ALTER TABLE {}.{t} SET SCHEMA {}",
                         ident(base),
-                        ident(&old),
+                        ident(old),
                         ident(schema),
                         ident(base),
                         t = ident(t.name)
@@ -685,7 +702,7 @@ impl Scratch {
         switched.map_err(Attempt::Failed)?;
         // Back to the pool first: it may hold no other connection for the drop.
         drop(conn);
-        drop_schema(pool, &old).await;
+        drop_schema(pool, old).await;
         Ok(())
     }
 
