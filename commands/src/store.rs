@@ -431,4 +431,10 @@ pub async fn close_pool<DB: sqlx::Database>(pool: &sqlx::Pool<DB>) {
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
         pool.close().await;
     }
+    // Not silently: a connection still open here keeps what the close was for (SQLite's
+    // `-wal` file, a PostgreSQL backend).
+    tracing::warn!(
+        open = pool.size(),
+        "a pool still held connections a second after it was closed"
+    );
 }
