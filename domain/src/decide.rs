@@ -1,6 +1,6 @@
 //! `decide`: the rules of CONTRACT §3–§5 as one pure function from state and command to events.
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, Datelike, Utc};
 
 use crate::command::{
     AddComment, ChangeStatus, Command, CommandKind, EditTicket, Escalate, OpenTicket, Withdraw,
@@ -136,6 +136,9 @@ fn decide_open(
     }
     if let Some(o) = &cmd.org {
         v.id("org", o);
+    }
+    if let Some(due) = &cmd.due_at {
+        v.due_at("due_at", due);
     }
     if actor.role == Role::Public {
         match &cmd.contact_email {
@@ -324,6 +327,9 @@ fn decide_edit(t: &Ticket, actor: &Actor, c: &EditTicket) -> Result<Vec<Event>, 
     if let Some(Some(a)) = &c.assignee {
         v.id("assignee", a);
     }
+    if let Some(Some(due)) = &c.due_at {
+        v.due_at("due_at", due);
+    }
     v.finish()?;
     if !actor.is_staff() {
         if t.requester != actor.id {
@@ -423,6 +429,14 @@ impl Validator {
 
     fn text(&mut self, field: &str, value: &str) {
         self.length(field, value, limits::TEXT_MAX);
+    }
+
+    /// A due date every answer can print as RFC 3339, whose years have four digits: chrono
+    /// reads `+10000-01-01T00:00:00Z` and `-0001-…` too, and would print them so.
+    fn due_at(&mut self, field: &str, value: &DateTime<Utc>) {
+        if !(0..=9999).contains(&value.year()) {
+            self.push(field, "must be a time in the years 0000 to 9999");
+        }
     }
 
     fn reason(&mut self, field: &str, value: &str) {

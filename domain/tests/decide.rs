@@ -611,6 +611,52 @@ fn staff_may_give_an_explicit_due_date_that_beats_the_policy() {
 }
 
 #[test]
+fn a_due_date_has_a_four_digit_year() {
+    let at = |s: &str| DateTime::parse_from_rfc3339(s).expect("time").to_utc();
+    // What chrono's serde reads of `"+10000-01-01T00:00:00Z"` and `"-0001-12-31 23:59:59Z"`.
+    let outside = [
+        Utc.with_ymd_and_hms(10000, 1, 1, 0, 0, 0).single(),
+        Utc.with_ymd_and_hms(-1, 12, 31, 23, 59, 59).single(),
+    ];
+    for due in outside.map(|t| t.expect("time")) {
+        nothing()
+            .when(
+                agent(),
+                open(OpenTicket {
+                    due_at: Some(due),
+                    ..open_cmd("S", "D")
+                }),
+            )
+            .then_invalid(&["due_at"]);
+        ticket_in(Status::Open)
+            .when(
+                agent(),
+                edit(EditTicket {
+                    due_at: Some(Some(due)),
+                    ..EditTicket::default()
+                }),
+            )
+            .then_invalid(&["due_at"]);
+    }
+    for due in [
+        at("0000-01-01T00:00:00Z"),
+        at("9999-12-31T23:59:59.999999Z"),
+    ] {
+        let t = ticket_in(Status::Open)
+            .when(
+                agent(),
+                edit(EditTicket {
+                    due_at: Some(Some(due)),
+                    ..EditTicket::default()
+                }),
+            )
+            .then_ok()
+            .ticket_after();
+        assert_eq!(t.due_at, Some(due));
+    }
+}
+
+#[test]
 fn customer_may_not_give_requester_org_or_due_at() {
     let cases = [
         OpenTicket {
