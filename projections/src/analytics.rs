@@ -739,6 +739,16 @@ pub fn summary_statements(org: bool) -> [(String, &'static str); 5] {
     ]
 }
 
+/// `at` in microseconds, rounded up: the first whole microsecond not before it.
+fn micros_up(at: DateTime<Utc>) -> i64 {
+    let whole = micros(at);
+    if at.timestamp_subsec_nanos().is_multiple_of(1000) {
+        whole
+    } else {
+        whole.saturating_add(1)
+    }
+}
+
 async fn figures(
     conn: &mut Conn<'_>,
     from: DateTime<Utc>,
@@ -752,7 +762,9 @@ async fn figures(
         }
         b
     };
-    let window = || binds(vec![Bind::I64(micros(from)), Bind::I64(micros(to))]);
+    // Stored times are whole microseconds, so `at >= from` and `at < to` (and `due_at < now`)
+    // hold exactly when they hold against each bound rounded up to one.
+    let window = || binds(vec![Bind::I64(micros_up(from)), Bind::I64(micros_up(to))]);
     let [(counts_sql, _), (backlog_sql, _), (overdue_sql, _), (first_sql, _), (resolved_sql, _)] =
         summary_statements(org.is_some());
 
@@ -776,7 +788,7 @@ async fn figures(
         }
     }
     let overdue: Vec<i64> = conn
-        .fetch_column(&overdue_sql, &binds(vec![Bind::I64(micros(now))]))
+        .fetch_column(&overdue_sql, &binds(vec![Bind::I64(micros_up(now))]))
         .await?;
 
     let first: Vec<i64> = conn.fetch_column(&first_sql, &window()).await?;
@@ -803,6 +815,19 @@ mod tests {
         assert_eq!((p.p50, p.p90), (2.0, 3.0));
         let p = percentiles((1..=10).map(|s| s * 1_000_000).collect()).expect("samples");
         assert_eq!((p.p50, p.p90), (5.0, 9.0));
+    }
+
+    /// A bound finer than a microsecond counts the events a stored microsecond puts on its
+    /// side of it: `[from, to)` of §6.5 exactly.
+    #[test]
+    fn bounds_round_up_to_whole_microseconds() {
+        let exact = at(5);
+        assert_eq!(micros_up(exact), micros(exact));
+        let just_after = exact + chrono::Duration::nanoseconds(1);
+        assert_eq!(micros_up(just_after), micros(exact) + 1);
+        let before_epoch = DateTime::from_timestamp(-1, 999_999_001).expect("time");
+        assert_eq!(micros(before_epoch), -1);
+        assert_eq!(micros_up(before_epoch), 0);
     }
 
     const H: i64 = 3_600_000_000;
