@@ -285,6 +285,17 @@ impl CommandHandler {
             return Ok(outcome);
         }
         open.id = Uuid::now_v7();
+        // Refused before a number is drawn: drawing one commits the counter, and a command
+        // that got an error changes nothing (CONTRACT §2), a gap in the numbers included.
+        decide(
+            &None,
+            &Command {
+                actor: actor.clone(),
+                at: now_micros(),
+                kind: CommandKind::Open(open.clone()),
+            },
+            &self.sla,
+        )?;
         open.number = self.store.next_ticket_number().await?;
         self.run(open.id, &actor, CommandKind::Open(open), &options)
             .await

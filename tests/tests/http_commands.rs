@@ -96,6 +96,47 @@ async fn open_answers_the_ticket(s: TestServer) {
     );
 }
 
+/// A refused open draws no ticket number: the next open takes the one after the last ticket's
+/// (CONTRACT §2: a command that got an error changed nothing).
+async fn refused_opens_draw_no_number(s: TestServer) {
+    let first = s
+        .post("/v1/tickets", &s.customer("alice"), ticket_body())
+        .await;
+    assert_eq!(first.status, StatusCode::CREATED, "{}", first.body);
+    let auditor = s.token("audrey", Role::Auditor, None, false);
+    let refusals = [
+        (
+            s.customer("alice"),
+            json!({"subject": "  ", "description": "D"}),
+            422,
+        ),
+        (
+            s.customer("alice"),
+            json!({"subject": "S", "description": "D", "org": "x"}),
+            403,
+        ),
+        (auditor, ticket_body(), 403),
+        (
+            s.agent("agent-1"),
+            json!({"subject": "S", "description": "D", "due_at": "+10000-01-01T00:00:00Z"}),
+            422,
+        ),
+    ];
+    for (token, body, status) in refusals {
+        let a = s.post("/v1/tickets", &token, body).await;
+        assert_eq!(a.status.as_u16(), status, "{}", a.body);
+    }
+    let next = s
+        .post("/v1/tickets", &s.customer("alice"), ticket_body())
+        .await;
+    assert_eq!(next.status, StatusCode::CREATED, "{}", next.body);
+    assert_eq!(
+        next.body["number"].as_u64(),
+        first.body["number"].as_u64().map(|n| n + 1),
+        "the next number"
+    );
+}
+
 async fn only_staff_give_requester_org_or_due(s: TestServer) {
     for extra in [
         json!({"requester": "zed"}),
@@ -1523,6 +1564,7 @@ http_both_backends!(
     metrics_count_requests_and_events,
     open_answers_the_ticket,
     only_staff_give_requester_org_or_due,
+    refused_opens_draw_no_number,
     tokens_are_checked,
     bad_input_is_rejected_and_appends_nothing,
     routes_and_methods_answer_problems,
