@@ -231,6 +231,15 @@ pub struct ServeArgs {
         value_parser = clap::value_parser!(u64).range(1..=3600)
     )]
     pub http_body_timeout: u64,
+    /// Seconds a write to a client may wait for it to read (a client that reads nothing of its
+    /// answer for this long is cut off).
+    #[arg(
+        long = "http-write-timeout",
+        env = "TICKETD_HTTP_WRITE_TIMEOUT",
+        default_value_t = crate::server::Limits::default().write_timeout.as_secs(),
+        value_parser = clap::value_parser!(u64).range(1..=3600)
+    )]
+    pub http_write_timeout: u64,
     /// HTTP connections open at once; past it, new ones wait to be accepted.
     #[arg(
         long = "http-max-connections",
@@ -251,6 +260,7 @@ impl ServeArgs {
             header_read_timeout: Duration::from_secs(self.http_header_timeout),
             body_timeout: Duration::from_secs(self.http_body_timeout),
             max_connections: usize::try_from(self.http_max_connections).unwrap_or(usize::MAX),
+            write_timeout: Duration::from_secs(self.http_write_timeout),
         }
     }
 }

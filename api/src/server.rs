@@ -2,11 +2,14 @@
 //! out. `axum::serve` gives hyper no timer, so hyper's header-read timeout never runs, and it
 //! accepts connections without bound: a client that opens connections and sends nothing (or a
 //! header a byte at a time) held each open for good, until the process ran out of file
-//! descriptors and the store could open no file or connection either.
+//! descriptors and the store could open no file or connection either. Nor has hyper a write
+//! timeout: a client that stops reading its answers held its connection for good.
 
 use std::future::Future;
 use std::io;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::body::Body;
@@ -17,8 +20,10 @@ use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
+use tokio::time::Sleep;
 use tower::ServiceExt;
 
 /// How the server treats its connections.
@@ -35,6 +40,11 @@ pub struct Limits {
     pub body_timeout: Duration,
     /// Connections open at once; past it, new ones wait in the listen backlog.
     pub max_connections: usize,
+    /// A write to a client must make progress within this: a client that stops reading its
+    /// answers (a full socket buffer) is cut off then, instead of holding its connection, and
+    /// a shutdown waiting for it, for good. A slow reader that takes some bytes each time
+    /// keeps its connection, however long the answer.
+    pub write_timeout: Duration,
 }
 
 impl Default for Limits {
@@ -43,6 +53,8 @@ impl Default for Limits {
             header_read_timeout: Duration::from_secs(75),
             body_timeout: Duration::from_secs(30),
             max_connections: 4096,
+            // nginx's `send_timeout` is 60 s.
+            write_timeout: Duration::from_secs(60),
         }
     }
 }
@@ -127,6 +139,7 @@ pub async fn serve(
                 req.extensions_mut().insert(body_timeout);
                 req
             }));
+        let stream = WriteDeadline::new(stream, limits.write_timeout);
         let conn = graceful.watch(builder.serve_connection(TokioIo::new(stream), service));
         tokio::spawn(async move {
             if let Err(e) = conn.await {
@@ -137,6 +150,93 @@ pub async fn serve(
     }
     drop(listener);
     graceful.shutdown().await;
+}
+
+/// A connection whose writes must make progress: a write, flush or shutdown left pending for
+/// the timeout (the client's receive window closed) fails with `TimedOut`, and hyper drops
+/// the connection. Each write that moves bytes starts the clock again.
+struct WriteDeadline<T> {
+    inner: T,
+    timeout: Duration,
+    /// Armed when a write first waits; cleared when one completes.
+    stalled: Option<Pin<Box<Sleep>>>,
+}
+
+impl<T> WriteDeadline<T> {
+    fn new(inner: T, timeout: Duration) -> Self {
+        WriteDeadline {
+            inner,
+            timeout,
+            stalled: None,
+        }
+    }
+
+    /// What a write's poll gives, with the deadline kept: pending past it is an error.
+    fn within<R>(
+        &mut self,
+        cx: &mut Context<'_>,
+        polled: Poll<io::Result<R>>,
+    ) -> Poll<io::Result<R>> {
+        if polled.is_ready() {
+            self.stalled = None;
+            return polled;
+        }
+        let timeout = self.timeout;
+        let stalled = self
+            .stalled
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+        match stalled.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "the client read nothing of its answer in time",
+            ))),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for WriteDeadline<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for WriteDeadline<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let polled = Pin::new(&mut self.inner).poll_write(cx, buf);
+        self.within(cx, polled)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let polled = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        self.within(cx, polled)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let polled = Pin::new(&mut self.inner).poll_flush(cx);
+        self.within(cx, polled)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let polled = Pin::new(&mut self.inner).poll_shutdown(cx);
+        self.within(cx, polled)
+    }
 }
 
 /// A failed accept: a connection reset before it was taken is the client's business; any

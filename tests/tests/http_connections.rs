@@ -1,6 +1,7 @@
 //! The server's connections (api/src/server.rs): a client that sends no request, or sends its
 //! head a byte at a time, is cut off at the header-read timeout; connections past the bound wait
-//! to be accepted instead of using up the process's file descriptors. The store does not
+//! to be accepted instead of using up the process's file descriptors; a client that stops reading
+//! its answers is cut off at the write timeout, and one that reads slowly is not. The store does not
 //! matter here: SQLite.
 
 use std::time::Duration;
@@ -142,4 +143,76 @@ async fn a_body_that_never_ends_is_a_408_and_changes_nothing() {
     assert!(answer.contains("\"code\":\"request_timeout\""), "{answer}");
     let log = ticketd_tests::read_everything(t.store.as_ref(), 100).await;
     assert!(log.is_empty(), "nothing appended: {log:?}");
+}
+
+/// `n` requests for the OpenAPI document on one connection, sent at once, and its length.
+async fn pipelined_openapi(s: &TestServer, conn: &mut TcpStream) -> (usize, usize) {
+    let size = reqwest::get(format!("{}/openapi.json", s.base))
+        .await
+        .expect("get")
+        .bytes()
+        .await
+        .expect("body")
+        .len();
+    // Far more than loopback's socket buffers hold (a few MiB each way).
+    let n = (32 << 20) / size.max(1) + 1;
+    let request = b"GET /openapi.json HTTP/1.1\r\nhost: ticketd\r\n\r\n".repeat(n);
+    conn.write_all(&request).await.expect("send");
+    (n, size)
+}
+
+#[tokio::test]
+async fn a_client_that_reads_no_answer_is_cut_off() {
+    let (_t, s) = server(Limits {
+        write_timeout: Duration::from_secs(1),
+        ..Limits::default()
+    })
+    .await;
+    let mut conn = connect(&s).await;
+    let (n, size) = pipelined_openapi(&s, &mut conn).await;
+    // Reads nothing while the server's writes wait past the timeout...
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    // ...then finds the connection closed after what the buffers held.
+    let got = closed_within(&mut conn, Duration::from_secs(20)).await;
+    assert!(
+        got.len() < n * size,
+        "cut off: {} of {} bytes",
+        got.len(),
+        n * size
+    );
+    // Others are served as ever.
+    let mut other = connect(&s).await;
+    other
+        .write_all(b"GET /healthz HTTP/1.1\r\nhost: ticketd\r\nconnection: close\r\n\r\n")
+        .await
+        .expect("send");
+    let answer = closed_within(&mut other, Duration::from_secs(10)).await;
+    assert!(String::from_utf8_lossy(&answer).starts_with("HTTP/1.1 200"));
+}
+
+#[tokio::test]
+async fn a_slow_reader_gets_its_whole_answer() {
+    let (_t, s) = server(Limits {
+        write_timeout: Duration::from_secs(1),
+        header_read_timeout: Duration::from_secs(2),
+        ..Limits::default()
+    })
+    .await;
+    let mut conn = connect(&s).await;
+    let (n, size) = pipelined_openapi(&s, &mut conn).await;
+    // Reads a part every 300 ms: each write moves within the timeout, so no answer is cut.
+    let mut got = 0usize;
+    let mut buf = vec![0u8; 4 << 20];
+    let whole = timeout(Duration::from_secs(120), async {
+        loop {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            match conn.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(read) => got += read,
+            }
+        }
+    });
+    // The connection ends at the header-read timeout once every answer is through.
+    whole.await.expect("the idle connection closed");
+    assert!(got > n * size, "every answer: {got} bytes of {n} × {size}");
 }
