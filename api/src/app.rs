@@ -16,7 +16,7 @@ use ticketd_commands::postgres::PostgresStore;
 use ticketd_commands::sqlite::SqliteStore;
 use ticketd_commands::{CommandHandler, EventStore};
 use ticketd_domain::SlaPolicy;
-use ticketd_projections::Projector;
+use ticketd_projections::{Projector, Reader};
 
 use crate::auth::Auth;
 use crate::config::{ServeArgs, StoreArgs};
@@ -39,6 +39,9 @@ pub struct AppState {
     pub projector: Option<Arc<Projector>>,
     /// `POST /v1/audit/verify`'s one slot: a second check while one runs is a 503.
     pub verify_slot: Arc<tokio::sync::Semaphore>,
+    /// How long a query's statement may run on PostgreSQL before it is a 503
+    /// ([`ticketd_projections::Reader`]).
+    pub query_timeout: Option<std::time::Duration>,
 }
 
 impl FromRef<AppState> for Arc<Auth> {
@@ -66,6 +69,15 @@ impl AppState {
             auth: Arc::new(auth),
             public_submission,
             verify_slot: Arc::new(tokio::sync::Semaphore::new(1)),
+            query_timeout: Some(crate::config::QUERY_TIMEOUT_DEFAULT),
+        }
+    }
+
+    /// The read models as this server's queries read them.
+    pub fn reader<'a>(&self, reads: &'a Projector) -> Reader<'a> {
+        Reader {
+            db: reads.database(),
+            timeout: self.query_timeout,
         }
     }
 }
@@ -203,12 +215,13 @@ impl OpenedStore {
 pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let auth = Auth::from_secret_or_dir(args.secret.jwt_secret.as_deref(), &args.store.data_dir)?;
     let store = open_store(&args.store).await?;
-    let state = AppState::new(
+    let mut state = AppState::new(
         store.clone(),
         auth,
         args.sla.clone(),
         args.public_submission,
     );
+    state.query_timeout = Some(Duration::from_secs(args.query_timeout));
     let listener = TcpListener::bind(&args.listen)
         .await
         .with_context(|| format!("binding {}", args.listen))?;

@@ -8,6 +8,11 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use ticketd_domain::{Role, SlaPolicy};
 
+/// How long a query's statement may run on PostgreSQL by default: far above any query's
+/// time at a million tickets (the analytics summary of all of them, about 2 s), far below a
+/// client's patience.
+pub const QUERY_TIMEOUT_DEFAULT: Duration = Duration::from_secs(30);
+
 #[derive(Debug, Parser)]
 #[command(
     name = "ticketd",
@@ -240,6 +245,15 @@ pub struct ServeArgs {
         value_parser = clap::value_parser!(u64).range(1..=3600)
     )]
     pub http_write_timeout: u64,
+    /// Seconds a query's statement may run on PostgreSQL (waiting on a lock included) before
+    /// the query answers `503 unavailable`.
+    #[arg(
+        long = "query-timeout",
+        env = "TICKETD_QUERY_TIMEOUT",
+        default_value_t = QUERY_TIMEOUT_DEFAULT.as_secs(),
+        value_parser = clap::value_parser!(u64).range(1..=3600)
+    )]
+    pub query_timeout: u64,
     /// HTTP connections open at once; past it, new ones wait to be accepted.
     #[arg(
         long = "http-max-connections",

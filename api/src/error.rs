@@ -291,7 +291,8 @@ impl From<StoreError> for ApiError {
             StoreError::Unavailable(cause) => {
                 tracing::warn!(error = %cause, "store unavailable");
                 ApiError::unavailable(
-                    "The store could not be reached; the command was not applied. Retry shortly.",
+                    "The store could not be reached or did not answer in time; nothing was changed. \
+                     Retry shortly.",
                 )
             }
             // The handler resolves a lost key race itself; should one surface, a retry answers.

@@ -66,7 +66,7 @@ async fn visible_ticket(
     id: uuid::Uuid,
     actor: &Actor,
 ) -> Result<Ticket, ApiError> {
-    if let Some(t) = tickets::get(reads.database(), id).await? {
+    if let Some(t) = tickets::get(app.reader(reads), id).await? {
         if t.visible_to(actor) {
             return Ok(t);
         }
@@ -319,7 +319,7 @@ pub async fn list(
     let query = parse_list(actor, &params, &app.auth)?;
     let reads = projector(&app)?;
     consistent(reads, &params, tickets::NAME).await?;
-    let (items, next) = tickets::list(reads.database(), &query).await?;
+    let (items, next) = tickets::list(app.reader(reads), &query).await?;
     let now = chrono::Utc::now();
     let page = TicketPage {
         items: items.iter().map(|t| TicketView::new(t, now)).collect(),
@@ -389,7 +389,7 @@ pub async fn feed(
     consistent(reads, &params, feed::NAME).await?;
     visible_now(&app, id, &actor).await?;
     let include_private = actor.role != Role::Customer;
-    let items = feed::feed(reads.database(), id, &types, include_private).await?;
+    let items = feed::feed(app.reader(reads), id, &types, include_private).await?;
     Ok(axum::Json(FeedPage { items }).into_response())
 }
 
@@ -426,7 +426,7 @@ pub async fn read_by(
     let reads = projector(&app)?;
     consistent(reads, &params, feed::NAME).await?;
     visible_now(&app, id, &actor).await?;
-    let items = feed::read_by(reads.database(), id)
+    let items = feed::read_by(app.reader(reads), id)
         .await?
         .into_iter()
         .map(|r| Reader {
@@ -518,7 +518,7 @@ pub async fn analytics_summary(
     let reads = projector(&app)?;
     // Every figure, the backlog included, comes from the `analytics` tables.
     consistent(reads, &params, analytics::NAME).await?;
-    let s = analytics::summary(reads.database(), from, to, org.as_deref(), now).await?;
+    let s = analytics::summary(app.reader(reads), from, to, org.as_deref(), now).await?;
     let count = |k: &str| s.counts.get(k).copied().unwrap_or(0);
     let spread = |p: Option<analytics::Percentiles>| {
         p.map(|p| Spread {

@@ -22,7 +22,7 @@ use crate::bulk::{copy_all, Fold, Sink, Step};
 use crate::kept::{Keeper, Weigh};
 
 use crate::sql::{unavailable, Bind, Conn, CopyRows};
-use crate::{micros, Projection};
+use crate::{micros, Projection, Reader};
 
 pub const NAME: &str = "analytics";
 
@@ -661,14 +661,15 @@ pub fn active_statuses_sql() -> String {
 
 /// The figures for `[from, to)`, narrowed to `org` when given; "now" figures as of `now`.
 /// Read in one transaction, so the figures agree with each other.
-pub async fn summary(
-    db: &Database,
+pub async fn summary<'a>(
+    reader: impl Into<Reader<'a>>,
     from: DateTime<Utc>,
     to: DateTime<Utc>,
     org: Option<&str>,
     now: DateTime<Utc>,
 ) -> Result<Summary, StoreError> {
-    match db {
+    let reader = reader.into();
+    match reader.db {
         Database::Sqlite(pool) => {
             // A deferred transaction: its first read fixes the snapshot, and it never writes.
             let mut tx = pool.begin().await.map_err(unavailable)?;
@@ -677,13 +678,8 @@ pub async fn summary(
             Ok(s)
         }
         Database::Postgres(pool) => {
-            let mut tx = pool.begin().await.map_err(unavailable)?;
+            let mut tx = reader.begin(pool, Some("REPEATABLE READ")).await?;
             let mut conn = Conn::Postgres(&mut tx);
-            conn.execute(
-                "SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY",
-                &[],
-            )
-            .await?;
             let s = figures(&mut conn, from, to, org, now).await?;
             tx.rollback().await.map_err(unavailable)?;
             Ok(s)

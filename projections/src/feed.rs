@@ -10,12 +10,12 @@ use serde_json::Value;
 use uuid::Uuid;
 
 use ticketd_commands::handler::decode;
-use ticketd_commands::{Database, Position, StoreError, StoredEvent};
+use ticketd_commands::{Position, StoreError, StoredEvent};
 use ticketd_domain::{Event, Recorded, Visibility};
 
 use crate::bulk::{copy_all, Fold, Sink, Step};
 use crate::sql::{Bind, Conn, CopyRows};
-use crate::{micros, Pooled, Projection};
+use crate::{micros, Projection, Reader};
 
 pub const NAME: &str = "feed";
 
@@ -282,8 +282,8 @@ impl Fold for FeedFold {
 
 /// A ticket's feed, oldest first: entries of `types` (all but `read` when empty), without
 /// private ones unless `include_private`.
-pub async fn feed(
-    db: &Database,
+pub async fn feed<'a>(
+    reader: impl Into<Reader<'a>>,
     ticket: Uuid,
     types: &[String],
     include_private: bool,
@@ -305,7 +305,7 @@ pub async fn feed(
         sql.push_str(" AND private = 0");
     }
     sql.push_str(" ORDER BY version");
-    let mut pooled = Pooled::acquire(db).await?;
+    let mut pooled = reader.into().acquire().await?;
     let rows: Vec<(String, String, Option<Uuid>, Option<i64>)> =
         pooled.conn().fetch_four(&sql, &binds).await?;
     rows.into_iter()
@@ -341,8 +341,11 @@ pub struct ReadBy {
 }
 
 /// Who read a ticket, by their latest read, oldest first.
-pub async fn read_by(db: &Database, ticket: Uuid) -> Result<Vec<ReadBy>, StoreError> {
-    let mut pooled = Pooled::acquire(db).await?;
+pub async fn read_by<'a>(
+    reader: impl Into<Reader<'a>>,
+    ticket: Uuid,
+) -> Result<Vec<ReadBy>, StoreError> {
+    let mut pooled = reader.into().acquire().await?;
     let rows: Vec<(String, Option<String>, i64, i64)> = pooled
         .conn()
         .fetch_four(

@@ -416,6 +416,9 @@ impl Projector {
 pub enum Pooled {
     Sqlite(PoolConnection<Sqlite>),
     Postgres(PoolConnection<Postgres>),
+    /// A read-only PostgreSQL transaction, its statements bounded ([`Reader`]); dropped, it
+    /// rolls back (sqlx sends the `ROLLBACK` as the connection goes back to the pool).
+    PostgresReading(sqlx::Transaction<'static, Postgres>),
 }
 
 impl Pooled {
@@ -430,7 +433,59 @@ impl Pooled {
         match self {
             Pooled::Sqlite(c) => Conn::Sqlite(c),
             Pooled::Postgres(c) => Conn::Postgres(c),
+            Pooled::PostgresReading(tx) => Conn::Postgres(tx),
         }
+    }
+}
+
+/// The read models as a query reads them: their database and, on PostgreSQL, how long each
+/// of the query's statements may run (`statement_timeout`, for a read-only transaction), so
+/// that a query stuck behind a lock (an operator's `ALTER TABLE`, an analytics job's `LOCK`)
+/// or running away fails as the store unavailable instead of holding a connection for good.
+/// SQLite needs no bound: in WAL mode a reader waits on no writer. From a bare `&Database`,
+/// unbounded.
+#[derive(Clone, Copy)]
+pub struct Reader<'a> {
+    pub db: &'a Database,
+    pub timeout: Option<Duration>,
+}
+
+impl<'a> From<&'a Database> for Reader<'a> {
+    fn from(db: &'a Database) -> Self {
+        Reader { db, timeout: None }
+    }
+}
+
+impl Reader<'_> {
+    /// A connection to run the query on: on PostgreSQL with a timeout, in a read-only
+    /// transaction bounded by it.
+    pub async fn acquire(self) -> Result<Pooled, StoreError> {
+        match (self.db, self.timeout) {
+            (Database::Postgres(pool), Some(_)) => {
+                Ok(Pooled::PostgresReading(self.begin(pool, None).await?))
+            }
+            _ => Pooled::acquire(self.db).await,
+        }
+    }
+
+    /// A read-only transaction on `pool` (at `isolation`, e.g. `REPEATABLE READ`, when given)
+    /// whose statements the timeout bounds, if there is one: begun in one round trip.
+    pub async fn begin(
+        &self,
+        pool: &PgPool,
+        isolation: Option<&str>,
+    ) -> Result<sqlx::Transaction<'static, Postgres>, StoreError> {
+        let mut begin = String::from("BEGIN");
+        if let Some(level) = isolation {
+            begin.push_str(" ISOLATION LEVEL ");
+            begin.push_str(level);
+        }
+        begin.push_str(" READ ONLY");
+        if let Some(timeout) = self.timeout {
+            let millis = timeout.as_millis().clamp(1, i32::MAX as u128);
+            begin.push_str(&format!("; SET LOCAL statement_timeout = {millis}"));
+        }
+        pool.begin_with(begin).await.map_err(unavailable)
     }
 }
 

@@ -19,7 +19,7 @@ use crate::bulk::{Fold, Sink, Step, CHUNK_BYTES};
 use crate::kept::{Keeper, Weigh};
 use crate::keys::{keys, Keys, RecentKeys, Snapshot, CURSOR_TTL_MICROS};
 use crate::sql::{Bind, Conn, CopyRows};
-use crate::{micros, position_from, tx_i64, Pooled, Projection};
+use crate::{micros, position_from, tx_i64, Pooled, Projection, Reader};
 
 pub const NAME: &str = "tickets";
 
@@ -888,8 +888,11 @@ pub fn words(q: &str) -> Vec<String> {
 }
 
 /// One ticket as the read model has it (visibility is the caller's to check).
-pub async fn get(db: &Database, id: Uuid) -> Result<Option<Ticket>, StoreError> {
-    let mut pooled = Pooled::acquire(db).await?;
+pub async fn get<'a>(
+    reader: impl Into<Reader<'a>>,
+    id: Uuid,
+) -> Result<Option<Ticket>, StoreError> {
+    let mut pooled = reader.into().acquire().await?;
     match load(&mut pooled.conn(), id).await? {
         Some(json) => serde_json::from_str(&json)
             .map(Some)
@@ -1931,23 +1934,24 @@ pub async fn auto_plan(db: &Database, q: &ListQuery) -> Result<TextPlan, StoreEr
 }
 
 /// A page of the list and the cursor of the next one, if any.
-pub async fn list(
-    db: &Database,
+pub async fn list<'a>(
+    reader: impl Into<Reader<'a>>,
     q: &ListQuery,
 ) -> Result<(Vec<Ticket>, Option<Cursor>), StoreError> {
-    list_with(db, q, TextPlan::Auto).await
+    list_with(reader, q, TextPlan::Auto).await
 }
 
 /// [`list`], with the way a search finds its tickets chosen rather than left to
 /// [`TextPlan::Auto`] (tests run every plan against the same rows).
-pub async fn list_with(
-    db: &Database,
+pub async fn list_with<'a>(
+    reader: impl Into<Reader<'a>>,
     q: &ListQuery,
     plan: TextPlan,
 ) -> Result<(Vec<Ticket>, Option<Cursor>), StoreError> {
-    let backend = Backend::of(db);
+    let reader = reader.into();
+    let backend = Backend::of(reader.db);
     let text = text_query(&q.words, staff(&q.viewer), backend);
-    let mut pooled = Pooled::acquire(db).await?;
+    let mut pooled = reader.acquire().await?;
     let mut conn = pooled.conn();
     let (text, plan) = planned(&mut conn, q, text, plan).await?;
     // A search is planned for its very words (see `Conn::fetch_column_unprepared`).

@@ -94,8 +94,21 @@ impl TestServer {
         public_submission: bool,
         limits: Limits,
     ) -> TestServer {
+        TestServer::start_tuned(store, limits, |state| {
+            state.public_submission = public_submission;
+        })
+        .await
+    }
+
+    /// A server whose connections have `limits`, its state as `tune` leaves it.
+    pub async fn start_tuned(
+        store: Arc<dyn EventStore>,
+        limits: Limits,
+        tune: impl FnOnce(&mut AppState),
+    ) -> TestServer {
         let auth = Auth::new(SECRET.as_bytes().to_vec()).expect("test secret is long enough");
-        let state = AppState::new(store.clone(), auth, SlaPolicy::default(), public_submission);
+        let mut state = AppState::new(store.clone(), auth, SlaPolicy::default(), false);
+        tune(&mut state);
         let auth = state.auth.clone();
         let projector = state.projector.clone();
         let verify_slot = state.verify_slot.clone();

@@ -6,6 +6,7 @@ use std::collections::BTreeSet;
 
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
+use sqlx::Connection;
 
 use ticketd_commands::Database;
 use ticketd_domain::Role;
@@ -1653,6 +1654,70 @@ http_both_backends!(
     a_filter_value_repeated_counts_once,
     one_ticket_with_etag_and_min_position,
 );
+
+/// PostgreSQL: a query stuck behind a lock (an operator's `LOCK TABLE`) answers `503` with
+/// `Retry-After` at the query timeout and gives its connection back; once the lock is gone,
+/// the same queries answer.
+#[tokio::test]
+async fn postgres_a_query_behind_a_lock_answers_503_at_its_timeout() {
+    let Some(t) = ticketd_tests::postgres_store(6).await else {
+        return;
+    };
+    let s = TestServer::start_tuned(t.store.clone(), Default::default(), |state| {
+        state.query_timeout = Some(std::time::Duration::from_secs(1));
+    })
+    .await;
+    let alice = s.customer("alice");
+    let a = s
+        .post(
+            "/v1/tickets",
+            &alice,
+            json!({"subject": "Locked out", "description": "D"}),
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::CREATED, "{}", a.body);
+    let id = a.body["id"].as_str().expect("id").to_owned();
+    let position = a.body["position"].as_str().expect("position").to_owned();
+    let list = format!("/v1/tickets?min_position={position}");
+    let one = format!("/v1/tickets/{id}");
+    let admin = s.token("root", Role::Admin, None, false);
+    let summary = "/v1/analytics/summary";
+    assert_eq!(ids(&s.get(&list, &alice).await), vec![id.clone()]);
+
+    let mut operator = sqlx::PgConnection::connect_with(&t.schema.options)
+        .await
+        .expect("connect");
+    sqlx::raw_sql("BEGIN; LOCK TABLE tickets, analytics_ticket_facts IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut operator)
+        .await
+        .expect("lock");
+    // More queries than the pool has connections: each gives its own back at the timeout.
+    for _ in 0..3 {
+        for (path, token) in [
+            (&list, &alice),
+            (&one, &alice),
+            (&summary.to_owned(), &admin),
+        ] {
+            let started = std::time::Instant::now();
+            let a = s.get(path, token).await;
+            a.assert_problem(503, "unavailable");
+            assert!(a.header("retry-after").is_some(), "{path}");
+            let took = started.elapsed();
+            assert!(
+                took >= std::time::Duration::from_millis(900)
+                    && took < std::time::Duration::from_secs(4),
+                "{path} answered in {took:?}"
+            );
+        }
+    }
+    sqlx::raw_sql("ROLLBACK")
+        .execute(&mut operator)
+        .await
+        .expect("unlock");
+    assert_eq!(ids(&s.get(&list, &alice).await), vec![id.clone()]);
+    assert_eq!(s.get(&one, &alice).await.status, StatusCode::OK);
+    assert_eq!(s.get(summary, &admin).await.status, StatusCode::OK);
+}
 
 /// The OpenAPI document lists the queries.
 #[tokio::test]
