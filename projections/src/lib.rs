@@ -485,7 +485,15 @@ impl Reader<'_> {
             let millis = timeout.as_millis().clamp(1, i32::MAX as u128);
             begin.push_str(&format!("; SET LOCAL statement_timeout = {millis}"));
         }
-        pool.begin_with(begin).await.map_err(unavailable)
+        // Begun in a task of its own: sqlx counts the transaction only once the server has
+        // answered the `BEGIN`, so a request dropped (its client gone) while it is in flight
+        // would put the connection back in the pool inside a read-only transaction nobody
+        // ends. The task finishes the `BEGIN`; a transaction it hands to nobody rolls back.
+        let pool = pool.clone();
+        tokio::spawn(async move { pool.begin_with(begin).await })
+            .await
+            .map_err(|e| StoreError::Unavailable(format!("beginning a query's transaction: {e}")))?
+            .map_err(unavailable)
     }
 }
 

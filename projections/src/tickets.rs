@@ -1731,12 +1731,14 @@ fn staff(viewer: &Actor) -> bool {
 /// The planner's estimate of how many tickets hold every word anywhere (the rows of the
 /// index's condition alone; a customer's matches are among them), or `None` if `EXPLAIN` says
 /// something unexpected. A customer's own check is left out: the planner has no statistics
-/// for its expression and would guess it at a fixed fraction.
-async fn pg_estimate(conn: &mut Conn<'_>, words: &[String]) -> Option<f64> {
+/// for its expression and would guess it at a fixed fraction. An `EXPLAIN` that fails (its
+/// statement timed out) fails the query: in the query's transaction, nothing after it could
+/// run.
+async fn pg_estimate(conn: &mut Conn<'_>, words: &[String]) -> Result<Option<f64>, StoreError> {
     let (cond, binds) = pg_text_condition(words, true);
     let sql = format!("EXPLAIN SELECT 1 FROM ticket_search s WHERE {cond}");
-    let lines: Vec<String> = conn.fetch_column_unprepared(&sql, &binds).await.ok()?;
-    plan_rows(lines.first()?)
+    let lines: Vec<String> = conn.fetch_column_unprepared(&sql, &binds).await?;
+    Ok(lines.first().and_then(|line| plan_rows(line)))
 }
 
 /// SQLite: the phrases, those in the fewest parts first (so the walk rejects a ticket at the
@@ -1893,7 +1895,7 @@ async fn planned(
     Ok(match (text, plan) {
         (TextQuery::Postgres { all, words }, TextPlan::Auto) => {
             // Without an estimate, the planner decides as it would anyway.
-            let plan = match pg_estimate(conn, &words).await {
+            let plan = match pg_estimate(conn, &words).await? {
                 Some(rows) if rows <= FROM_INDEX_MAX as f64 => TextPlan::FromIndex,
                 _ => TextPlan::Walk,
             };

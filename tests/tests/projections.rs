@@ -2,6 +2,7 @@
 //! checkpoint after a restart, stopping at (and retrying) a failing event without skipping or
 //! repeating one, and on PostgreSQL one leader per projection with takeover.
 
+use std::future::Future;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -1602,6 +1603,52 @@ async fn postgres_one_leader_and_takeover() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_a_leader_shut_down_hands_over() {
     one_leader_and_takeover(true).await;
+}
+
+/// PostgreSQL: a query dropped while its `BEGIN` is in flight (its client gone) leaves no
+/// transaction on the connection it goes back to the pool with: the next borrower is neither
+/// read-only nor under the query's statement timeout.
+#[tokio::test]
+async fn postgres_a_query_dropped_mid_begin_leaves_no_transaction() {
+    let Some(schema) = ticketd_tests::PgTestSchema::create().await else {
+        return;
+    };
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .connect_with(schema.options.clone())
+        .await
+        .expect("pool");
+    let db = Database::Postgres(pool.clone());
+    for polls in 1..=40 {
+        let reader = ticketd_projections::Reader {
+            db: &db,
+            timeout: Some(Duration::from_millis(1234)),
+        };
+        let mut begin = Box::pin(reader.acquire());
+        // Polled `polls` times, the runtime let run between: at some count the `BEGIN` has
+        // gone out and its answer is not in yet. Then dropped.
+        for _ in 0..polls {
+            let ready = std::future::poll_fn(|cx| {
+                std::task::Poll::Ready(begin.as_mut().poll(cx).is_ready())
+            })
+            .await;
+            if ready {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+        drop(begin);
+        // What a dropped future leaves behind settles: the connection back in the pool.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let (read_only, timeout): (String, String) = sqlx::query_as(
+            "SELECT current_setting('transaction_read_only'), current_setting('statement_timeout')",
+        )
+        .fetch_one(&pool)
+        .await
+        .expect("the next borrower");
+        assert_eq!((read_only.as_str(), timeout.as_str()), ("off", "0"));
+    }
+    pool.close().await;
 }
 
 /// PostgreSQL: a projection's long batch holds the others back from nothing. Its transaction
