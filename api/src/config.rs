@@ -246,12 +246,13 @@ pub struct ServeArgs {
     )]
     pub http_write_timeout: u64,
     /// Seconds a query's statement may run on PostgreSQL (waiting on a lock included) before
-    /// the query answers `503 unavailable`.
+    /// the query answers `503 unavailable`; 0: no bound, and no transaction around a query
+    /// (one round trip less each).
     #[arg(
         long = "query-timeout",
         env = "TICKETD_QUERY_TIMEOUT",
         default_value_t = QUERY_TIMEOUT_DEFAULT.as_secs(),
-        value_parser = clap::value_parser!(u64).range(1..=3600)
+        value_parser = clap::value_parser!(u64).range(0..=3600)
     )]
     pub query_timeout: u64,
     /// HTTP connections open at once; past it, new ones wait to be accepted.
@@ -400,6 +401,23 @@ mod tests {
             }
         }
         assert!(seen >= 10, "{seen} settings");
+    }
+
+    #[test]
+    fn query_timeout_bounds_or_is_off() {
+        let serve = |extra: &[&str]| {
+            let mut argv = vec!["ticketd", "serve"];
+            argv.extend_from_slice(extra);
+            match Cli::try_parse_from(argv).map(|c| c.command) {
+                Ok(Command::Serve(args)) => Ok(args.query_timeout),
+                Ok(_) => panic!("not serve"),
+                Err(e) => Err(e),
+            }
+        };
+        assert_eq!(serve(&[]).ok(), Some(QUERY_TIMEOUT_DEFAULT.as_secs()));
+        assert_eq!(serve(&["--query-timeout", "0"]).ok(), Some(0));
+        assert!(serve(&["--query-timeout", "3601"]).is_err());
+        assert!(serve(&["--query-timeout", "-1"]).is_err());
     }
 
     #[test]
