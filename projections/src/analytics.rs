@@ -21,7 +21,7 @@ use ticketd_domain::{Channel, Event, Priority, Recorded, Status, Visibility};
 use crate::bulk::{copy_all, Fold, Sink, Step};
 use crate::kept::{Keeper, Weigh};
 
-use crate::sql::{unavailable, Bind, Conn, CopyRows};
+use crate::sql::{pg_text, unavailable, Bind, Conn, CopyRows};
 use crate::{micros, Projection, Reader};
 
 pub const NAME: &str = "analytics";
@@ -515,7 +515,12 @@ impl Fold for AnalyticsFold {
             self.counted.push(&event_binds(&f, kind, at))?;
         }
         if !daily.is_zero() {
-            let org = f.org.clone().unwrap_or_else(|| NO_ORG.to_owned());
+            // Keyed as PostgreSQL holds the org (the fold is its bulk load): there `o\0rg` and
+            // `o\u{FFFD}rg` are one org, whose day the batched path adds up.
+            let org = f
+                .org
+                .as_deref()
+                .map_or_else(|| NO_ORG.to_owned(), |o| pg_text(o).into_owned());
             self.days
                 .entry((day(recorded.recorded_at), org))
                 .or_default()

@@ -261,8 +261,15 @@ struct FeedFold {
 
 impl Fold for FeedFold {
     fn add(&mut self, event: &StoredEvent, recorded: &Recorded) -> Result<(), StoreError> {
-        let (entry, read) = rows_of(event, recorded)?;
+        let (entry, mut read) = rows_of(event, recorded)?;
         self.entries.push(&entry)?;
+        // Merged as PostgreSQL holds the reader (the fold is its bulk load): there `m\0` and
+        // `m\u{FFFD}` are one reader, whose row the batched path's conflict clause updates.
+        if let Some(Bind::Text(member)) = read.as_mut().and_then(|r| r.get_mut(1)) {
+            if let std::borrow::Cow::Owned(held) = crate::sql::pg_text(member) {
+                *member = held;
+            }
+        }
         self.reads.add(read);
         Ok(())
     }

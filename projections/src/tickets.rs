@@ -554,10 +554,12 @@ impl Fold for TicketsFold {
             };
             texts.push(&text)?;
             tickets.push(&h.row.binds()?)?;
-            // The batched path's conflict clause drops a member named twice.
-            let members: std::collections::BTreeSet<&String> = h.row.t.cc.iter().collect();
+            // The batched path's conflict clause drops a member named twice, as PostgreSQL
+            // holds it: `c\0c` and `c\u{FFFD}c` are one member there (`pg_text`).
+            let members: std::collections::BTreeSet<_> =
+                h.row.t.cc.iter().map(|m| crate::sql::pg_text(m)).collect();
             for m in members {
-                cc.push(&[Bind::Uuid(h.row.t.id), Bind::Text(m.clone())])?;
+                cc.push(&[Bind::Uuid(h.row.t.id), Bind::Text(m.into_owned())])?;
             }
             // The search rows first: their vectors are the longest load.
             Step::copy_when(SEARCH_INSERT, &mut texts, CHUNK_BYTES).map_or(Ok(()), &mut *out)?;

@@ -887,8 +887,76 @@ async fn a_switch_leaves_the_runners_nothing_of_the_old_rows(store: Arc<dyn Even
     assert_equal_to_rebuild(&store).await;
 }
 
+/// Ids and orgs that differ only by a U+0000 where the other has U+FFFD (PostgreSQL's text
+/// holds the first as the second), as an older build or an import could have logged them:
+/// two orgs' tickets opened the same day, a CC of both, a reader of both. Projected batch by
+/// batch, they equal a rebuild, whose bulk load on PostgreSQL merges them as the batches do.
+async fn ids_alike_but_for_a_nul_equal_their_rebuild(store: Arc<dyn EventStore>) {
+    use ticketd_domain::{event, Channel, Event, Metadata, Priority, ZERO_HASH};
+    let metadata = |id: &str| {
+        Metadata {
+            actor: Actor {
+                id: id.into(),
+                name: Some(format!("{id} name")),
+                role: Role::Agent,
+                org: None,
+                org_wide: false,
+            },
+            correlation_id: None,
+            causation_id: None,
+            idempotency_key: None,
+        }
+        .encode()
+        .expect("metadata")
+    };
+    let new_event = |e: &Event, by: &str| ticketd_commands::NewEvent {
+        event_id: uuid::Uuid::now_v7(),
+        event_type: e.type_name().to_owned(),
+        schema_version: e.schema_version(),
+        recorded_at: chrono::Utc::now(),
+        metadata: metadata(by),
+        payload: e.encode().expect("encode"),
+    };
+    let mut last = Position::START;
+    for org in ["o\u{0}rg", "o\u{FFFD}rg"] {
+        let id = uuid::Uuid::now_v7();
+        let opened = Event::Opened(event::Opened {
+            ticket_id: id,
+            number: store.next_ticket_number().await.expect("number"),
+            subject: "s".into(),
+            description: "d".into(),
+            priority: Priority::None,
+            channel: Channel::Web,
+            requester: "req".into(),
+            requester_name: None,
+            org: Some(org.into()),
+            cc: vec!["c\u{0}c".into(), "c\u{FFFD}c".into()],
+            fields: Default::default(),
+            due_at: None,
+            contact_email: None,
+        });
+        let read = Event::Read(event::Read {});
+        let events = vec![
+            new_event(&opened, "agent"),
+            new_event(&read, "m\u{0}"),
+            new_event(&read, "m\u{FFFD}"),
+        ];
+        let appended = store
+            .append(ticketd_tests::request(id, 0, ZERO_HASH, events))
+            .await
+            .expect("append");
+        last = appended.events.last().expect("events").position;
+    }
+    let db = store.database().expect("database");
+    let projector = Projector::start_with(store.clone(), db.clone(), all());
+    wait_all(&projector, last).await;
+    drop(projector);
+    assert_equal_to_rebuild(&store).await;
+}
+
 both_backends!(
     a_switch_leaves_the_runners_nothing_of_the_old_rows,
+    ids_alike_but_for_a_nul_equal_their_rebuild,
     a_switch_keeps_what_the_live_projections_applied,
     a_switch_holds_no_log_reader_back,
     long_threads_in_live_batches_equal_rebuild,
