@@ -204,9 +204,12 @@ pub async fn log(
     State(app): State<AppState>,
     Caller(actor): Caller,
     headers: HeaderMap,
-    query: QueryParams,
+    query: Result<QueryParams, ApiError>,
 ) -> Result<Response, ApiError> {
+    // The role before the request's parameters: everyone else gets 403 (CONTRACT §7), even
+    // with a query string that does not parse.
     require_auditor(&actor)?;
+    let query = query?;
     query.only(&["after", "limit", "min_position"])?;
     let after = query.position("after")?;
     if let Some(wanted) = query.min_position()? {
@@ -328,10 +331,11 @@ async fn fail(lines: &tokio::sync::mpsc::Sender<Chunk>, after: Position, e: Stri
 pub async fn ticket_events(
     State(app): State<AppState>,
     Caller(actor): Caller,
-    IdPath(id): IdPath,
-    query: QueryParams,
+    id: Result<IdPath, ApiError>,
+    query: Result<QueryParams, ApiError>,
 ) -> Result<Response, ApiError> {
     require_auditor(&actor)?;
+    let (IdPath(id), query) = (id?, query?);
     query.only(&["min_position"])?;
     // Checked, but nothing to wait for: a stream is read directly, so it holds every event
     // that was acknowledged.
@@ -367,10 +371,11 @@ pub(crate) fn parse_time(raw: &str) -> Option<DateTime<Utc>> {
 pub async fn ticket_state(
     State(app): State<AppState>,
     Caller(actor): Caller,
-    IdPath(id): IdPath,
-    query: QueryParams,
+    id: Result<IdPath, ApiError>,
+    query: Result<QueryParams, ApiError>,
 ) -> Result<Response, ApiError> {
     require_auditor(&actor)?;
+    let (IdPath(id), query) = (id?, query?);
     query.only(&["as_of", "min_position"])?;
     // As for a ticket's events: its stream is never behind.
     query.min_position()?;
@@ -472,9 +477,10 @@ impl From<Report> for VerifyReport {
 pub async fn verify(
     State(app): State<AppState>,
     Caller(actor): Caller,
-    params: QueryParams,
+    params: Result<QueryParams, ApiError>,
 ) -> Result<Response, ApiError> {
     require_auditor(&actor)?;
+    let params = params?;
     params.only(&["projections"])?;
     let projections = match params.get("projections") {
         None | Some("true") => true,

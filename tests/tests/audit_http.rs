@@ -356,6 +356,21 @@ async fn only_auditors_and_admins(s: TestServer) {
             assert_eq!(a.status, StatusCode::OK, "{method} {path}: {}", a.body);
         }
     }
+    // Their requests' parameters unread: a path id or a query string that does not parse is
+    // the same 403 to them (and a 400 to an auditor).
+    for (method, path) in [
+        (Method::GET, "/v1/audit/events?after=1&after=2"),
+        (Method::GET, "/v1/audit/tickets/not-a-uuid/events"),
+        (Method::GET, "/v1/audit/tickets/not-a-uuid/state?as_of=x"),
+        (Method::POST, "/v1/audit/verify?projections=1&projections=2"),
+    ] {
+        s.call(method.clone(), path, Some(&s.customer("alice")), None, &[])
+            .await
+            .assert_problem(403, "forbidden");
+        s.call(method, path, Some(&auditor(&s)), None, &[])
+            .await
+            .assert_problem(400, "malformed_request");
+    }
     // Auditors still run no command.
     s.post(
         &format!("/v1/tickets/{id}/comments"),
