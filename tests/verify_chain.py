@@ -175,6 +175,9 @@ def main(argv):
         if args.anchor:
             with open(args.anchor, encoding="utf-8") as f:
                 anchors = anchors_of(f)
+            if not anchors:
+                # As `ticketd verify --anchor`: an empty anchor would check nothing.
+                raise ValueError("the anchor %s holds no events" % args.anchor)
         if args.export == "-":
             result = verify(sys.stdin, anchors)
         else:
