@@ -12,6 +12,7 @@ use ticketd_commands::verify::{verify_store_with, Report, Verifier};
 use ticketd_commands::{EventBatch, EventRef, EventStore, Position, StoredEvent};
 use ticketd_domain::HASH_LEN;
 
+use crate::app::OpenedStore;
 use crate::config::{ExportArgs, Format, ImportArgs, VerifyArgs};
 use crate::ndjson::LineWriter;
 use crate::record::AuditEvent;
@@ -381,18 +382,15 @@ impl<R: BufRead> Iterator for Records<R> {
     }
 }
 
-/// A store import can write into: opened (and migrated) by `OpenedStore::open`.
-pub use crate::app::OpenedStore as Target;
-
 /// Loads `records` into the empty store `target`, in one transaction. Every chain is checked
 /// on the way in; on any finding nothing is written.
 pub async fn import_from(
-    target: &Target,
+    target: &OpenedStore,
     records: impl Iterator<Item = anyhow::Result<StoredEvent>>,
 ) -> anyhow::Result<Imported> {
     let mut importer = match target {
-        Target::Sqlite(s) => Importer::sqlite(s).await,
-        Target::Postgres(s) => Importer::postgres(s).await,
+        OpenedStore::Sqlite(s) => Importer::sqlite(s).await,
+        OpenedStore::Postgres(s) => Importer::postgres(s).await,
     }
     .map_err(|e| match e {
         ticketd_commands::StoreError::Conflict { .. } => {
@@ -443,7 +441,7 @@ pub async fn import_from(
 
 /// `ticketd import`.
 pub async fn import(args: &ImportArgs) -> anyhow::Result<()> {
-    let target = Target::open(&args.store, true).await?;
+    let target = OpenedStore::open(&args.store, true).await?;
     let input: Box<dyn BufRead> = if args.input == Path::new("-") {
         Box::new(BufReader::new(std::io::stdin().lock()))
     } else {

@@ -9,8 +9,9 @@ use reqwest::StatusCode;
 use serde_json::{json, Value};
 use uuid::Uuid;
 
+use ticketd_api::app::OpenedStore;
 use ticketd_api::config::Format;
-use ticketd_api::transfer::{export_to, import_from, read_records, Selection, Target};
+use ticketd_api::transfer::{export_to, import_from, read_records, Selection};
 use ticketd_commands::verify::verify_store;
 use ticketd_commands::EventStore;
 use ticketd_tests::http::TestServer;
@@ -75,7 +76,7 @@ async fn export(store: &dyn EventStore, format: Format) -> Vec<u8> {
     out
 }
 
-async fn import(target: &Target, bytes: &[u8], format: Format) -> anyhow::Result<u64> {
+async fn import(target: &OpenedStore, bytes: &[u8], format: Format) -> anyhow::Result<u64> {
     let records = read_records(bytes, format)?;
     import_from(target, records.into_iter().map(Ok))
         .await
@@ -108,7 +109,7 @@ async fn sqlite_to_file_to_postgres_to_file_is_byte_for_byte() {
 
     for (format, pg) in [(Format::Ndjson, &pg_ndjson), (Format::Msgpack, &pg_msgpack)] {
         let first = export(source.store.as_ref(), format).await;
-        let target = Target::Postgres(pg.store.clone());
+        let target = OpenedStore::Postgres(pg.store.clone());
         assert_eq!(
             import(&target, &first, format).await.expect("import"),
             original.len() as u64
@@ -210,7 +211,7 @@ async fn postgres_to_sqlite() {
     let ids = populate(pg.store.clone()).await;
     let file = export(pg.store.as_ref(), Format::Msgpack).await;
     let sqlite = ticketd_tests::sqlite_store().await;
-    let target = Target::Sqlite(sqlite.store.clone());
+    let target = OpenedStore::Sqlite(sqlite.store.clone());
     import(&target, &file, Format::Msgpack)
         .await
         .expect("import");
@@ -242,9 +243,13 @@ async fn import_refuses_a_non_empty_store_and_a_tampered_file() {
     let file = export(source.store.as_ref(), Format::Ndjson).await;
 
     // Into itself: not empty.
-    let err = import(&Target::Sqlite(source.store.clone()), &file, Format::Ndjson)
-        .await
-        .expect_err("not empty");
+    let err = import(
+        &OpenedStore::Sqlite(source.store.clone()),
+        &file,
+        Format::Ndjson,
+    )
+    .await
+    .expect_err("not empty");
     assert!(err.to_string().contains("not empty"), "{err}");
 
     // One changed letter in one comment: refused, and nothing written.
@@ -264,7 +269,7 @@ async fn import_refuses_a_non_empty_store_and_a_tampered_file() {
 
     let empty = ticketd_tests::sqlite_store().await;
     let err = import(
-        &Target::Sqlite(empty.store.clone()),
+        &OpenedStore::Sqlite(empty.store.clone()),
         tampered.as_bytes(),
         Format::Ndjson,
     )
@@ -282,7 +287,7 @@ async fn import_refuses_a_non_empty_store_and_a_tampered_file() {
 
     // A line that is not a record: refused, naming the line.
     let err = import(
-        &Target::Sqlite(empty.store.clone()),
+        &OpenedStore::Sqlite(empty.store.clone()),
         b"{\"stream\": 1}\n",
         Format::Ndjson,
     )
@@ -345,9 +350,13 @@ async fn a_frozen_export_still_imports_and_verifies() {
     let file = std::fs::read(EXPORT_FIXTURE).expect("the export fixture");
     let records = read_records(&file, Format::Ndjson).expect("parses");
     let store = ticketd_tests::sqlite_store().await;
-    import(&Target::Sqlite(store.store.clone()), &file, Format::Ndjson)
-        .await
-        .expect("imports");
+    import(
+        &OpenedStore::Sqlite(store.store.clone()),
+        &file,
+        Format::Ndjson,
+    )
+    .await
+    .expect("imports");
     let report = verify_store(store.store.as_ref()).await.expect("verify");
     assert!(report.is_ok(), "{report:?}");
     let again = export(store.store.as_ref(), Format::Ndjson).await;
@@ -421,7 +430,7 @@ async fn postgres_import_refuses_writes_nothing_then_sets_heads() {
     let source = ticketd_tests::sqlite_store().await;
     populate(source.store.clone()).await;
     let file = export(source.store.as_ref(), Format::Ndjson).await;
-    let target = Target::Postgres(pg.store.clone());
+    let target = OpenedStore::Postgres(pg.store.clone());
     let pool = pg.store.pool();
     let count = |table: &'static str| async move {
         sqlx::query_scalar::<_, i64>(&format!("SELECT count(*) FROM {table}"))
