@@ -221,7 +221,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         args.sla.clone(),
         args.public_submission,
     );
-    state.query_timeout = (args.query_timeout > 0).then(|| Duration::from_secs(args.query_timeout));
+    state.query_timeout = args.query_timeout();
     let listener = TcpListener::bind(&args.listen)
         .await
         .with_context(|| format!("binding {}", args.listen))?;

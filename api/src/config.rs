@@ -270,6 +270,11 @@ impl ServeArgs {
         Duration::from_secs(self.shutdown_timeout)
     }
 
+    /// The bound on a query's statements, if any (`0` is none).
+    pub fn query_timeout(&self) -> Option<Duration> {
+        (self.query_timeout > 0).then(|| Duration::from_secs(self.query_timeout))
+    }
+
     pub fn http_limits(&self) -> crate::server::Limits {
         crate::server::Limits {
             header_read_timeout: Duration::from_secs(self.http_header_timeout),
@@ -409,13 +414,17 @@ mod tests {
             let mut argv = vec!["ticketd", "serve"];
             argv.extend_from_slice(extra);
             match Cli::try_parse_from(argv).map(|c| c.command) {
-                Ok(Command::Serve(args)) => Ok(args.query_timeout),
+                Ok(Command::Serve(args)) => Ok(args.query_timeout()),
                 Ok(_) => panic!("not serve"),
                 Err(e) => Err(e),
             }
         };
-        assert_eq!(serve(&[]).ok(), Some(QUERY_TIMEOUT_DEFAULT.as_secs()));
-        assert_eq!(serve(&["--query-timeout", "0"]).ok(), Some(0));
+        assert_eq!(serve(&[]).ok(), Some(Some(QUERY_TIMEOUT_DEFAULT)));
+        assert_eq!(
+            serve(&["--query-timeout", "7"]).ok(),
+            Some(Some(Duration::from_secs(7)))
+        );
+        assert_eq!(serve(&["--query-timeout", "0"]).ok(), Some(None));
         assert!(serve(&["--query-timeout", "3601"]).is_err());
         assert!(serve(&["--query-timeout", "-1"]).is_err());
     }
