@@ -49,17 +49,11 @@ async fn postgres_shutdown_waits_for_a_verification_its_caller_left() {
     }
 
     // A live table the verification compares, held: it runs until this lets go.
-    let mut holder = sqlx::PgConnection::connect_with(&schema.options)
-        .await
-        .expect("a connection");
-    sqlx::query("BEGIN")
-        .execute(&mut holder)
-        .await
-        .expect("begin");
-    sqlx::query("LOCK TABLE ticket_reads IN ACCESS EXCLUSIVE MODE")
-        .execute(&mut holder)
-        .await
-        .expect("lock");
+    let (mut holder, _) = ticketd_tests::a_transaction_holding(
+        &schema.options,
+        "LOCK TABLE ticket_reads IN ACCESS EXCLUSIVE MODE",
+    )
+    .await;
     // Its caller gives up.
     let left = http
         .post(format!("{at}/v1/audit/verify"))

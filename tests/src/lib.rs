@@ -131,11 +131,12 @@ impl Drop for PgTestSchema {
     }
 }
 
-/// A connection (of `options`) in a transaction left open that has read `table`, as an
-/// analytics job's long read holds it; and the connection's server pid.
-pub async fn a_transaction_reading(
+/// A connection (of `options`) in a transaction left open that has run `statement` (a read
+/// of a table, as an analytics job's long read holds it; an operator's `LOCK TABLE`), and the
+/// connection's server pid. `ROLLBACK` on it lets go.
+pub async fn a_transaction_holding(
     options: &PgConnectOptions,
-    table: &str,
+    statement: &str,
 ) -> (sqlx::PgConnection, i32) {
     let mut conn = sqlx::PgConnection::connect_with(options)
         .await
@@ -148,11 +149,19 @@ pub async fn a_transaction_reading(
         .fetch_one(&mut conn)
         .await
         .expect("pid");
-    sqlx::query(&format!("SELECT count(*) FROM {table}"))
+    sqlx::query(statement)
         .execute(&mut conn)
         .await
-        .expect("the long read");
+        .unwrap_or_else(|e| panic!("{statement}: {e}"));
     (conn, pid)
+}
+
+/// [`a_transaction_holding`] a read of `table`.
+pub async fn a_transaction_reading(
+    options: &PgConnectOptions,
+    table: &str,
+) -> (sqlx::PgConnection, i32) {
+    a_transaction_holding(options, &format!("SELECT count(*) FROM {table}")).await
 }
 
 /// A migrated PostgreSQL store in its own schema, dropped with this value.

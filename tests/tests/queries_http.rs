@@ -6,7 +6,6 @@ use std::collections::BTreeSet;
 
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
-use sqlx::Connection;
 
 use ticketd_commands::Database;
 use ticketd_domain::Role;
@@ -1684,13 +1683,11 @@ async fn postgres_a_query_behind_a_lock_answers_503_at_its_timeout() {
     let summary = "/v1/analytics/summary";
     assert_eq!(ids(&s.get(&list, &alice).await), vec![id.clone()]);
 
-    let mut operator = sqlx::PgConnection::connect_with(&t.schema.options)
-        .await
-        .expect("connect");
-    sqlx::raw_sql("BEGIN; LOCK TABLE tickets, analytics_ticket_facts IN ACCESS EXCLUSIVE MODE")
-        .execute(&mut operator)
-        .await
-        .expect("lock");
+    let (mut operator, _) = ticketd_tests::a_transaction_holding(
+        &t.schema.options,
+        "LOCK TABLE tickets, analytics_ticket_facts IN ACCESS EXCLUSIVE MODE",
+    )
+    .await;
     // More queries than the pool has connections: each gives its own back at the timeout.
     for _ in 0..3 {
         for (path, token) in [
